@@ -1,0 +1,300 @@
+"""Naive PyTorch for every op: the oracle of the tests, the CPU path, and the baseline.
+
+Each function is written for clarity, not speed: it materializes the full score matrix, loops
+over packed sequences, and relies on autograd for the backward. Run it in float64 to get the
+reference the kernels are judged against, or in the kernels' own low precision to measure the
+error that precision alone causes (see aigc_kernels.testing).
+
+Arguments are assumed valid: the public functions in aigc_kernels.ops check them first.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "ACTIVATIONS",
+    "apply_activation",
+    "attention",
+    "attention_mask",
+    "attention_varlen",
+    "attention_with_kvcache",
+    "ffn",
+    "kvcache_append",
+    "layer_norm",
+    "linear",
+    "rms_norm",
+]
+
+ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "silu")
+
+
+# ----------------------------------------------------------------------------------------------
+# attention
+# ----------------------------------------------------------------------------------------------
+def attention_mask(
+    lq: int,
+    lk: int,
+    *,
+    causal: bool = False,
+    window_size: tuple[int, int] | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor | None:
+    """The (Lq, Lk) bool mask (True = attend) of bottom-right causal masking and a sliding window.
+
+    Query i is aligned with key i + Lk - Lq (so the last query sees the last key). causal keeps
+    keys j <= i + Lk - Lq; window_size=(left, right) keeps i + Lk - Lq - left <= j <=
+    i + Lk - Lq + right, with -1 meaning unbounded on that side. Returns None when nothing is masked.
+    """
+    left, right = window_size if window_size is not None else (-1, -1)
+    if causal:
+        right = 0 if right < 0 else min(right, 0)
+    if left < 0 and right < 0:
+        return None
+    i = torch.arange(lq, device=device).unsqueeze(1)
+    j = torch.arange(lk, device=device).unsqueeze(0)
+    diag = i + (lk - lq)
+    keep = torch.ones(lq, lk, dtype=torch.bool, device=device)
+    if right >= 0:
+        keep &= j <= diag + right
+    if left >= 0:
+        keep &= j >= diag - left
+    return keep
+
+
+def _repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """(B, Hkv, L, D) -> (B, Hkv * groups, L, D): query head h reads kv head h // groups."""
+    return x if groups == 1 else x.repeat_interleave(groups, dim=1)
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    causal: bool = False,
+    attn_mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    scale: float | None = None,
+    window_size: tuple[int, int] | None = None,
+    dropout_mask: torch.Tensor | None = None,
+    return_lse: bool = False,
+):
+    """softmax(q k^T * scale + mask) v, for q (B, Hq, Lq, D) and k, v (B, Hkv, Lk, D).
+
+    attn_mask: bool (True = attend) or float (added to the scores), broadcastable to
+    (B, Hq, Lq, Lk). A query row that sees no key returns zeros (and lse = -inf).
+    dropout_mask: an explicit keep-mask (bool, broadcastable to (B, Hq, Lq, Lk)) used instead
+    of drawing one, so a kernel with its own random numbers can be checked exactly.
+    Returns out, or (out, lse) with lse (B, Hq, Lq) in float32 (float64 for float64 inputs).
+    """
+    hq, hkv = q.shape[1], k.shape[1]
+    lq, lk = q.shape[-2], k.shape[-2]
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    k = _repeat_kv(k, hq // hkv)
+    v = _repeat_kv(v, hq // hkv)
+    # Softmax statistics in float32 at least, as every fused kernel keeps them.
+    stat_dtype = torch.promote_types(q.dtype, torch.float32)
+    scores = torch.matmul(q, k.transpose(-2, -1)).to(stat_dtype) * scale
+    if attn_mask is not None:
+        if attn_mask.dtype == torch.bool:
+            scores = scores.masked_fill(~attn_mask, float("-inf"))
+        else:
+            scores = scores + attn_mask.to(stat_dtype)
+    structural = attention_mask(lq, lk, causal=causal, window_size=window_size, device=q.device)
+    if structural is not None:
+        scores = scores.masked_fill(~structural, float("-inf"))
+    # Rows that see no key: softmax would give NaN; the contract says zeros. Only -inf entries
+    # count as "no key", so a NaN in q or k still propagates.
+    empty = (scores == float("-inf")).all(dim=-1, keepdim=True)
+    scores = scores.masked_fill(empty, 0.0)
+    lse = torch.logsumexp(scores, dim=-1).masked_fill(empty.squeeze(-1), float("-inf"))
+    probs = torch.softmax(scores, dim=-1).masked_fill(empty, 0.0)
+    if dropout_mask is None and dropout_p > 0.0:
+        dropout_mask = torch.rand(probs.shape, device=probs.device) >= dropout_p
+    if dropout_mask is not None:
+        probs = probs * dropout_mask / (1.0 - dropout_p)
+    out = torch.matmul(probs.to(v.dtype), v)
+    return (out, lse) if return_lse else out
+
+
+def attention_varlen(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    cu_seqlens_k: torch.Tensor,
+    max_seqlen_q: int,
+    max_seqlen_k: int,
+    *,
+    causal: bool = False,
+    scale: float | None = None,
+    window_size: tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """Attention over packed sequences: q (total_q, Hq, D), k/v (total_k, Hkv, D).
+
+    Sequence b owns rows cu_seqlens_q[b]:cu_seqlens_q[b+1] of q and the matching rows of k/v;
+    causal and the window are aligned bottom-right within each sequence.
+    """
+    out = torch.zeros_like(q)
+    starts_q, starts_k = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
+    for b in range(len(starts_q) - 1):
+        q0, q1, k0, k1 = starts_q[b], starts_q[b + 1], starts_k[b], starts_k[b + 1]
+        if q1 == q0:
+            continue
+        qb = q[q0:q1].transpose(0, 1).unsqueeze(0)  # (1, Hq, Lq_b, D)
+        kb = k[k0:k1].transpose(0, 1).unsqueeze(0)
+        vb = v[k0:k1].transpose(0, 1).unsqueeze(0)
+        ob = attention(qb, kb, vb, causal=causal, scale=scale, window_size=window_size)
+        out[q0:q1] = ob.squeeze(0).transpose(0, 1)
+    return out
+
+
+def kvcache_append(
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    k_new: torch.Tensor,
+    v_new: torch.Tensor,
+    cache_seqlens: torch.Tensor,
+) -> None:
+    """Write k_new/v_new (B, Hkv, Lnew, D) into the caches at rows cache_seqlens[b]:+Lnew, in place."""
+    lnew = k_new.shape[2]
+    for b, start in enumerate(cache_seqlens.tolist()):
+        k_cache[b, :, start : start + lnew] = k_new[b]
+        v_cache[b, :, start : start + lnew] = v_new[b]
+
+
+def attention_with_kvcache(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    cache_seqlens: torch.Tensor,
+    *,
+    k_new: torch.Tensor | None = None,
+    v_new: torch.Tensor | None = None,
+    causal: bool = True,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Decoding attention over a KV cache: q (B, Hq, Lq, D), caches (B, Hkv, Lmax, D).
+
+    cache_seqlens (B,) int32 counts the valid rows of each cache before this call. k_new/v_new,
+    when given, are written at those rows first (in place), and batch b then attends to its
+    first cache_seqlens[b] + Lq keys; causal is aligned bottom-right, so the new queries see the
+    whole old cache and the new keys up to their own position. cache_seqlens is not modified.
+    """
+    lq, lmax = q.shape[2], k_cache.shape[2]
+    if k_new is not None:
+        kvcache_append(k_cache, v_cache, k_new, v_new, cache_seqlens)
+    lengths = cache_seqlens.to(torch.long) + (k_new.shape[2] if k_new is not None else 0)
+    j = torch.arange(lmax, device=q.device).view(1, 1, lmax)
+    keep = j < lengths.view(-1, 1, 1)  # (B, 1, Lmax): valid cache rows
+    if causal:
+        i = torch.arange(lq, device=q.device).view(1, lq, 1)
+        keep = keep & (j <= i + (lengths.view(-1, 1, 1) - lq))  # (B, Lq, Lmax)
+    return attention(q, k_cache, v_cache, attn_mask=keep.unsqueeze(1), scale=scale)
+
+
+# ----------------------------------------------------------------------------------------------
+# normalization
+# ----------------------------------------------------------------------------------------------
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Statistics are kept in float32 for half precisions, in float64 for float64."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def layer_norm(
+    x: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    eps: float = 1e-5,
+    *,
+    residual: torch.Tensor | None = None,
+):
+    """LayerNorm over the last dim; with residual, returns (LN(x + residual), x + residual).
+
+    The sum and the statistics are computed in float32 (float64 for float64 input); the outputs
+    are rounded to x's dtype.
+    """
+    cdt = _compute_dtype(x.dtype)
+    s = x.to(cdt) if residual is None else x.to(cdt) + residual.to(cdt)
+    mean = s.mean(dim=-1, keepdim=True)
+    var = (s - mean).pow(2).mean(dim=-1, keepdim=True)
+    y = (s - mean) * torch.rsqrt(var + eps)
+    if weight is not None:
+        y = y * weight.to(cdt)
+    if bias is not None:
+        y = y + bias.to(cdt)
+    y = y.to(x.dtype)
+    return y if residual is None else (y, s.to(x.dtype))
+
+
+def rms_norm(
+    x: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    eps: float = 1e-6,
+    *,
+    residual: torch.Tensor | None = None,
+):
+    """RMSNorm over the last dim: x / sqrt(mean(x^2) + eps) * weight; residual as in layer_norm."""
+    cdt = _compute_dtype(x.dtype)
+    s = x.to(cdt) if residual is None else x.to(cdt) + residual.to(cdt)
+    y = s * torch.rsqrt(s.pow(2).mean(dim=-1, keepdim=True) + eps)
+    if weight is not None:
+        y = y * weight.to(cdt)
+    y = y.to(x.dtype)
+    return y if residual is None else (y, s.to(x.dtype))
+
+
+# ----------------------------------------------------------------------------------------------
+# linear and feed-forward
+# ----------------------------------------------------------------------------------------------
+def apply_activation(x: torch.Tensor, name: str | None) -> torch.Tensor:
+    """relu | gelu (erf) | gelu_tanh | silu | None (identity)."""
+    if name is None:
+        return x
+    if name == "relu":
+        return F.relu(x)
+    if name == "gelu":
+        return F.gelu(x)
+    if name == "gelu_tanh":
+        return F.gelu(x, approximate="tanh")
+    if name == "silu":
+        return F.silu(x)
+    raise ValueError(f"unknown activation {name!r}; expected one of {ACTIVATIONS} or None")
+
+
+def linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    activation: str | None = None,
+) -> torch.Tensor:
+    """act(x @ weight.T + bias) for x (..., K), weight (N, K), bias (N,)."""
+    return apply_activation(F.linear(x, weight, bias), activation)
+
+
+def ffn(
+    x: torch.Tensor,
+    w_in: torch.Tensor,
+    b_in: torch.Tensor | None,
+    w_out: torch.Tensor,
+    b_out: torch.Tensor | None,
+    *,
+    activation: str = "gelu",
+    w_gate: torch.Tensor | None = None,
+    b_gate: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The feed-forward block.
+
+    plain: act(x W_in^T + b_in) W_out^T + b_out
+    gated: (act(x W_gate^T + b_gate) * (x W_in^T + b_in)) W_out^T + b_out  (silu: SwiGLU, gelu: GeGLU)
+    """
+    if w_gate is None:
+        h = linear(x, w_in, b_in, activation=activation)
+    else:
+        h = linear(x, w_gate, b_gate, activation=activation) * F.linear(x, w_in, b_in)
+    return F.linear(h, w_out, b_out)

@@ -1,0 +1,293 @@
+"""Argument checks at the public API boundary, shared by every op and backend.
+
+Each check raises TypeError (wrong type or dtype) or ValueError (shape, device, value) with a
+message that names the op, what was expected and what was given. Backends add their own limits
+(head dims, dtypes) through their ``why_not`` checks in aigc_kernels.backend.
+
+None of these checks reads tensor data, so they cost no device synchronization and trace
+cleanly under torch.compile -- except where noted for CPU-resident index tensors.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import torch
+
+from .reference import ACTIVATIONS
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _shape(t: torch.Tensor) -> str:
+    return "(" + ", ".join(str(s) for s in t.shape) + ")"
+
+
+def tensor(op: str, name: str, t, *, ndim: int | None = None, layout: str = "",
+           dtypes: tuple[torch.dtype, ...] = FLOAT_DTYPES) -> torch.Tensor:
+    """t is a tensor with one of ``dtypes`` and (if given) ``ndim`` dims described by ``layout``."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{op}: expected {name} to be a torch.Tensor, got {type(t).__name__}")
+    if ndim is not None and t.dim() != ndim:
+        raise ValueError(f"{op}: expected {name} to be {ndim}-D {layout}, got shape {_shape(t)}")
+    if t.dtype not in dtypes:
+        names = ", ".join(str(d).removeprefix("torch.") for d in dtypes)
+        raise TypeError(f"{op}: expected {name} of dtype {names}, got {str(t.dtype).removeprefix('torch.')}")
+    return t
+
+
+def optional_tensor(op: str, name: str, t, **kwargs) -> torch.Tensor | None:
+    return None if t is None else tensor(op, name, t, **kwargs)
+
+
+def same_dtype(op: str, ref_name: str, ref: torch.Tensor, **others: torch.Tensor | None) -> None:
+    for name, t in others.items():
+        if t is not None and t.dtype != ref.dtype:
+            raise TypeError(f"{op}: expected {name} to have the dtype of {ref_name} "
+                            f"({str(ref.dtype).removeprefix('torch.')}), got {str(t.dtype).removeprefix('torch.')}; "
+                            "cast the inputs to one dtype")
+
+
+def same_device(op: str, ref_name: str, ref: torch.Tensor, **others: torch.Tensor | None) -> None:
+    for name, t in others.items():
+        if t is not None and t.device != ref.device:
+            raise ValueError(f"{op}: expected {name} on {ref_name}'s device {ref.device}, got {t.device}; "
+                             "move the inputs to one device")
+
+
+def shape(op: str, name: str, t: torch.Tensor | None, expected: tuple, layout: str) -> None:
+    """t's shape equals ``expected`` (entries None are free)."""
+    if t is None:
+        return
+    ok = t.dim() == len(expected) and all(e is None or e == s for e, s in zip(expected, t.shape))
+    if not ok:
+        want = "(" + ", ".join("*" if e is None else str(e) for e in expected) + ")"
+        raise ValueError(f"{op}: expected {name} of shape {want} {layout}, got {_shape(t)}")
+
+
+def number(op: str, name: str, value, *, low: float | None = None, high: float | None = None,
+           low_open: bool = False, high_open: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{op}: expected {name} to be a number, got {type(value).__name__}")
+    value = float(value)
+    bad_low = low is not None and (value <= low if low_open else value < low)
+    bad_high = high is not None and (value >= high if high_open else value > high)
+    if bad_low or bad_high or value != value:
+        lo = "(" if low_open else "["
+        hi = ")" if high_open else "]"
+        raise ValueError(f"{op}: expected {name} in {lo}{low}, {high}{hi}, got {value}")
+    return value
+
+
+def window(op: str, window_size) -> tuple[int, int] | None:
+    if window_size is None:
+        return None
+    if (not isinstance(window_size, (tuple, list)) or len(window_size) != 2
+            or not all(isinstance(w, int) and not isinstance(w, bool) for w in window_size)):
+        raise TypeError(f"{op}: expected window_size=(left, right) of two ints (-1 = unbounded), got {window_size!r}")
+    left, right = window_size
+    if left < -1 or right < -1:
+        raise ValueError(f"{op}: expected window_size entries >= -1 (-1 = unbounded), got {window_size!r}")
+    return (left, right)
+
+
+def activation(op: str, name, *, allow_none: bool = True) -> None:
+    if name is None and allow_none:
+        return
+    if name not in ACTIVATIONS:
+        allowed = ", ".join(repr(a) for a in ACTIVATIONS) + (" or None" if allow_none else "")
+        raise ValueError(f"{op}: expected activation {allowed}, got {name!r}")
+
+
+# ----------------------------------------------------------------------------------------------
+# per-op checks
+# ----------------------------------------------------------------------------------------------
+def attention_args(q, k, v, attn_mask, dropout_p, scale, window_size, causal):
+    op = "ak.attention"
+    tensor(op, "q", q, ndim=4, layout="(B, Hq, Lq, D)")
+    tensor(op, "k", k, ndim=4, layout="(B, Hkv, Lk, D)")
+    tensor(op, "v", v, ndim=4, layout="(B, Hkv, Lk, D)")
+    same_dtype(op, "q", q, k=k, v=v)
+    same_device(op, "q", q, k=k, v=v)
+    b, hq, lq, d = q.shape
+    hkv, lk = k.shape[1], k.shape[2]
+    shape(op, "k", k, (b, None, None, d), "(B, Hkv, Lk, D) with q's B and D")
+    shape(op, "v", v, tuple(k.shape), "(B, Hkv, Lk, D), the shape of k")
+    if hkv == 0 or hq % hkv != 0:
+        raise ValueError(f"{op}: expected the query heads Hq={hq} to be a multiple of the key/value heads "
+                         f"Hkv={hkv} (GQA/MQA)")
+    if attn_mask is not None:
+        tensor(op, "attn_mask", attn_mask, dtypes=(torch.bool, *FLOAT_DTYPES))
+        same_device(op, "q", q, attn_mask=attn_mask)
+        try:
+            broadcast = torch.broadcast_shapes(attn_mask.shape, (b, hq, lq, lk))
+        except RuntimeError:
+            broadcast = None
+        if broadcast != torch.Size((b, hq, lq, lk)):
+            raise ValueError(f"{op}: expected attn_mask broadcastable to (B, Hq, Lq, Lk) = "
+                             f"({b}, {hq}, {lq}, {lk}), got shape {_shape(attn_mask)}")
+    number(op, "dropout_p", dropout_p, low=0.0, high=1.0, high_open=True)
+    if scale is not None:
+        number(op, "scale", scale)
+    if not isinstance(causal, bool):
+        raise TypeError(f"{op}: expected causal to be a bool, got {type(causal).__name__}")
+    return window(op, window_size)
+
+
+def attention_varlen_args(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale, window_size):
+    op = "ak.attention_varlen"
+    tensor(op, "q", q, ndim=3, layout="(total_q, Hq, D)")
+    tensor(op, "k", k, ndim=3, layout="(total_k, Hkv, D)")
+    tensor(op, "v", v, ndim=3, layout="(total_k, Hkv, D)")
+    same_dtype(op, "q", q, k=k, v=v)
+    same_device(op, "q", q, k=k, v=v)
+    shape(op, "k", k, (None, None, q.shape[2]), "(total_k, Hkv, D) with q's D")
+    shape(op, "v", v, tuple(k.shape), "(total_k, Hkv, D), the shape of k")
+    hq, hkv = q.shape[1], k.shape[1]
+    if hkv == 0 or hq % hkv != 0:
+        raise ValueError(f"{op}: expected the query heads Hq={hq} to be a multiple of the key/value heads Hkv={hkv}")
+    for name, cu in (("cu_seqlens_q", cu_seqlens_q), ("cu_seqlens_k", cu_seqlens_k)):
+        tensor(op, name, cu, ndim=1, layout="(batch + 1,)", dtypes=(torch.int32,))
+        same_device(op, "q", q, **{name: cu})
+        if cu.shape[0] < 1:
+            raise ValueError(f"{op}: expected {name} to hold at least one offset (batch + 1 entries), got none")
+    if cu_seqlens_q.shape != cu_seqlens_k.shape:
+        raise ValueError(f"{op}: expected cu_seqlens_q and cu_seqlens_k of one length (batch + 1), got "
+                         f"{_shape(cu_seqlens_q)} and {_shape(cu_seqlens_k)}")
+    for name, value in (("max_seqlen_q", max_seqlen_q), ("max_seqlen_k", max_seqlen_k)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{op}: expected {name} to be an int >= 0, got {value!r}")
+    if scale is not None:
+        number(op, "scale", scale)
+    # Offsets on the CPU are checked for free; on a GPU that would cost a synchronization.
+    if cu_seqlens_q.device.type == "cpu":
+        for name, cu, total, longest in (("cu_seqlens_q", cu_seqlens_q, q.shape[0], max_seqlen_q),
+                                         ("cu_seqlens_k", cu_seqlens_k, k.shape[0], max_seqlen_k)):
+            lens = cu[1:] - cu[:-1]
+            if int(cu[0]) != 0 or bool((lens < 0).any()) or int(cu[-1]) > total:
+                raise ValueError(f"{op}: expected {name} to rise from 0 to at most {total} (the packed rows), "
+                                 f"got {cu.tolist()}")
+            if lens.numel() and int(lens.max()) > longest:
+                name_max = "max_seqlen_q" if name.endswith("q") else "max_seqlen_k"
+                raise ValueError(f"{op}: a sequence has {int(lens.max())} rows, more than {name_max}={longest}")
+    return window(op, window_size)
+
+
+def kvcache_args(q, k_cache, v_cache, cache_seqlens, k_new, v_new, scale):
+    op = "ak.attention_with_kvcache"
+    tensor(op, "q", q, ndim=4, layout="(B, Hq, Lq, D)")
+    tensor(op, "k_cache", k_cache, ndim=4, layout="(B, Hkv, Lmax, D)")
+    tensor(op, "v_cache", v_cache, ndim=4, layout="(B, Hkv, Lmax, D)")
+    same_dtype(op, "q", q, k_cache=k_cache, v_cache=v_cache)
+    same_device(op, "q", q, k_cache=k_cache, v_cache=v_cache)
+    b, hq, _, d = q.shape
+    shape(op, "k_cache", k_cache, (b, None, None, d), "(B, Hkv, Lmax, D) with q's B and D")
+    shape(op, "v_cache", v_cache, tuple(k_cache.shape), "(B, Hkv, Lmax, D), the shape of k_cache")
+    hkv = k_cache.shape[1]
+    if hkv == 0 or hq % hkv != 0:
+        raise ValueError(f"{op}: expected the query heads Hq={hq} to be a multiple of the cache heads Hkv={hkv}")
+    if (k_new is None) != (v_new is None):
+        raise ValueError(f"{op}: expected k_new and v_new together (both or neither), got only "
+                         f"{'k_new' if v_new is None else 'v_new'}")
+    lnew = 0
+    if k_new is not None:
+        tensor(op, "k_new", k_new, ndim=4, layout="(B, Hkv, Lnew, D)")
+        tensor(op, "v_new", v_new, ndim=4, layout="(B, Hkv, Lnew, D)")
+        same_dtype(op, "q", q, k_new=k_new, v_new=v_new)
+        same_device(op, "q", q, k_new=k_new, v_new=v_new)
+        shape(op, "k_new", k_new, (b, hkv, None, d), "(B, Hkv, Lnew, D) matching the cache")
+        shape(op, "v_new", v_new, tuple(k_new.shape), "(B, Hkv, Lnew, D), the shape of k_new")
+        lnew = k_new.shape[2]
+    kvcache_seqlens(op, cache_seqlens, b, k_cache, lnew, q.device)
+    if scale is not None:
+        number(op, "scale", scale)
+
+
+def kvcache_seqlens(op: str, cache_seqlens, b: int, k_cache: torch.Tensor, lnew: int, device) -> None:
+    tensor(op, "cache_seqlens", cache_seqlens, ndim=1, layout="(B,)", dtypes=(torch.int32,))
+    shape(op, "cache_seqlens", cache_seqlens, (b,), "(B,)")
+    if cache_seqlens.device != device:
+        raise ValueError(f"{op}: expected cache_seqlens on {device}, got {cache_seqlens.device}")
+    lmax = k_cache.shape[2]
+    if lnew > lmax:
+        raise ValueError(f"{op}: {lnew} new rows do not fit a cache of Lmax={lmax}")
+    # Reading CPU-resident lengths is free; on a GPU the kernels assert on the device instead.
+    if cache_seqlens.device.type == "cpu" and cache_seqlens.numel():
+        lo, hi = int(cache_seqlens.min()), int(cache_seqlens.max())
+        if lo < 0 or hi + lnew > lmax:
+            raise ValueError(f"{op}: expected 0 <= cache_seqlens <= Lmax - Lnew = {lmax - lnew} "
+                             f"(Lmax={lmax}, Lnew={lnew}), got values in [{lo}, {hi}]")
+
+
+def kvcache_append_args(k_cache, v_cache, k_new, v_new, cache_seqlens):
+    op = "ak.kvcache_append"
+    tensor(op, "k_cache", k_cache, ndim=4, layout="(B, Hkv, Lmax, D)")
+    tensor(op, "v_cache", v_cache, ndim=4, layout="(B, Hkv, Lmax, D)")
+    tensor(op, "k_new", k_new, ndim=4, layout="(B, Hkv, Lnew, D)")
+    tensor(op, "v_new", v_new, ndim=4, layout="(B, Hkv, Lnew, D)")
+    same_dtype(op, "k_cache", k_cache, v_cache=v_cache, k_new=k_new, v_new=v_new)
+    same_device(op, "k_cache", k_cache, v_cache=v_cache, k_new=k_new, v_new=v_new)
+    b, h, _, d = k_cache.shape
+    shape(op, "v_cache", v_cache, tuple(k_cache.shape), "(B, Hkv, Lmax, D), the shape of k_cache")
+    shape(op, "k_new", k_new, (b, h, None, d), "(B, Hkv, Lnew, D) matching the cache")
+    shape(op, "v_new", v_new, tuple(k_new.shape), "(B, Hkv, Lnew, D), the shape of k_new")
+    kvcache_seqlens(op, cache_seqlens, b, k_cache, k_new.shape[2], k_cache.device)
+
+
+def norm_args(op, x, weight, bias, eps, residual):
+    tensor(op, "x", x)
+    if x.dim() == 0:
+        raise ValueError(f"{op}: expected x with at least 1 dim (..., N), got a 0-d tensor")
+    n = x.shape[-1]
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None:
+            tensor(op, name, t, ndim=1, layout="(N,)")
+            shape(op, name, t, (n,), f"(N,) with N = x.shape[-1] = {n}")
+            same_device(op, "x", x, **{name: t})
+    if residual is not None:
+        tensor(op, "residual", residual)
+        shape(op, "residual", residual, tuple(x.shape), "(the shape of x)")
+        same_dtype(op, "x", x, residual=residual)
+        same_device(op, "x", x, residual=residual)
+    number(op, "eps", eps, low=0.0)
+
+
+def linear_args(x, weight, bias, activation_name):
+    op = "ak.linear"
+    tensor(op, "x", x)
+    if x.dim() == 0:
+        raise ValueError(f"{op}: expected x with at least 1 dim (..., K), got a 0-d tensor")
+    tensor(op, "weight", weight, ndim=2, layout="(N, K)")
+    k = x.shape[-1]
+    shape(op, "weight", weight, (None, k), f"(N, K) with K = x.shape[-1] = {k}")
+    if bias is not None:
+        tensor(op, "bias", bias, ndim=1, layout="(N,)")
+        shape(op, "bias", bias, (weight.shape[0],), "(N,) with N = weight.shape[0]")
+    same_dtype(op, "x", x, weight=weight, bias=bias)
+    same_device(op, "x", x, weight=weight, bias=bias)
+    activation(op, activation_name)
+
+
+def ffn_args(x, w_in, b_in, w_out, b_out, activation_name, w_gate, b_gate):
+    op = "ak.ffn"
+    tensor(op, "x", x)
+    if x.dim() == 0:
+        raise ValueError(f"{op}: expected x with at least 1 dim (..., D), got a 0-d tensor")
+    d = x.shape[-1]
+    tensor(op, "w_in", w_in, ndim=2, layout="(H, D)")
+    shape(op, "w_in", w_in, (None, d), f"(H, D) with D = x.shape[-1] = {d}")
+    h = w_in.shape[0]
+    tensor(op, "w_out", w_out, ndim=2, layout="(D, H)")
+    shape(op, "w_out", w_out, (d, h), f"(D, H) = ({d}, {h})")
+    for name, t, n in (("b_in", b_in, h), ("b_out", b_out, d), ("b_gate", b_gate, h)):
+        if t is not None:
+            tensor(op, name, t, ndim=1, layout=f"({n},)")
+            shape(op, name, t, (n,), "")
+    if w_gate is not None:
+        tensor(op, "w_gate", w_gate, ndim=2, layout="(H, D)")
+        shape(op, "w_gate", w_gate, (h, d), f"(H, D) = ({h}, {d}), the shape of w_in")
+    elif b_gate is not None:
+        raise ValueError(f"{op}: got b_gate without w_gate; pass w_gate for a gated FFN")
+    same_dtype(op, "x", x, w_in=w_in, b_in=b_in, w_out=w_out, b_out=b_out, w_gate=w_gate, b_gate=b_gate)
+    same_device(op, "x", x, w_in=w_in, b_in=b_in, w_out=w_out, b_out=b_out, w_gate=w_gate, b_gate=b_gate)
+    activation(op, activation_name, allow_none=w_gate is None)

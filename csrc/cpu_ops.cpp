@@ -1,0 +1,30 @@
+// CPU implementations of the small ops, so the schema, the fake impl and opcheck are exercised
+// end to end on machines without a GPU. The kernels that matter are the CUDA ones.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include "checks.h"
+
+namespace aigc_kernels {
+namespace {
+
+void kvcache_append_cpu(at::Tensor k_cache, at::Tensor v_cache, const at::Tensor& k_new,
+                        const at::Tensor& v_new, const at::Tensor& cache_seqlens) {
+  check_kvcache_append_args(k_cache, v_cache, k_new, v_new, cache_seqlens);
+  const int64_t lnew = k_new.size(2), lmax = k_cache.size(2);
+  const auto lens = cache_seqlens.accessor<int32_t, 1>();
+  for (int64_t b = 0; b < k_cache.size(0); ++b) {
+    const int64_t start = lens[b];
+    TORCH_CHECK(start >= 0 && start + lnew <= lmax, "aigc_kernels::kvcache_append: batch ", b,
+                " has cache_seqlens = ", start, "; appending ", lnew, " rows needs 0 <= cache_seqlens <= ",
+                lmax - lnew, " (Lmax = ", lmax, ")");
+    k_cache[b].narrow(1, start, lnew).copy_(k_new[b]);
+    v_cache[b].narrow(1, start, lnew).copy_(v_new[b]);
+  }
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(aigc_kernels, CPU, m) { m.impl("kvcache_append", &kvcache_append_cpu); }
+
+}  // namespace aigc_kernels

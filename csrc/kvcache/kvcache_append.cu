@@ -1,0 +1,95 @@
+// Append k_new/v_new into the KV caches at per-batch offsets: a strided row copy.
+//
+// The copy is dtype-agnostic: rows move as 16-byte vectors when the last dim is contiguous and
+// every row start is 16-byte aligned, else element by element through the strides.
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/macros/Macros.h>
+
+#include <cstdint>
+
+#include "../kernels.h"
+
+namespace aigc_kernels {
+namespace {
+
+struct Strides4 {
+  int64_t s[4];
+};
+
+inline Strides4 strides_of(const at::Tensor& t, int64_t elems_per_word) {
+  // Strides in units of the copied word; callers guarantee divisibility for the vector path.
+  return {{t.stride(0) / elems_per_word, t.stride(1) / elems_per_word, t.stride(2) / elems_per_word,
+           t.stride(3)}};
+}
+
+template <typename Word>
+__global__ void kvcache_append_kernel(Word* __restrict__ k_cache, Word* __restrict__ v_cache,
+                                      const Word* __restrict__ k_new, const Word* __restrict__ v_new,
+                                      const int32_t* __restrict__ cache_seqlens, Strides4 kc, Strides4 vc,
+                                      Strides4 kn, Strides4 vn, int64_t heads, int64_t lnew, int64_t lmax,
+                                      int64_t words_per_row, int64_t rows) {
+  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+    const int64_t i = row % lnew;
+    const int64_t h = (row / lnew) % heads;
+    const int64_t b = row / (lnew * heads);
+    const int64_t pos = static_cast<int64_t>(cache_seqlens[b]) + i;
+    // Out-of-range appends are a caller bug, reported like torch's own index kernels do.
+    CUDA_KERNEL_ASSERT(pos >= 0 && pos < lmax && "kvcache_append: cache_seqlens + Lnew exceeds Lmax");
+    Word* kd = k_cache + b * kc.s[0] + h * kc.s[1] + pos * kc.s[2];
+    Word* vd = v_cache + b * vc.s[0] + h * vc.s[1] + pos * vc.s[2];
+    const Word* ks = k_new + b * kn.s[0] + h * kn.s[1] + i * kn.s[2];
+    const Word* vs = v_new + b * vn.s[0] + h * vn.s[1] + i * vn.s[2];
+    for (int64_t w = threadIdx.x; w < words_per_row; w += blockDim.x) {
+      kd[w * kc.s[3]] = ks[w * kn.s[3]];
+      vd[w * vc.s[3]] = vs[w * vn.s[3]];
+    }
+  }
+}
+
+bool vectorizable(const at::Tensor& t, int64_t elems_per_vec) {
+  const auto ptr = reinterpret_cast<uintptr_t>(t.data_ptr());
+  return t.stride(3) == 1 && t.size(3) % elems_per_vec == 0 && t.stride(0) % elems_per_vec == 0 &&
+         t.stride(1) % elems_per_vec == 0 && t.stride(2) % elems_per_vec == 0 && ptr % 16 == 0;
+}
+
+template <typename Word>
+void launch(at::Tensor& k_cache, at::Tensor& v_cache, const at::Tensor& k_new, const at::Tensor& v_new,
+            const at::Tensor& cache_seqlens, int64_t elems_per_word) {
+  const int64_t heads = k_cache.size(1), lnew = k_new.size(2), lmax = k_cache.size(2);
+  const int64_t rows = k_new.size(0) * heads * lnew;
+  const int64_t words_per_row = k_new.size(3) / elems_per_word;
+  const int threads = words_per_row >= 128 ? 128 : 32 * static_cast<int>((words_per_row + 31) / 32);
+  const int blocks = static_cast<int>(rows < 65536 ? rows : 65536);
+  auto stream = at::cuda::getCurrentCUDAStream();
+  kvcache_append_kernel<Word><<<blocks, threads, 0, stream>>>(
+      static_cast<Word*>(k_cache.data_ptr()), static_cast<Word*>(v_cache.data_ptr()),
+      static_cast<const Word*>(k_new.data_ptr()), static_cast<const Word*>(v_new.data_ptr()),
+      cache_seqlens.data_ptr<int32_t>(), strides_of(k_cache, elems_per_word), strides_of(v_cache, elems_per_word),
+      strides_of(k_new, elems_per_word), strides_of(v_new, elems_per_word), heads, lnew, lmax, words_per_row,
+      rows);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+}  // namespace
+
+void kvcache_append_launch(at::Tensor& k_cache, at::Tensor& v_cache, const at::Tensor& k_new,
+                           const at::Tensor& v_new, const at::Tensor& cache_seqlens) {
+  const int64_t esize = k_cache.element_size();
+  const int64_t per_vec = 16 / esize;
+  const bool vec = 16 % esize == 0 && vectorizable(k_cache, per_vec) && vectorizable(v_cache, per_vec) &&
+                   vectorizable(k_new, per_vec) && vectorizable(v_new, per_vec);
+  if (vec) {
+    launch<uint4>(k_cache, v_cache, k_new, v_new, cache_seqlens, per_vec);
+    return;
+  }
+  switch (esize) {
+    case 1: launch<uint8_t>(k_cache, v_cache, k_new, v_new, cache_seqlens, 1); break;
+    case 2: launch<uint16_t>(k_cache, v_cache, k_new, v_new, cache_seqlens, 1); break;
+    case 4: launch<uint32_t>(k_cache, v_cache, k_new, v_new, cache_seqlens, 1); break;
+    case 8: launch<uint64_t>(k_cache, v_cache, k_new, v_new, cache_seqlens, 1); break;
+    default: TORCH_CHECK(false, "aigc_kernels::kvcache_append: unsupported element size ", esize, " bytes");
+  }
+}
+
+}  // namespace aigc_kernels

@@ -1,0 +1,24 @@
+// The aigc_kernels op namespace: every schema is written once, here.
+//
+// Device implementations register with TORCH_LIBRARY_IMPL in api.cpp (CUDA) and cpu_ops.cpp
+// (CPU); fake (meta) implementations and autograd live in aigc_kernels/ops/cuda_ops.py.
+#include <Python.h>
+#include <torch/library.h>
+
+TORCH_LIBRARY(aigc_kernels, m) {
+  // Decoding: write k_new/v_new (B, Hkv, Lnew, D) into the caches (B, Hkv, Lmax, D) at rows
+  // [cache_seqlens[b], cache_seqlens[b] + Lnew) of batch b, in place.
+  m.def(
+      "kvcache_append(Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor k_new, Tensor v_new, "
+      "Tensor cache_seqlens) -> ()");
+}
+
+// The module only has to exist for `import aigc_kernels._C` to load the shared library (and so
+// run the static registrations above). Build facts are in aigc_kernels/_build_info.py.
+static struct PyModuleDef aigc_kernels_C_module = {
+    PyModuleDef_HEAD_INIT, "_C", "aigc-kernels CUDA extension (ops under torch.ops.aigc_kernels)", -1,
+    nullptr};
+
+PyMODINIT_FUNC PyInit__C(void) {
+  return PyModule_Create(&aigc_kernels_C_module);
+}
