@@ -11,17 +11,14 @@ innermost ``use_backend(...)`` block, ``set_backend(...)``, the environment vari
   the others. On CPU tensors "auto" runs the torch reference: the Triton interpreter is a
   debugging tool, not a fast path.
 
-Kernel modules register their implementations with :func:`register`, naming them as
-"module:function" strings so nothing heavy (triton, the compiled extension) is imported until
-an op first runs on that backend.
+Kernel modules register their implementations with :func:`register`, as loader functions, so
+nothing heavy (triton, the compiled extension) is imported until an op first runs on that
+backend.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
-import importlib
-import importlib.util
 import logging
 import os
 from collections.abc import Callable, Iterator
@@ -102,32 +99,35 @@ def triton_interpreter() -> bool:
 
 def backend_status() -> dict[str, tuple[bool, str]]:
     """For each backend: (available here, why or why not)."""
-    return dict(_backend_status(triton_interpreter()))
-
-
-@functools.lru_cache(maxsize=None)
-def _backend_status(interpreter: bool) -> tuple[tuple[str, tuple[bool, str]], ...]:
-    from . import _ext
+    from . import _availability as here
 
     status: dict[str, tuple[bool, str]] = {}
-    gpu = torch.cuda.is_available()
-    ext_ok, ext_why = _ext.status()
-    if not ext_ok:
-        status["cuda"] = (False, ext_why)
-    elif not gpu:
+    if not here.EXT_LOADED:
+        status["cuda"] = (False, here.EXT_WHY)
+    elif not here.GPU:
         status["cuda"] = (False, "the extension aigc_kernels._C is built, but no CUDA GPU is visible")
     else:
-        status["cuda"] = (True, f"aigc_kernels._C on {torch.cuda.get_device_name()}")
-    if importlib.util.find_spec("triton") is None:
+        status["cuda"] = (True, f"aigc_kernels._C on {here.GPU_NAME}")
+    if not here.TRITON_INSTALLED:
         status["triton"] = (False, "triton is not installed")
-    elif gpu:
-        status["triton"] = (True, f"triton on {torch.cuda.get_device_name()}")
-    elif interpreter:
+    elif here.GPU:
+        status["triton"] = (True, f"triton on {here.GPU_NAME}")
+    elif triton_interpreter():
         status["triton"] = (True, "triton interpreter on CPU (TRITON_INTERPRET=1; slow, for testing)")
     else:
         status["triton"] = (False, "no CUDA GPU (set TRITON_INTERPRET=1 to run Triton kernels on CPU)")
     status["torch"] = (True, "naive PyTorch (aigc_kernels.reference), any device")
-    return tuple(status.items())
+    return status
+
+
+def _available(name: str) -> bool:
+    from . import _availability as here
+
+    if name == "cuda":
+        return here.EXT_LOADED and here.GPU
+    if name == "triton":
+        return here.TRITON_INSTALLED and (here.GPU or triton_interpreter())
+    return True
 
 
 def available_backends() -> list[str]:
@@ -140,39 +140,38 @@ def available_backends() -> list[str]:
 # ----------------------------------------------------------------------------------------------
 @dataclass
 class Implementation:
+    """One backend's implementation of one op.
+
+    ``load`` returns the function that runs the op (same signature as the public function minus
+    ``backend``); it imports the kernel module with an import statement, which torch.compile
+    executes eagerly, so the first call may happen inside a compiled region. ``check`` returns
+    None when the implementation accepts the arguments, else the reason it does not.
+    """
+
     op: str
     backend: str
-    target: str  # "module:function" running the op, same signature as the public function
-    check: str | None = None  # "module:function" -> None if it can run these args, else the reason
+    load: Callable[[], Callable]
+    check: Callable[..., str | None] | None = None
     _fn: Callable | None = field(default=None, repr=False)
-    _check_fn: Callable | None = field(default=None, repr=False)
-
-    @staticmethod
-    def _load(target: str) -> Callable:
-        module, _, name = target.partition(":")
-        return getattr(importlib.import_module(module), name)
 
     def fn(self) -> Callable:
         if self._fn is None:
-            self._fn = self._load(self.target)
+            self._fn = self.load()
         return self._fn
 
     def why_not(self, *args, **kwargs) -> str | None:
-        if self.check is None:
-            return None
-        if self._check_fn is None:
-            self._check_fn = self._load(self.check)
-        return self._check_fn(*args, **kwargs)
+        return None if self.check is None else self.check(*args, **kwargs)
 
 
 _REGISTRY: dict[str, dict[str, Implementation]] = {}
 
 
-def register(op: str, backend: str, target: str, check: str | None = None) -> None:
-    """Declare that ``backend`` implements the public op ``op`` with ``target`` ("module:function")."""
+def register(op: str, backend: str, load: Callable[[], Callable],
+             check: Callable[..., str | None] | None = None) -> None:
+    """Declare that ``backend`` implements the public op ``op`` (see Implementation)."""
     if backend not in BACKENDS:
         raise ValueError(f"register: expected a backend in {BACKENDS}, got {backend!r}")
-    _REGISTRY.setdefault(op, {})[backend] = Implementation(op, backend, target, check)
+    _REGISTRY.setdefault(op, {})[backend] = Implementation(op, backend, load, check)
 
 
 def implementations(op: str | None = None) -> dict[str, list[str]]:
@@ -201,9 +200,8 @@ def select(op: str, device: torch.device, backend: str | None, *args, **kwargs) 
             raise BackendError(f"ak.{op}: the '{name}' backend has no implementation of {op}; "
                                f"backends that implement it: {have}. Pass backend='auto' or one of those.")
         reason = _device_reason(name, device)
-        if reason is None:
-            ok, why = dict(_backend_status(triton_interpreter()))[name]
-            reason = None if ok else f"the '{name}' backend is not available here: {why}"
+        if reason is None and not _available(name):
+            reason = f"the '{name}' backend is not available here: {backend_status()[name][1]}"
         if reason is None:
             reason = impl.why_not(*args, **kwargs)
         if reason is not None:
@@ -219,13 +217,12 @@ def select(op: str, device: torch.device, backend: str | None, *args, **kwargs) 
             reason = "auto runs CPU tensors on the torch reference"
         else:
             reason = _device_reason(candidate, device)
-        if reason is None and candidate != "torch":
-            ok, why = dict(_backend_status(triton_interpreter()))[candidate]
-            reason = None if ok else why
+        if reason is None and not _available(candidate):
+            reason = backend_status()[candidate][1]
         if reason is None:
             reason = impl.why_not(*args, **kwargs)
         if reason is None:
-            if skipped and log.isEnabledFor(logging.DEBUG) and not torch.compiler.is_compiling():
+            if skipped and not torch.compiler.is_compiling() and log.isEnabledFor(logging.DEBUG):
                 log.debug("ak.%s: auto chose '%s'; skipped %s", op, candidate, "; ".join(skipped))
             return impl.fn()
         skipped.append(f"{candidate}: {reason}")

@@ -20,6 +20,7 @@ __all__ = [
     "apply_activation",
     "attention",
     "attention_mask",
+    "band_mask",
     "attention_varlen",
     "attention_with_kvcache",
     "ffn",
@@ -35,6 +36,34 @@ ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "silu")
 # ----------------------------------------------------------------------------------------------
 # attention
 # ----------------------------------------------------------------------------------------------
+def band_mask(
+    qpos: torch.Tensor,
+    kpos: torch.Tensor,
+    shift: torch.Tensor | int,
+    *,
+    causal: bool = False,
+    window_size: tuple[int, int] | None = None,
+) -> torch.Tensor | None:
+    """Bool mask (True = attend) of causal masking and a sliding window around a shifted diagonal.
+
+    Query position i is aligned with key position i + shift. causal keeps keys j <= i + shift;
+    window_size=(left, right) keeps i + shift - left <= j <= i + shift + right (-1 = unbounded).
+    qpos, kpos and shift broadcast against each other. Returns None when nothing is masked.
+    """
+    left, right = window_size if window_size is not None else (-1, -1)
+    if causal:
+        right = 0 if right < 0 else min(right, 0)
+    if left < 0 and right < 0:
+        return None
+    diag = qpos + shift
+    keep = torch.ones(torch.broadcast_shapes(diag.shape, kpos.shape), dtype=torch.bool, device=kpos.device)
+    if right >= 0:
+        keep &= kpos <= diag + right
+    if left >= 0:
+        keep &= kpos >= diag - left
+    return keep
+
+
 def attention_mask(
     lq: int,
     lk: int,
@@ -43,26 +72,11 @@ def attention_mask(
     window_size: tuple[int, int] | None = None,
     device: torch.device | str | None = None,
 ) -> torch.Tensor | None:
-    """The (Lq, Lk) bool mask (True = attend) of bottom-right causal masking and a sliding window.
-
-    Query i is aligned with key i + Lk - Lq (so the last query sees the last key). causal keeps
-    keys j <= i + Lk - Lq; window_size=(left, right) keeps i + Lk - Lq - left <= j <=
-    i + Lk - Lq + right, with -1 meaning unbounded on that side. Returns None when nothing is masked.
-    """
-    left, right = window_size if window_size is not None else (-1, -1)
-    if causal:
-        right = 0 if right < 0 else min(right, 0)
-    if left < 0 and right < 0:
-        return None
+    """The (Lq, Lk) mask of :func:`band_mask` for one sequence, bottom-right aligned (shift = Lk - Lq),
+    so the last query sees the last key."""
     i = torch.arange(lq, device=device).unsqueeze(1)
     j = torch.arange(lk, device=device).unsqueeze(0)
-    diag = i + (lk - lq)
-    keep = torch.ones(lq, lk, dtype=torch.bool, device=device)
-    if right >= 0:
-        keep &= j <= diag + right
-    if left >= 0:
-        keep &= j >= diag - left
-    return keep
+    return band_mask(i, j, lk - lq, causal=causal, window_size=window_size)
 
 
 def _repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
@@ -139,18 +153,26 @@ def attention_varlen(
     Sequence b owns rows cu_seqlens_q[b]:cu_seqlens_q[b+1] of q and the matching rows of k/v;
     causal and the window are aligned bottom-right within each sequence.
     """
-    out = torch.zeros_like(q)
-    starts_q, starts_k = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
-    for b in range(len(starts_q) - 1):
-        q0, q1, k0, k1 = starts_q[b], starts_q[b + 1], starts_k[b], starts_k[b + 1]
-        if q1 == q0:
-            continue
-        qb = q[q0:q1].transpose(0, 1).unsqueeze(0)  # (1, Hq, Lq_b, D)
-        kb = k[k0:k1].transpose(0, 1).unsqueeze(0)
-        vb = v[k0:k1].transpose(0, 1).unsqueeze(0)
-        ob = attention(qb, kb, vb, causal=causal, scale=scale, window_size=window_size)
-        out[q0:q1] = ob.squeeze(0).transpose(0, 1)
-    return out
+    # One block-diagonal mask over all packed rows: a row attends only within its own sequence,
+    # with causal/window aligned bottom-right there. Rows past the last offset see no key.
+    def rows(cu: torch.Tensor, total: int):
+        r = torch.arange(total, device=cu.device)
+        seq = torch.searchsorted(cu[1:].to(torch.long), r, right=True)
+        cu_ext = torch.cat([cu.to(torch.long), cu[-1:].to(torch.long)])
+        return seq, r - cu_ext[seq], cu_ext[seq + 1] - cu_ext[seq]
+
+    seq_q, pos_q, len_q = rows(cu_seqlens_q, q.shape[0])
+    seq_k, pos_k, _ = rows(cu_seqlens_k, k.shape[0])
+    len_k_of_q = (cu_seqlens_k[1:] - cu_seqlens_k[:-1]).to(torch.long)
+    len_k_of_q = torch.cat([len_k_of_q, len_k_of_q.new_zeros(1)])[seq_q]
+    keep = seq_q[:, None] == seq_k[None, :]
+    band = band_mask(pos_q[:, None], pos_k[None, :], (len_k_of_q - len_q)[:, None], causal=causal,
+                     window_size=window_size)
+    if band is not None:
+        keep &= band
+    out = attention(q.transpose(0, 1).unsqueeze(0), k.transpose(0, 1).unsqueeze(0), v.transpose(0, 1).unsqueeze(0),
+                    attn_mask=keep, scale=scale)
+    return out.squeeze(0).transpose(0, 1)
 
 
 def kvcache_append(
@@ -161,10 +183,11 @@ def kvcache_append(
     cache_seqlens: torch.Tensor,
 ) -> None:
     """Write k_new/v_new (B, Hkv, Lnew, D) into the caches at rows cache_seqlens[b]:+Lnew, in place."""
-    lnew = k_new.shape[2]
-    for b, start in enumerate(cache_seqlens.tolist()):
-        k_cache[b, :, start : start + lnew] = k_new[b]
-        v_cache[b, :, start : start + lnew] = v_new[b]
+    b, h, lnew, d = k_new.shape
+    rows = cache_seqlens.to(torch.long).view(b, 1, 1, 1) + torch.arange(lnew, device=k_new.device).view(1, 1, lnew, 1)
+    index = rows.expand(b, h, lnew, d)
+    k_cache.scatter_(2, index, k_new)
+    v_cache.scatter_(2, index, v_new)
 
 
 def attention_with_kvcache(
@@ -188,12 +211,12 @@ def attention_with_kvcache(
     lq, lmax = q.shape[2], k_cache.shape[2]
     if k_new is not None:
         kvcache_append(k_cache, v_cache, k_new, v_new, cache_seqlens)
-    lengths = cache_seqlens.to(torch.long) + (k_new.shape[2] if k_new is not None else 0)
+    lengths = (cache_seqlens.to(torch.long) + (k_new.shape[2] if k_new is not None else 0)).view(-1, 1, 1)
     j = torch.arange(lmax, device=q.device).view(1, 1, lmax)
-    keep = j < lengths.view(-1, 1, 1)  # (B, 1, Lmax): valid cache rows
+    keep = j < lengths  # (B, 1, Lmax): valid cache rows
     if causal:
         i = torch.arange(lq, device=q.device).view(1, lq, 1)
-        keep = keep & (j <= i + (lengths.view(-1, 1, 1) - lq))  # (B, Lq, Lmax)
+        keep = keep & band_mask(i, j, lengths - lq, causal=True)  # (B, Lq, Lmax)
     return attention(q, k_cache, v_cache, attn_mask=keep.unsqueeze(1), scale=scale)
 
 

@@ -160,7 +160,7 @@ def attention_varlen_args(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max
     if scale is not None:
         number(op, "scale", scale)
     # Offsets on the CPU are checked for free; on a GPU that would cost a synchronization.
-    if cu_seqlens_q.device.type == "cpu":
+    if cu_seqlens_q.device.type == "cpu" and not torch.compiler.is_compiling():
         for name, cu, total, longest in (("cu_seqlens_q", cu_seqlens_q, q.shape[0], max_seqlen_q),
                                          ("cu_seqlens_k", cu_seqlens_k, k.shape[0], max_seqlen_k)):
             lens = cu[1:] - cu[:-1]
@@ -212,7 +212,7 @@ def kvcache_seqlens(op: str, cache_seqlens, b: int, k_cache: torch.Tensor, lnew:
     if lnew > lmax:
         raise ValueError(f"{op}: {lnew} new rows do not fit a cache of Lmax={lmax}")
     # Reading CPU-resident lengths is free; on a GPU the kernels assert on the device instead.
-    if cache_seqlens.device.type == "cpu" and cache_seqlens.numel():
+    if cache_seqlens.device.type == "cpu" and cache_seqlens.numel() and not torch.compiler.is_compiling():
         lo, hi = int(cache_seqlens.min()), int(cache_seqlens.max())
         if lo < 0 or hi + lnew > lmax:
             raise ValueError(f"{op}: expected 0 <= cache_seqlens <= Lmax - Lnew = {lmax - lnew} "

@@ -1,0 +1,41 @@
+"""The functional API, one module per op family, and the backend registrations.
+
+Every public function validates its arguments (aigc_kernels.validation), asks
+aigc_kernels.backend.select for the implementation, and calls it. Kernel issues add their
+implementations below with backend.register; the "torch" backend is the reference.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from .. import reference
+from ..backend import register
+from .attention import attention, attention_varlen, attention_with_kvcache, kvcache_append
+from .linear import ffn, linear
+from .norm import layer_norm, rms_norm
+
+PUBLIC_OPS = (
+    "attention",
+    "attention_varlen",
+    "attention_with_kvcache",
+    "kvcache_append",
+    "layer_norm",
+    "rms_norm",
+    "linear",
+    "ffn",
+)
+
+for _op in PUBLIC_OPS:
+    register(_op, "torch", functools.partial(getattr, reference, _op))
+
+
+def _cuda_kvcache_append():
+    from . import cuda_ops
+
+    return cuda_ops.kvcache_append
+
+
+register("kvcache_append", "cuda", _cuda_kvcache_append)
+
+__all__ = [*PUBLIC_OPS, "PUBLIC_OPS"]

@@ -1,0 +1,124 @@
+"""Softmax attention: dense, packed variable-length, and decoding over a KV cache."""
+
+from __future__ import annotations
+
+import torch
+
+from .. import validation
+from ..backend import select
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    causal: bool = False,
+    attn_mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    scale: float | None = None,
+    window_size: tuple[int, int] | None = None,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """softmax(q k^T * scale + mask) v, with the layout and mask rules of F.scaled_dot_product_attention.
+
+    Args:
+        q: (B, Hq, Lq, D).
+        k, v: (B, Hkv, Lk, D), with Hq % Hkv == 0 (GQA; Hkv = 1 is MQA).
+        causal: query i sees keys j <= i + Lk - Lq (bottom-right aligned; SDPA's when Lq == Lk).
+        attn_mask: bool (True = attend) or float (added to the scores), broadcastable to (B, Hq, Lq, Lk).
+        dropout_p: dropout on the attention probabilities (always applied when > 0).
+        scale: defaults to 1 / sqrt(D).
+        window_size: (left, right) sliding window around the aligned diagonal; -1 = unbounded.
+        backend: "cuda" | "triton" | "torch" | "auto" | None (the active default).
+
+    Returns:
+        (B, Hq, Lq, D) in q's dtype. A query row that sees no key gives zeros.
+    """
+    window_size = validation.attention_args(q, k, v, attn_mask, dropout_p, scale, window_size, causal)
+    kwargs = dict(causal=causal, attn_mask=attn_mask, dropout_p=float(dropout_p), scale=scale,
+                  window_size=window_size)
+    return select("attention", q.device, backend, q, k, v, **kwargs)(q, k, v, **kwargs)
+
+
+def attention_varlen(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    cu_seqlens_k: torch.Tensor,
+    max_seqlen_q: int,
+    max_seqlen_k: int,
+    *,
+    causal: bool = False,
+    scale: float | None = None,
+    window_size: tuple[int, int] | None = None,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """Attention over packed sequences of different lengths (no padding).
+
+    Args:
+        q: (total_q, Hq, D); k, v: (total_k, Hkv, D).
+        cu_seqlens_q, cu_seqlens_k: int32 (batch + 1,) offsets: sequence b owns q rows
+            cu_seqlens_q[b]:cu_seqlens_q[b+1] and the matching k/v rows.
+        max_seqlen_q, max_seqlen_k: the longest sequence lengths (kernels size their grids by them).
+        causal, scale, window_size, backend: as in attention, per sequence.
+
+    Returns:
+        (total_q, Hq, D).
+    """
+    window_size = validation.attention_varlen_args(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                                                   max_seqlen_k, scale, window_size)
+    args = (q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
+    kwargs = dict(causal=causal, scale=scale, window_size=window_size)
+    return select("attention_varlen", q.device, backend, *args, **kwargs)(*args, **kwargs)
+
+
+def attention_with_kvcache(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    cache_seqlens: torch.Tensor,
+    *,
+    k_new: torch.Tensor | None = None,
+    v_new: torch.Tensor | None = None,
+    causal: bool = True,
+    scale: float | None = None,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """Decoding attention over a KV cache, appending the new keys/values first.
+
+    Args:
+        q: (B, Hq, Lq, D), Lq small (1 for token-by-token decoding).
+        k_cache, v_cache: (B, Hkv, Lmax, D); modified in place when k_new/v_new are given.
+        cache_seqlens: int32 (B,), the valid rows of each cache before this call (not modified).
+        k_new, v_new: (B, Hkv, Lnew, D), written at rows cache_seqlens[b]:cache_seqlens[b] + Lnew.
+        causal: bottom-right aligned over the cache_seqlens[b] + Lnew valid keys.
+
+    Returns:
+        (B, Hq, Lq, D).
+    """
+    validation.kvcache_args(q, k_cache, v_cache, cache_seqlens, k_new, v_new, scale)
+    args = (q, k_cache, v_cache, cache_seqlens)
+    kwargs = dict(k_new=k_new, v_new=v_new, causal=causal, scale=scale)
+    return select("attention_with_kvcache", q.device, backend, *args, **kwargs)(*args, **kwargs)
+
+
+def kvcache_append(
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    k_new: torch.Tensor,
+    v_new: torch.Tensor,
+    cache_seqlens: torch.Tensor,
+    *,
+    backend: str | None = None,
+) -> None:
+    """Write k_new/v_new (B, Hkv, Lnew, D) into the caches (B, Hkv, Lmax, D) in place.
+
+    Batch b's new rows land at cache rows cache_seqlens[b]:cache_seqlens[b] + Lnew;
+    cache_seqlens (int32, (B,)) is not modified. On a GPU an out-of-range write is caught by a
+    device-side assert; with CPU-resident cache_seqlens it is a ValueError before any write.
+    """
+    validation.kvcache_append_args(k_cache, v_cache, k_new, v_new, cache_seqlens)
+    args = (k_cache, v_cache, k_new, v_new, cache_seqlens)
+    select("kvcache_append", k_cache.device, backend, *args)(*args)

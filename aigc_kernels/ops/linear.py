@@ -1,0 +1,66 @@
+"""Linear layers with the activation in the GEMM epilogue, and the feed-forward block."""
+
+from __future__ import annotations
+
+import torch
+
+from .. import validation
+from ..backend import select
+
+
+def linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    activation: str | None = None,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """act(x @ weight.T + bias).
+
+    Args:
+        x: (..., K).
+        weight: (N, K), as in torch.nn.Linear.
+        bias: (N,) or None.
+        activation: None | "relu" | "gelu" (erf) | "gelu_tanh" | "silu".
+        backend: "cuda" | "triton" | "torch" | "auto" | None.
+
+    Returns:
+        (..., N) in x's dtype.
+    """
+    validation.linear_args(x, weight, bias, activation)
+    kwargs = dict(activation=activation)
+    return select("linear", x.device, backend, x, weight, bias, **kwargs)(x, weight, bias, **kwargs)
+
+
+def ffn(
+    x: torch.Tensor,
+    w_in: torch.Tensor,
+    b_in: torch.Tensor | None,
+    w_out: torch.Tensor,
+    b_out: torch.Tensor | None,
+    *,
+    activation: str = "gelu",
+    w_gate: torch.Tensor | None = None,
+    b_gate: torch.Tensor | None = None,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """The feed-forward block.
+
+    plain: act(x W_in^T + b_in) W_out^T + b_out
+    gated: (act(x W_gate^T + b_gate) * (x W_in^T + b_in)) W_out^T + b_out
+           ("silu" = SwiGLU, "gelu" = GeGLU, as in Llama's gate_proj / up_proj / down_proj)
+
+    Args:
+        x: (..., D).
+        w_in, w_gate: (H, D); b_in, b_gate: (H,) or None.
+        w_out: (D, H); b_out: (D,) or None.
+        activation: "relu" | "gelu" | "gelu_tanh" | "silu" (None allowed only when not gated).
+
+    Returns:
+        (..., D) in x's dtype.
+    """
+    validation.ffn_args(x, w_in, b_in, w_out, b_out, activation, w_gate, b_gate)
+    args = (x, w_in, b_in, w_out, b_out)
+    kwargs = dict(activation=activation, w_gate=w_gate, b_gate=b_gate)
+    return select("ffn", x.device, backend, *args, **kwargs)(*args, **kwargs)

@@ -1,0 +1,49 @@
+"""LayerNorm and RMSNorm over the last dim, with an optional fused residual add."""
+
+from __future__ import annotations
+
+import torch
+
+from .. import validation
+from ..backend import select
+
+
+def layer_norm(
+    x: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    eps: float = 1e-5,
+    *,
+    residual: torch.Tensor | None = None,
+    backend: str | None = None,
+):
+    """LayerNorm over the last dim of x (..., N).
+
+    Args:
+        x: (..., N), any rank >= 1.
+        weight, bias: (N,) or None; their dtype may be x's or float32.
+        eps: added to the variance.
+        residual: (..., N) like x. When given, s = x + residual is normalized and (LN(s), s) is
+            returned, so a pre-LN block reads its input once.
+        backend: "cuda" | "triton" | "torch" | "auto" | None.
+
+    Returns:
+        y, or (y, s) with residual; both in x's dtype. Statistics are computed in float32.
+    """
+    validation.norm_args("ak.layer_norm", x, weight, bias, eps, residual)
+    kwargs = dict(residual=residual)
+    return select("layer_norm", x.device, backend, x, weight, bias, eps, **kwargs)(x, weight, bias, eps, **kwargs)
+
+
+def rms_norm(
+    x: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    eps: float = 1e-6,
+    *,
+    residual: torch.Tensor | None = None,
+    backend: str | None = None,
+):
+    """RMSNorm over the last dim: x / sqrt(mean(x^2) + eps) * weight. Arguments as in layer_norm."""
+    validation.norm_args("ak.rms_norm", x, weight, None, eps, residual)
+    kwargs = dict(residual=residual)
+    return select("rms_norm", x.device, backend, x, weight, eps, **kwargs)(x, weight, eps, **kwargs)
