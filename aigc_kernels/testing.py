@@ -104,11 +104,11 @@ def cases(op: str, dtype: torch.dtype, device: torch.device | str, seed: int = 0
                                          v_new=r(2, 2, 3, 8), cache_seqlens=i32([0, 13])), {},
                    mutates=("k_cache", "v_cache"))
     elif op in ("layer_norm", "rms_norm"):
-        extra = {"bias": r(33)} if op == "layer_norm" else {}
-        yield Case("3x7x33 affine", dict(x=r(3, 7, 33), weight=r(33), **extra), {}, ("x", "weight", *extra))
+        bias = (lambda n: {"bias": r(n)}) if op == "layer_norm" else (lambda n: {})  # noqa: E731
+        yield Case("3x7x33 affine", dict(x=r(3, 7, 33), weight=r(33), **bias(33)), {}, ("x", "weight", *bias(1)))
         yield Case("1023, no affine", dict(x=r(4, 1023, scale=3.0)), {}, ("x",))
-        yield Case("residual", dict(x=r(5, 40), weight=r(40), **extra), dict(residual=r(5, 40)),
-                   ("x", "weight", *extra, "residual"))
+        yield Case("residual", dict(x=r(5, 40), weight=r(40), **bias(40)), dict(residual=r(5, 40)),
+                   ("x", "weight", *bias(1), "residual"))
     elif op == "linear":
         x, w, b = r(17, 40), r(72, 40, scale=0.2), r(72)
         for act in (None, *reference.ACTIVATIONS):
@@ -174,15 +174,17 @@ def _run(fn: Callable, case: Case, dtype, gen_seed: int):
     return outs, grads
 
 
-def check_case(op: str, backend: str, case: Case, dtype: torch.dtype, factor: float = 2.0) -> CheckResult:
-    """Run ``case`` on ``backend`` and judge it against the float64 and same-dtype references."""
+def check_case(op: str, backend: str, case: Case, dtype: torch.dtype, factor: float = 2.0,
+               fn: Callable | None = None) -> CheckResult:
+    """Run ``case`` on ``backend`` (or through ``fn``, e.g. a torch.ops op, labelled ``backend``) and
+    judge it against the float64 and same-dtype references."""
     from . import ops
 
-    public = getattr(ops, op)
+    public = getattr(ops, op) if fn is None else fn
     ref = getattr(reference, op)
     result = CheckResult(op, backend, str(dtype).removeprefix("torch."), case.name, float("nan"), 0.0, None, None)
     try:
-        with use_backend(backend):
+        with use_backend(backend if fn is None else "auto"):
             out, grads = _run(public, case, None, 1)
     except Exception as exc:  # reported in the table, not raised: check covers every op
         result.error = f"{type(exc).__name__}: {exc}"

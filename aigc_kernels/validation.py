@@ -19,8 +19,13 @@ from .reference import ACTIVATIONS
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
+def _fmt(dims) -> str:
+    dims = [str(d) for d in dims]
+    return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
+
+
 def _shape(t: torch.Tensor) -> str:
-    return "(" + ", ".join(str(s) for s in t.shape) + ")"
+    return _fmt(t.shape)
 
 
 def tensor(op: str, name: str, t, *, ndim: int | None = None, layout: str = "",
@@ -61,7 +66,7 @@ def shape(op: str, name: str, t: torch.Tensor | None, expected: tuple, layout: s
         return
     ok = t.dim() == len(expected) and all(e is None or e == s for e, s in zip(expected, t.shape))
     if not ok:
-        want = "(" + ", ".join("*" if e is None else str(e) for e in expected) + ")"
+        want = _fmt("*" if e is None else e for e in expected)
         raise ValueError(f"{op}: expected {name} of shape {want} {layout}, got {_shape(t)}")
 
 

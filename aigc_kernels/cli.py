@@ -1,0 +1,194 @@
+"""The ``aigc-kernels`` command: info | check.
+
+    aigc-kernels info                  device, versions, build flags, backends and ops available here
+    aigc-kernels check [--op OP ...] [--backend B ...] [--json FILE]
+                                       every op x backend against the float64 reference; exit 1 on failure
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+SPEED_NOTE = ("No CUDA GPU here: kernel speed needs a CUDA GPU. Timings on this machine (the torch reference on "
+              "CPU, or Triton's interpreter) say nothing about kernel speed.")
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    def version(dist: str) -> str:
+        try:
+            return md.version(dist)
+        except md.PackageNotFoundError:
+            return "not installed"
+
+    from . import __version__
+
+    return {"aigc-kernels": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "torch CUDA": torch.version.cuda or "none (CPU build)", "triton": version("triton"),
+            "transformers": version("transformers")}
+
+
+def _console() -> Console:
+    # Wide tables stay readable when the output goes to a file or a CI log.
+    return Console() if sys.stdout.isatty() else Console(width=160)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from . import _ext, backend, ops
+
+    console = _console()
+    gpu = torch.cuda.is_available()
+    device = (f"{torch.cuda.get_device_name()} (sm_{''.join(map(str, torch.cuda.get_device_capability()))}, "
+              f"{torch.cuda.device_count()} visible)") if gpu else f"CPU only ({platform.processor() or 'cpu'})"
+    table = Table(title="aigc-kernels info", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    table.add_row("device", device)
+    for name, value in _versions().items():
+        table.add_row(name, value)
+    built, why = _ext.status()
+    build = _ext.build_info()
+    table.add_row("extension aigc_kernels._C", ("loaded: " if built else "unavailable: ") + why)
+    if build:
+        table.add_row("  built for archs", build.get("archs", "?"))
+        table.add_row("  built with", f"torch {build.get('torch_version', '?')}, CUDA {build.get('cuda_version', '?')}, "
+                                      f"{build.get('cuda_home', '?')}")
+    if built:
+        compiled = sorted(name for name in torch._C._dispatch_get_all_op_names() if name.startswith("aigc_kernels::"))
+        table.add_row("  torch.ops.aigc_kernels", ", ".join(compiled) or "none")
+    table.add_row("default backend", backend.get_backend())
+    console.print(table)
+
+    impls = backend.implementations()
+    status = backend.backend_status()
+    bt = Table(title="backends")
+    bt.add_column("backend")
+    bt.add_column("available")
+    bt.add_column("why")
+    bt.add_column("ops implemented")
+    for name in backend.BACKENDS:
+        ok, reason = status[name]
+        have = [op for op in ops.PUBLIC_OPS if name in impls.get(op, [])]
+        bt.add_row(name, "[green]yes[/]" if ok else "[red]no[/]", reason, ", ".join(have) or "none yet")
+    console.print(bt)
+    if not gpu:
+        console.print(f"[yellow]{SPEED_NOTE}[/]")
+    return 0
+
+
+def _check_dtypes(device: torch.device, name: str) -> list[torch.dtype]:
+    if device.type == "cuda":
+        return [torch.float16, torch.bfloat16, torch.float32]
+    if name == "triton":  # the interpreter has no bfloat16 tl.dot
+        return [torch.float32, torch.float16]
+    return [torch.float32]
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from . import backend, ops, testing
+
+    console = _console()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    wanted_ops = args.op or list(ops.PUBLIC_OPS)
+    unknown = sorted(set(wanted_ops) - set(ops.PUBLIC_OPS))
+    if unknown:
+        console.print(f"[red]unknown op(s) {unknown}; expected some of {list(ops.PUBLIC_OPS)}[/]")
+        return 2
+    available = backend.available_backends()
+    wanted_backends = args.backend or list(backend.BACKENDS)
+    status = backend.backend_status()
+    table = Table(title=f"aigc-kernels check on {device} (float64 reference; pass = err <= 2x the same-dtype "
+                        "reference's error + floor)")
+    for col in ("op", "backend", "dtype", "case", "fwd err", "bound", "grad err", "bound", "result"):
+        table.add_column(col, justify="right" if "err" in col or col == "bound" else "left")
+    results, skipped = [], []
+    t0 = time.perf_counter()
+    for op in wanted_ops:
+        for name in wanted_backends:
+            if name not in backend.implementations(op)[op]:
+                skipped.append((op, name, "not implemented yet"))
+                continue
+            if name not in available:
+                skipped.append((op, name, status[name][1]))
+                continue
+            for dtype in _check_dtypes(device, name):
+                for case in testing.cases(op, dtype, device, seed=args.seed):
+                    r = testing.check_case(op, name, case, dtype)
+                    results.append(r)
+                    verdict = "[green]pass[/]" if r.passed else f"[red]FAIL[/] {r.error or ''}"
+                    g = "-" if r.grad_err is None else f"{r.grad_err:.2e}"
+                    gb = "-" if r.grad_bound is None else f"{r.grad_bound:.2e}"
+                    table.add_row(op, name, r.dtype, r.case, f"{r.fwd_err:.2e}", f"{r.fwd_bound:.2e}", g, gb, verdict)
+    # The compiled ops themselves, on this device's kernel (the CPU kernels exist to prove the
+    # schema -> kernel -> fake impl chain on machines without a GPU).
+    if _ext_loaded():
+        for op in ("kvcache_append",):
+            if op not in wanted_ops:
+                continue
+            fn = getattr(torch.ops.aigc_kernels, op)
+            for case in testing.cases(op, torch.float32, device, seed=args.seed):
+                r = testing.check_case(op, f"torch.ops ({device.type})", case, torch.float32, fn=fn)
+                results.append(r)
+                verdict = "[green]pass[/]" if r.passed else f"[red]FAIL[/] {r.error or ''}"
+                table.add_row(op, r.backend, r.dtype, r.case, f"{r.fwd_err:.2e}", f"{r.fwd_bound:.2e}", "-", "-", verdict)
+    console.print(table)
+    if skipped:
+        st = Table(title="not checked here")
+        st.add_column("op")
+        st.add_column("backend")
+        st.add_column("why")
+        for row in skipped:
+            st.add_row(*row)
+        console.print(st)
+    failed = [r for r in results if not r.passed]
+    console.print(f"{len(results) - len(failed)} passed, {len(failed)} failed "
+                  f"({time.perf_counter() - t0:.1f} s on {device})")
+    if device.type != "cuda":
+        console.print(f"[yellow]{SPEED_NOTE}[/]")
+    if args.json:
+        payload = {"device": str(device), "versions": _versions(),
+                   "results": [dict(vars(r), passed=r.passed) for r in results],
+                   "skipped": [dict(op=o, backend=b, why=w) for o, b, w in skipped]}
+        with open(args.json, "w") as f:
+            json.dump(payload, f, indent=2)
+    return 1 if failed else 0
+
+
+def _ext_loaded() -> bool:
+    from . import _ext
+
+    return _ext.status()[0]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import backend, ops
+
+    parser = argparse.ArgumentParser(prog="aigc-kernels", description="Fused Transformer kernels: info and checks.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("info", help="device, versions, build flags, available backends and ops")
+    p.set_defaults(func=cmd_info)
+    p = sub.add_parser("check", help="every op x backend against the float64 reference (exit 1 on failure)")
+    p.add_argument("--op", action="append", choices=list(ops.PUBLIC_OPS), help="only this op (repeatable)")
+    p.add_argument("--backend", action="append", choices=list(backend.BACKENDS), help="only this backend (repeatable)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.set_defaults(func=cmd_check)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,245 @@
+"""The functional API: backend selection, argument checks, empty inputs, torch.compile."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import aigc_kernels as ak
+from aigc_kernels import backend as B
+from aigc_kernels import reference as R
+
+
+def qkv(b=2, hq=4, hkv=2, lq=5, lk=7, d=8, dtype=torch.float32):
+    g = torch.Generator().manual_seed(0)
+    return (torch.randn(b, hq, lq, d, generator=g, dtype=dtype), torch.randn(b, hkv, lk, d, generator=g, dtype=dtype),
+            torch.randn(b, hkv, lk, d, generator=g, dtype=dtype))
+
+
+# ----------------------------------------------------------------------------------------------
+# backend selection
+# ----------------------------------------------------------------------------------------------
+def test_default_and_precedence(monkeypatch):
+    monkeypatch.delenv("AIGC_KERNELS_BACKEND", raising=False)
+    assert ak.get_backend() == "auto"
+    monkeypatch.setenv("AIGC_KERNELS_BACKEND", "torch")
+    assert ak.get_backend() == "torch"
+    ak.set_backend("triton")
+    assert ak.get_backend() == "triton"
+    with ak.use_backend("cuda"):
+        assert ak.get_backend() == "cuda"
+        with ak.use_backend("AUTO"):
+            assert ak.get_backend() == "auto"
+        assert ak.get_backend() == "cuda"
+    assert ak.get_backend() == "triton"
+    ak.set_backend(None)
+    assert ak.get_backend() == "torch"
+
+
+def test_invalid_backend_names(monkeypatch):
+    with pytest.raises(ValueError, match=r"set_backend: expected a backend in .*got 'cudnn'"):
+        ak.set_backend("cudnn")
+    with pytest.raises(ValueError, match="use_backend"):
+        with ak.use_backend("fast"):
+            pass
+    q, k, v = qkv()
+    with pytest.raises(ValueError, match=r"ak.attention\(backend=...\): expected a backend"):
+        ak.attention(q, k, v, backend="xla")
+    monkeypatch.setenv("AIGC_KERNELS_BACKEND", "nope")
+    with pytest.raises(ValueError, match=r"\$AIGC_KERNELS_BACKEND: expected a backend"):
+        ak.attention(q, k, v)
+
+
+def test_available_backends_are_truthful():
+    avail = ak.available_backends()
+    status = B.backend_status()
+    assert "torch" in avail
+    assert ("cuda" in avail) == (torch.cuda.is_available() and status["cuda"][0])
+    if not torch.cuda.is_available():
+        assert "cuda" not in avail
+        import os
+
+        assert ("triton" in avail) == (os.environ.get("TRITON_INTERPRET") == "1")
+
+
+def test_available_backends_without_interpreter_on_cpu():
+    if torch.cuda.is_available():
+        pytest.skip("on a GPU triton is available without the interpreter")
+    code = "import aigc_kernels as ak; print(ak.available_backends())"
+    env = {k: v for k, v in __import__("os").environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "['torch']"
+
+
+def test_explicit_backend_never_falls_back():
+    q, k, v = qkv()
+    # no backend but torch implements attention yet on CPU: a named backend must raise, not fall back
+    for name in ("cuda", "triton"):
+        with pytest.raises(ak.BackendError, match=f"ak.attention.*'{name}'"):
+            ak.attention(q, k, v, backend=name)
+    with ak.use_backend("cuda"):
+        with pytest.raises(ak.BackendError):
+            ak.layer_norm(torch.randn(3, 8))
+
+
+def test_cuda_backend_on_cpu_tensors_names_the_reason():
+    kc = torch.zeros(1, 1, 4, 8)
+    with pytest.raises(ak.BackendError, match="needs CUDA tensors, got tensors on cpu"):
+        ak.kvcache_append(kc, kc.clone(), kc[:, :, :1].clone(), kc[:, :, :1].clone(),
+                          torch.zeros(1, dtype=torch.int32), backend="cuda")
+
+
+def test_auto_uses_torch_on_cpu_and_logs_why(caplog):
+    x = torch.randn(4, 8)
+    with caplog.at_level("DEBUG", logger="aigc_kernels.backend"):
+        kc = torch.zeros(1, 1, 4, 8)
+        ak.kvcache_append(kc, kc.clone(), torch.ones(1, 1, 1, 8), torch.ones(1, 1, 1, 8),
+                          torch.zeros(1, dtype=torch.int32), backend="auto")
+    assert kc[0, 0, 0].eq(1).all()
+    assert "auto chose 'torch'" in caplog.text and "cuda:" in caplog.text
+    torch.testing.assert_close(ak.layer_norm(x, backend="auto"), R.layer_norm(x))
+
+
+def test_registered_implementation_is_used_and_checked(monkeypatch):
+    """A kernel registered for a backend runs when named, and its check's reason is reported."""
+    calls = []
+
+    def fake_rms(x, weight, eps, *, residual=None):
+        calls.append(x.shape)
+        return R.rms_norm(x, weight, eps, residual=residual)
+
+    def only_even(x, weight, eps, *, residual=None):
+        return None if x.shape[-1] % 2 == 0 else f"hidden size {x.shape[-1]} is odd"
+
+    monkeypatch.setitem(B._REGISTRY, "rms_norm", dict(B._REGISTRY["rms_norm"]))
+    B.register("rms_norm", "triton", lambda: fake_rms, only_even)
+    monkeypatch.setattr(B, "_available", lambda name: True)
+    ak.rms_norm(torch.randn(3, 8), backend="triton")
+    assert calls == [torch.Size([3, 8])]
+    with pytest.raises(ak.BackendError, match="hidden size 7 is odd"):
+        ak.rms_norm(torch.randn(3, 7), backend="triton")
+    # auto on CPU still prefers the reference; explicit naming is the only way onto the kernel there
+    ak.rms_norm(torch.randn(3, 8), backend="auto")
+    assert len(calls) == 1
+
+
+def test_implementations_table():
+    table = B.implementations()
+    assert set(table) == set(ak.ops.PUBLIC_OPS)
+    assert all("torch" in backends for backends in table.values())
+    assert "cuda" in table["kvcache_append"]
+
+
+# ----------------------------------------------------------------------------------------------
+# bad input: every message names what was expected and what was given
+# ----------------------------------------------------------------------------------------------
+def bad_attention_calls():
+    q, k, v = qkv()
+    yield (lambda: ak.attention(q[0], k, v)), ValueError, r"expected q to be 4-D \(B, Hq, Lq, D\), got shape \(4, 5, 8\)"
+    yield (lambda: ak.attention(q, k.half(), v)), TypeError, "expected k to have the dtype of q \\(float32\\), got float16"
+    yield (lambda: ak.attention(q.int(), k, v)), TypeError, "expected q of dtype float16, bfloat16, float32, float64, got int32"
+    yield (lambda: ak.attention(q, k[..., :4], v)), ValueError, r"expected k of shape \(2, \*, \*, 8\)"
+    yield (lambda: ak.attention(q, k, v[:, :, :3])), ValueError, r"expected v of shape \(2, 2, 7, 8\)"
+    q3, k3, v3 = qkv(hq=3, hkv=2)
+    yield (lambda: ak.attention(q3, k3, v3)), ValueError, "Hq=3 to be a multiple of the key/value heads Hkv=2"
+    yield (lambda: ak.attention(q, k, v, attn_mask=torch.ones(3, 7, dtype=torch.bool))), ValueError, \
+        r"attn_mask broadcastable to \(B, Hq, Lq, Lk\) = \(2, 4, 5, 7\), got shape \(3, 7\)"
+    yield (lambda: ak.attention(q, k, v, attn_mask=torch.ones(5, 7, dtype=torch.int64))), TypeError, "attn_mask of dtype bool"
+    yield (lambda: ak.attention(q, k, v, dropout_p=1.0)), ValueError, r"dropout_p in \[0.0, 1.0\), got 1.0"
+    yield (lambda: ak.attention(q, k, v, window_size=(2,))), TypeError, "window_size=\\(left, right\\)"
+    yield (lambda: ak.attention(q, k, v, window_size=(-2, 0))), ValueError, "entries >= -1"
+    yield (lambda: ak.attention(q, k, v, causal=1)), TypeError, "causal to be a bool"
+    yield (lambda: ak.attention(q, [1], v)), TypeError, "expected k to be a torch.Tensor, got list"
+    yield (lambda: ak.attention(q, k, v, scale="x")), TypeError, "scale to be a number"
+
+
+def bad_other_calls():
+    x = torch.randn(3, 8)
+    yield (lambda: ak.layer_norm(x, torch.ones(7))), ValueError, r"expected weight of shape \(8,\)"
+    yield (lambda: ak.layer_norm(x, residual=torch.randn(3, 9))), ValueError, r"expected residual of shape \(3, 8\)"
+    yield (lambda: ak.layer_norm(x, residual=x.half())), TypeError, "residual to have the dtype of x"
+    yield (lambda: ak.layer_norm(x, eps=-1.0)), ValueError, "eps in"
+    yield (lambda: ak.rms_norm(torch.tensor(1.0))), ValueError, "at least 1 dim"
+    yield (lambda: ak.rms_norm(x.long())), TypeError, "expected x of dtype"
+    yield (lambda: ak.linear(x, torch.randn(4, 7))), ValueError, r"expected weight of shape \(\*, 8\)"
+    yield (lambda: ak.linear(x, torch.randn(4, 8), torch.randn(5))), ValueError, r"expected bias of shape \(4,\)"
+    yield (lambda: ak.linear(x, torch.randn(4, 8), activation="tanh")), ValueError, "expected activation 'relu'"
+    yield (lambda: ak.linear(x, torch.randn(4, 8, dtype=torch.float64))), TypeError, "weight to have the dtype of x"
+    w_in, w_out = torch.randn(16, 8), torch.randn(8, 16)
+    yield (lambda: ak.ffn(x, w_in, None, w_out.T, None)), ValueError, r"expected w_out of shape \(8, 16\)"
+    yield (lambda: ak.ffn(x, w_in, None, w_out, None, w_gate=torch.randn(15, 8))), ValueError, "w_gate of shape"
+    yield (lambda: ak.ffn(x, w_in, None, w_out, None, b_gate=torch.randn(16))), ValueError, "b_gate without w_gate"
+    yield (lambda: ak.ffn(x, w_in, None, w_out, None, activation=None, w_gate=w_in)), ValueError, "expected activation"
+    cq = torch.tensor([0, 3, 5], dtype=torch.int32)
+    qv = torch.randn(5, 2, 8)
+    yield (lambda: ak.attention_varlen(qv, qv, qv, cq.long(), cq, 3, 3)), TypeError, "cu_seqlens_q of dtype int32"
+    yield (lambda: ak.attention_varlen(qv, qv, qv, cq, cq[:2], 3, 3)), ValueError, "of one length"
+    yield (lambda: ak.attention_varlen(qv, qv, qv, cq, cq, 2, 3)), ValueError, "more than max_seqlen_q=2"
+    yield (lambda: ak.attention_varlen(qv, qv, qv, torch.tensor([0, 4, 9], dtype=torch.int32), cq, 5, 5)), \
+        ValueError, "rise from 0 to at most 5"
+    q, kc = torch.randn(2, 4, 1, 8), torch.randn(2, 2, 6, 8)
+    lens = torch.tensor([2, 5], dtype=torch.int32)
+    new = torch.randn(2, 2, 1, 8)
+    yield (lambda: ak.attention_with_kvcache(q, kc, kc, lens, k_new=new)), ValueError, "k_new and v_new together"
+    yield (lambda: ak.attention_with_kvcache(q, kc, kc, lens.long())), TypeError, "cache_seqlens of dtype int32"
+    yield (lambda: ak.attention_with_kvcache(q, kc, kc, lens[:1])), ValueError, r"cache_seqlens of shape \(2,\)"
+    yield (lambda: ak.attention_with_kvcache(q, kc, kc, lens + 1, k_new=new, v_new=new)), ValueError, \
+        r"0 <= cache_seqlens <= Lmax - Lnew = 5 .*got values in \[3, 6\]"
+    yield (lambda: ak.kvcache_append(kc, kc, torch.randn(2, 2, 7, 8), torch.randn(2, 2, 7, 8), lens * 0)), \
+        ValueError, "7 new rows do not fit a cache of Lmax=6"
+
+
+@pytest.mark.parametrize("call,exc,pattern", [*bad_attention_calls(), *bad_other_calls()])
+def test_bad_input_messages(call, exc, pattern):
+    with pytest.raises(exc, match=pattern):
+        call()
+
+
+def test_device_mismatch_message():
+    if not torch.cuda.is_available():
+        meta = torch.randn(2, 2, 5, 8, device="meta")
+        q, k, v = qkv(hq=2)
+        with pytest.raises(ValueError, match="expected k on q's device cpu, got meta"):
+            ak.attention(q, meta, meta)
+    else:
+        q, k, v = qkv()
+        with pytest.raises(ValueError, match="device"):
+            ak.attention(q.cuda(), k, v)
+
+
+# ----------------------------------------------------------------------------------------------
+# empty inputs and torch.compile
+# ----------------------------------------------------------------------------------------------
+def test_empty_inputs_give_empty_or_zero_results():
+    q, k, v = qkv(b=0)
+    assert ak.attention(q, k, v).shape == (0, 4, 5, 8)
+    q, k, v = qkv(lq=0)
+    assert ak.attention(q, k, v).shape == (2, 4, 0, 8)
+    q, k, v = qkv(lk=0)
+    out = ak.attention(q, k, v)
+    assert out.shape == (2, 4, 5, 8) and torch.equal(out, torch.zeros_like(out))  # no key: zeros
+    assert ak.layer_norm(torch.randn(0, 16)).shape == (0, 16)
+    assert ak.linear(torch.randn(0, 16), torch.randn(4, 16)).shape == (0, 4)
+
+
+def test_torch_compile_fullgraph_over_the_functional_api():
+    q, k, v = qkv()
+    x, w, b = torch.randn(3, 8), torch.randn(8), torch.randn(8)
+    wl = torch.randn(8, 8)
+    lens = torch.tensor([1, 3], dtype=torch.int32)
+
+    def step(q, k, v, x, w, b, kc, vc):
+        o = ak.attention(q, k, v, causal=True, window_size=(3, 0))
+        y, s = ak.layer_norm(x, w, b, residual=x)
+        z = ak.ffn(y, wl, b, wl, None, activation="silu", w_gate=wl)
+        d = ak.attention_with_kvcache(q[:, :, :1], kc, vc, lens, k_new=k[:, :, :1], v_new=v[:, :, :1])
+        return o.sum() + z.sum() + ak.rms_norm(s, w).sum() + d.sum() + ak.linear(x, wl, activation="gelu").sum()
+
+    kc, vc = torch.zeros(2, 2, 6, 8), torch.zeros(2, 2, 6, 8)
+    eager = step(q, k, v, x, w, b, kc.clone(), vc.clone())
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")(q, k, v, x, w, b, kc, vc)
+    torch.testing.assert_close(compiled, eager)
+    assert torch.equal(kc[:, :, 1:2].squeeze(2)[0], k[0, :, 0])  # the in-place cache write survived compile
