@@ -12,6 +12,7 @@ Environment variables:
     AIGC_KERNELS_FORCE_CUDA_BUILD=1  fail instead of warning when the extension cannot be built
     AIGC_KERNELS_CUDA_ARCHS          ';'-separated archs, default "8.0;9.0a" (e.g. "9.0a" in CI)
     MAX_JOBS                         parallel compile jobs (ninja)
+    AIGC_KERNELS_CCACHE=0            do not compile through ccache even when it is installed
     CUDA_HOME                        the toolkit folder; found from nvcc on PATH when unset
 """
 
@@ -113,6 +114,24 @@ def write_build_info(**facts: str) -> None:
     (ROOT / "aigc_kernels" / "_build_info.py").write_text("\n".join(lines) + "\n")
 
 
+def enable_ccache(cuda_home: str) -> None:
+    """Route the C++ and CUDA compiles through ccache when it is installed (AIGC_KERNELS_CCACHE=0 disables).
+
+    Paths are made relative to the checkout and the build folder is left out of the hash, so a
+    fresh clone (CI) reuses what an earlier build in another folder compiled.
+    """
+    ccache = shutil.which("ccache")
+    if ccache is None or os.environ.get("AIGC_KERNELS_CCACHE", "1") == "0":
+        return
+    os.environ.setdefault("PYTORCH_NVCC", f"{ccache} {cuda_home}/bin/nvcc")
+    masquerade = Path("/usr/lib/ccache/c++")
+    if "CXX" not in os.environ and masquerade.exists():
+        os.environ["CXX"] = str(masquerade)
+    os.environ.setdefault("CCACHE_BASEDIR", str(ROOT))
+    os.environ.setdefault("CCACHE_NOHASHDIR", "1")
+    print(f"aigc-kernels: compiling through ccache ({ccache})")
+
+
 def cuda_extension():
     """Return (ext_modules, cmdclass), or raise RuntimeError saying why the build is impossible."""
     cuda_home = find_cuda_home()
@@ -120,6 +139,7 @@ def cuda_extension():
         raise RuntimeError("no CUDA toolkit found (no nvcc on PATH, CUDA_HOME unset)")
     # torch.utils.cpp_extension reads CUDA_HOME once, at import: set it first.
     os.environ["CUDA_HOME"] = cuda_home
+    enable_ccache(cuda_home)
     try:
         import torch
     except ImportError as exc:

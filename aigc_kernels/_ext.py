@@ -11,7 +11,7 @@ import functools
 import importlib
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def status() -> tuple[bool, str]:
     """(loaded, description): whether aigc_kernels._C is built and loads, and why not."""
     try:

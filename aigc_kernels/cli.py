@@ -60,8 +60,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     table.add_row("extension aigc_kernels._C", ("loaded: " if built else "unavailable: ") + why)
     if build:
         table.add_row("  built for archs", build.get("archs", "?"))
-        table.add_row("  built with", f"torch {build.get('torch_version', '?')}, CUDA {build.get('cuda_version', '?')}, "
-                                      f"{build.get('cuda_home', '?')}")
+        built_with = (f"torch {build.get('torch_version', '?')}, CUDA {build.get('cuda_version', '?')}, "
+                      f"{build.get('cuda_home', '?')}")
+        table.add_row("  built with", built_with)
     if built:
         compiled = sorted(name for name in torch._C._dispatch_get_all_op_names() if name.startswith("aigc_kernels::"))
         table.add_row("  torch.ops.aigc_kernels", ", ".join(compiled) or "none")
@@ -139,7 +140,8 @@ def cmd_check(args: argparse.Namespace) -> int:
                 r = testing.check_case(op, f"torch.ops ({device.type})", case, torch.float32, fn=fn)
                 results.append(r)
                 verdict = "[green]pass[/]" if r.passed else f"[red]FAIL[/] {r.error or ''}"
-                table.add_row(op, r.backend, r.dtype, r.case, f"{r.fwd_err:.2e}", f"{r.fwd_bound:.2e}", "-", "-", verdict)
+                table.add_row(op, r.backend, r.dtype, r.case, f"{r.fwd_err:.2e}", f"{r.fwd_bound:.2e}", "-", "-",
+                              verdict)
     console.print(table)
     if skipped:
         st = Table(title="not checked here")

@@ -249,7 +249,8 @@ class MultiheadAttention(nn.Module):
         if not self.batch_first:
             query, key, value = (t.transpose(0, 1) for t in (query, key, value))
         if query.dim() != 3:
-            raise ValueError(f"ak.nn.MultiheadAttention: expected batched 3-D inputs (B, L, E), got {tuple(query.shape)}")
+            raise ValueError("ak.nn.MultiheadAttention: expected batched 3-D inputs (B, L, E), "
+                             f"got {tuple(query.shape)}")
         if query is key and key is value:
             q, k, v = self.project_qkv(query)
         else:

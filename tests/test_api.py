@@ -138,16 +138,20 @@ def test_implementations_table():
 # ----------------------------------------------------------------------------------------------
 def bad_attention_calls():
     q, k, v = qkv()
-    yield (lambda: ak.attention(q[0], k, v)), ValueError, r"expected q to be 4-D \(B, Hq, Lq, D\), got shape \(4, 5, 8\)"
-    yield (lambda: ak.attention(q, k.half(), v)), TypeError, "expected k to have the dtype of q \\(float32\\), got float16"
-    yield (lambda: ak.attention(q.int(), k, v)), TypeError, "expected q of dtype float16, bfloat16, float32, float64, got int32"
+    yield (lambda: ak.attention(q[0], k, v)), ValueError, \
+        r"expected q to be 4-D \(B, Hq, Lq, D\), got shape \(4, 5, 8\)"
+    yield (lambda: ak.attention(q, k.half(), v)), TypeError, \
+        r"expected k to have the dtype of q \(float32\), got float16"
+    yield (lambda: ak.attention(q.int(), k, v)), TypeError, \
+        "expected q of dtype float16, bfloat16, float32, float64, got int32"
     yield (lambda: ak.attention(q, k[..., :4], v)), ValueError, r"expected k of shape \(2, \*, \*, 8\)"
     yield (lambda: ak.attention(q, k, v[:, :, :3])), ValueError, r"expected v of shape \(2, 2, 7, 8\)"
     q3, k3, v3 = qkv(hq=3, hkv=2)
     yield (lambda: ak.attention(q3, k3, v3)), ValueError, "Hq=3 to be a multiple of the key/value heads Hkv=2"
     yield (lambda: ak.attention(q, k, v, attn_mask=torch.ones(3, 7, dtype=torch.bool))), ValueError, \
         r"attn_mask broadcastable to \(B, Hq, Lq, Lk\) = \(2, 4, 5, 7\), got shape \(3, 7\)"
-    yield (lambda: ak.attention(q, k, v, attn_mask=torch.ones(5, 7, dtype=torch.int64))), TypeError, "attn_mask of dtype bool"
+    yield (lambda: ak.attention(q, k, v, attn_mask=torch.ones(5, 7, dtype=torch.int64))), TypeError, \
+        "attn_mask of dtype bool"
     yield (lambda: ak.attention(q, k, v, dropout_p=1.0)), ValueError, r"dropout_p in \[0.0, 1.0\), got 1.0"
     yield (lambda: ak.attention(q, k, v, window_size=(2,))), TypeError, "window_size=\\(left, right\\)"
     yield (lambda: ak.attention(q, k, v, window_size=(-2, 0))), ValueError, "entries >= -1"

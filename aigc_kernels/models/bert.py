@@ -56,7 +56,8 @@ class BERT(nn.Module):
         mask = None
         if attention_mask is not None:
             if attention_mask.shape != (b, seq):
-                raise ValueError(f"BERT: expected attention_mask of shape {(b, seq)}, got {tuple(attention_mask.shape)}")
+                raise ValueError(f"BERT: expected attention_mask of shape {(b, seq)}, "
+                                 f"got {tuple(attention_mask.shape)}")
             mask = attention_mask.bool().view(b, 1, 1, seq)  # keys to attend
         for layer in self.layers:
             x = layer(x, mask)

@@ -114,7 +114,8 @@ def bert_from_hf(hf_model, *, backend: str | None = None) -> BERT:
     src = hf_model.state_dict()
     prefix = "bert." if any(k.startswith("bert.") for k in src) else ""
     e = prefix + "embeddings."
-    state = {"tok_emb.weight": src[e + "word_embeddings.weight"], "pos_emb.weight": src[e + "position_embeddings.weight"],
+    state = {"tok_emb.weight": src[e + "word_embeddings.weight"],
+             "pos_emb.weight": src[e + "position_embeddings.weight"],
              "type_emb.weight": src[e + "token_type_embeddings.weight"], "emb_norm.weight": src[e + "LayerNorm.weight"],
              "emb_norm.bias": src[e + "LayerNorm.bias"]}
     for i in range(hf_config.num_hidden_layers):

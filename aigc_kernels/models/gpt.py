@@ -54,7 +54,9 @@ class GPT(nn.Module):
         logits = self.lm_head(self.norm_f(x))
         if targets is None:
             return logits
-        loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100)
+        # The loss in float32 at least: half-precision logits lose the small probabilities.
+        stat = logits.to(torch.promote_types(logits.dtype, torch.float32))
+        loss = F.cross_entropy(stat.flatten(0, 1), targets.flatten(), ignore_index=-100)
         return logits, loss
 
     def new_cache(self, batch: int, max_len: int | None = None) -> KVCache:

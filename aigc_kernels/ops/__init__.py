@@ -38,4 +38,14 @@ def _cuda_kvcache_append():
 
 register("kvcache_append", "cuda", _cuda_kvcache_append)
 
-__all__ = [*PUBLIC_OPS, "PUBLIC_OPS"]
+__all__ = [
+    "PUBLIC_OPS",
+    "attention",
+    "attention_varlen",
+    "attention_with_kvcache",
+    "ffn",
+    "kvcache_append",
+    "layer_norm",
+    "linear",
+    "rms_norm",
+]

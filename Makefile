@@ -1,0 +1,28 @@
+# The two commands of README's quick start:
+#   make report   set up, then check every op x backend here and report (info + check)
+#   make test     set up, then lint and run the test suite (CPU: Triton through its interpreter)
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup report test gpu-test lint clean
+
+setup:
+	@bash scripts/setup.sh
+
+report: setup
+	$(BIN)/aigc-kernels info
+	$(BIN)/aigc-kernels check
+
+lint: setup
+	$(BIN)/ruff check .
+
+test: lint
+	TRITON_INTERPRET=$${TRITON_INTERPRET:-$$($(BIN)/python -c "import torch; print(0 if torch.cuda.is_available() else 1)")} \
+		$(BIN)/python -m pytest
+
+# On a CUDA machine: the GPU tests only.
+gpu-test: setup
+	$(BIN)/python -m pytest -m gpu
+
+clean:
+	rm -rf build *.egg-info aigc_kernels/_C*.so aigc_kernels/_build_info.py $(VENV)/.aigc-kernels-installed

@@ -1,0 +1,64 @@
+"""The aigc-kernels command."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from aigc_kernels import backend as B
+from aigc_kernels import cli
+from aigc_kernels import reference as R
+
+
+def test_info(capsys):
+    assert cli.main(["info"]) == 0
+    out = capsys.readouterr().out
+    for needle in ("torch", "triton", "aigc_kernels._C", "backends", "kvcache_append"):
+        assert needle in out
+    if not torch.cuda.is_available():
+        assert "kernel speed needs a CUDA GPU" in out
+
+
+def test_check_passes_and_writes_json(capsys, tmp_path):
+    path = tmp_path / "check.json"
+    assert cli.main(["check", "--json", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert " 0 failed" in out
+    data = json.loads(path.read_text())
+    assert data["results"] and all(r["passed"] for r in data["results"])
+    ops = {r["op"] for r in data["results"]}
+    assert ops >= {"attention", "attention_varlen", "attention_with_kvcache", "layer_norm", "rms_norm", "linear", "ffn"}
+    if not torch.cuda.is_available():
+        assert "kernel speed needs a CUDA GPU" in out
+
+
+def test_check_fails_on_a_wrong_kernel(monkeypatch, capsys):
+    """A planted bug (an off-by-1e-2 layer norm on the 'triton' backend) must turn check red."""
+
+    def wrong(x, weight=None, bias=None, eps=1e-5, *, residual=None):
+        out = R.layer_norm(x, weight, bias, eps, residual=residual)
+        return (out[0] + 1e-2, out[1]) if isinstance(out, tuple) else out + 1e-2
+
+    monkeypatch.setitem(B._REGISTRY, "layer_norm", dict(B._REGISTRY["layer_norm"]))
+    B.register("layer_norm", "triton", lambda: wrong)
+    monkeypatch.setattr(B, "_available", lambda name: True)
+    assert cli.main(["check", "--op", "layer_norm", "--backend", "triton"]) == 1
+    assert "FAIL" in capsys.readouterr().out
+
+
+def test_console_script_installed():
+    exe = shutil.which("aigc-kernels")
+    if exe is None:
+        pytest.skip("package not installed with its console script (pip install -e .)")
+    out = subprocess.run([exe, "check", "--op", "rms_norm"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_module_entry_point():
+    out = subprocess.run([sys.executable, "-m", "aigc_kernels.cli", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "info" in out.stdout and "check" in out.stdout
