@@ -62,3 +62,10 @@ def test_console_script_installed():
 def test_module_entry_point():
     out = subprocess.run([sys.executable, "-m", "aigc_kernels.cli", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "info" in out.stdout and "check" in out.stdout
+
+
+def test_readme_results_are_generated_from_recorded_runs():
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, str(root / "scripts" / "results_table.py"), "--check"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout
