@@ -11,6 +11,7 @@ import functools
 
 from .. import reference
 from ..backend import register
+from ..triton import checks as triton_checks
 from .attention import attention, attention_varlen, attention_with_kvcache, kvcache_append
 from .linear import ffn, linear
 from .norm import layer_norm, rms_norm
@@ -37,6 +38,22 @@ def _cuda_kvcache_append():
 
 
 register("kvcache_append", "cuda", _cuda_kvcache_append)
+
+
+def _triton_layer_norm():
+    from ..triton import norm
+
+    return norm.layer_norm
+
+
+def _triton_rms_norm():
+    from ..triton import norm
+
+    return norm.rms_norm
+
+
+register("layer_norm", "triton", _triton_layer_norm, triton_checks.layer_norm)
+register("rms_norm", "triton", _triton_rms_norm, triton_checks.rms_norm)
 
 __all__ = [
     "PUBLIC_OPS",
