@@ -17,7 +17,8 @@ def _norm(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | Non
         return f"the Triton norms take float32, float16 or bfloat16, got {_name(x.dtype)}"
     for name, p in (("weight", weight), ("bias", bias)):
         if p is not None and p.dtype not in (x.dtype, torch.float32):
-            return f"the Triton norms take {name} in x's dtype or float32, got {_name(p.dtype)} with x in {_name(x.dtype)}"
+            return (f"the Triton norms take {name} in x's dtype or float32, "
+                    f"got {_name(p.dtype)} with x in {_name(x.dtype)}")
     return None
 
 

@@ -218,7 +218,7 @@ def _block(n: int) -> tuple[int, bool, int]:
     return LOOP_BLOCK_N, False, 8
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _programs(device_index: int) -> int:
     """Backward programs: a few per SM on a GPU (the partial-sum rows), few under the interpreter."""
     if device_index < 0:
