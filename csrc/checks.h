@@ -4,6 +4,8 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
+#include <optional>
+
 namespace aigc_kernels {
 
 inline void check_kvcache_append_args(const at::Tensor& k_cache, const at::Tensor& v_cache,
@@ -32,6 +34,42 @@ inline void check_kvcache_append_args(const at::Tensor& k_cache, const at::Tenso
               cache_seqlens.scalar_type());
   TORCH_CHECK(cache_seqlens.device() == k_cache.device(), op, ": expected cache_seqlens on ",
               k_cache.device(), ", got ", cache_seqlens.device());
+}
+
+// norm_fwd / norm_bwd: (rows, cols) activations with unit column stride, params (cols,).
+inline void check_norm_matrix(const char* op, const char* name, const at::Tensor& t, const at::Tensor& like) {
+  TORCH_CHECK(t.dim() == 2 && t.sizes() == like.sizes(), op, ": expected ", name, " of shape ", like.sizes(),
+              ", got ", t.sizes());
+  TORCH_CHECK(t.scalar_type() == like.scalar_type(), op, ": expected ", name, " of dtype ", like.scalar_type(),
+              ", got ", t.scalar_type());
+  TORCH_CHECK(t.device() == like.device(), op, ": expected ", name, " on ", like.device(), ", got ", t.device());
+  TORCH_CHECK(t.size(1) <= 1 || t.stride(1) == 1, op, ": expected ", name,
+              " with contiguous rows (stride(1) == 1), got strides ", t.strides());
+}
+
+inline void check_norm_param(const char* op, const char* name, const at::Tensor& p, const at::Tensor& x) {
+  TORCH_CHECK(p.dim() == 1 && p.size(0) == x.size(1), op, ": expected ", name, " of shape (", x.size(1),
+              ",), got ", p.sizes());
+  TORCH_CHECK(p.scalar_type() == x.scalar_type() || p.scalar_type() == at::kFloat, op, ": expected ", name,
+              " in x's dtype ", x.scalar_type(), " or Float, got ", p.scalar_type());
+  TORCH_CHECK(p.device() == x.device(), op, ": expected ", name, " on ", x.device(), ", got ", p.device());
+  TORCH_CHECK(p.is_contiguous(), op, ": expected ", name, " contiguous");
+}
+
+inline void check_norm_fwd_args(const at::Tensor& x, const std::optional<at::Tensor>& weight,
+                                const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& residual) {
+  const char* op = "aigc_kernels::norm_fwd";
+  TORCH_CHECK(x.dim() == 2, op, ": expected x of shape (rows, cols), got ", x.sizes());
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16,
+              op, ": expected x of dtype Float, Half or BFloat16, got ", x.scalar_type());
+  check_norm_matrix(op, "x", x, x);
+  if (residual) check_norm_matrix(op, "residual", *residual, x);
+  if (weight) check_norm_param(op, "weight", *weight, x);
+  if (bias) check_norm_param(op, "bias", *bias, x);
+  if (weight && bias) {
+    TORCH_CHECK(weight->scalar_type() == bias->scalar_type(), op, ": expected weight and bias of one dtype, got ",
+                weight->scalar_type(), " and ", bias->scalar_type());
+  }
 }
 
 }  // namespace aigc_kernels

@@ -11,6 +11,16 @@ TORCH_LIBRARY(aigc_kernels, m) {
   m.def(
       "kvcache_append(Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor k_new, Tensor v_new, "
       "Tensor cache_seqlens) -> ()");
+  // LayerNorm (is_rms = false) / RMSNorm over the last dim of x (rows, cols), optionally of
+  // s = x + residual. Returns y, s (empty without residual), mean (rows,) float32 (empty for
+  // RMSNorm) and rstd (rows,) float32.
+  m.def(
+      "norm_fwd(Tensor x, Tensor? weight, Tensor? bias, Tensor? residual, float eps, bool is_rms) "
+      "-> (Tensor, Tensor, Tensor, Tensor)");
+  // Gradients: dx (rows, cols) (plus ds when given), dw and db (cols,) float32 (empty when absent).
+  m.def(
+      "norm_bwd(Tensor dy, Tensor? ds, Tensor xs, Tensor? weight, Tensor mean, Tensor rstd, bool has_bias, "
+      "bool is_rms) -> (Tensor, Tensor, Tensor)");
 }
 
 // The module only has to exist for `import aigc_kernels._C` to load the shared library (and so

@@ -11,7 +11,7 @@ import functools
 
 from .. import reference
 from ..backend import register
-from ..triton import checks as triton_checks
+from . import limits
 from .attention import attention, attention_varlen, attention_with_kvcache, kvcache_append
 from .linear import ffn, linear
 from .norm import layer_norm, rms_norm
@@ -52,8 +52,22 @@ def _triton_rms_norm():
     return norm.rms_norm
 
 
-register("layer_norm", "triton", _triton_layer_norm, triton_checks.layer_norm)
-register("rms_norm", "triton", _triton_rms_norm, triton_checks.rms_norm)
+def _cuda_layer_norm():
+    from . import cuda_ops
+
+    return cuda_ops.layer_norm
+
+
+def _cuda_rms_norm():
+    from . import cuda_ops
+
+    return cuda_ops.rms_norm
+
+
+register("layer_norm", "triton", _triton_layer_norm, limits.triton_layer_norm)
+register("rms_norm", "triton", _triton_rms_norm, limits.triton_rms_norm)
+register("layer_norm", "cuda", _cuda_layer_norm, limits.cuda_layer_norm)
+register("rms_norm", "cuda", _cuda_rms_norm, limits.cuda_rms_norm)
 
 __all__ = [
     "PUBLIC_OPS",

@@ -12,6 +12,8 @@ import torch
 
 from aigc_kernels import _C  # noqa: F401  (runs the TORCH_LIBRARY registrations)
 
+from . import norm_common
+
 
 @torch.library.register_fake("aigc_kernels::kvcache_append")
 def _kvcache_append_fake(k_cache, v_cache, k_new, v_new, cache_seqlens) -> None:
@@ -26,3 +28,14 @@ def _kvcache_append_fake(k_cache, v_cache, k_new, v_new, cache_seqlens) -> None:
 def kvcache_append(k_cache, v_cache, k_new, v_new, cache_seqlens) -> None:
     torch.ops.aigc_kernels.kvcache_append(k_cache, v_cache, k_new, v_new, cache_seqlens)
 
+
+
+# ----------------------------------------------------------------------------------------------
+# LayerNorm / RMSNorm (csrc/norm)
+# ----------------------------------------------------------------------------------------------
+torch.library.register_fake("aigc_kernels::norm_fwd")(norm_common.fake_fwd)
+torch.library.register_fake("aigc_kernels::norm_bwd")(norm_common.fake_bwd)
+norm_common.register_autograd("aigc_kernels::norm_fwd", torch.ops.aigc_kernels.norm_bwd)
+
+# The "cuda" backend's entry points, with the signatures of ak.layer_norm / ak.rms_norm.
+layer_norm, rms_norm = norm_common.entry_points(torch.ops.aigc_kernels.norm_fwd)

@@ -28,6 +28,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ..ops import norm_common
+
 MAX_FUSED_N = 16384  # widest row kept whole in registers (elements)
 LOOP_BLOCK_N = 4096  # column block of the looped path for wider rows
 
@@ -226,12 +228,6 @@ def _programs(device_index: int) -> int:
     return 4 * torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
-def _rows2d(t: torch.Tensor, n: int) -> torch.Tensor:
-    """(..., N) -> (M, N) with unit column stride, copying only when a view cannot do it."""
-    t2 = t.reshape(-1, n)
-    return t2 if n <= 1 or t2.stride(1) == 1 else t2.contiguous()
-
-
 def _fwd(x, weight, bias, residual, eps: float, is_rms: bool, store_s: bool):
     m, n = x.shape
     y = torch.empty_like(x)
@@ -293,12 +289,7 @@ def norm_fwd(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | 
     return _fwd(x, weight, bias, residual, eps, is_rms, residual is not None)
 
 
-@norm_fwd.register_fake
-def _(x, weight, bias, residual, eps, is_rms):
-    m = x.shape[0]
-    s = torch.empty_like(x) if residual is not None else x.new_empty(0)
-    mean = x.new_empty(0 if is_rms else m, dtype=torch.float32)
-    return torch.empty_like(x), s, mean, x.new_empty(m, dtype=torch.float32)
+norm_fwd.register_fake(norm_common.fake_fwd)
 
 
 @torch.library.custom_op("aigc_kernels::norm_bwd_triton", mutates_args=())
@@ -309,53 +300,8 @@ def norm_bwd(dy: torch.Tensor, ds: torch.Tensor | None, xs: torch.Tensor, weight
     return _bwd(dy, ds, xs, weight, mean, rstd, has_bias, is_rms)
 
 
-@norm_bwd.register_fake
-def _(dy, ds, xs, weight, mean, rstd, has_bias, is_rms):
-    n = xs.shape[1]
-    f32 = torch.float32
-    return (torch.empty_like(xs), xs.new_empty(n if weight is not None else 0, dtype=f32),
-            xs.new_empty(n if has_bias else 0, dtype=f32))
+norm_bwd.register_fake(norm_common.fake_bwd)
+norm_common.register_autograd("aigc_kernels::norm_fwd_triton", norm_bwd)
 
-
-def _setup_context(ctx, inputs, output):
-    x, weight, bias, residual, eps, is_rms = inputs
-    _, s, mean, rstd = output
-    ctx.save_for_backward(s if residual is not None else x, weight, mean, rstd)
-    ctx.has_bias, ctx.has_res, ctx.is_rms = bias is not None, residual is not None, is_rms
-    ctx.bias_dtype = bias.dtype if bias is not None else None
-
-
-def _backward(ctx, dy, ds, dmean, drstd):
-    xs, weight, mean, rstd = ctx.saved_tensors
-    # The gradient of y.sum() arrives expanded with stride 0: give the kernel real rows.
-    dy = dy.contiguous()
-    ds = ds.contiguous() if (ctx.has_res and ds is not None) else None
-    dx, dw, db = norm_bwd(dy, ds, xs, weight, mean, rstd, ctx.has_bias, ctx.is_rms)
-    dweight = dw.to(weight.dtype) if weight is not None else None
-    dbias = db.to(ctx.bias_dtype) if ctx.has_bias else None
-    return dx, dweight, dbias, (dx if ctx.has_res else None), None, None
-
-
-torch.library.register_autograd("aigc_kernels::norm_fwd_triton", _backward, setup_context=_setup_context)
-
-
-# ----------------------------------------------------------------------------------------------
-# the "triton" backend's entry points (signatures of ak.layer_norm / ak.rms_norm)
-# ----------------------------------------------------------------------------------------------
-def _run(x, weight, bias, eps, residual, is_rms):
-    n = x.shape[-1]
-    x2 = _rows2d(x, n)
-    r2 = _rows2d(residual, n) if residual is not None else None
-    w = weight.contiguous() if weight is not None else None
-    b = bias.contiguous() if bias is not None else None
-    y, s, _, _ = norm_fwd(x2, w, b, r2, float(eps), is_rms)
-    y = y.view(x.shape)
-    return y if residual is None else (y, s.view(x.shape))
-
-
-def layer_norm(x, weight=None, bias=None, eps=1e-5, *, residual=None):
-    return _run(x, weight, bias, eps, residual, False)
-
-
-def rms_norm(x, weight=None, eps=1e-6, *, residual=None):
-    return _run(x, weight, None, eps, residual, True)
+# The "triton" backend's entry points, with the signatures of ak.layer_norm / ak.rms_norm.
+layer_norm, rms_norm = norm_common.entry_points(norm_fwd)

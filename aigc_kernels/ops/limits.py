@@ -1,0 +1,42 @@
+"""What each kernel backend accepts, checked without importing triton or the extension (the
+backend registry calls these before loading a kernel module). Each check returns None, or the
+reason the kernel cannot run these arguments."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _norm(kernel: str, x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None) -> str | None:
+    if x.dtype not in KERNEL_DTYPES:
+        return f"the {kernel} norms take float32, float16 or bfloat16, got {_name(x.dtype)}"
+    for name, p in (("weight", weight), ("bias", bias)):
+        if p is not None and p.dtype not in (x.dtype, torch.float32):
+            return (f"the {kernel} norms take {name} in x's dtype or float32, "
+                    f"got {_name(p.dtype)} with x in {_name(x.dtype)}")
+    if weight is not None and bias is not None and weight.dtype != bias.dtype:
+        return (f"the {kernel} norms take weight and bias of one dtype, "
+                f"got {_name(weight.dtype)} and {_name(bias.dtype)}")
+    return None
+
+
+def _layer_norm(kernel, x, weight=None, bias=None, eps=1e-5, *, residual=None) -> str | None:
+    return _norm(kernel, x, weight, bias)
+
+
+def _rms_norm(kernel, x, weight=None, eps=1e-6, *, residual=None) -> str | None:
+    return _norm(kernel, x, weight, None)
+
+
+triton_layer_norm = functools.partial(_layer_norm, "Triton")
+triton_rms_norm = functools.partial(_rms_norm, "Triton")
+cuda_layer_norm = functools.partial(_layer_norm, "CUDA")
+cuda_rms_norm = functools.partial(_rms_norm, "CUDA")
