@@ -1,8 +1,12 @@
-"""The ``aigc-kernels`` command: info | check.
+"""The ``aigc-kernels`` command: info | check | bench | compare.
 
     aigc-kernels info                  device, versions, build flags, backends and ops available here
     aigc-kernels check [--op OP ...] [--backend B ...] [--json FILE]
                                        every op x backend against the float64 reference; exit 1 on failure
+    aigc-kernels bench [--op OP ...] [--backend P ...] [--mode M ...] [--quick] [--json F] [--csv F] [--plots DIR]
+                                       time every op x provider x mode (CUDA events), check what it times
+    aigc-kernels compare BASE.json NEW.json [--threshold PCT]
+                                       per-case ratios; exit 1 when a case is slower by more than PCT %
 """
 
 from __future__ import annotations
@@ -165,6 +169,60 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from rich.progress import Progress
+
+    from .bench import report, run
+
+    console = _console()
+    if not torch.cuda.is_available():
+        console.print(f"[yellow]{SPEED_NOTE} Only the torch reference is timed here, and every timed output is "
+                      "checked against the float64 reference.[/]")
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("bench", total=None)
+
+        def update(i, n, what):
+            progress.update(task, completed=i, total=n, description=f"bench {what}")
+
+        result = run(args.op, args.backend, args.mode, quick=args.quick, progress=update)
+    console.print(report.table(result, show_skipped=args.show_skipped))
+    if args.json:
+        report.write_json(result, args.json)
+        console.print(f"wrote {args.json}")
+    if args.csv:
+        report.write_csv(result, args.csv)
+        console.print(f"wrote {args.csv}")
+    if args.plots:
+        for path in report.plots(result, args.plots):
+            console.print(f"wrote {path}")
+    wrong = [r for r in result["results"] if r["status"] == "wrong"]
+    errors = [r for r in result["results"] if r["status"] == "error"]
+    timed = sum(r["median_ms"] is not None for r in result["results"])
+    console.print(f"{timed} timed, {len(wrong)} wrong, {len(errors)} errors, "
+                  f"{sum(r['status'] == 'skipped' for r in result['results'])} skipped")
+    for r in errors:
+        console.print(f"[yellow]error[/] {r['op']} {r['provider']} {r['mode']} {r['label']}: {r['note']}")
+    return 1 if wrong else 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .bench import report
+
+    console = _console()
+    try:
+        base, new = report.load(args.base), report.load(args.new)
+    except (OSError, ValueError) as exc:
+        console.print(f"[red]{exc}[/]")
+        return 2
+    t, regressions = report.compare(base, new, args.threshold)
+    console.print(t)
+    if regressions:
+        console.print(f"[red]{len(regressions)} case(s) regressed beyond {args.threshold}%[/]")
+        return 1
+    console.print(f"no regression beyond {args.threshold}%")
+    return 0
+
+
 def _ext_loaded() -> bool:
     from . import _ext
 
@@ -184,6 +242,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     p.set_defaults(func=cmd_check)
+    from .bench import MODES, bench_ops
+
+    p = sub.add_parser("bench", help="time every op x provider x mode; table, JSON, CSV, plots")
+    p.add_argument("--op", action="append", choices=sorted(bench_ops()), help="only this op (repeatable)")
+    p.add_argument("--backend", "--provider", action="append", dest="backend", metavar="PROVIDER",
+                   help="only this provider: cuda, triton, torch, torch_compile, eager, sdpa_flash, ... (repeatable)")
+    p.add_argument("--mode", action="append", choices=list(MODES), help="only this mode (repeatable)")
+    p.add_argument("--quick", action="store_true", help="a few cases per op (minutes)")
+    p.add_argument("--json", metavar="FILE")
+    p.add_argument("--csv", metavar="FILE")
+    p.add_argument("--plots", metavar="DIR", help="write one PNG per op")
+    p.add_argument("--show-skipped", action="store_true", help="list skipped providers in the table")
+    p.set_defaults(func=cmd_bench)
+    p = sub.add_parser("compare", help="compare two bench JSON files; exit 1 on a regression")
+    p.add_argument("base")
+    p.add_argument("new")
+    p.add_argument("--threshold", type=float, default=5.0, help="percent slower that counts as a regression")
+    p.set_defaults(func=cmd_compare)
     return parser
 
 

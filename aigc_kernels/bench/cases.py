@@ -1,0 +1,573 @@
+"""Benchmark cases: shapes from real models, the work each case does (FLOPs, bytes), the providers
+that run it, and how to check a provider's output against the float64 reference.
+
+A *provider* is one implementation of an op: our backends ("cuda", "triton"), the naive
+reference ("torch"), torch.compile of the reference ("torch_compile"), PyTorch's own fused
+function ("eager": F.layer_norm, F.scaled_dot_product_attention, F.linear + activation, ...),
+SDPA pinned to one backend ("sdpa_flash", "sdpa_efficient", "sdpa_cudnn"), and third-party
+libraries when importable ("liger", "apex", "flash_attn").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib.util
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .. import ops, reference
+from ..testing import ATOL, max_abs_err
+
+# Shapes of the models the cases come from: (d_model, heads, kv_heads, ffn hidden).
+MODELS = {
+    "gpt2-s": (768, 12, 12, 3072),
+    "gpt2-m": (1024, 16, 16, 4096),
+    "gpt2-xl": (1600, 25, 25, 6400),
+    "bert-base": (768, 12, 12, 3072),
+    "bert-large": (1024, 16, 16, 4096),
+    "llama-7b": (4096, 32, 32, 11008),
+    "llama-70b": (8192, 64, 8, 28672),
+}
+
+MODES = ("fwd", "bwd", "fwd+bwd")
+
+
+@dataclasses.dataclass
+class Case:
+    op: str
+    label: str  # e.g. "llama-7b tokens=8192"
+    shape: dict  # the sizes, recorded in the JSON
+    dtype: torch.dtype
+
+    @property
+    def shape_str(self) -> str:
+        return " ".join(f"{k}={v}" for k, v in self.shape.items())
+
+
+@dataclasses.dataclass
+class Provider:
+    name: str
+    # make(case, inputs, mode) -> fn: the callable to time (no arguments). It may raise
+    # NotImplementedError("why") when it cannot run the case.
+    make: Callable
+    needs_gpu: bool = True
+
+
+class BenchOp:
+    """One op family: cases, providers, and accounting of work."""
+
+    name = ""
+    modes: tuple[str, ...] = MODES  # decode-style ops have no backward
+
+    def cases(self, quick: bool, device: str) -> list[Case]:
+        raise NotImplementedError
+
+    def inputs(self, case: Case, device: str, requires_grad: bool) -> dict:
+        raise NotImplementedError
+
+    def providers(self) -> list[Provider]:
+        raise NotImplementedError
+
+    def flops(self, case: Case, mode: str) -> float | None:
+        return None
+
+    def bytes(self, case: Case, mode: str) -> float | None:
+        return None
+
+    def check(self, case: Case, inputs: dict, out) -> tuple[float, float]:
+        """(max error of out vs the float64 reference, the allowed bound) on a slice of the case."""
+        raise NotImplementedError
+
+
+def _have(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def _backend_provider(name: str, op: str, call: Callable) -> Provider:
+    """One of our backends, asked for by name (it raises BackendError when it cannot run)."""
+
+    def make(case, inputs, mode):
+        from ..backend import implementations
+
+        if name not in implementations(op)[op]:
+            raise NotImplementedError(f"the '{name}' backend does not implement {op} yet")
+        return lambda: call(inputs, name)
+
+    return Provider(name, make)
+
+
+@functools.cache
+def _compiled(fn: Callable) -> Callable:
+    return torch.compile(fn, dynamic=False)
+
+
+def _rand(shape, dtype, device, requires_grad, scale=1.0, gen=None):
+    t = (torch.randn(shape, generator=gen, dtype=torch.float32, device="cpu") * scale).to(device=device, dtype=dtype)
+    return t.requires_grad_(requires_grad)
+
+
+def _bound(out_lowp_ref, out, ref64, dtype) -> tuple[float, float]:
+    return max_abs_err(out, ref64), 2.0 * max_abs_err(out_lowp_ref, ref64) + ATOL[dtype]
+
+
+# ----------------------------------------------------------------------------------------------
+# layer_norm / rms_norm
+# ----------------------------------------------------------------------------------------------
+class NormBench(BenchOp):
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.rms = name == "rms_norm"
+
+    def cases(self, quick, device):
+        dtypes = [torch.bfloat16, torch.float16] if device == "cuda" else [torch.float32]
+        if quick or device != "cuda":
+            dims = [("gpt2-s", 768), ("llama-7b", 4096)]
+            rows = [512] if device != "cuda" else [4096]
+        else:
+            dims = [("gpt2-s", 768), ("gpt2-m", 1024), ("bert-large", 1024), ("llama-1b", 2048),
+                    ("llama-7b", 4096), ("llama-70b", 8192), ("wide", 16384)]
+            rows = [4096, 16384, 65536]
+        out = []
+        for dtype in dtypes:
+            for model, hidden in dims:
+                for m in rows:
+                    if m * hidden > 2**30:  # keep each tensor under 2 GiB in bf16
+                        continue
+                    out.append(Case(self.name, f"{model} tokens={m}", {"rows": m, "hidden": hidden}, dtype))
+        return out
+
+    def inputs(self, case, device, requires_grad):
+        g = torch.Generator().manual_seed(0)
+        m, n = case.shape["rows"], case.shape["hidden"]
+        x = _rand((m, n), case.dtype, device, requires_grad, gen=g)
+        w = _rand((n,), case.dtype, device, requires_grad, gen=g)
+        b = None if self.rms else _rand((n,), case.dtype, device, requires_grad, gen=g)
+        return {"x": x, "weight": w, "bias": b}
+
+    def bytes(self, case, mode):
+        m, n = case.shape["rows"], case.shape["hidden"]
+        e = torch.finfo(case.dtype).bits // 8
+        params = n * e * (1 if self.rms else 2)
+        fwd = 2 * m * n * e + params  # read x, write y (+ weight, bias)
+        bwd = 3 * m * n * e + 2 * params  # read x, dy; write dx (+ read w, write dw, db)
+        return {"fwd": fwd, "bwd": bwd, "fwd+bwd": fwd + bwd}[mode]
+
+    def _call_ours(self, inputs, backend):
+        if self.rms:
+            return ops.rms_norm(inputs["x"], inputs["weight"], 1e-6, backend=backend)
+        return ops.layer_norm(inputs["x"], inputs["weight"], inputs["bias"], 1e-5, backend=backend)
+
+    def _ref(self, x, w, b):
+        return reference.rms_norm(x, w, 1e-6) if self.rms else reference.layer_norm(x, w, b, 1e-5)
+
+    def providers(self):
+        provs = [_backend_provider("cuda", self.name, self._call_ours),
+                 _backend_provider("triton", self.name, self._call_ours)]
+        rms = self.rms
+
+        def eager(case, inp, mode):
+            n = inp["x"].shape[-1]
+            if rms:
+                return lambda: F.rms_norm(inp["x"], (n,), inp["weight"], 1e-6)
+            return lambda: F.layer_norm(inp["x"], (n,), inp["weight"], inp["bias"], 1e-5)
+
+        provs.append(Provider("eager", eager))
+        provs.append(Provider("torch", lambda case, inp, mode: lambda: self._ref(inp["x"], inp["weight"], inp["bias"]),
+                              needs_gpu=False))
+
+        def compiled(case, inp, mode):
+            fn = _compiled(reference.rms_norm if rms else reference.layer_norm)
+            if rms:
+                return lambda: fn(inp["x"], inp["weight"], 1e-6)
+            return lambda: fn(inp["x"], inp["weight"], inp["bias"], 1e-5)
+
+        provs.append(Provider("torch_compile", compiled))
+
+        def liger(case, inp, mode):
+            if not _have("liger_kernel"):
+                raise NotImplementedError("liger-kernel is not installed")
+            from liger_kernel.ops.layer_norm import LigerLayerNormFunction
+            from liger_kernel.ops.rms_norm import LigerRMSNormFunction
+
+            if rms:
+                return lambda: LigerRMSNormFunction.apply(inp["x"], inp["weight"], 1e-6)
+            return lambda: LigerLayerNormFunction.apply(inp["x"], inp["weight"], inp["bias"], 1e-5)
+
+        provs.append(Provider("liger", liger))
+
+        def apex(case, inp, mode):
+            if not _have("apex"):
+                raise NotImplementedError("apex is not installed")
+            from apex.normalization.fused_layer_norm import fused_layer_norm_affine, fused_rms_norm_affine
+
+            n = inp["x"].shape[-1]
+            if rms:
+                return lambda: fused_rms_norm_affine(inp["x"], inp["weight"], (n,), 1e-6)
+            return lambda: fused_layer_norm_affine(inp["x"], inp["weight"], inp["bias"], (n,), 1e-5)
+
+        provs.append(Provider("apex", apex))
+        return provs
+
+    def check(self, case, inputs, out):
+        rows = slice(0, min(256, case.shape["rows"]))
+        x, w, b = inputs["x"][rows].detach(), inputs["weight"].detach(), inputs["bias"]
+        b = None if b is None else b.detach()
+        ref64 = self._ref(x.double(), w.double(), None if b is None else b.double())
+        return _bound(self._ref(x, w, b), out[rows], ref64, case.dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# attention (training shapes) and attention_decode (KV-cache reads)
+# ----------------------------------------------------------------------------------------------
+def _sdpa_provider(name: str, backend_name: str) -> Provider:
+    def make(case, inp, mode):
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        be = getattr(SDPBackend, backend_name)
+        causal = case.shape["causal"]
+
+        def run():
+            with sdpa_kernel(be):
+                return F.scaled_dot_product_attention(inp["q"], inp["k"], inp["v"], is_causal=causal)
+
+        return run
+
+    return Provider(name, make)
+
+
+class AttentionBench(BenchOp):
+    name = "attention"
+
+    def cases(self, quick, device):
+        dtypes = [torch.bfloat16] if device == "cuda" else [torch.float32]
+        if device != "cuda":
+            grid = [(64, 256), (64, 512)]
+        elif quick:
+            grid = [(64, 2048), (128, 4096)]
+        else:
+            grid = [(d, seq) for d in (64, 128) for seq in (512, 1024, 2048, 4096, 8192, 16384)]
+        tokens = 16384 if device == "cuda" else 1024
+        out = []
+        for dtype in dtypes:
+            for d, seq in grid:
+                heads = 2048 // d  # a 2048-wide model (16 x 128 or 32 x 64)
+                if device != "cuda":
+                    heads = 4
+                batch = max(1, tokens // seq)
+                for causal in (False, True):
+                    shape = {"batch": batch, "heads": heads, "seq": seq, "head_dim": d, "causal": causal}
+                    out.append(Case(self.name, f"d={d} seq={seq}{' causal' if causal else ''}", shape, dtype))
+        return out
+
+    def inputs(self, case, device, requires_grad):
+        g = torch.Generator().manual_seed(0)
+        s = case.shape
+        shape = (s["batch"], s["heads"], s["seq"], s["head_dim"])
+        return {n: _rand(shape, case.dtype, device, requires_grad, gen=g) for n in ("q", "k", "v")}
+
+    def flops(self, case, mode):
+        s = case.shape
+        fwd = 4 * s["batch"] * s["heads"] * s["seq"] ** 2 * s["head_dim"] / (2 if s["causal"] else 1)
+        return {"fwd": fwd, "bwd": 2.5 * fwd, "fwd+bwd": 3.5 * fwd}[mode]
+
+    def _ours(self, inp, backend, causal):
+        return ops.attention(inp["q"], inp["k"], inp["v"], causal=causal, backend=backend)
+
+    def providers(self):
+        provs = []
+        for name in ("cuda", "triton"):
+            def make(case, inp, mode, name=name):
+                from ..backend import implementations
+
+                if name not in implementations("attention")["attention"]:
+                    raise NotImplementedError(f"the '{name}' backend does not implement attention yet")
+                return lambda: self._ours(inp, name, case.shape["causal"])
+
+            provs.append(Provider(name, make))
+        provs.append(Provider("eager", lambda case, inp, mode: lambda: F.scaled_dot_product_attention(
+            inp["q"], inp["k"], inp["v"], is_causal=case.shape["causal"])))
+        provs += [_sdpa_provider("sdpa_flash", "FLASH_ATTENTION"),
+                  _sdpa_provider("sdpa_efficient", "EFFICIENT_ATTENTION"),
+                  _sdpa_provider("sdpa_cudnn", "CUDNN_ATTENTION")]
+
+        def torch_ref(case, inp, mode):
+            s = case.shape
+            if s["batch"] * s["heads"] * s["seq"] ** 2 * 4 > 8 * 2**30:
+                raise NotImplementedError("the naive reference would materialize > 8 GiB of scores")
+            return lambda: reference.attention(inp["q"], inp["k"], inp["v"], causal=case.shape["causal"])
+
+        provs.append(Provider("torch", torch_ref, needs_gpu=False))
+
+        def compiled(case, inp, mode):
+            s = case.shape
+            if s["batch"] * s["heads"] * s["seq"] ** 2 * 4 > 8 * 2**30:
+                raise NotImplementedError("the compiled reference would materialize > 8 GiB of scores")
+            fn = _compiled(functools.partial(reference.attention, causal=case.shape["causal"]))
+            return lambda: fn(inp["q"], inp["k"], inp["v"])
+
+        provs.append(Provider("torch_compile", compiled))
+
+        def flex(case, inp, mode):
+            from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+            s = case.shape
+            fn = _compiled(flex_attention)
+            mask = None
+            if s["causal"]:
+                mask = create_block_mask(lambda b, h, q, k: q >= k, None, None, s["seq"], s["seq"],
+                                         device=inp["q"].device)
+            return lambda: fn(inp["q"], inp["k"], inp["v"], block_mask=mask)
+
+        provs.append(Provider("flex_attention", flex))
+
+        def flash_attn(case, inp, mode):
+            if not _have("flash_attn"):
+                raise NotImplementedError("flash-attn is not installed")
+            from flash_attn import flash_attn_func
+
+            q, k, v = (t.transpose(1, 2) for t in (inp["q"], inp["k"], inp["v"]))
+            return lambda: flash_attn_func(q, k, v, causal=case.shape["causal"])
+
+        provs.append(Provider("flash_attn", flash_attn))
+        return provs
+
+    def check(self, case, inputs, out):
+        # The last 128 queries of batch 0, head 0 against every key: bottom-right causal alignment
+        # is the same for that slice as for the whole sequence.
+        q, k, v = (inputs[n][:1, :1].detach() for n in ("q", "k", "v"))
+        if out.shape[1] != inputs["q"].shape[1]:  # flash_attn layout (B, L, H, D)
+            out = out.transpose(1, 2)
+        tail = slice(max(0, q.shape[2] - 128), q.shape[2])
+        causal = case.shape["causal"]
+        ref64 = reference.attention(q[:, :, tail].double(), k.double(), v.double(), causal=causal)
+        lowp = reference.attention(q[:, :, tail], k, v, causal=causal)
+        return _bound(lowp, out[:1, :1, tail], ref64, case.dtype)
+
+
+class DecodeBench(BenchOp):
+    """attention_with_kvcache at Lq = 1: a memory-bound read of the KV cache."""
+
+    name = "attention_decode"
+    modes = ("fwd",)
+
+    def cases(self, quick, device):
+        dtypes = [torch.bfloat16] if device == "cuda" else [torch.float32]
+        if device != "cuda":
+            grid = [(1, 1024), (8, 1024)]
+        elif quick:
+            grid = [(1, 8192), (32, 4096)]
+        else:
+            grid = [(b, c) for b in (1, 8, 32, 64) for c in (1024, 4096, 16384, 32768) if b * c <= 64 * 16384]
+        heads, kv_heads, d = (32, 8, 128) if device == "cuda" else (8, 2, 64)
+        return [Case(self.name, f"batch={b} cache={c}", {"batch": b, "heads": heads, "kv_heads": kv_heads,
+                                                           "cache": c, "head_dim": d}, dtype)
+                for dtype in dtypes for b, c in grid]
+
+    def inputs(self, case, device, requires_grad):
+        g = torch.Generator().manual_seed(0)
+        s = case.shape
+        b, h, hk, c, d = s["batch"], s["heads"], s["kv_heads"], s["cache"], s["head_dim"]
+        return {"q": _rand((b, h, 1, d), case.dtype, device, False, gen=g),
+                "k_cache": _rand((b, hk, c, d), case.dtype, device, False, gen=g),
+                "v_cache": _rand((b, hk, c, d), case.dtype, device, False, gen=g),
+                "cache_seqlens": torch.full((b,), c, dtype=torch.int32, device=device)}
+
+    def bytes(self, case, mode):
+        s = case.shape
+        return 2 * s["batch"] * s["kv_heads"] * s["cache"] * s["head_dim"] * (torch.finfo(case.dtype).bits // 8)
+
+    def providers(self):
+        def ours(name):
+            def make(case, inp, mode):
+                from ..backend import implementations
+
+                if name not in implementations("attention_with_kvcache")["attention_with_kvcache"]:
+                    raise NotImplementedError(f"the '{name}' backend does not implement attention_with_kvcache yet")
+                return lambda: ops.attention_with_kvcache(inp["q"], inp["k_cache"], inp["v_cache"],
+                                                          inp["cache_seqlens"], backend=name)
+
+            return Provider(name, make)
+
+        def eager(case, inp, mode):
+            groups = case.shape["heads"] // case.shape["kv_heads"]
+            return lambda: F.scaled_dot_product_attention(inp["q"], inp["k_cache"], inp["v_cache"],
+                                                          enable_gqa=groups > 1)
+
+        def torch_ref(case, inp, mode):
+            return lambda: reference.attention_with_kvcache(inp["q"], inp["k_cache"], inp["v_cache"],
+                                                            inp["cache_seqlens"], causal=True)
+
+        return [ours("cuda"), ours("triton"), Provider("eager", eager), Provider("torch", torch_ref, needs_gpu=False)]
+
+    def check(self, case, inputs, out):
+        q, kc, vc = inputs["q"][:1], inputs["k_cache"][:1], inputs["v_cache"][:1]
+        lens = inputs["cache_seqlens"][:1]
+        ref64 = reference.attention_with_kvcache(q.double(), kc.double(), vc.double(), lens)
+        lowp = reference.attention_with_kvcache(q, kc, vc, lens)
+        return _bound(lowp, out[:1], ref64, case.dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# linear + activation, and the FFN block
+# ----------------------------------------------------------------------------------------------
+class LinearBench(BenchOp):
+    name = "linear"
+
+    def cases(self, quick, device):
+        dtypes = [torch.bfloat16] if device == "cuda" else [torch.float32]
+        if device != "cuda":
+            grid = [("gpt2-s", 256, 768, 3072)]
+        elif quick:
+            grid = [("gpt2-s", 8192, 768, 3072), ("square", 8192, 8192, 8192)]
+        else:
+            grid = [(model, m, d, h) for model, (d, _, _, h) in MODELS.items() if model != "bert-base"
+                    for m in (4096, 16384)] + [("square", 8192, 8192, 8192)]
+        return [Case(self.name, f"{model} M={m}", {"M": m, "K": k, "N": n, "activation": "gelu"}, dtype)
+                for dtype in dtypes for model, m, k, n in grid]
+
+    def inputs(self, case, device, requires_grad):
+        g = torch.Generator().manual_seed(0)
+        s = case.shape
+        return {"x": _rand((s["M"], s["K"]), case.dtype, device, requires_grad, gen=g),
+                "weight": _rand((s["N"], s["K"]), case.dtype, device, requires_grad, scale=s["K"] ** -0.5, gen=g),
+                "bias": _rand((s["N"],), case.dtype, device, requires_grad, gen=g)}
+
+    def flops(self, case, mode):
+        s = case.shape
+        fwd = 2 * s["M"] * s["N"] * s["K"]
+        return {"fwd": fwd, "bwd": 2 * fwd, "fwd+bwd": 3 * fwd}[mode]
+
+    def providers(self):
+        def ours(name):
+            def make(case, inp, mode):
+                from ..backend import implementations
+
+                if name not in implementations("linear")["linear"]:
+                    raise NotImplementedError(f"the '{name}' backend does not implement linear yet")
+                return lambda: ops.linear(inp["x"], inp["weight"], inp["bias"], activation="gelu", backend=name)
+
+            return Provider(name, make)
+
+        def eager(case, inp, mode):
+            return lambda: F.gelu(F.linear(inp["x"], inp["weight"], inp["bias"]))
+
+        def addmm_act(case, inp, mode):
+            if mode != "fwd":
+                raise NotImplementedError("torch._addmm_activation has no backward")
+            wt = inp["weight"].detach().t()
+            return lambda: torch._addmm_activation(inp["bias"].detach(), inp["x"].detach(), wt, use_gelu=True)
+
+        def compiled(case, inp, mode):
+            fn = _compiled(functools.partial(reference.linear, activation="gelu"))
+            return lambda: fn(inp["x"], inp["weight"], inp["bias"])
+
+        torch_ref = Provider("torch", lambda case, inp, mode: lambda: reference.linear(
+            inp["x"], inp["weight"], inp["bias"], activation="gelu"), needs_gpu=False)
+        return [ours("cuda"), ours("triton"), Provider("eager", eager), Provider("torch_addmm_act", addmm_act),
+                torch_ref, Provider("torch_compile", compiled)]
+
+    def check(self, case, inputs, out):
+        rows = slice(0, min(64, case.shape["M"]))
+        x, w, b = inputs["x"][rows].detach(), inputs["weight"].detach(), inputs["bias"].detach()
+        ref64 = reference.linear(x.double(), w.double(), b.double(), activation="gelu")
+        return _bound(reference.linear(x, w, b, activation="gelu"), out[rows], ref64, case.dtype)
+
+
+class FfnBench(BenchOp):
+    name = "ffn"
+
+    def cases(self, quick, device):
+        dtypes = [torch.bfloat16] if device == "cuda" else [torch.float32]
+        if device != "cuda":
+            grid = [("gpt2-s", 256, 768, 3072, False)]
+        elif quick:
+            grid = [("gpt2-s", 8192, 768, 3072, False), ("llama-7b", 4096, 4096, 11008, True)]
+        else:
+            grid = [("gpt2-s", m, 768, 3072, False) for m in (4096, 16384, 32768)]
+            grid += [("gpt2-m", m, 1024, 4096, False) for m in (4096, 16384)]
+            grid += [("llama-7b", m, 4096, 11008, True) for m in (4096, 8192)]
+        return [Case(self.name, f"{model} M={m}{' swiglu' if gated else ''}",
+                     {"M": m, "D": d, "H": h, "gated": gated}, dtype)
+                for dtype in dtypes for model, m, d, h, gated in grid]
+
+    def inputs(self, case, device, requires_grad):
+        g = torch.Generator().manual_seed(0)
+        s = case.shape
+        d, h = s["D"], s["H"]
+        rg = requires_grad
+        inp = {"x": _rand((s["M"], d), case.dtype, device, rg, gen=g),
+               "w_in": _rand((h, d), case.dtype, device, rg, scale=d**-0.5, gen=g), "b_in": None,
+               "w_out": _rand((d, h), case.dtype, device, rg, scale=h**-0.5, gen=g), "b_out": None,
+               "w_gate": None}
+        if s["gated"]:
+            inp["w_gate"] = _rand((h, d), case.dtype, device, rg, scale=d**-0.5, gen=g)
+        else:
+            inp["b_in"] = _rand((h,), case.dtype, device, rg, gen=g)
+            inp["b_out"] = _rand((d,), case.dtype, device, rg, gen=g)
+        return inp
+
+    def flops(self, case, mode):
+        s = case.shape
+        fwd = 2 * s["M"] * s["D"] * s["H"] * (3 if s["gated"] else 2)
+        return {"fwd": fwd, "bwd": 2 * fwd, "fwd+bwd": 3 * fwd}[mode]
+
+    @staticmethod
+    def _act(case):
+        return "silu" if case.shape["gated"] else "gelu"
+
+    def _ref(self, case, inp, fn=reference.ffn):
+        return fn(inp["x"], inp["w_in"], inp["b_in"], inp["w_out"], inp["b_out"], activation=self._act(case),
+                  w_gate=inp["w_gate"])
+
+    def providers(self):
+        def ours(name):
+            def make(case, inp, mode):
+                from ..backend import implementations
+
+                if name not in implementations("ffn")["ffn"]:
+                    raise NotImplementedError(f"the '{name}' backend does not implement ffn yet")
+                return lambda: self._ref(case, inp, functools.partial(ops.ffn, backend=name))
+
+            return Provider(name, make)
+
+        def compiled(case, inp, mode):
+            fn = _compiled(reference.ffn)
+            return lambda: self._ref(case, inp, fn)
+
+        def liger(case, inp, mode):
+            if not case.shape["gated"]:
+                raise NotImplementedError("Liger's SwiGLU covers the gated FFN only")
+            if not _have("liger_kernel"):
+                raise NotImplementedError("liger-kernel is not installed")
+            from liger_kernel.ops.swiglu import LigerSiLUMulFunction
+
+            def run():
+                gate, up = F.linear(inp["x"], inp["w_gate"]), F.linear(inp["x"], inp["w_in"])
+                return F.linear(LigerSiLUMulFunction.apply(gate, up), inp["w_out"])
+
+            return run
+
+        torch_ref = Provider("torch", lambda case, inp, mode: lambda: self._ref(case, inp), needs_gpu=False)
+        # The reference *is* eager PyTorch for the FFN (F.linear + activation + F.linear).
+        eager = Provider("eager", lambda case, inp, mode: lambda: self._ref(case, inp))
+        return [ours("cuda"), ours("triton"), eager, torch_ref, Provider("torch_compile", compiled),
+                Provider("liger", liger)]
+
+    def check(self, case, inputs, out):
+        rows = slice(0, min(64, case.shape["M"]))
+        sub = {k: (None if v is None else v.detach()) for k, v in inputs.items()}
+        sub["x"] = sub["x"][rows]
+        to64 = {k: (None if v is None else v.double()) for k, v in sub.items()}
+        return _bound(self._ref(case, sub), out[rows], self._ref(case, to64), case.dtype)
+
+
+def bench_ops() -> dict[str, BenchOp]:
+    ops_ = [NormBench("layer_norm"), NormBench("rms_norm"), AttentionBench(), DecodeBench(), LinearBench(),
+            FfnBench()]
+    return {o.name: o for o in ops_}
+
+
+__all__ = ["MODES", "MODELS", "BenchOp", "Case", "Provider", "bench_ops"]

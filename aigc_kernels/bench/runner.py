@@ -1,0 +1,241 @@
+"""The bench runner: every op x provider x mode on this machine, timed the same way, checked for
+correctness, recorded in a stable JSON schema.
+
+JSON schema (stable; new keys may be added, none removed or renamed)::
+
+    {"schema": 1,
+     "env": {"device", "torch", "triton", "cuda", "commit", "python", "created",
+             "ceilings": {"hbm_copy_gbps", "bf16_gemm_tflops"}},      # measured at the start; null on CPU
+     "results": [{"op", "provider", "mode", "dtype", "shape", "label",
+                  "median_ms", "p20_ms", "p80_ms",                       # CUDA events (triton.testing.do_bench)
+                  "tflops", "gbps", "pct_of_ceiling",                    # null where the op has no FLOP/byte count
+                  "speedup_vs_eager", "peak_mem_mb",
+                  "correct", "max_err", "err_bound",                     # the provider's output vs float64
+                  "status", "note"}]}                                   # status: ok | skipped | error | wrong
+
+op is one of attention, attention_decode, layer_norm, rms_norm, linear, ffn (model_train and
+model_decode are reserved for the end-to-end cases). Compute-bound ops (attention, linear, ffn)
+report % of the bf16 GEMM ceiling; memory-bound ones (norms, decode) % of the copy bandwidth.
+
+On a machine without a CUDA GPU only the torch reference is timed (kernel timings there would be
+interpreter or CPU timings, which say nothing about kernel speed); every other provider is
+listed as skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import datetime
+import platform
+import statistics
+import subprocess
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import torch
+
+from .cases import MODES, BenchOp, Case, bench_ops
+
+SCHEMA_VERSION = 1
+
+
+# ----------------------------------------------------------------------------------------------
+# environment and ceilings
+# ----------------------------------------------------------------------------------------------
+def _git_commit() -> str:
+    root = Path(__file__).resolve().parents[2]
+    try:
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             timeout=10)
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def environment(ceilings: dict | None) -> dict:
+    import importlib.metadata as md
+
+    try:
+        triton_version = md.version("triton")
+    except md.PackageNotFoundError:
+        triton_version = None
+    gpu = torch.cuda.is_available()
+    return {"device": torch.cuda.get_device_name() if gpu else f"CPU ({platform.processor() or platform.machine()})",
+            "torch": torch.__version__, "triton": triton_version, "cuda": torch.version.cuda,
+            "commit": _git_commit(), "python": platform.python_version(),
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "ceilings": ceilings}
+
+
+def measure_ceilings() -> dict:
+    """Device-to-device copy bandwidth (bytes read + written) and dense bf16 GEMM throughput."""
+    from triton.testing import do_bench
+
+    def median_ms(fn):
+        return do_bench(fn, warmup=10, rep=50, return_mode="median")
+
+    n = 1 << 28  # 512 MiB of bf16 each way: far beyond the L2
+    src = torch.empty(n, dtype=torch.bfloat16, device="cuda").normal_()
+    dst = torch.empty_like(src)
+    copy_gbps = 2 * n * 2 / (median_ms(lambda: dst.copy_(src)) * 1e-3) / 1e9
+    src = dst = None  # free before the GEMM
+    a = torch.randn(8192, 8192, dtype=torch.bfloat16, device="cuda")
+    b = torch.randn(8192, 8192, dtype=torch.bfloat16, device="cuda")
+    gemm_tflops = 2 * 8192**3 / (median_ms(lambda: a @ b) * 1e-3) / 1e12
+    return {"hbm_copy_gbps": round(copy_gbps, 1), "bf16_gemm_tflops": round(gemm_tflops, 1)}
+
+
+# ----------------------------------------------------------------------------------------------
+# timing
+# ----------------------------------------------------------------------------------------------
+def _time_gpu(fn: Callable, grad_to_none: list | None) -> tuple[float, float, float]:
+    from triton.testing import do_bench
+
+    # do_bench clears the L2 (a 256 MB write) before every run and times with CUDA events.
+    p20, med, p80 = do_bench(fn, warmup=25, rep=100, quantiles=[0.2, 0.5, 0.8], grad_to_none=grad_to_none)
+    return med, p20, p80
+
+
+def _time_cpu(fn: Callable, reps: int) -> tuple[float, float, float]:
+    fn()
+    samples = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - t0) * 1e3)
+    q = statistics.quantiles(samples, n=10) if len(samples) >= 2 else samples * 9
+    return statistics.median(samples), q[1], q[7]
+
+
+def _first_tensor(out):
+    if isinstance(out, (tuple, list)):
+        return out[0]
+    return out
+
+
+def timed_fn(fwd: Callable, mode: str, leaves: list[torch.Tensor]) -> Callable:
+    """The callable to time for a mode: the forward, the backward of a saved forward, or both."""
+    if mode == "fwd":
+        return fwd
+    out = _first_tensor(fwd())
+    grad = torch.randn_like(out)
+    if mode == "bwd":
+        return lambda: out.backward(grad, retain_graph=True)
+    return lambda: _first_tensor(fwd()).backward(grad)
+
+
+def run(op_names: Iterable[str] | None = None, providers: Iterable[str] | None = None,
+        modes: Iterable[str] | None = None, quick: bool = False, progress: Callable | None = None,
+        cpu_reps: int = 5) -> dict:
+    """Run the benchmark; returns the JSON-ready report (see the module docstring)."""
+    gpu = torch.cuda.is_available()
+    device = "cuda" if gpu else "cpu"
+    all_ops = bench_ops()
+    names = list(op_names or all_ops)
+    unknown = sorted(set(names) - set(all_ops))
+    if unknown:
+        raise ValueError(f"bench: unknown op(s) {unknown}; expected some of {sorted(all_ops)}")
+    modes = list(modes or MODES)
+    bad_modes = sorted(set(modes) - set(MODES))
+    if bad_modes:
+        raise ValueError(f"bench: unknown mode(s) {bad_modes}; expected some of {list(MODES)}")
+    ceilings = measure_ceilings() if gpu else None
+    report = {"schema": SCHEMA_VERSION, "env": environment(ceilings), "results": []}
+    work = [(all_ops[n], case) for n in names for case in all_ops[n].cases(quick, device)]
+    for i, (bop, case) in enumerate(work):
+        if progress:
+            progress(i, len(work), f"{bop.name} {case.label}")
+        report["results"] += _run_case(bop, case, device, providers, modes, ceilings, cpu_reps)
+    if progress:
+        progress(len(work), len(work), "done")
+    return report
+
+
+def _sig(x: float, digits: int = 4) -> float:
+    return float(f"{x:.{digits}g}")
+
+
+def _row(case: Case, provider: str, mode: str, **fields) -> dict:
+    row = {"op": case.op, "provider": provider, "mode": mode, "dtype": str(case.dtype).removeprefix("torch."),
+           "shape": case.shape_str, "label": case.label, "median_ms": None, "p20_ms": None, "p80_ms": None,
+           "tflops": None, "gbps": None, "pct_of_ceiling": None, "speedup_vs_eager": None, "peak_mem_mb": None,
+           "correct": None, "max_err": None, "err_bound": None, "status": "ok", "note": ""}
+    row.update(fields)
+    return row
+
+
+def _run_case(bop: BenchOp, case: Case, device: str, wanted: Iterable[str] | None, modes: list[str],
+              ceilings: dict | None, cpu_reps: int) -> list[dict]:
+    rows = []
+    wanted = set(wanted) if wanted else None
+    for prov in bop.providers():
+        if wanted is not None and prov.name not in wanted:
+            continue
+        if device != "cuda" and prov.needs_gpu:
+            for mode in (m for m in modes if m in bop.modes):
+                rows.append(_row(case, prov.name, mode, status="skipped",
+                                 note="kernel speed needs a CUDA GPU; not timed on CPU"))
+            continue
+        for mode in modes:
+            if mode not in bop.modes:
+                continue
+            rows.append(_run_one(bop, case, prov, mode, device, ceilings, cpu_reps))
+    # speedup vs PyTorch's own implementation ("eager"; the reference where PyTorch has none)
+    for mode in modes:
+        timed = {r["provider"]: r for r in rows if r["mode"] == mode and r["median_ms"]}
+        base = timed.get("eager") or timed.get("torch")
+        for r in rows:
+            if base and r["mode"] == mode and r["median_ms"]:
+                r["speedup_vs_eager"] = round(base["median_ms"] / r["median_ms"], 3)
+    return rows
+
+
+def _run_one(bop: BenchOp, case: Case, prov, mode: str, device: str, ceilings: dict | None, cpu_reps: int) -> dict:
+    needs_grad = mode != "fwd"
+    try:
+        inputs = bop.inputs(case, device, requires_grad=needs_grad)
+        fwd = prov.make(case, inputs, mode)
+    except NotImplementedError as exc:
+        return _row(case, prov.name, mode, status="skipped", note=str(exc))
+    except Exception as exc:  # a provider that cannot even be set up is reported, not fatal
+        return _row(case, prov.name, mode, status="error", note=f"{type(exc).__name__}: {exc}"[:300])
+    fields = {}
+    try:
+        with torch.no_grad():
+            out = _first_tensor(fwd())
+        err, bound = bop.check(case, inputs, out)
+        fields.update(correct=bool(err <= bound), max_err=err, err_bound=bound)
+        del out
+        leaves = [t for t in inputs.values() if isinstance(t, torch.Tensor) and t.requires_grad]
+        fn = timed_fn(fwd, mode, leaves)
+        if device == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base_mem = torch.cuda.memory_allocated()
+            fn()
+            torch.cuda.synchronize()
+            fields["peak_mem_mb"] = round((torch.cuda.max_memory_allocated() - base_mem) / 2**20, 1)
+            med, p20, p80 = _time_gpu(fn, leaves or None)
+        else:
+            med, p20, p80 = _time_cpu(fn, cpu_reps)
+    except torch.cuda.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        return _row(case, prov.name, mode, status="error", note="out of memory", **fields)
+    except Exception as exc:
+        return _row(case, prov.name, mode, status="error", note=f"{type(exc).__name__}: {exc}"[:300], **fields)
+    fields.update(median_ms=_sig(med, 6), p20_ms=_sig(p20, 6), p80_ms=_sig(p80, 6))
+    flops, nbytes = bop.flops(case, mode), bop.bytes(case, mode)
+    if flops is not None:
+        fields["tflops"] = _sig(flops / (med * 1e-3) / 1e12)
+        if ceilings:
+            fields["pct_of_ceiling"] = round(100 * fields["tflops"] / ceilings["bf16_gemm_tflops"], 1)
+    if nbytes is not None:
+        fields["gbps"] = _sig(nbytes / (med * 1e-3) / 1e9)
+        if ceilings and flops is None:
+            fields["pct_of_ceiling"] = round(100 * fields["gbps"] / ceilings["hbm_copy_gbps"], 1)
+    if fields.get("correct") is False:
+        fields["status"] = "wrong"
+        fields["note"] = f"output off the float64 reference: {fields['max_err']:.3g} > {fields['err_bound']:.3g}"
+    return _row(case, prov.name, mode, **fields)

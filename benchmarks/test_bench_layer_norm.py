@@ -1,0 +1,9 @@
+"""pytest-benchmark: layer_norm (cases and providers from aigc_kernels.bench)."""
+
+import pytest
+from conftest import params
+
+
+@pytest.mark.parametrize("op,case,provider,mode", [p for m in ("fwd", "fwd+bwd",) for p in params("layer_norm", m)])
+def test_layer_norm(timed, op, case, provider, mode):
+    timed(op, case, provider, mode)

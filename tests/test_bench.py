@@ -1,0 +1,100 @@
+"""The bench runner, its JSON schema, compare (flags a planted 2x slowdown) and plots."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+
+from aigc_kernels import cli
+from aigc_kernels.bench import SCHEMA_VERSION, bench_ops, report, run
+
+KEYS = {"op", "provider", "mode", "dtype", "shape", "median_ms", "p20_ms", "p80_ms", "tflops", "gbps",
+        "pct_of_ceiling", "peak_mem_mb"}
+
+
+@pytest.fixture(scope="module")
+def quick_norm():
+    return run(["rms_norm", "attention_decode"], quick=True, cpu_reps=2)
+
+
+def test_schema(quick_norm):
+    assert quick_norm["schema"] == SCHEMA_VERSION
+    env = quick_norm["env"]
+    assert {"device", "torch", "triton", "cuda", "commit", "ceilings"} <= set(env)
+    assert quick_norm["results"]
+    for r in quick_norm["results"]:
+        assert KEYS <= set(r)
+        assert r["op"] in {"attention", "attention_decode", "layer_norm", "rms_norm", "linear", "ffn"}
+    json.dumps(quick_norm)  # serializable
+
+
+def test_cpu_times_only_the_reference_and_checks_it(quick_norm):
+    if torch.cuda.is_available():
+        pytest.skip("CPU behaviour")
+    timed = [r for r in quick_norm["results"] if r["median_ms"] is not None]
+    assert timed and {r["provider"] for r in timed} == {"torch"}
+    assert all(r["correct"] is True for r in timed)
+    skipped = [r for r in quick_norm["results"] if r["provider"] in ("cuda", "triton")]
+    assert skipped and all(r["status"] == "skipped" and "CUDA GPU" in r["note"] for r in skipped)
+    assert all(r["mode"] == "fwd" for r in quick_norm["results"] if r["op"] == "attention_decode")
+
+
+def test_a_wrong_provider_is_flagged(monkeypatch):
+    """The check is real: a provider returning a perturbed output is reported as wrong."""
+    from aigc_kernels.bench import cases
+
+    norm = bench_ops()["layer_norm"]
+    provs = norm.providers()
+    torch_prov = next(p for p in provs if p.name == "torch")
+    bad = cases.Provider("torch", lambda case, inp, mode: (lambda f: (lambda: f() + 0.05))(
+        torch_prov.make(case, inp, mode)), needs_gpu=False)
+    monkeypatch.setattr(cases.NormBench, "providers", lambda self: [bad])
+    res = run(["layer_norm"], quick=True, modes=["fwd"], cpu_reps=1)
+    assert res["results"] and all(r["status"] == "wrong" and r["correct"] is False for r in res["results"])
+
+
+def test_compare_flags_a_planted_2x_slowdown(quick_norm, tmp_path, capsys):
+    base = tmp_path / "base.json"
+    new = tmp_path / "new.json"
+    report.write_json(quick_norm, base)
+    slow = copy.deepcopy(quick_norm)
+    victim = next(r for r in slow["results"] if r["median_ms"] is not None)
+    victim["median_ms"] *= 2
+    report.write_json(slow, new)
+    assert cli.main(["compare", str(base), str(base)]) == 0
+    assert cli.main(["compare", str(base), str(new), "--threshold", "5"]) == 1
+    out = capsys.readouterr().out
+    assert "REGRESSION" in out
+    _, regressions = report.compare(quick_norm, slow, 5)
+    assert len(regressions) == 1 and regressions[0]["ratio"] == pytest.approx(2.0)
+    _, none = report.compare(quick_norm, slow, 150)  # a 2x slowdown is within a 150% threshold
+    assert none == []
+
+
+def test_compare_rejects_foreign_json(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"foo": 1}')
+    assert cli.main(["compare", str(bad), str(bad)]) == 2
+
+
+def test_bench_cli_writes_json_csv_plots(tmp_path, capsys):
+    out = tmp_path / "r.json"
+    code = cli.main(["bench", "--op", "layer_norm", "--quick", "--mode", "fwd", "--json", str(out),
+                     "--csv", str(tmp_path / "r.csv"), "--plots", str(tmp_path / "plots")])
+    assert code == 0
+    data = report.load(out)
+    assert data["results"]
+    assert (tmp_path / "r.csv").read_text().startswith("op,provider,mode")
+    assert (tmp_path / "plots" / "layer_norm.png").stat().st_size > 1000
+    if not torch.cuda.is_available():
+        assert "kernel speed needs a CUDA GPU" in capsys.readouterr().out
+
+
+def test_every_op_has_cases_and_providers():
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    for name, op in bench_ops().items():
+        assert op.cases(True, device), name
+        assert {p.name for p in op.providers()} >= {"torch", "cuda", "triton"}, name
