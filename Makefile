@@ -1,5 +1,5 @@
 # The two commands of README's quick start:
-#   make report   set up, then check every op x backend here and report (info + check)
+#   make report   set up, then check every op x backend here, and benchmark (info + check + bench --quick)
 #   make test     set up, then lint and run the test suite (CPU: Triton through its interpreter)
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -15,6 +15,7 @@ INTERPRET = TRITON_INTERPRET=$${TRITON_INTERPRET:-$$($(BIN)/python -c "import to
 report: setup
 	$(INTERPRET) $(BIN)/aigc-kernels info
 	$(INTERPRET) $(BIN)/aigc-kernels check
+	$(BIN)/aigc-kernels bench --quick --json bench-quick.json
 
 lint: setup
 	$(BIN)/ruff check .

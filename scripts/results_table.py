@@ -1,4 +1,5 @@
-"""Regenerate README.md's results section from the recorded GPU runs in benchmarks/results/*.json.
+"""Regenerate README.md's results section from the recorded GPU runs in benchmarks/results/*.json
+(plots of a run NAME.json live in benchmarks/results/NAME/).
 
     python scripts/results_table.py          # rewrite README.md in place
     python scripts/results_table.py --check  # exit 1 if README.md is out of date (used by the tests)
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -24,7 +26,18 @@ def _num(value, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
 
+OURS = ("cuda", "triton")
+BASELINES = ("eager", "torch_compile", "sdpa_cudnn", "sdpa_flash", "liger", "apex", "flash_attn")
+
+
+def _gmean(values: list[float]) -> float | None:
+    values = [v for v in values if v]
+    return math.exp(sum(math.log(v) for v in values) / len(values)) if values else None
+
+
 def render() -> str:
+    """Per recorded run: one row per op x mode x provider, summarizing its cases (geometric means),
+    with links to the run's JSON and plots."""
     files = sorted(RESULTS.glob("*.json"))
     if not files:
         return ("No GPU run has been recorded yet: every kernel-speed claim is unverified until a run's JSON "
@@ -33,16 +46,33 @@ def render() -> str:
     for path in files:
         data = json.loads(path.read_text())
         env = data.get("env", {})
-        lines.append(f"**{path.name}** — {env.get('device', '?')}, torch {env.get('torch', '?')}, "
-                     f"triton {env.get('triton', '?')}, CUDA {env.get('cuda', '?')}, commit {env.get('commit', '?')}")
+        ceil = env.get("ceilings") or {}
+        lines.append(f"**[{path.name}](benchmarks/results/{path.name})** — {env.get('device', '?')}, "
+                     f"torch {env.get('torch', '?')}, triton {env.get('triton', '?')}, CUDA {env.get('cuda', '?')}, "
+                     f"commit {env.get('commit', '?')}; measured ceilings: copy {ceil.get('hbm_copy_gbps', '?')} GB/s, "
+                     f"bf16 GEMM {ceil.get('bf16_gemm_tflops', '?')} TFLOP/s")
+        plots = RESULTS / path.stem
+        if plots.is_dir():
+            pngs = sorted(plots.glob("*.png"))
+            links = ", ".join(f"[{p.stem}](benchmarks/results/{path.stem}/{p.name})" for p in pngs)
+            lines.append(f"plots: {links}")
         lines.append("")
-        lines.append("| op | provider | mode | dtype | shape | median ms | TFLOP/s | GB/s | % of ceiling |")
-        lines.append("|---|---|---|---|---|---:|---:|---:|---:|")
+        lines.append("| op | mode | provider | cases | TFLOP/s | GB/s | % of ceiling | speedup vs eager | wrong |")
+        lines.append("|---|---|---|---:|---:|---:|---:|---:|---:|")
+        groups: dict[tuple, list[dict]] = {}
         for r in data.get("results", []):
-            lines.append(f"| {r.get('op')} | {r.get('provider')} | {r.get('mode')} | {r.get('dtype')} | "
-                         f"{r.get('shape')} | {_num(r.get('median_ms'), '.3f')} | {_num(r.get('tflops'), '.1f')} | "
-                         f"{_num(r.get('gbps'), '.0f')} | {_num(r.get('pct_of_ceiling'), '.0f')} |")
+            if r.get("provider") in OURS + BASELINES and r.get("median_ms") is not None:
+                groups.setdefault((r["op"], r["mode"], r["provider"]), []).append(r)
+        order = {p: i for i, p in enumerate(OURS + BASELINES)}
+        for (op, mode, provider), rows in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], order[kv[0][2]])):
+            lines.append(f"| {op} | {mode} | {provider} | {len(rows)} | "
+                         f"{_num(_gmean([r.get('tflops') for r in rows]), '.1f')} | "
+                         f"{_num(_gmean([r.get('gbps') for r in rows]), '.0f')} | "
+                         f"{_num(_gmean([r.get('pct_of_ceiling') for r in rows]), '.0f')} | "
+                         f"{_num(_gmean([r.get('speedup_vs_eager') for r in rows]), '.2f')} | "
+                         f"{sum(r.get('correct') is False for r in rows)} |")
         lines.append("")
+    lines.append("Each row is the geometric mean over the run's cases; per-case numbers are in the JSON.")
     return "\n".join(lines).rstrip()
 
 

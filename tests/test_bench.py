@@ -98,3 +98,23 @@ def test_every_op_has_cases_and_providers():
     for name, op in bench_ops().items():
         assert op.cases(True, device), name
         assert {p.name for p in op.providers()} >= {"torch", "cuda", "triton"}, name
+
+
+def test_readme_results_table_renders_a_run(quick_norm, tmp_path, monkeypatch):
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("results_table", root / "scripts" / "results_table.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    fake = copy.deepcopy(quick_norm)
+    for r in fake["results"]:  # pretend the reference rows came from our kernel on a GPU
+        if r["provider"] == "torch":
+            r["provider"] = "cuda"
+    report.write_json(fake, tmp_path / "run.json")
+    monkeypatch.setattr(mod, "RESULTS", tmp_path)
+    text = mod.render()
+    assert "run.json" in text and "| rms_norm | fwd | cuda |" in text
+    readme = f"x\n{mod.BEGIN}\nold\n{mod.END}\ny\n"
+    assert "old" not in mod.updated(readme) and mod.updated(readme).startswith("x\n")
