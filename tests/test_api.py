@@ -75,11 +75,15 @@ def test_available_backends_without_interpreter_on_cpu():
 
 
 def test_explicit_backend_never_falls_back():
-    q, k, v = qkv()
-    # no backend but torch implements attention yet on CPU: a named backend must raise, not fall back
+    # linear has no kernel yet: a named backend must raise, not fall back to the reference
+    x, w = torch.randn(3, 8), torch.randn(4, 8)
     for name in ("cuda", "triton"):
-        with pytest.raises(ak.BackendError, match=f"ak.attention.*'{name}'"):
-            ak.attention(q, k, v, backend=name)
+        with pytest.raises(ak.BackendError, match=f"ak.linear: the '{name}' backend has no implementation of linear"):
+            ak.linear(x, w, backend=name)
+    # a kernel that exists but cannot take the inputs (head dim 8 < 16) raises too
+    q, k, v = qkv()
+    with pytest.raises(ak.BackendError, match="head dims 16 to 256, got 8|needs CUDA tensors|not available"):
+        ak.attention(q, k, v, backend="triton")
     with ak.use_backend("cuda"):
         with pytest.raises(ak.BackendError):
             ak.layer_norm(torch.randn(3, 8))

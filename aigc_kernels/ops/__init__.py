@@ -64,6 +64,17 @@ def _cuda_rms_norm():
     return cuda_ops.rms_norm
 
 
+def _triton_attention(name: str):
+    def load():
+        from ..triton import attention
+
+        return getattr(attention, name)
+
+    return load
+
+
+for _op in ("attention", "attention_varlen", "attention_with_kvcache"):
+    register(_op, "triton", _triton_attention(_op), getattr(limits, f"triton_{_op}"))
 register("layer_norm", "triton", _triton_layer_norm, limits.triton_layer_norm)
 register("rms_norm", "triton", _triton_rms_norm, limits.triton_rms_norm)
 register("layer_norm", "cuda", _cuda_layer_norm, limits.cuda_layer_norm)

@@ -40,3 +40,34 @@ triton_layer_norm = functools.partial(_layer_norm, "Triton")
 triton_rms_norm = functools.partial(_rms_norm, "Triton")
 cuda_layer_norm = functools.partial(_layer_norm, "CUDA")
 cuda_rms_norm = functools.partial(_rms_norm, "CUDA")
+
+
+# ----------------------------------------------------------------------------------------------
+# attention
+# ----------------------------------------------------------------------------------------------
+TRITON_HEAD_DIMS = (16, 256)
+
+
+def _attention_common(kernel: str, q: torch.Tensor, head_dims: tuple[int, int]) -> str | None:
+    if q.dtype not in KERNEL_DTYPES:
+        return f"the {kernel} attention takes float32, float16 or bfloat16, got {_name(q.dtype)}"
+    d = q.shape[-1]
+    if not head_dims[0] <= d <= head_dims[1]:
+        return f"the {kernel} attention supports head dims {head_dims[0]} to {head_dims[1]}, got {d}"
+    return None
+
+
+def triton_attention(q, k, v, *, causal=False, attn_mask=None, dropout_p=0.0, scale=None, window_size=None):
+    if attn_mask is not None and attn_mask.requires_grad:
+        return "the Triton attention does not compute the gradient of attn_mask (it requires grad)"
+    return _attention_common("Triton", q, TRITON_HEAD_DIMS)
+
+
+def triton_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, causal=False,
+                            scale=None, window_size=None):
+    return _attention_common("Triton", q, TRITON_HEAD_DIMS)
+
+
+def triton_attention_with_kvcache(q, k_cache, v_cache, cache_seqlens, *, k_new=None, v_new=None, causal=True,
+                                  scale=None):
+    return _attention_common("Triton", q, TRITON_HEAD_DIMS)

@@ -1,0 +1,779 @@
+"""Flash attention in Triton: forward, backward, packed variable-length sequences, and split-K
+decoding over a KV cache.
+
+Layers: kernels -> launchers -> torch.library ops (fake impls + autograd) -> the "triton"
+backend's entry points ``attention`` / ``attention_varlen`` / ``attention_with_kvcache``.
+
+Forward (per query block, online softmax in float32, exp2 with log2(e) folded into the scale):
+    m_new = max(m, rowmax(s));  p = exp2(s - m_new);  l = l * exp2(m - m_new) + rowsum(p)
+    acc = acc * exp2(m - m_new) + (p * keep / (1 - dropout_p)) @ v
+    out = acc / l,  lse = (m + log2(l)) / log2(e)  (natural log, saved for the backward)
+A row whose every score is masked keeps m = -inf and l = 0: its output is 0 and its lse -inf.
+
+Backward (FlashAttention-2): delta = rowsum(dO * O); recompute p = exp(s - lse) per block;
+    dV += (p * z)^T dO,  dP = (dO V^T) * z,  dS = p * (dP - delta),  dK += dS^T Q * scale,
+    dQ += dS K * scale,  with z = keep / (1 - dropout_p) (1 without dropout).
+dK/dV programs own one key block of one KV head and loop over the query heads of its group
+(GQA) and the query blocks, so the reduction is deterministic with no atomics; dQ programs own
+one query block.
+
+Masks: bottom-right causal (query i sees keys j <= i + Lk - Lq), a sliding window (left, right)
+around that diagonal, key padding (j < Lk), and a user mask (bool keep-mask or additive float)
+read through broadcast strides. The key-block loop skips blocks that the causal/window band
+excludes entirely. Dropout draws Philox numbers from (seed, query, key) so the backward
+regenerates the forward's mask exactly.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+SUPPORTED_HEAD_DIMS = (16, 256)  # inclusive range; any size in between (padded to a power of 2)
+
+
+# ----------------------------------------------------------------------------------------------
+# kernels
+# ----------------------------------------------------------------------------------------------
+@triton.jit
+def _band(offs_m, offs_n, lq, lk, WINDOW_LEFT: tl.constexpr, WINDOW_RIGHT: tl.constexpr,
+          IS_CAUSAL: tl.constexpr):
+    """Keep-mask of causal/window/padding for query rows offs_m and key columns offs_n."""
+    keep = (offs_n[None, :] < lk) & (offs_m[:, None] < lq)
+    diag = offs_m[:, None] + (lk - lq)
+    if IS_CAUSAL:  # causal caps the window's right side at the diagonal
+        keep &= offs_n[None, :] <= diag
+    elif WINDOW_RIGHT >= 0:
+        keep &= offs_n[None, :] <= diag + WINDOW_RIGHT
+    if WINDOW_LEFT >= 0:
+        keep &= offs_n[None, :] >= diag - WINDOW_LEFT
+    return keep
+
+
+@triton.jit
+def _key_range(start_m, lq, lk, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, WINDOW_LEFT: tl.constexpr,
+               WINDOW_RIGHT: tl.constexpr, IS_CAUSAL: tl.constexpr):
+    """[lo, hi) of the key blocks that may hold a visible key for query rows [start_m, start_m + BLOCK_M)."""
+    lo = 0
+    hi = lk
+    if WINDOW_LEFT >= 0:
+        lo = tl.maximum(start_m + (lk - lq) - WINDOW_LEFT, 0)
+        lo = (lo // BLOCK_N) * BLOCK_N
+    if IS_CAUSAL:
+        hi = tl.minimum(start_m + BLOCK_M + (lk - lq), lk)
+    elif WINDOW_RIGHT >= 0:
+        hi = tl.minimum(start_m + BLOCK_M + (lk - lq) + WINDOW_RIGHT, lk)
+    hi = tl.maximum(hi, 0)
+    return lo, hi
+
+
+@triton.jit
+def _dropout_keep(seed, offs_m, offs_n, lk, dropout_p):
+    """The keep-mask of dropout for these (query, key) positions: Philox from (seed, i * Lk + j)."""
+    rnd = tl.rand(seed, offs_m[:, None] * lk + offs_n[None, :])
+    return rnd >= dropout_p
+
+
+@triton.jit
+def _attn_fwd_kernel(
+    Q, K, V, MASK, OUT, LSE, CU_Q, CU_K, SEED,
+    stride_qb, stride_qh, stride_qm,  # q (B, Hq, Lq, D) or packed (total_q, Hq, D): batch, head, row strides
+    stride_kb, stride_kh, stride_kn,
+    stride_vb, stride_vh, stride_vn,
+    stride_ob, stride_oh, stride_om,
+    stride_mb, stride_mh, stride_mm, stride_mn,  # mask strides (0 on broadcast dims)
+    stride_lb, stride_lh,  # lse (B, Hq, Lq) or packed (Hq, total_q): batch, head strides (row stride 1)
+    H, GROUPS, LQ, LK, HEAD_DIM, sm_scale, dropout_p,
+    MASK_KIND: tl.constexpr,  # 0 none, 1 bool keep-mask, 2 additive
+    IS_CAUSAL: tl.constexpr, WINDOW_LEFT: tl.constexpr, WINDOW_RIGHT: tl.constexpr,
+    IS_VARLEN: tl.constexpr, HAS_DROPOUT: tl.constexpr, IEEE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    hk = h // GROUPS
+    if IS_VARLEN:
+        q0 = tl.load(CU_Q + b)
+        k0 = tl.load(CU_K + b)
+        lq = tl.load(CU_Q + b + 1) - q0
+        lk = tl.load(CU_K + b + 1) - k0
+    else:
+        q0 = 0
+        k0 = 0
+        lq = LQ
+        lk = LK
+    start_m = pid_m * BLOCK_M
+    if start_m >= lq:
+        return
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_n0 = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    b64 = b.to(tl.int64)
+    q_ptrs = Q + b64 * stride_qb + h * stride_qh + (q0 + offs_m)[:, None].to(tl.int64) * stride_qm + offs_d[None, :]
+    q = tl.load(q_ptrs, mask=(offs_m[:, None] < lq) & d_ok[None, :], other=0.0)
+    k_base = K + b64 * stride_kb + hk * stride_kh + k0.to(tl.int64) * stride_kn
+    v_base = V + b64 * stride_vb + hk * stride_vh + k0.to(tl.int64) * stride_vn
+    qk_scale = sm_scale * 1.4426950408889634  # scores in log2 units: exp2 instead of exp
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    if HAS_DROPOUT:
+        seed = tl.load(SEED) + pid_bh
+    lo, hi = _key_range(start_m, lq, lk, BLOCK_M, BLOCK_N, WINDOW_LEFT, WINDOW_RIGHT, IS_CAUSAL)
+    for start_n in range(lo, hi, BLOCK_N):
+        offs_n = start_n + offs_n0
+        n_ok = offs_n < lk
+        k = tl.load(k_base + offs_n[None, :].to(tl.int64) * stride_kn + offs_d[:, None],
+                    mask=n_ok[None, :] & d_ok[:, None], other=0.0)
+        if IEEE:
+            s = tl.dot(q, k, input_precision="ieee")
+        else:
+            s = tl.dot(q, k)
+        s = s * qk_scale
+        keep = _band(offs_m, offs_n, lq, lk, WINDOW_LEFT, WINDOW_RIGHT, IS_CAUSAL)
+        if MASK_KIND != 0:
+            m_ptrs = (MASK + b64 * stride_mb + h * stride_mh + offs_m[:, None].to(tl.int64) * stride_mm
+                      + offs_n[None, :].to(tl.int64) * stride_mn)
+            mv = tl.load(m_ptrs, mask=(offs_m[:, None] < lq) & n_ok[None, :], other=0)
+            if MASK_KIND == 1:
+                keep &= mv != 0
+            else:
+                s += mv.to(tl.float32) * 1.4426950408889634
+        s = tl.where(keep, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with no key yet: avoid inf - inf
+        p = tl.exp2(s - m_use[:, None])
+        alpha = tl.exp2(m_i - m_use)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        if HAS_DROPOUT:
+            p = tl.where(_dropout_keep(seed, offs_m, offs_n, lk, dropout_p), p / (1.0 - dropout_p), 0.0)
+        v = tl.load(v_base + offs_n[:, None].to(tl.int64) * stride_vn + offs_d[None, :],
+                    mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+        acc = acc * alpha[:, None]
+        if IEEE:
+            acc += tl.dot(p.to(v.dtype), v, input_precision="ieee")
+        else:
+            acc += tl.dot(p.to(v.dtype), v)
+        m_i = m_new
+    empty = l_i == 0.0
+    out = acc / tl.where(empty, 1.0, l_i)[:, None]
+    lse = tl.where(empty, float("-inf"), (m_i + tl.log2(tl.where(empty, 1.0, l_i))) / 1.4426950408889634)
+    o_ptrs = OUT + b64 * stride_ob + h * stride_oh + (q0 + offs_m)[:, None].to(tl.int64) * stride_om + offs_d[None, :]
+    tl.store(o_ptrs, out.to(OUT.dtype.element_ty), mask=(offs_m[:, None] < lq) & d_ok[None, :])
+    tl.store(LSE + b64 * stride_lb + h * stride_lh + q0 + offs_m, lse, mask=offs_m < lq)
+
+
+@triton.jit
+def _attn_bwd_preprocess(OUT, DO, DELTA, stride_ob, stride_oh, stride_om, stride_db, stride_dh, stride_dm,
+                         stride_lb, stride_lh, H, LQ, HEAD_DIM, CU_Q,
+                         IS_VARLEN: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    """delta = rowsum(dO * O), float32, laid out like lse."""
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    if IS_VARLEN:
+        q0 = tl.load(CU_Q + b)
+        lq = tl.load(CU_Q + b + 1) - q0
+    else:
+        q0 = 0
+        lq = LQ
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask = (offs_m[:, None] < lq) & (offs_d[None, :] < HEAD_DIM)
+    rows = (q0 + offs_m)[:, None].to(tl.int64)
+    b64 = b.to(tl.int64)
+    o = tl.load(OUT + b64 * stride_ob + h * stride_oh + rows * stride_om + offs_d[None, :], mask=mask, other=0.0)
+    do = tl.load(DO + b64 * stride_db + h * stride_dh + rows * stride_dm + offs_d[None, :], mask=mask, other=0.0)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    tl.store(DELTA + b64 * stride_lb + h * stride_lh + q0 + offs_m, delta, mask=offs_m < lq)
+
+
+@triton.jit
+def _attn_bwd_dkdv_kernel(
+    Q, K, V, MASK, DO, LSE, DELTA, DK, DV, CU_Q, CU_K, SEED,
+    stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
+    stride_dob, stride_doh, stride_dom, stride_dkb, stride_dkh, stride_dkn, stride_dvb, stride_dvh, stride_dvn,
+    stride_mb, stride_mh, stride_mm, stride_mn, stride_lb, stride_lh,
+    H, HKV, GROUPS, LQ, LK, HEAD_DIM, sm_scale, dropout_p,
+    MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, WINDOW_LEFT: tl.constexpr, WINDOW_RIGHT: tl.constexpr,
+    IS_VARLEN: tl.constexpr, HAS_DROPOUT: tl.constexpr, IEEE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    pid_bh = tl.program_id(1)  # over B * Hkv
+    b = pid_bh // HKV
+    hk = pid_bh % HKV
+    if IS_VARLEN:
+        q0 = tl.load(CU_Q + b)
+        k0 = tl.load(CU_K + b)
+        lq = tl.load(CU_Q + b + 1) - q0
+        lk = tl.load(CU_K + b + 1) - k0
+    else:
+        q0 = 0
+        k0 = 0
+        lq = LQ
+        lk = LK
+    start_n = pid_n * BLOCK_N
+    if start_n >= lk:
+        return
+    b64 = b.to(tl.int64)
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    kv_mask = (offs_n[:, None] < lk) & d_ok[None, :]
+    rows_k = (k0 + offs_n)[:, None].to(tl.int64)
+    k = tl.load(K + b64 * stride_kb + hk * stride_kh + rows_k * stride_kn + offs_d[None, :], mask=kv_mask, other=0.0)
+    v = tl.load(V + b64 * stride_vb + hk * stride_vh + rows_k * stride_vn + offs_d[None, :], mask=kv_mask, other=0.0)
+    dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    qk_scale = sm_scale * 1.4426950408889634
+    # Query rows that can see this key block: the causal/window band read from the key side.
+    lo_m = 0
+    hi_m = lq
+    if IS_CAUSAL:
+        lo_m = tl.maximum(start_n - (lk - lq), 0)
+    elif WINDOW_RIGHT >= 0:
+        lo_m = tl.maximum(start_n - (lk - lq) - WINDOW_RIGHT, 0)
+    if WINDOW_LEFT >= 0:
+        hi_m = tl.minimum(start_n + BLOCK_N - (lk - lq) + WINDOW_LEFT, lq)
+    lo_m = (lo_m // BLOCK_M) * BLOCK_M
+    for g in range(0, GROUPS):
+        h = hk * GROUPS + g
+        if HAS_DROPOUT:
+            seed = tl.load(SEED) + b * H + h
+        for start_m in range(lo_m, hi_m, BLOCK_M):
+            offs_m = start_m + tl.arange(0, BLOCK_M)
+            m_ok = offs_m < lq
+            rows_q = (q0 + offs_m)[:, None].to(tl.int64)
+            q = tl.load(Q + b64 * stride_qb + h * stride_qh + rows_q * stride_qm + offs_d[None, :],
+                        mask=m_ok[:, None] & d_ok[None, :], other=0.0)
+            do = tl.load(DO + b64 * stride_dob + h * stride_doh + rows_q * stride_dom + offs_d[None, :],
+                         mask=m_ok[:, None] & d_ok[None, :], other=0.0)
+            lse = tl.load(LSE + b64 * stride_lb + h * stride_lh + q0 + offs_m, mask=m_ok, other=0.0)
+            delta = tl.load(DELTA + b64 * stride_lb + h * stride_lh + q0 + offs_m, mask=m_ok, other=0.0)
+            if IEEE:
+                s = tl.dot(q, tl.trans(k), input_precision="ieee")
+            else:
+                s = tl.dot(q, tl.trans(k))
+            s = s * qk_scale
+            keep = _band(offs_m, offs_n, lq, lk, WINDOW_LEFT, WINDOW_RIGHT, IS_CAUSAL)
+            if MASK_KIND != 0:
+                mv = tl.load(MASK + b64 * stride_mb + h * stride_mh + offs_m[:, None].to(tl.int64) * stride_mm
+                             + offs_n[None, :].to(tl.int64) * stride_mn,
+                             mask=m_ok[:, None] & (offs_n[None, :] < lk), other=0)
+                if MASK_KIND == 1:
+                    keep &= mv != 0
+                else:
+                    s += mv.to(tl.float32) * 1.4426950408889634
+            # lse = -inf marks a row that saw no key: its p is 0 everywhere.
+            lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
+            p = tl.where(keep, tl.exp2(s - lse2[:, None]), 0.0)
+            if IEEE:
+                dp = tl.dot(do, tl.trans(v), input_precision="ieee")
+            else:
+                dp = tl.dot(do, tl.trans(v))
+            if HAS_DROPOUT:
+                z = tl.where(_dropout_keep(seed, offs_m, offs_n, lk, dropout_p), 1.0 / (1.0 - dropout_p), 0.0)
+                pz = p * z
+                dp = dp * z
+            else:
+                pz = p
+            if IEEE:
+                dv += tl.dot(tl.trans(pz.to(do.dtype)), do, input_precision="ieee")
+            else:
+                dv += tl.dot(tl.trans(pz.to(do.dtype)), do)
+            ds = p * (dp - delta[:, None])
+            if IEEE:
+                dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision="ieee")
+            else:
+                dk += tl.dot(tl.trans(ds.to(q.dtype)), q)
+    dk = dk * sm_scale
+    dk_ptrs = DK + b64 * stride_dkb + hk * stride_dkh + rows_k * stride_dkn + offs_d[None, :]
+    dv_ptrs = DV + b64 * stride_dvb + hk * stride_dvh + rows_k * stride_dvn + offs_d[None, :]
+    tl.store(dk_ptrs, dk.to(DK.dtype.element_ty), mask=kv_mask)
+    tl.store(dv_ptrs, dv.to(DV.dtype.element_ty), mask=kv_mask)
+
+
+@triton.jit
+def _attn_bwd_dq_kernel(
+    Q, K, V, MASK, DO, LSE, DELTA, DQ, CU_Q, CU_K, SEED,
+    stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
+    stride_dob, stride_doh, stride_dom, stride_dqb, stride_dqh, stride_dqm,
+    stride_mb, stride_mh, stride_mm, stride_mn, stride_lb, stride_lh,
+    H, GROUPS, LQ, LK, HEAD_DIM, sm_scale, dropout_p,
+    MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, WINDOW_LEFT: tl.constexpr, WINDOW_RIGHT: tl.constexpr,
+    IS_VARLEN: tl.constexpr, HAS_DROPOUT: tl.constexpr, IEEE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    hk = h // GROUPS
+    if IS_VARLEN:
+        q0 = tl.load(CU_Q + b)
+        k0 = tl.load(CU_K + b)
+        lq = tl.load(CU_Q + b + 1) - q0
+        lk = tl.load(CU_K + b + 1) - k0
+    else:
+        q0 = 0
+        k0 = 0
+        lq = LQ
+        lk = LK
+    start_m = pid_m * BLOCK_M
+    if start_m >= lq:
+        return
+    b64 = b.to(tl.int64)
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    m_ok = offs_m < lq
+    rows_q = (q0 + offs_m)[:, None].to(tl.int64)
+    q = tl.load(Q + b64 * stride_qb + h * stride_qh + rows_q * stride_qm + offs_d[None, :],
+                mask=m_ok[:, None] & d_ok[None, :], other=0.0)
+    do = tl.load(DO + b64 * stride_dob + h * stride_doh + rows_q * stride_dom + offs_d[None, :],
+                 mask=m_ok[:, None] & d_ok[None, :], other=0.0)
+    lse = tl.load(LSE + b64 * stride_lb + h * stride_lh + q0 + offs_m, mask=m_ok, other=0.0)
+    delta = tl.load(DELTA + b64 * stride_lb + h * stride_lh + q0 + offs_m, mask=m_ok, other=0.0)
+    lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
+    k_base = K + b64 * stride_kb + hk * stride_kh + k0.to(tl.int64) * stride_kn
+    v_base = V + b64 * stride_vb + hk * stride_vh + k0.to(tl.int64) * stride_vn
+    qk_scale = sm_scale * 1.4426950408889634
+    dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    if HAS_DROPOUT:
+        seed = tl.load(SEED) + pid_bh
+    lo, hi = _key_range(start_m, lq, lk, BLOCK_M, BLOCK_N, WINDOW_LEFT, WINDOW_RIGHT, IS_CAUSAL)
+    for start_n in range(lo, hi, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        n_ok = offs_n < lk
+        k = tl.load(k_base + offs_n[:, None].to(tl.int64) * stride_kn + offs_d[None, :],
+                    mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+        v = tl.load(v_base + offs_n[:, None].to(tl.int64) * stride_vn + offs_d[None, :],
+                    mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+        if IEEE:
+            s = tl.dot(q, tl.trans(k), input_precision="ieee")
+        else:
+            s = tl.dot(q, tl.trans(k))
+        s = s * qk_scale
+        keep = _band(offs_m, offs_n, lq, lk, WINDOW_LEFT, WINDOW_RIGHT, IS_CAUSAL)
+        if MASK_KIND != 0:
+            mv = tl.load(MASK + b64 * stride_mb + h * stride_mh + offs_m[:, None].to(tl.int64) * stride_mm
+                         + offs_n[None, :].to(tl.int64) * stride_mn, mask=m_ok[:, None] & n_ok[None, :], other=0)
+            if MASK_KIND == 1:
+                keep &= mv != 0
+            else:
+                s += mv.to(tl.float32) * 1.4426950408889634
+        p = tl.where(keep, tl.exp2(s - lse2[:, None]), 0.0)
+        if IEEE:
+            dp = tl.dot(do, tl.trans(v), input_precision="ieee")
+        else:
+            dp = tl.dot(do, tl.trans(v))
+        if HAS_DROPOUT:
+            dp = tl.where(_dropout_keep(seed, offs_m, offs_n, lk, dropout_p), dp / (1.0 - dropout_p), 0.0)
+        ds = p * (dp - delta[:, None])
+        if IEEE:
+            dq += tl.dot(ds.to(k.dtype), k, input_precision="ieee")
+        else:
+            dq += tl.dot(ds.to(k.dtype), k)
+    dq = dq * sm_scale
+    tl.store(DQ + b64 * stride_dqb + h * stride_dqh + rows_q * stride_dqm + offs_d[None, :], dq.to(DQ.dtype.element_ty),
+             mask=m_ok[:, None] & d_ok[None, :])
+
+
+@triton.jit
+def _decode_split_kernel(
+    Q, K, V, LENS, PART_O, PART_LSE,
+    stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
+    stride_pb, stride_ph, stride_pm, stride_ps,  # PART_O (B, Hq, Lq, S, D) float32 strides (d contiguous)
+    stride_lb, stride_lh, stride_lm,  # PART_LSE (B, Hq, Lq, S) (split contiguous)
+    HKV, GROUPS, LQ, LQ_TOTAL, Q_OFFSET, LNEW, HEAD_DIM, sm_scale, chunk,
+    IS_CAUSAL: tl.constexpr, IEEE: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """One (batch, kv head, split): the GROUPS * LQ query rows of the kv head against one chunk of
+    the cache, writing a normalized partial output and its lse (flash-decoding). The LQ queries
+    are rows Q_OFFSET.. of the LQ_TOTAL new queries (long inputs are processed in row chunks)."""
+    pid_bh = tl.program_id(0)
+    split = tl.program_id(1)
+    b = pid_bh // HKV
+    hk = pid_bh % HKV
+    b64 = b.to(tl.int64)
+    lk = tl.load(LENS + b) + LNEW  # valid keys after the append
+    rows = tl.arange(0, BLOCK_R)  # row r = (g, i): query head hk * GROUPS + g, query i
+    g = rows // LQ
+    i = rows % LQ
+    r_ok = rows < GROUPS * LQ
+    h = hk * GROUPS + g
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    q = tl.load(Q + b64 * stride_qb + h[:, None] * stride_qh + i[:, None] * stride_qm + offs_d[None, :],
+                mask=r_ok[:, None] & d_ok[None, :], other=0.0)
+    qk_scale = sm_scale * 1.4426950408889634
+    m_i = tl.full([BLOCK_R], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_R], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_R, BLOCK_D], dtype=tl.float32)
+    lo = split * chunk
+    hi = tl.minimum(lo + chunk, lk)
+    k_base = K + b64 * stride_kb + hk * stride_kh
+    v_base = V + b64 * stride_vb + hk * stride_vh
+    for start_n in range(lo, hi, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        n_ok = offs_n < hi
+        k = tl.load(k_base + offs_n[None, :].to(tl.int64) * stride_kn + offs_d[:, None],
+                    mask=n_ok[None, :] & d_ok[:, None], other=0.0)
+        if IEEE:
+            s = tl.dot(q, k, input_precision="ieee") * qk_scale
+        else:
+            s = tl.dot(q, k) * qk_scale
+        keep = n_ok[None, :] & r_ok[:, None]
+        if IS_CAUSAL:
+            keep &= offs_n[None, :] <= (Q_OFFSET + i + (lk - LQ_TOTAL))[:, None]
+        s = tl.where(keep, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.exp2(s - m_use[:, None])
+        alpha = tl.exp2(m_i - m_use)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(v_base + offs_n[:, None].to(tl.int64) * stride_vn + offs_d[None, :],
+                    mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+        if IEEE:
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
+        else:
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m_i = m_new
+    empty = l_i == 0.0
+    out = acc / tl.where(empty, 1.0, l_i)[:, None]
+    lse = tl.where(empty, float("-inf"), m_i + tl.log2(tl.where(empty, 1.0, l_i)))  # log2 units
+    tl.store(PART_O + b64 * stride_pb + h[:, None] * stride_ph + i[:, None] * stride_pm + split * stride_ps
+             + offs_d[None, :], out, mask=r_ok[:, None] & d_ok[None, :])
+    tl.store(PART_LSE + b64 * stride_lb + h * stride_lh + i * stride_lm + split, lse, mask=r_ok)
+
+
+@triton.jit
+def _decode_combine_kernel(PART_O, PART_LSE, OUT, stride_pb, stride_ph, stride_pm, stride_ps, stride_lb, stride_lh,
+                           stride_lm, stride_ob, stride_oh, stride_om, H, LQ, SPLITS, HEAD_DIM,
+                           BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
+    """out = sum_s exp2(lse_s - lse) * out_s over the splits of one (batch, head, query)."""
+    pid = tl.program_id(0)
+    i = pid % LQ
+    h = (pid // LQ) % H
+    b = (pid // LQ) // H
+    b64 = b.to(tl.int64)
+    offs_s = tl.arange(0, BLOCK_S)
+    offs_d = tl.arange(0, BLOCK_D)
+    s_ok = offs_s < SPLITS
+    lse = tl.load(PART_LSE + b64 * stride_lb + h * stride_lh + i * stride_lm + offs_s, mask=s_ok,
+                  other=float("-inf"))
+    m = tl.max(lse, 0)
+    m_use = tl.where(m == float("-inf"), 0.0, m)
+    w = tl.exp2(lse - m_use)
+    total = tl.sum(w, 0)
+    w = w / tl.where(total == 0.0, 1.0, total)
+    parts = tl.load(PART_O + b64 * stride_pb + h * stride_ph + i * stride_pm + offs_s[:, None] * stride_ps
+                    + offs_d[None, :], mask=s_ok[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
+    out = tl.sum(parts * w[:, None], 0)
+    tl.store(OUT + b64 * stride_ob + h * stride_oh + i * stride_om + offs_d, out.to(OUT.dtype.element_ty),
+             mask=offs_d < HEAD_DIM)
+
+
+# ----------------------------------------------------------------------------------------------
+# launchers
+# ----------------------------------------------------------------------------------------------
+def _blocks(head_dim: int, dtype: torch.dtype) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) for the forward/backward kernels.
+
+    Under the interpreter: one small config. On a GPU: sized by the head dim so the tiles fit
+    the registers (no autotuning yet: see the issue notes)."""
+    if INTERPRET:
+        return 16, 16, 1, 1
+    block_d = triton.next_power_of_2(head_dim)
+    if dtype == torch.float32:
+        return 32, 32, 4, 2
+    if block_d <= 64:
+        return 128, 64, 4, 3
+    if block_d <= 128:
+        return 128, 64, 8, 3
+    return 64, 32, 8, 2
+
+
+def _qkv_strides(t: torch.Tensor, varlen: bool) -> tuple[int, int, int]:
+    """(batch, head, row) strides of (B, H, L, D) or packed (total, H, D)."""
+    if varlen:
+        return 0, t.stride(1), t.stride(0)
+    return t.stride(0), t.stride(1), t.stride(2)
+
+
+def _mask_args(attn_mask: torch.Tensor | None, shape: tuple[int, int, int, int], q: torch.Tensor):
+    if attn_mask is None:
+        return q, (0, 0, 0, 0), 0
+    m = attn_mask.expand(shape)
+    kind = 1 if m.dtype == torch.bool else 2
+    if kind == 1:
+        m = m.view(torch.uint8)
+    return m, tuple(m.stride()), kind
+
+
+def _flags(causal: bool, window_left: int, window_right: int):
+    return dict(IS_CAUSAL=causal, WINDOW_LEFT=window_left, WINDOW_RIGHT=window_right)
+
+
+def _lse_layout(q: torch.Tensor, varlen: bool) -> tuple[torch.Tensor, int, int]:
+    """lse as (B, Hq, Lq) or packed (Hq, total_q), with its batch and head strides."""
+    if varlen:
+        lse = torch.empty(q.shape[1], q.shape[0], dtype=torch.float32, device=q.device)
+        return lse, 0, lse.stride(0)
+    lse = torch.empty(q.shape[0], q.shape[1], q.shape[2], dtype=torch.float32, device=q.device)
+    return lse, lse.stride(0), lse.stride(1)
+
+
+def _fwd(q, k, v, attn_mask, cu_q, cu_k, max_q, max_k, causal, scale, wl, wr, dropout_p, seed):
+    varlen = cu_q is not None
+    if varlen:
+        batch, hq, d = cu_q.shape[0] - 1, q.shape[1], q.shape[2]
+        hkv, lq, lk = k.shape[1], max_q, max_k
+    else:
+        batch, hq, lq, d = q.shape
+        hkv, lk = k.shape[1], k.shape[2]
+    out = torch.zeros_like(q) if varlen else torch.empty_like(q)  # packed rows past the last offset: 0
+    lse, slb, slh = _lse_layout(q, varlen)
+    if out.numel() == 0 or lq == 0 or batch == 0:
+        if lse.numel():
+            lse.fill_(float("-inf"))
+        return out.zero_(), lse
+    bm, bn, warps, stages = _blocks(d, q.dtype)
+    mask, ms, kind = _mask_args(attn_mask, (batch, hq, lq, lk), q)
+    dummy = cu_q if varlen else lse
+    grid = (triton.cdiv(lq, bm), batch * hq)
+    _attn_fwd_kernel[grid](
+        q, k, v, mask, out, lse, cu_q if varlen else dummy, cu_k if varlen else dummy,
+        seed if seed is not None else lse,
+        *_qkv_strides(q, varlen), *_qkv_strides(k, varlen), *_qkv_strides(v, varlen), *_qkv_strides(out, varlen),
+        *ms, slb, slh,
+        hq, hq // hkv, lq, lk, d, scale, dropout_p,
+        MASK_KIND=kind, **_flags(causal, wl, wr), IS_VARLEN=varlen, HAS_DROPOUT=dropout_p > 0,
+        IEEE=q.dtype == torch.float32, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=triton.next_power_of_2(d),
+        num_warps=warps, num_stages=stages,
+    )
+    return out, lse
+
+
+def _bwd(do, q, k, v, out, lse, attn_mask, cu_q, cu_k, max_q, max_k, causal, scale, wl, wr, dropout_p, seed):
+    varlen = cu_q is not None
+    if varlen:
+        batch, hq, d = cu_q.shape[0] - 1, q.shape[1], q.shape[2]
+        hkv, lq, lk = k.shape[1], max_q, max_k
+    else:
+        batch, hq, lq, d = q.shape
+        hkv, lk = k.shape[1], k.shape[2]
+    # Packed rows past the last offset belong to no sequence: zero-filled, their gradient is zero.
+    new = torch.zeros_like if varlen else torch.empty_like
+    dq, dk, dv = new(q), new(k), new(v)
+    if q.numel() == 0 or k.numel() == 0 or batch == 0:
+        return dq.zero_(), dk.zero_(), dv.zero_()
+    do = do.contiguous()
+    bm, bn, warps, stages = _blocks(d, q.dtype)
+    block_d = triton.next_power_of_2(d)
+    delta = torch.empty_like(lse)
+    slb, slh = (0, lse.stride(0)) if varlen else (lse.stride(0), lse.stride(1))
+    dummy = cu_q if varlen else lse
+    cuq, cuk = (cu_q, cu_k) if varlen else (dummy, dummy)
+    _attn_bwd_preprocess[(triton.cdiv(lq, bm), batch * hq)](
+        out, do, delta, *_qkv_strides(out, varlen), *_qkv_strides(do, varlen), slb, slh, hq, lq, d, cuq,
+        IS_VARLEN=varlen, BLOCK_M=bm, BLOCK_D=block_d)
+    mask, ms, kind = _mask_args(attn_mask, (batch, hq, lq, lk), q)
+    common = dict(MASK_KIND=kind, **_flags(causal, wl, wr), IS_VARLEN=varlen, HAS_DROPOUT=dropout_p > 0,
+                  IEEE=q.dtype == torch.float32, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=block_d, num_warps=warps,
+                  num_stages=stages)
+    seed_t = seed if seed is not None else lse
+    if lk > 0:
+        _attn_bwd_dkdv_kernel[(triton.cdiv(lk, bn), batch * hkv)](
+            q, k, v, mask, do, lse, delta, dk, dv, cuq, cuk, seed_t,
+            *_qkv_strides(q, varlen), *_qkv_strides(k, varlen), *_qkv_strides(v, varlen), *_qkv_strides(do, varlen),
+            *_qkv_strides(dk, varlen), *_qkv_strides(dv, varlen), *ms, slb, slh,
+            hq, hkv, hq // hkv, lq, lk, d, scale, dropout_p, **common)
+    _attn_bwd_dq_kernel[(triton.cdiv(lq, bm), batch * hq)](
+        q, k, v, mask, do, lse, delta, dq, cuq, cuk, seed_t,
+        *_qkv_strides(q, varlen), *_qkv_strides(k, varlen), *_qkv_strides(v, varlen), *_qkv_strides(do, varlen),
+        *_qkv_strides(dq, varlen), *ms, slb, slh,
+        hq, hq // hkv, lq, lk, d, scale, dropout_p, **common)
+    return dq, dk, dv
+
+
+@functools.cache
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def _decode(q, k_cache, v_cache, cache_seqlens, lnew, causal, scale):
+    b, hq, lq, d = q.shape
+    hkv, lmax = k_cache.shape[1], k_cache.shape[2]
+    groups = hq // hkv
+    out = torch.empty_like(q)
+    if out.numel() == 0:
+        return out
+    block_n = 16 if INTERPRET else 64
+    if INTERPRET:
+        splits = min(2, triton.cdiv(lmax, block_n))
+    else:
+        # Enough (batch, kv head, split) programs to fill the SMs twice, chunks of >= 256 keys.
+        want = max(1, 2 * _sm_count(q.device.index or 0) // max(1, b * hkv))
+        splits = max(1, min(want, triton.cdiv(lmax, 256), 64))
+    chunk = triton.cdiv(triton.cdiv(lmax, splits), block_n) * block_n
+    splits = triton.cdiv(lmax, chunk)
+    block_d = triton.next_power_of_2(d)
+    # A program holds GROUPS x rows query rows; long query blocks (a prefill) go in row chunks.
+    rows = max(1, 64 // groups)
+    for r0 in range(0, lq, rows):
+        r1 = min(lq, r0 + rows)
+        qc, oc = q[:, :, r0:r1], out[:, :, r0:r1]
+        n = r1 - r0
+        part_o = torch.empty(b, hq, n, splits, d, dtype=torch.float32, device=q.device)
+        part_lse = torch.empty(b, hq, n, splits, dtype=torch.float32, device=q.device)
+        _decode_split_kernel[(b * hkv, splits)](
+            qc, k_cache, v_cache, cache_seqlens, part_o, part_lse,
+            qc.stride(0), qc.stride(1), qc.stride(2), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+            v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
+            part_o.stride(0), part_o.stride(1), part_o.stride(2), part_o.stride(3),
+            part_lse.stride(0), part_lse.stride(1), part_lse.stride(2),
+            hkv, groups, n, lq, r0, lnew, d, scale, chunk,
+            IS_CAUSAL=causal, IEEE=q.dtype == torch.float32, BLOCK_R=max(16, triton.next_power_of_2(groups * n)),
+            BLOCK_N=block_n, BLOCK_D=block_d, num_warps=1 if INTERPRET else 4,
+        )
+        _decode_combine_kernel[(b * hq * n,)](
+            part_o, part_lse, oc, part_o.stride(0), part_o.stride(1), part_o.stride(2), part_o.stride(3),
+            part_lse.stride(0), part_lse.stride(1), part_lse.stride(2), oc.stride(0), oc.stride(1), oc.stride(2),
+            hq, n, splits, d, BLOCK_S=triton.next_power_of_2(splits), BLOCK_D=block_d,
+            num_warps=1 if INTERPRET else 4,
+        )
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# torch.library ops
+# ----------------------------------------------------------------------------------------------
+@torch.library.custom_op("aigc_kernels::attention_fwd_triton", mutates_args=())
+def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None,
+                  cu_seqlens_q: torch.Tensor | None, cu_seqlens_k: torch.Tensor | None, max_seqlen_q: int,
+                  max_seqlen_k: int, causal: bool, scale: float, window_left: int, window_right: int,
+                  dropout_p: float, seed: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out, lse): out like q; lse float32 (B, Hq, Lq), or (Hq, total_q) for packed sequences."""
+    return _fwd(q, k, v, attn_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale,
+                window_left, window_right, dropout_p, seed)
+
+
+@attention_fwd.register_fake
+def _(q, k, v, attn_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale, window_left,
+      window_right, dropout_p, seed):
+    if cu_seqlens_q is not None:
+        lse = q.new_empty(q.shape[1], q.shape[0], dtype=torch.float32)
+    else:
+        lse = q.new_empty(q.shape[0], q.shape[1], q.shape[2], dtype=torch.float32)
+    return torch.empty_like(q), lse
+
+
+@torch.library.custom_op("aigc_kernels::attention_bwd_triton", mutates_args=())
+def attention_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+                  lse: torch.Tensor, attn_mask: torch.Tensor | None, cu_seqlens_q: torch.Tensor | None,
+                  cu_seqlens_k: torch.Tensor | None, max_seqlen_q: int, max_seqlen_k: int, causal: bool,
+                  scale: float, window_left: int, window_right: int, dropout_p: float,
+                  seed: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _bwd(do, q, k, v, out, lse, attn_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal,
+                scale, window_left, window_right, dropout_p, seed)
+
+
+@attention_bwd.register_fake
+def _(do, q, k, v, out, lse, attn_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale,
+      window_left, window_right, dropout_p, seed):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _setup_context(ctx, inputs, output):
+    (q, k, v, attn_mask, cu_q, cu_k, max_q, max_k, causal, scale, wl, wr, dropout_p, seed) = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, attn_mask, cu_q, cu_k, seed)
+    ctx.args = (max_q, max_k, causal, scale, wl, wr, dropout_p)
+
+
+def _backward(ctx, dout, dlse):
+    q, k, v, out, lse, attn_mask, cu_q, cu_k, seed = ctx.saved_tensors
+    max_q, max_k, causal, scale, wl, wr, dropout_p = ctx.args
+    dq, dk, dv = attention_bwd(dout, q, k, v, out, lse, attn_mask, cu_q, cu_k, max_q, max_k, causal, scale, wl,
+                               wr, dropout_p, seed)
+    return dq, dk, dv, None, None, None, None, None, None, None, None, None, None, None
+
+
+torch.library.register_autograd("aigc_kernels::attention_fwd_triton", _backward, setup_context=_setup_context)
+
+
+@torch.library.custom_op("aigc_kernels::attention_decode_triton", mutates_args=())
+def attention_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cache_seqlens: torch.Tensor,
+                     lnew: int, causal: bool, scale: float) -> torch.Tensor:
+    """Split-K decoding: q (B, Hq, Lq, D) against the first cache_seqlens[b] + lnew cache rows."""
+    return _decode(q, k_cache, v_cache, cache_seqlens, lnew, causal, scale)
+
+
+@attention_decode.register_fake
+def _(q, k_cache, v_cache, cache_seqlens, lnew, causal, scale):
+    return torch.empty_like(q)
+
+
+# ----------------------------------------------------------------------------------------------
+# the "triton" backend's entry points (signatures of the public functions, minus backend=)
+# ----------------------------------------------------------------------------------------------
+def _window(causal: bool, window_size) -> tuple[int, int]:
+    left, right = window_size if window_size is not None else (-1, -1)
+    return int(left), int(right)
+
+
+def _seed(dropout_p: float) -> torch.Tensor | None:
+    # Drawn from torch's CPU generator, so torch.manual_seed makes the dropout mask reproducible;
+    # a tensor (not an int) so torch.compile does not specialize on it.
+    if dropout_p <= 0:
+        return None
+    return torch.randint(0, 2**30, (1,), dtype=torch.int64)
+
+
+def _rowmajor(t: torch.Tensor) -> torch.Tensor:
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def attention(q, k, v, *, causal=False, attn_mask=None, dropout_p=0.0, scale=None, window_size=None):
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    wl, wr = _window(causal, window_size)
+    seed = _seed(dropout_p)
+    if seed is not None:
+        seed = seed.to(q.device)
+    out, _ = attention_fwd(_rowmajor(q), _rowmajor(k), _rowmajor(v), attn_mask, None, None, q.shape[2], k.shape[2],
+                           causal, scale, wl, wr, float(dropout_p), seed)
+    return out
+
+
+def attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, causal=False, scale=None,
+                     window_size=None):
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    wl, wr = _window(causal, window_size)
+    out, _ = attention_fwd(_rowmajor(q), _rowmajor(k), _rowmajor(v), None, cu_seqlens_q, cu_seqlens_k,
+                           int(max_seqlen_q), int(max_seqlen_k), causal, scale, wl, wr, 0.0, None)
+    return out
+
+
+def attention_with_kvcache(q, k_cache, v_cache, cache_seqlens, *, k_new=None, v_new=None, causal=True, scale=None):
+    from .. import reference
+
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    lnew = 0
+    if k_new is not None:
+        reference.kvcache_append(k_cache, v_cache, k_new, v_new, cache_seqlens)  # in place, no host sync
+        lnew = k_new.shape[2]
+    return attention_decode(_rowmajor(q), k_cache, v_cache, cache_seqlens, lnew, causal, scale)
