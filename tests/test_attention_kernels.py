@@ -1,0 +1,251 @@
+"""Attention kernels against the float64 reference, with the FlashAttention error rule.
+
+On CPU the Triton kernels run under TRITON_INTERPRET=1 (fp32 and fp16, small shapes); on a GPU
+the compiled kernels run (bf16 too, and long sequences checked in chunks).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import aigc_kernels as ak
+from aigc_kernels import reference as R
+from aigc_kernels.testing import assert_close_to_reference
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if DEVICE == "cuda" else [])
+KERNEL = pytest.mark.interpreter if DEVICE == "cpu" else pytest.mark.gpu
+BACKENDS = [b for b in ("triton",) if b in ak.available_backends()]
+pytestmark = [KERNEL, pytest.mark.skipif(not BACKENDS, reason="the triton backend is not available here")]
+
+
+def rand(*shape, dtype=torch.float32, seed=0, scale=1.0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(*shape, generator=g) * scale).to(DEVICE, dtype)
+
+
+def fwd_bwd(fn, tensors, grad_seed=1):
+    leaves = [t.detach().clone().requires_grad_() for t in tensors]
+    out = fn(*leaves)
+    g = torch.Generator().manual_seed(grad_seed)
+    dout = torch.randn(out.shape, generator=g).to(out.device, out.dtype)
+    return (out.detach(), *torch.autograd.grad(out, leaves, dout))
+
+
+def check(kernel_fn, ref_fn, tensors, dtype, *, grads=True):
+    """Kernel vs float64 reference, bounded by 2x the same-dtype reference's own error."""
+    if grads:
+        got = fwd_bwd(kernel_fn, tensors)
+        ref64 = fwd_bwd(ref_fn, [t.double() for t in tensors])
+        lowp = fwd_bwd(ref_fn, tensors)
+    else:
+        got = (kernel_fn(*tensors),)
+        ref64 = (ref_fn(*[t.double() for t in tensors]),)
+        lowp = (ref_fn(*tensors),)
+    for name, a, b, c in zip(("out", "dq", "dk", "dv"), got, ref64, lowp):
+        assert torch.isfinite(a).all(), f"{name} has non-finite values"
+        assert_close_to_reference(a, b, c, dtype=dtype, name=name)
+
+
+def attn(**kw):
+    return (lambda q, k, v: ak.attention(q, k, v, backend="triton", **kw),
+            lambda q, k, v: R.attention(q, k, v, **{k_: (v_.double() if isinstance(v_, torch.Tensor) and
+                                                          v_.is_floating_point() else v_) for k_, v_ in kw.items()}))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("lq,lk,causal", [(37, 45, False), (37, 45, True), (45, 37, True), (1, 33, True),
+                                          (64, 64, True), (17, 1, False)])
+def test_lengths_and_causal(dtype, lq, lk, causal):
+    q, k, v = rand(2, 4, lq, 32, dtype=dtype), rand(2, 4, lk, 32, dtype=dtype, seed=1), rand(2, 4, lk, 32, dtype=dtype,
+                                                                                              seed=2)
+    check(*attn(causal=causal), [q, k, v], dtype)
+
+
+@pytest.mark.parametrize("hq,hkv", [(8, 2), (6, 1)])  # GQA, MQA
+def test_gqa_mqa(hq, hkv):
+    q, k, v = rand(2, hq, 19, 32), rand(2, hkv, 23, 32, seed=1), rand(2, hkv, 23, 32, seed=2)
+    check(*attn(causal=True), [q, k, v], torch.float32)
+
+
+@pytest.mark.parametrize("d", [16, 24, 32, 64, 96, 128, 256])
+def test_head_dims(d):
+    dtype = torch.float16
+    q, k, v = rand(1, 2, 21, d, dtype=dtype), rand(1, 2, 18, d, dtype=dtype, seed=1), rand(1, 2, 18, d, dtype=dtype,
+                                                                                           seed=2)
+    check(*attn(causal=True), [q, k, v], dtype)
+
+
+@pytest.mark.parametrize("window,causal", [((4, 0), True), ((3, 2), False), ((-1, 1), False), ((0, -1), False),
+                                           ((2, 5), True)])
+def test_sliding_window(window, causal):
+    q, k, v = rand(1, 2, 33, 16), rand(1, 2, 40, 16, seed=1), rand(1, 2, 40, 16, seed=2)
+    check(*attn(causal=causal, window_size=window), [q, k, v], torch.float32)
+
+
+@pytest.mark.parametrize("shape", [(19, 23), (2, 1, 19, 23), (1, 4, 1, 23), (2, 4, 19, 23)])
+@pytest.mark.parametrize("kind", ["bool", "float"])
+def test_masks_broadcast(shape, kind):
+    q, k, v = rand(2, 4, 19, 16), rand(2, 4, 23, 16, seed=1), rand(2, 4, 23, 16, seed=2)
+    g = torch.Generator().manual_seed(3)
+    if kind == "bool":
+        mask = (torch.rand(shape, generator=g) > 0.3).to(DEVICE)
+        if len(shape) == 4 and shape[2] > 1:
+            mask[..., 4, :] = False  # a query row that sees no key
+    else:
+        mask = torch.randn(shape, generator=g).to(DEVICE)
+        mask[..., :3] = float("-inf")
+    check(*attn(attn_mask=mask, causal=kind == "float"), [q, k, v], torch.float32)
+
+
+def test_rows_that_see_no_key_are_zero_with_finite_grads():
+    q, k, v = rand(1, 2, 12, 16), rand(1, 2, 5, 16, seed=1), rand(1, 2, 5, 16, seed=2)
+    out, dq, dk, dv = fwd_bwd(lambda q, k, v: ak.attention(q, k, v, causal=True, backend="triton"), [q, k, v])
+    assert torch.equal(out[:, :, :7], torch.zeros_like(out[:, :, :7]))  # Lq - Lk = 7 rows see nothing
+    assert torch.equal(dq[:, :, :7], torch.zeros_like(dq[:, :, :7]))
+    assert all(torch.isfinite(t).all() for t in (out, dq, dk, dv))
+    empty_keys = ak.attention(q, k[:, :, :0], v[:, :, :0], backend="triton")
+    assert torch.equal(empty_keys, torch.zeros_like(empty_keys))
+
+
+def dropout_keep_mask(q, k, p, seed, causal=False):
+    """The keep-mask the kernel draws, read back through v = identity (out = P * keep / (1 - p));
+    needs head dim >= Lk."""
+    lk = k.shape[2]
+    assert k.shape[3] >= lk
+    eye = torch.zeros(k.shape, device=q.device, dtype=q.dtype)
+    eye[..., torch.arange(lk), torch.arange(lk)] = 1
+    torch.manual_seed(seed)
+    probe = ak.attention(q, k, eye, dropout_p=p, causal=causal, backend="triton")
+    return probe[..., :lk] != 0
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_dropout_matches_reference_with_the_same_mask(causal):
+    p = 0.3
+    q, k, v = rand(2, 4, 20, 32), rand(2, 2, 20, 32, seed=1), rand(2, 2, 20, 32, seed=2)
+    keep = dropout_keep_mask(q, k, p, seed=11, causal=causal)
+    visible = R.attention_mask(20, 20, causal=causal)
+    frac = keep[..., visible].float().mean().item() if visible is not None else keep.float().mean().item()
+    assert 0.6 < frac < 0.8  # about 1 - p of the visible entries kept
+    torch.manual_seed(11)  # the same seed: the kernel draws the same mask, forward and backward
+    got = fwd_bwd(lambda q, k, v: ak.attention(q, k, v, dropout_p=p, causal=causal, backend="triton"), [q, k, v])
+    ref = fwd_bwd(lambda q, k, v: R.attention(q, k, v, dropout_p=p, causal=causal, dropout_mask=keep),
+                  [t.double() for t in (q, k, v)])
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a.double(), b, atol=2e-5, rtol=1e-4)
+
+
+def test_dropout_is_seeded():
+    q, k, v = rand(1, 2, 16, 16), rand(1, 2, 16, 16, seed=1), rand(1, 2, 16, 16, seed=2)
+    torch.manual_seed(3)
+    a = ak.attention(q, k, v, dropout_p=0.5, backend="triton")
+    torch.manual_seed(3)
+    b = ak.attention(q, k, v, dropout_p=0.5, backend="triton")
+    c = ak.attention(q, k, v, dropout_p=0.5, backend="triton")
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_strided_inputs():
+    # (B, L, H, D) storage viewed as (B, H, L, D), as a fused QKV projection produces
+    q = rand(2, 21, 4, 32).transpose(1, 2)
+    k = rand(2, 21, 4, 32, seed=1).transpose(1, 2)
+    v = rand(2, 21, 4, 32, seed=2).transpose(1, 2)
+    assert not q.is_contiguous()
+    check(*attn(causal=True), [q, k, v], torch.float32)
+
+
+@pytest.mark.parametrize("causal,window", [(False, None), (True, None), (True, (3, 0))])
+def test_varlen(causal, window):
+    cu_q = torch.tensor([0, 5, 5, 18, 19], dtype=torch.int32, device=DEVICE)
+    cu_k = torch.tensor([0, 7, 9, 22, 30], dtype=torch.int32, device=DEVICE)
+    q, k, v = rand(19, 4, 16), rand(30, 2, 16, seed=1), rand(30, 2, 16, seed=2)
+
+    def kernel(q, k, v):
+        return ak.attention_varlen(q, k, v, cu_q, cu_k, 13, 13, causal=causal, window_size=window, backend="triton")
+
+    def ref(q, k, v):
+        return R.attention_varlen(q, k, v, cu_q, cu_k, 13, 13, causal=causal, window_size=window)
+
+    check(kernel, ref, [q, k, v], torch.float32)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("lq,causal,hq,hkv", [(1, True, 4, 2), (3, True, 8, 2), (2, False, 4, 4), (1, True, 8, 1),
+                                              (40, True, 4, 2)])
+def test_kvcache_decode(dtype, lq, causal, hq, hkv):
+    lens = torch.tensor([5, 17, 0], dtype=torch.int32, device=DEVICE)
+    q = rand(3, hq, lq, 32, dtype=dtype)
+    kc, vc = rand(3, hkv, 64, 32, dtype=dtype, seed=1), rand(3, hkv, 64, 32, dtype=dtype, seed=2)
+    kn, vn = rand(3, hkv, lq, 32, dtype=dtype, seed=3), rand(3, hkv, lq, 32, dtype=dtype, seed=4)
+    kc_ref, vc_ref = kc.clone(), vc.clone()
+    out = ak.attention_with_kvcache(q, kc, vc, lens, k_new=kn, v_new=vn, causal=causal, backend="triton")
+    ref64 = R.attention_with_kvcache(q.double(), kc_ref.double(), vc_ref.double(), lens, k_new=kn.double(),
+                                     v_new=vn.double(), causal=causal)
+    lowp = R.attention_with_kvcache(q, kc_ref, vc_ref, lens, k_new=kn, v_new=vn, causal=causal)
+    assert_close_to_reference(out, ref64, lowp, dtype=dtype)
+    assert torch.equal(kc, kc_ref) and torch.equal(vc, vc_ref)  # appended in place, exactly
+    assert lens.tolist() == [5, 17, 0]
+
+
+def test_kvcache_matches_full_causal_attention():
+    q = rand(2, 4, 1, 32)
+    kc, vc = rand(2, 2, 48, 32, seed=1), rand(2, 2, 48, 32, seed=2)
+    lens = torch.tensor([47, 20], dtype=torch.int32, device=DEVICE)
+    out = ak.attention_with_kvcache(q, kc, vc, lens, causal=True, backend="triton")
+    for b, n in enumerate(lens.tolist()):
+        full = ak.attention(q[b:b + 1], kc[b:b + 1, :, :n], vc[b:b + 1, :, :n], causal=True, backend="triton")
+        torch.testing.assert_close(out[b:b + 1], full, atol=1e-5, rtol=1e-4)
+
+
+def test_opcheck():
+    from aigc_kernels.triton import attention as A
+
+    q, k, v = rand(1, 2, 17, 16), rand(1, 1, 19, 16, seed=1), rand(1, 1, 19, 16, seed=2)
+    mask = torch.ones(17, 19, dtype=torch.bool, device=DEVICE)
+    args = (q, k, v, mask, None, None, 17, 19, True, 0.25, -1, -1, 0.0, None)
+    torch.library.opcheck(A.attention_fwd, args)
+    out, lse = A.attention_fwd(*args)
+    torch.library.opcheck(A.attention_bwd, (torch.randn_like(out), q, k, v, out, lse, mask, None, None, 17, 19, True,
+                                            0.25, -1, -1, 0.0, None))
+    lens = torch.tensor([5], dtype=torch.int32, device=DEVICE)
+    torch.library.opcheck(A.attention_decode, (q[:, :, :1], k, v, lens, 0, True, 0.25))
+
+
+def test_compile_fullgraph():
+    q, k, v = rand(1, 2, 17, 16), rand(1, 2, 17, 16, seed=1), rand(1, 2, 17, 16, seed=2)
+
+    def f(q, k, v):
+        return ak.attention(q, k, v, causal=True, backend="triton").sum()
+
+    torch.testing.assert_close(torch.compile(f, fullgraph=True, backend="aot_eager")(q, k, v), f(q, k, v))
+
+
+def test_unsupported_inputs_raise_when_named_and_route_under_auto():
+    q = rand(1, 2, 8, 8)
+    with pytest.raises(ak.BackendError, match="head dims 16 to 256, got 8"):
+        ak.attention(q, q, q, backend="triton")
+    mask = rand(8, 8).requires_grad_()
+    q16 = rand(1, 2, 8, 16)
+    with pytest.raises(ak.BackendError, match="gradient of attn_mask"):
+        ak.attention(q16, q16, q16, attn_mask=mask, backend="triton")
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+@pytest.mark.parametrize("seq", [4096, 16384])
+def test_long_sequences_bf16_in_chunks(seq):
+    if DEVICE != "cuda":
+        pytest.skip("needs a CUDA GPU")
+    dtype = torch.bfloat16
+    q, k, v = rand(1, 2, seq, 128, dtype=dtype), rand(1, 2, seq, 128, dtype=dtype, seed=1), \
+        rand(1, 2, seq, 128, dtype=dtype, seed=2)
+    out = ak.attention(q, k, v, causal=True, backend="triton")
+    # the reference for query chunks (bottom-right causal keeps each chunk's alignment)
+    for start in range(0, seq, seq // 4):
+        rows = slice(start, start + 256)
+        keys = slice(0, start + 256)
+        ref64 = R.attention(q[:, :, rows].double(), k[:, :, keys].double(), v[:, :, keys].double(), causal=True)
+        lowp = R.attention(q[:, :, rows], k[:, :, keys], v[:, :, keys], causal=True)
+        assert_close_to_reference(out[:, :, rows], ref64, lowp, dtype=dtype)
