@@ -124,10 +124,12 @@ class FeedForward(nn.Module):
     """
 
     def __init__(self, d_model: int, d_hidden: int, activation: str = "gelu", *, gated: bool = False,
-                 bias: bool = True, device=None, dtype=None, backend: str | None = None) -> None:
+                 bias: bool = True, recompute: bool = False, device=None, dtype=None,
+                 backend: str | None = None) -> None:
         super().__init__()
         factory = dict(device=device, dtype=dtype)
         self.activation = activation
+        self.recompute = recompute
         self.backend = backend
         self.up_proj = nn.Linear(d_model, d_hidden, bias=bias, **factory)
         self.gate_proj = nn.Linear(d_model, d_hidden, bias=bias, **factory) if gated else None
@@ -145,7 +147,8 @@ class FeedForward(nn.Module):
         gate = self.gate_proj
         return ops.ffn(x, self.up_proj.weight, self.up_proj.bias, self.down_proj.weight, self.down_proj.bias,
                        activation=self.activation, w_gate=None if gate is None else gate.weight,
-                       b_gate=None if gate is None else gate.bias, backend=self.backend)
+                       b_gate=None if gate is None else gate.bias, recompute=self.recompute,
+                       backend=self.backend)
 
     def extra_repr(self) -> str:
         return f"activation={self.activation!r}, gated={self.gate_proj is not None}"

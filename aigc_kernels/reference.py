@@ -310,11 +310,15 @@ def ffn(
     activation: str = "gelu",
     w_gate: torch.Tensor | None = None,
     b_gate: torch.Tensor | None = None,
+    recompute: bool = False,
 ) -> torch.Tensor:
     """The feed-forward block.
 
     plain: act(x W_in^T + b_in) W_out^T + b_out
     gated: (act(x W_gate^T + b_gate) * (x W_in^T + b_in)) W_out^T + b_out  (silu: SwiGLU, gelu: GeGLU)
+
+    recompute only changes what a kernel keeps for the backward; the reference keeps whatever
+    autograd keeps, and the math is the same.
     """
     if w_gate is None:
         h = linear(x, w_in, b_in, activation=activation)

@@ -118,8 +118,11 @@ def cases(op: str, dtype: torch.dtype, device: torch.device | str, seed: int = 0
         x = r(3, 5, 24)
         plain = dict(x=x, w_in=r(40, 24, scale=0.2), b_in=r(40), w_out=r(24, 40, scale=0.2), b_out=r(24))
         yield Case("plain gelu", plain, dict(activation="gelu"), tuple(plain))
-        yield Case("SwiGLU", plain, dict(activation="silu", w_gate=r(40, 24, scale=0.2), b_gate=r(40)),
+        gate = dict(w_gate=r(40, 24, scale=0.2), b_gate=r(40))
+        yield Case("SwiGLU", plain, dict(activation="silu", **gate), (*plain, "w_gate", "b_gate"))
+        yield Case("GeGLU, recompute", plain, dict(activation="gelu", recompute=True, **gate),
                    (*plain, "w_gate", "b_gate"))
+        yield Case("plain relu, recompute", plain, dict(activation="relu", recompute=True), tuple(plain))
     else:
         raise ValueError(f"cases: unknown op {op!r}")
 

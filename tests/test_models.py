@@ -207,3 +207,36 @@ def test_config_validation():
         TransformerConfig(activation="tanh")
     assert TransformerConfig.gpt2("medium").d_model == 1024
     assert TransformerConfig.bert("large").n_layers == 24
+
+
+# ----------------------------------------------------------------------------------------------
+# every model on the kernel backends (Triton under the interpreter on CPU)
+# ----------------------------------------------------------------------------------------------
+KERNELS = [b for b in ("triton", "cuda") if b in ak.available_backends()]
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("backend", KERNELS or [pytest.param("triton", marks=pytest.mark.skip(reason="no kernels"))])
+def test_models_run_on_kernel_backends(backend):
+    torch.manual_seed(0)
+    cfg = TransformerConfig(vocab_size=53, d_model=32, n_heads=2, n_layers=1, d_ff=48, max_seq_len=24)
+    ids = torch.randint(0, 53, (2, 7), device=DEVICE)
+    gpt = GPT(cfg).to(DEVICE).eval()
+    want = gpt(ids)
+    ak.nn.set_backend(gpt, backend)
+    got = gpt(ids)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    assert torch.equal(gpt.generate(ids[:, :3], 4), gpt.generate(ids[:, :3], 4, use_cache=False))
+    bert = BERT(cfg.replace(norm_first=False)).to(DEVICE).eval()
+    mask = torch.ones(2, 7, dtype=torch.long, device=DEVICE)
+    mask[1, 4:] = 0
+    want = bert.encode(ids, mask)
+    ak.nn.set_backend(bert, backend)
+    got = bert.encode(ids, mask)
+    keep = mask.bool()
+    torch.testing.assert_close(got[keep], want[keep], atol=1e-4, rtol=1e-4)
+    seq2seq = Transformer(cfg).to(DEVICE).eval()
+    want = seq2seq(ids, ids[:, :5])
+    ak.nn.set_backend(seq2seq, backend)
+    torch.testing.assert_close(seq2seq(ids, ids[:, :5]), want, atol=1e-4, rtol=1e-4)

@@ -75,6 +75,17 @@ def _triton_attention(name: str):
 
 for _op in ("attention", "attention_varlen", "attention_with_kvcache"):
     register(_op, "triton", _triton_attention(_op), getattr(limits, f"triton_{_op}"))
+def _triton_linear(name: str):
+    def load():
+        from ..triton import linear
+
+        return getattr(linear, name)
+
+    return load
+
+
+register("linear", "triton", _triton_linear("linear"), limits.triton_linear)
+register("ffn", "triton", _triton_linear("ffn"), limits.triton_ffn)
 register("layer_norm", "triton", _triton_layer_norm, limits.triton_layer_norm)
 register("rms_norm", "triton", _triton_rms_norm, limits.triton_rms_norm)
 register("layer_norm", "cuda", _cuda_layer_norm, limits.cuda_layer_norm)

@@ -71,3 +71,21 @@ def triton_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, m
 def triton_attention_with_kvcache(q, k_cache, v_cache, cache_seqlens, *, k_new=None, v_new=None, causal=True,
                                   scale=None):
     return _attention_common("Triton", q, TRITON_HEAD_DIMS)
+
+
+# ----------------------------------------------------------------------------------------------
+# linear and ffn
+# ----------------------------------------------------------------------------------------------
+def _gemm_dtype(kernel: str, x: torch.Tensor) -> str | None:
+    if x.dtype not in KERNEL_DTYPES:
+        return f"the {kernel} GEMM takes float32, float16 or bfloat16, got {_name(x.dtype)}"
+    return None
+
+
+def triton_linear(x, weight, bias=None, *, activation=None) -> str | None:
+    return _gemm_dtype("Triton", x)
+
+
+def triton_ffn(x, w_in, b_in, w_out, b_out, *, activation="gelu", w_gate=None, b_gate=None,
+               recompute=False) -> str | None:
+    return _gemm_dtype("Triton", x)

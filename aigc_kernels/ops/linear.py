@@ -43,6 +43,7 @@ def ffn(
     activation: str = "gelu",
     w_gate: torch.Tensor | None = None,
     b_gate: torch.Tensor | None = None,
+    recompute: bool = False,
     backend: str | None = None,
 ) -> torch.Tensor:
     """The feed-forward block.
@@ -56,11 +57,15 @@ def ffn(
         w_in, w_gate: (H, D); b_in, b_gate: (H,) or None.
         w_out: (D, H); b_out: (D,) or None.
         activation: "relu" | "gelu" | "gelu_tanh" | "silu" (None allowed only when not gated).
+        recompute: keep only x for the backward and recompute the hidden activations there,
+            trading one GEMM for the (M, H) tensors a training step would otherwise hold.
 
     Returns:
         (..., D) in x's dtype.
     """
     validation.ffn_args(x, w_in, b_in, w_out, b_out, activation, w_gate, b_gate)
     args = (x, w_in, b_in, w_out, b_out)
-    kwargs = dict(activation=activation, w_gate=w_gate, b_gate=b_gate)
+    if not isinstance(recompute, bool):
+        raise TypeError(f"ak.ffn: expected recompute to be a bool, got {type(recompute).__name__}")
+    kwargs = dict(activation=activation, w_gate=w_gate, b_gate=b_gate, recompute=recompute)
     return select("ffn", x.device, backend, *args, **kwargs)(*args, **kwargs)

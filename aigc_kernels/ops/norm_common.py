@@ -13,6 +13,7 @@ ak.rms_norm implementations.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -63,7 +64,7 @@ def register_autograd(fwd_name: str, bwd_op: Callable) -> None:
 
 def rows2d(t: torch.Tensor, n: int) -> torch.Tensor:
     """(..., N) -> (M, N) with unit column stride, copying only when a view cannot do it."""
-    t2 = t.reshape(-1, n)
+    t2 = t.reshape(math.prod(t.shape[:-1]), n)  # explicit rows: -1 is ambiguous when N = 0
     return t2 if n <= 1 or t2.stride(1) == 1 else t2.contiguous()
 
 

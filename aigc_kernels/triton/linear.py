@@ -1,0 +1,442 @@
+"""Linear + activation and the feed-forward block in Triton, forward and backward.
+
+One persistent, tile-swizzled GEMM kernel does all the matrix products:
+
+    C = epilogue( prologue_A(A) @ prologue_B(B) )
+
+* epilogue: + bias, then the activation, in registers before the single store of C; it can also
+  store the pre-activation Z (saved for the backward) and, in the gated form, compute
+  act(A @ B2 + b2) * (A @ B + b) from two accumulators (one pass over A for the concatenated
+  [W_in; W_gate], writing the intermediate once);
+* prologues, applied to operand tiles as they are loaded: "dact" (A * act'(Z), the gradient of
+  the activation fused into the gradient GEMMs), "gate" (act(Z) * A, recomputing a SwiGLU output)
+  and act(B) (recomputing an activation output);
+* an optional row sum of the (prologue-applied) A operand over the reduction dim: the bias
+  gradient comes out of the weight-gradient GEMM, with no extra pass over dY.
+
+What the backward keeps (the memory it costs):
+    linear, activation None:   x (the weight's gradient needs it); nothing else
+    linear with activation:    x and Z = x W^T + b (one output-sized tensor); act' is fused into
+                               the dX and dW GEMMs' operand loads
+    ffn plain:                 x and Z_in (M x H); h = act(Z_in) is recomputed in the dW_out GEMM
+    ffn gated (SwiGLU/GeGLU):  x, U = x W_in^T + b_in and G = x W_gate^T + b_gate (2 x M x H);
+                               du = dh * act(G), dg = dh * U * act'(G) are one elementwise pass
+    ffn(recompute=True):       x only; the first GEMM is recomputed in the backward
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+ACT_IDS = {None: 0, "relu": 1, "gelu": 2, "gelu_tanh": 3, "silu": 4}
+
+
+# ----------------------------------------------------------------------------------------------
+# activations and their derivatives (float32)
+# ----------------------------------------------------------------------------------------------
+@triton.jit
+def _act(x, ACT: tl.constexpr):
+    if ACT == 1:
+        return tl.maximum(x, 0.0)
+    elif ACT == 2:
+        return 0.5 * x * (1.0 + tl.math.erf(x * 0.7071067811865476))
+    elif ACT == 3:
+        # 0.5 x (1 + tanh(y)) = x * sigmoid(2y),  y = sqrt(2/pi) (x + 0.044715 x^3)
+        return x * tl.sigmoid(1.5957691216057308 * (x + 0.044715 * x * x * x))
+    elif ACT == 4:
+        return x * tl.sigmoid(x)
+    else:
+        return x
+
+
+@triton.jit
+def _dact(x, ACT: tl.constexpr):
+    if ACT == 1:
+        return tl.where(x > 0.0, 1.0, 0.0)
+    elif ACT == 2:
+        return 0.5 * (1.0 + tl.math.erf(x * 0.7071067811865476)) + x * tl.exp(-0.5 * x * x) * 0.3989422804014327
+    elif ACT == 3:
+        s = tl.sigmoid(1.5957691216057308 * (x + 0.044715 * x * x * x))
+        return s + x * s * (1.0 - s) * 1.5957691216057308 * (1.0 + 0.134145 * x * x)
+    elif ACT == 4:
+        s = tl.sigmoid(x)
+        return s * (1.0 + x * (1.0 - s))
+    else:
+        return tl.full(x.shape, 1.0, tl.float32)
+
+
+# ----------------------------------------------------------------------------------------------
+# the GEMM
+# ----------------------------------------------------------------------------------------------
+def _configs():
+    if INTERPRET:
+        return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16, "GROUP_M": 2}, num_warps=1,
+                              num_stages=1)]
+    out = []
+    for bm, bn, bk, warps, stages in [(128, 128, 64, 8, 3), (128, 256, 64, 8, 3), (256, 128, 64, 8, 3),
+                                      (128, 64, 64, 4, 4), (64, 128, 64, 4, 4), (64, 64, 64, 4, 4),
+                                      (64, 32, 32, 4, 4), (32, 32, 32, 4, 2)]:
+        out.append(triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_warps=warps,
+                                 num_stages=stages))
+    return out
+
+
+def _prune(configs, named_args, **kwargs):
+    """Drop tiles much larger than the problem (they only waste work), and the gated/dual forms'
+    largest tiles (two accumulators)."""
+    m, n, k = named_args["M"], named_args["N"], named_args["K"]
+    gated = kwargs.get("GATED", False)
+    keep = []
+    for c in configs:
+        bm, bn, bk = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"]
+        if bm > 2 * max(16, triton.next_power_of_2(m)) or bn > 2 * max(16, triton.next_power_of_2(n)):
+            continue
+        if bk > max(16, triton.next_power_of_2(k)):
+            continue
+        if gated and bm * bn > 128 * 128:
+            continue
+        keep.append(c)
+    return keep or configs[-1:]
+
+
+@triton.autotune(configs=_configs(), key=["M", "N", "K", "IEEE"], prune_configs_by={"early_config_prune": _prune})
+@triton.jit
+def _gemm_kernel(
+    A, ZA, B, ZB, B2, BIAS, BIAS2, C, ZOUT, ZOUT2, ROWSUM,
+    M, N, K,
+    stride_am, stride_ak,  # A (M, K); ZA shares A's strides
+    stride_bk, stride_bn,  # B (K, N); ZB and B2 share them
+    stride_cm, stride_cn,  # C (M, N); ZOUT, ZOUT2 are contiguous (M, N)
+    NUM_PROGS,
+    A_PRO: tl.constexpr,  # 0: A; 1 (dact): A * act'(ZA); 2 (gate): act(ZA) * A
+    PRO_ACT: tl.constexpr,  # the activation of the prologues
+    B_PRO: tl.constexpr,  # 0: B; 1: act(B); 2 (gate): act(ZB) * B
+    ACT: tl.constexpr,  # the epilogue's activation
+    HAS_BIAS: tl.constexpr, STORE_Z: tl.constexpr, GATED: tl.constexpr, ROW_SUM: tl.constexpr,
+    IEEE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    num_m = tl.cdiv(M, BLOCK_M)
+    num_n = tl.cdiv(N, BLOCK_N)
+    tiles = num_m * num_n
+    # Persistent: each program walks tiles pid, pid + NUM_PROGS, ...; tiles are grouped GROUP_M
+    # rows of blocks at a time so consecutive tiles reuse the same B columns from the L2.
+    for tile in range(pid, tiles, NUM_PROGS):
+        group = tile // (GROUP_M * num_n)
+        first_m = group * GROUP_M
+        size_m = tl.minimum(num_m - first_m, GROUP_M)
+        pid_m = first_m + (tile % (GROUP_M * num_n)) % size_m
+        pid_n = (tile % (GROUP_M * num_n)) // size_m
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        offs_k0 = tl.arange(0, BLOCK_K)
+        m_ok = offs_m < M
+        n_ok = offs_n < N
+        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        if GATED:
+            acc2 = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        if ROW_SUM:
+            rsum = tl.zeros([BLOCK_M], dtype=tl.float32)
+        a_rows = offs_m[:, None].to(tl.int64) * stride_am
+        b_cols = offs_n[None, :].to(tl.int64) * stride_bn
+        for k0 in range(0, K, BLOCK_K):
+            offs_k = k0 + offs_k0
+            k_ok = offs_k < K
+            a_off = a_rows + offs_k[None, :].to(tl.int64) * stride_ak
+            a_mask = m_ok[:, None] & k_ok[None, :]
+            a = tl.load(A + a_off, mask=a_mask, other=0.0)
+            if A_PRO != 0:
+                za = tl.load(ZA + a_off, mask=a_mask, other=0.0).to(tl.float32)
+                if A_PRO == 1:
+                    a = (a.to(tl.float32) * _dact(za, PRO_ACT)).to(A.dtype.element_ty)
+                else:
+                    a = (_act(za, PRO_ACT) * a.to(tl.float32)).to(A.dtype.element_ty)
+            if ROW_SUM:
+                rsum += tl.sum(a.to(tl.float32), 1)
+            b_off = offs_k[:, None].to(tl.int64) * stride_bk + b_cols
+            b_mask = k_ok[:, None] & n_ok[None, :]
+            b = tl.load(B + b_off, mask=b_mask, other=0.0)
+            if B_PRO == 1:
+                b = _act(b.to(tl.float32), PRO_ACT).to(B.dtype.element_ty)
+            elif B_PRO == 2:
+                zb = tl.load(ZB + b_off, mask=b_mask, other=0.0).to(tl.float32)
+                b = (_act(zb, PRO_ACT) * b.to(tl.float32)).to(B.dtype.element_ty)
+            if IEEE:
+                acc += tl.dot(a, b, input_precision="ieee")
+            else:
+                acc += tl.dot(a, b)
+            if GATED:
+                b2 = tl.load(B2 + b_off, mask=b_mask, other=0.0)
+                if IEEE:
+                    acc2 += tl.dot(a, b2, input_precision="ieee")
+                else:
+                    acc2 += tl.dot(a, b2)
+        c_mask = m_ok[:, None] & n_ok[None, :]
+        z_off = offs_m[:, None].to(tl.int64) * N + offs_n[None, :]
+        if HAS_BIAS:
+            acc += tl.load(BIAS + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+        if GATED:
+            if HAS_BIAS:
+                acc2 += tl.load(BIAS2 + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+            if STORE_Z:
+                tl.store(ZOUT + z_off, acc.to(ZOUT.dtype.element_ty), mask=c_mask)
+                tl.store(ZOUT2 + z_off, acc2.to(ZOUT2.dtype.element_ty), mask=c_mask)
+            out = _act(acc2, ACT) * acc  # act(x W_gate^T + b_gate) * (x W_in^T + b_in)
+        else:
+            if STORE_Z:
+                tl.store(ZOUT + z_off, acc.to(ZOUT.dtype.element_ty), mask=c_mask)
+            out = _act(acc, ACT)
+        c_off = offs_m[:, None].to(tl.int64) * stride_cm + offs_n[None, :].to(tl.int64) * stride_cn
+        tl.store(C + c_off, out.to(C.dtype.element_ty), mask=c_mask)
+        if ROW_SUM:
+            if pid_n == 0:
+                tl.store(ROWSUM + offs_m, rsum, mask=m_ok)
+
+
+@triton.jit
+def _gated_grad_kernel(DH, U, G, DUDG, H, numel, ACT: tl.constexpr, BLOCK: tl.constexpr):
+    """du = dh * act(g), dg = dh * u * act'(g) over contiguous (M, H) inputs, written side by side
+    into DUDG (M, 2H) so one GEMM against [W_in; W_gate] gives dx."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    ok = offs < numel
+    dh = tl.load(DH + offs, mask=ok, other=0.0).to(tl.float32)
+    u = tl.load(U + offs, mask=ok, other=0.0).to(tl.float32)
+    g = tl.load(G + offs, mask=ok, other=0.0).to(tl.float32)
+    dst = (offs // H) * (2 * H) + offs % H
+    tl.store(DUDG + dst, (dh * _act(g, ACT)).to(DUDG.dtype.element_ty), mask=ok)
+    tl.store(DUDG + dst + H, (dh * u * _dact(g, ACT)).to(DUDG.dtype.element_ty), mask=ok)
+
+
+# ----------------------------------------------------------------------------------------------
+# launcher
+# ----------------------------------------------------------------------------------------------
+@functools.cache
+def _num_sms(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def gemm(a: torch.Tensor, b: torch.Tensor, *, out: torch.Tensor | None = None, bias=None, act=None,
+         za=None, a_pro: int = 0, zb=None, b_pro: int = 0, pro_act=None, store_z: bool = False,
+         b2=None, bias2=None, row_sum: bool = False, out_dtype=None):
+    """C = epilogue(prologue(A) @ prologue(B)) for A (M, K) and B (K, N) of any strides.
+
+    Returns (C, Z, Z2, rowsum): Z/Z2 the stored pre-activations (or None), rowsum the float32
+    (M,) sums of prologue(A) over K (or None).
+    """
+    m, k = a.shape
+    n = b.shape[1]
+    c = out if out is not None else torch.empty(m, n, device=a.device, dtype=out_dtype or a.dtype)
+    gated = b2 is not None
+    z = torch.empty(m, n, device=a.device, dtype=c.dtype) if store_z else None
+    z2 = torch.empty(m, n, device=a.device, dtype=c.dtype) if (store_z and gated) else None
+    rs = torch.zeros(m, device=a.device, dtype=torch.float32) if row_sum else None
+    if m == 0 or n == 0:
+        return c, z, z2, rs
+    if k == 0:
+        c.zero_()
+        if bias is not None or gated:  # the epilogue of an empty sum
+            zero = torch.zeros(m, n, device=a.device, dtype=torch.float32)
+            pre = zero + (bias.float() if bias is not None else 0)
+            if gated:
+                pre2 = zero + (bias2.float() if bias2 is not None else 0)
+                res = _torch_act(pre2, act) * pre
+            else:
+                res = _torch_act(pre, act)
+            c.copy_(res)
+        return c, z, z2, rs
+    dummy = c
+    progs = 4 if INTERPRET else _num_sms(a.device.index or 0)
+    grid = lambda meta: (min(progs, triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"])),)  # noqa: E731
+    _gemm_kernel[grid](
+        a, za if za is not None else dummy, b, zb if zb is not None else dummy, b2 if gated else dummy,
+        bias if bias is not None else dummy, bias2 if bias2 is not None else dummy, c,
+        z if z is not None else dummy, z2 if z2 is not None else dummy, rs if rs is not None else dummy,
+        m, n, k, a.stride(0), a.stride(1), b.stride(0), b.stride(1), c.stride(0), c.stride(1), progs,
+        A_PRO=a_pro, PRO_ACT=ACT_IDS[pro_act], B_PRO=b_pro, ACT=ACT_IDS[act], HAS_BIAS=bias is not None,
+        STORE_Z=store_z, GATED=gated, ROW_SUM=row_sum, IEEE=a.dtype == torch.float32,
+    )
+    return c, z, z2, rs
+
+
+def _torch_act(x, act):
+    from ..reference import apply_activation
+
+    return apply_activation(x, act)
+
+
+def _gated_grads(dh: torch.Tensor, u: torch.Tensor, g: torch.Tensor, act: str) -> torch.Tensor:
+    """[du, dg] as one (M, 2H) tensor."""
+    m, h = u.shape
+    dudg = torch.empty(m, 2 * h, device=u.device, dtype=u.dtype)
+    n = u.numel()
+    if n:
+        block = 256 if INTERPRET else 1024
+        _gated_grad_kernel[(triton.cdiv(n, block),)](dh.contiguous(), u, g, dudg, h, n, ACT=ACT_IDS[act], BLOCK=block)
+    return dudg
+
+
+# ----------------------------------------------------------------------------------------------
+# torch.library ops
+# ----------------------------------------------------------------------------------------------
+def _empty(ref: torch.Tensor) -> torch.Tensor:
+    return ref.new_empty(0)
+
+
+@torch.library.custom_op("aigc_kernels::linear_fwd_triton", mutates_args=())
+def linear_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+               activation: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """x (M, K), weight (N, K) -> (y = act(x W^T + b) (M, N), z = x W^T + b, empty without activation)."""
+    y, z, _, _ = gemm(x, weight.t(), bias=bias, act=activation, store_z=activation is not None)
+    return y, (z if z is not None else _empty(x))
+
+
+@linear_fwd.register_fake
+def _(x, weight, bias, activation):
+    y = x.new_empty(x.shape[0], weight.shape[0])
+    return y, (torch.empty_like(y) if activation is not None else x.new_empty(0))
+
+
+@torch.library.custom_op("aigc_kernels::linear_bwd_triton", mutates_args=())
+def linear_bwd(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, z: torch.Tensor, activation: str | None,
+               has_bias: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dx, dW, db (float32; empty without bias)); act'(z) is applied as dy's tiles are loaded."""
+    a_pro = 1 if activation is not None else 0
+    za = z if activation is not None else None
+    dx, _, _, _ = gemm(dy, weight, za=za, a_pro=a_pro, pro_act=activation)
+    dw, _, _, db = gemm(dy.t(), x, za=None if za is None else za.t(), a_pro=a_pro, pro_act=activation,
+                        row_sum=has_bias)
+    return dx, dw, (db if db is not None else x.new_empty(0, dtype=torch.float32))
+
+
+@linear_bwd.register_fake
+def _(dy, x, weight, z, activation, has_bias):
+    return (torch.empty_like(x), torch.empty_like(weight),
+            x.new_empty(weight.shape[0] if has_bias else 0, dtype=torch.float32))
+
+
+def _linear_setup(ctx, inputs, output):
+    x, weight, bias, activation = inputs
+    _, z = output
+    ctx.save_for_backward(x, weight, z)
+    ctx.activation = activation
+    ctx.bias_dtype = bias.dtype if bias is not None else None
+
+
+def _linear_backward(ctx, dy, dz):
+    x, weight, z = ctx.saved_tensors
+    has_bias = ctx.bias_dtype is not None
+    dx, dw, db = linear_bwd(dy.contiguous(), x, weight, z, ctx.activation, has_bias)
+    return dx, dw, (db.to(ctx.bias_dtype) if has_bias else None), None
+
+
+torch.library.register_autograd("aigc_kernels::linear_fwd_triton", _linear_backward, setup_context=_linear_setup)
+
+
+@torch.library.custom_op("aigc_kernels::ffn_fwd_triton", mutates_args=())
+def ffn_fwd(x: torch.Tensor, w_in: torch.Tensor, b_in: torch.Tensor | None, w_out: torch.Tensor,
+            b_out: torch.Tensor | None, activation: str, w_gate: torch.Tensor | None, b_gate: torch.Tensor | None,
+            save: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(out (M, D), z1, z2): z1 = x W_in^T + b_in and, gated, z2 = x W_gate^T + b_gate, both (M, H),
+    stored for the backward when ``save`` (else empty: the backward recomputes them)."""
+    if w_gate is None:
+        h, z1, _, _ = gemm(x, w_in.t(), bias=b_in, act=activation, store_z=save)
+        z2 = None
+    else:
+        h, z1, z2, _ = gemm(x, w_in.t(), bias=b_in, b2=w_gate.t(), bias2=b_gate, act=activation, store_z=save)
+    out, _, _, _ = gemm(h, w_out.t(), bias=b_out)
+    return out, (z1 if z1 is not None else _empty(x)), (z2 if z2 is not None else _empty(x))
+
+
+@ffn_fwd.register_fake
+def _(x, w_in, b_in, w_out, b_out, activation, w_gate, b_gate, save):
+    m, h = x.shape[0], w_in.shape[0]
+    z1 = x.new_empty(m, h) if save else x.new_empty(0)
+    z2 = x.new_empty(m, h) if (save and w_gate is not None) else x.new_empty(0)
+    return x.new_empty(m, w_out.shape[0]), z1, z2
+
+
+@torch.library.custom_op("aigc_kernels::ffn_bwd_triton", mutates_args=())
+def ffn_bwd(dout: torch.Tensor, x: torch.Tensor, w_in: torch.Tensor, b_in: torch.Tensor | None, w_out: torch.Tensor,
+            activation: str, w_gate: torch.Tensor | None, b_gate: torch.Tensor | None, z1: torch.Tensor,
+            z2: torch.Tensor, has_b_out: bool) -> list[torch.Tensor]:
+    """[dx, dw_in, db_in, dw_out, db_out, dw_gate, db_gate]; bias grads float32, empty when absent."""
+    gated = w_gate is not None
+    if z1.numel() == 0 and x.shape[0] * w_in.shape[0] > 0:  # recompute=True: the first GEMM again
+        if gated:
+            _, z1, z2, _ = gemm(x, w_in.t(), bias=b_in, b2=w_gate.t(), bias2=b_gate, act=activation, store_z=True)
+        else:
+            _, z1, _, _ = gemm(x, w_in.t(), bias=b_in, act=activation, store_z=True)
+    dh, _, _, _ = gemm(dout, w_out)  # (M, H)
+    h = w_in.shape[0]
+    if not gated:
+        dx, _, _, _ = gemm(dh, w_in, za=z1, a_pro=1, pro_act=activation)
+        dw_in, _, _, db_in = gemm(dh.t(), x, za=z1.t(), a_pro=1, pro_act=activation, row_sum=b_in is not None)
+        dw_out, _, _, db_out = gemm(dout.t(), z1, b_pro=1, pro_act=activation, row_sum=has_b_out)
+        dw_gate, db_gate = x.new_empty(0), None
+    else:
+        dudg = _gated_grads(dh, z1, z2, activation)  # (M, 2H) = [du, dg]
+        dx, _, _, _ = gemm(dudg, torch.cat([w_in, w_gate], 0))
+        # Strided views of [du, dg] as the A operands: separate outputs, no copies.
+        dw_in, _, _, db_in = gemm(dudg[:, :h].t(), x, row_sum=b_in is not None)
+        dw_gate, _, _, db_gate = gemm(dudg[:, h:].t(), x, row_sum=b_gate is not None)
+        dw_out, _, _, db_out = gemm(dout.t(), z1, zb=z2, b_pro=2, pro_act=activation, row_sum=has_b_out)
+    def or_empty(t):  # a fresh empty tensor per absent bias: outputs may not alias each other
+        return t if t is not None else x.new_empty(0, dtype=torch.float32)
+
+    return [dx, dw_in, or_empty(db_in), dw_out, or_empty(db_out), dw_gate, or_empty(db_gate)]
+
+
+@ffn_bwd.register_fake
+def _(dout, x, w_in, b_in, w_out, activation, w_gate, b_gate, z1, z2, has_b_out):
+    h, d = w_in.shape
+    f32 = torch.float32
+    return [torch.empty_like(x), torch.empty_like(w_in), x.new_empty(h if b_in is not None else 0, dtype=f32),
+            torch.empty_like(w_out), x.new_empty(d if has_b_out else 0, dtype=f32),
+            torch.empty_like(w_gate) if w_gate is not None else x.new_empty(0),
+            x.new_empty(h if b_gate is not None else 0, dtype=f32)]
+
+
+def _ffn_setup(ctx, inputs, output):
+    x, w_in, b_in, w_out, b_out, activation, w_gate, b_gate, save = inputs
+    _, z1, z2 = output
+    ctx.save_for_backward(x, w_in, b_in, w_out, w_gate, b_gate, z1, z2)
+    ctx.activation = activation
+    ctx.dtypes = tuple(None if t is None else t.dtype for t in (b_in, b_out, b_gate))
+
+
+def _ffn_backward(ctx, dout, dz1, dz2):
+    x, w_in, b_in, w_out, w_gate, b_gate, z1, z2 = ctx.saved_tensors
+    bi, bo, bg = ctx.dtypes
+    dx, dw_in, db_in, dw_out, db_out, dw_gate, db_gate = ffn_bwd(
+        dout.contiguous(), x, w_in, b_in, w_out, ctx.activation, w_gate, b_gate, z1, z2, bo is not None)
+    cast = lambda t, dt: None if dt is None else t.to(dt)  # noqa: E731
+    return (dx, dw_in, cast(db_in, bi), dw_out, cast(db_out, bo), None,
+            dw_gate if w_gate is not None else None, cast(db_gate, bg), None)
+
+
+torch.library.register_autograd("aigc_kernels::ffn_fwd_triton", _ffn_backward, setup_context=_ffn_setup)
+
+
+# ----------------------------------------------------------------------------------------------
+# the "triton" backend's entry points
+# ----------------------------------------------------------------------------------------------
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    return x.reshape(math.prod(x.shape[:-1]), x.shape[-1])  # explicit rows: -1 is ambiguous when K = 0
+
+
+def linear(x, weight, bias=None, *, activation=None):
+    y, _ = linear_fwd(_rows(x), weight, bias, activation)
+    return y.view(*x.shape[:-1], weight.shape[0])
+
+
+def ffn(x, w_in, b_in, w_out, b_out, *, activation="gelu", w_gate=None, b_gate=None, recompute=False):
+    out, _, _ = ffn_fwd(_rows(x), w_in, b_in, w_out, b_out, activation, w_gate, b_gate, not recompute)
+    return out.view(*x.shape[:-1], w_out.shape[0])
