@@ -75,11 +75,14 @@ def test_available_backends_without_interpreter_on_cpu():
 
 
 def test_explicit_backend_never_falls_back():
-    # linear has no kernel yet: a named backend must raise, not fall back to the reference
+    # an op a backend does not implement: a named backend must raise, not fall back to the reference
     x, w = torch.randn(3, 8), torch.randn(4, 8)
-    for name in ("cuda", "triton"):
-        with pytest.raises(ak.BackendError, match=f"ak.linear: the '{name}' backend has no implementation of linear"):
-            ak.linear(x, w, backend=name)
+    with pytest.raises(ak.BackendError, match="ak.linear: the 'cuda' backend has no implementation of linear"):
+        ak.linear(x, w, backend="cuda")
+    kc = torch.zeros(1, 1, 4, 8)
+    with pytest.raises(ak.BackendError, match="the 'triton' backend has no implementation of kvcache_append"):
+        ak.kvcache_append(kc, kc.clone(), kc[:, :, :1].clone(), kc[:, :, :1].clone(), torch.zeros(1, dtype=torch.int32),
+                          backend="triton")
     # a kernel that exists but cannot take the inputs (head dim 8 < 16) raises too
     q, k, v = qkv()
     with pytest.raises(ak.BackendError, match="head dims 16 to 256, got 8|needs CUDA tensors|not available"):
