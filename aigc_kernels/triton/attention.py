@@ -81,6 +81,42 @@ def _dropout_keep(seed, offs_m, offs_n, lk, dropout_p):
     return rnd >= dropout_p
 
 
+def _configs(kind: str):
+    """Autotuning candidates; one small config under the interpreter."""
+    if INTERPRET:
+        return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=1, num_stages=1)]
+    if kind == "fwd":
+        shapes = [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (128, 32, 4, 4), (64, 64, 4, 3), (64, 32, 4, 2),
+                  (32, 32, 4, 2)]
+    else:  # the backward kernels hold more tiles: smaller blocks
+        shapes = [(64, 128, 8, 2), (32, 128, 4, 2), (64, 64, 4, 2), (32, 64, 4, 2), (32, 32, 4, 2), (16, 32, 4, 1)]
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s) for bm, bn, w, s in shapes]
+
+
+def _prune(configs, named_args, **kwargs):
+    """Keep tiles that fit: big head dims and float32 take small blocks; tiny sequences take small blocks."""
+    d = triton.next_power_of_2(named_args["HEAD_DIM"])
+    lq = max(16, triton.next_power_of_2(named_args["LQ"]))
+    lk = max(16, triton.next_power_of_2(named_args["LK"]))
+    fp32 = named_args["Q"].dtype == torch.float32
+    keep = []
+    for c in configs:
+        bm, bn = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]
+        if bm > lq or bn > lk:
+            continue
+        if (d >= 256 or fp32) and bm * bn > 64 * 32:
+            continue
+        if d >= 128 and bm * bn > 128 * 64:
+            continue
+        keep.append(c)
+    return keep or [min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"])]
+
+
+_AUTOTUNE_KEY = ["LQ", "LK", "HEAD_DIM", "MASK_KIND", "IS_CAUSAL", "WINDOW_LEFT", "WINDOW_RIGHT", "IS_VARLEN",
+                 "HAS_DROPOUT", "IEEE"]
+
+
+@triton.autotune(configs=_configs("fwd"), key=_AUTOTUNE_KEY, prune_configs_by={"early_config_prune": _prune})
 @triton.jit
 def _attn_fwd_kernel(
     Q, K, V, MASK, OUT, LSE, CU_Q, CU_K, SEED,
@@ -199,6 +235,7 @@ def _attn_bwd_preprocess(OUT, DO, DELTA, stride_ob, stride_oh, stride_om, stride
     tl.store(DELTA + b64 * stride_lb + h * stride_lh + q0 + offs_m, delta, mask=offs_m < lq)
 
 
+@triton.autotune(configs=_configs("bwd"), key=_AUTOTUNE_KEY, prune_configs_by={"early_config_prune": _prune})
 @triton.jit
 def _attn_bwd_dkdv_kernel(
     Q, K, V, MASK, DO, LSE, DELTA, DK, DV, CU_Q, CU_K, SEED,
@@ -305,6 +342,7 @@ def _attn_bwd_dkdv_kernel(
     tl.store(dv_ptrs, dv.to(DV.dtype.element_ty), mask=kv_mask)
 
 
+@triton.autotune(configs=_configs("bwd"), key=_AUTOTUNE_KEY, prune_configs_by={"early_config_prune": _prune})
 @triton.jit
 def _attn_bwd_dq_kernel(
     Q, K, V, MASK, DO, LSE, DELTA, DQ, CU_Q, CU_K, SEED,
@@ -490,23 +528,6 @@ def _decode_combine_kernel(PART_O, PART_LSE, OUT, stride_pb, stride_ph, stride_p
 # ----------------------------------------------------------------------------------------------
 # launchers
 # ----------------------------------------------------------------------------------------------
-def _blocks(head_dim: int, dtype: torch.dtype) -> tuple[int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, num_warps, num_stages) for the forward/backward kernels.
-
-    Under the interpreter: one small config. On a GPU: sized by the head dim so the tiles fit
-    the registers (no autotuning yet: see the issue notes)."""
-    if INTERPRET:
-        return 16, 16, 1, 1
-    block_d = triton.next_power_of_2(head_dim)
-    if dtype == torch.float32:
-        return 32, 32, 4, 2
-    if block_d <= 64:
-        return 128, 64, 4, 3
-    if block_d <= 128:
-        return 128, 64, 8, 3
-    return 64, 32, 8, 2
-
-
 def _qkv_strides(t: torch.Tensor, varlen: bool) -> tuple[int, int, int]:
     """(batch, head, row) strides of (B, H, L, D) or packed (total, H, D)."""
     if varlen:
@@ -551,10 +572,9 @@ def _fwd(q, k, v, attn_mask, cu_q, cu_k, max_q, max_k, causal, scale, wl, wr, dr
         if lse.numel():
             lse.fill_(float("-inf"))
         return out.zero_(), lse
-    bm, bn, warps, stages = _blocks(d, q.dtype)
     mask, ms, kind = _mask_args(attn_mask, (batch, hq, lq, lk), q)
     dummy = cu_q if varlen else lse
-    grid = (triton.cdiv(lq, bm), batch * hq)
+    grid = lambda meta: (triton.cdiv(lq, meta["BLOCK_M"]), batch * hq)  # noqa: E731
     _attn_fwd_kernel[grid](
         q, k, v, mask, out, lse, cu_q if varlen else dummy, cu_k if varlen else dummy,
         seed if seed is not None else lse,
@@ -562,8 +582,7 @@ def _fwd(q, k, v, attn_mask, cu_q, cu_k, max_q, max_k, causal, scale, wl, wr, dr
         *ms, slb, slh,
         hq, hq // hkv, lq, lk, d, scale, dropout_p,
         MASK_KIND=kind, **_flags(causal, wl, wr), IS_VARLEN=varlen, HAS_DROPOUT=dropout_p > 0,
-        IEEE=q.dtype == torch.float32, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=triton.next_power_of_2(d),
-        num_warps=warps, num_stages=stages,
+        IEEE=q.dtype == torch.float32, BLOCK_D=triton.next_power_of_2(d),
     )
     return out, lse
 
@@ -582,27 +601,26 @@ def _bwd(do, q, k, v, out, lse, attn_mask, cu_q, cu_k, max_q, max_k, causal, sca
     if q.numel() == 0 or k.numel() == 0 or batch == 0:
         return dq.zero_(), dk.zero_(), dv.zero_()
     do = do.contiguous()
-    bm, bn, warps, stages = _blocks(d, q.dtype)
     block_d = triton.next_power_of_2(d)
+    pre_m = 16 if INTERPRET else 64
     delta = torch.empty_like(lse)
     slb, slh = (0, lse.stride(0)) if varlen else (lse.stride(0), lse.stride(1))
     dummy = cu_q if varlen else lse
     cuq, cuk = (cu_q, cu_k) if varlen else (dummy, dummy)
-    _attn_bwd_preprocess[(triton.cdiv(lq, bm), batch * hq)](
+    _attn_bwd_preprocess[(triton.cdiv(lq, pre_m), batch * hq)](
         out, do, delta, *_qkv_strides(out, varlen), *_qkv_strides(do, varlen), slb, slh, hq, lq, d, cuq,
-        IS_VARLEN=varlen, BLOCK_M=bm, BLOCK_D=block_d)
+        IS_VARLEN=varlen, BLOCK_M=pre_m, BLOCK_D=block_d)
     mask, ms, kind = _mask_args(attn_mask, (batch, hq, lq, lk), q)
     common = dict(MASK_KIND=kind, **_flags(causal, wl, wr), IS_VARLEN=varlen, HAS_DROPOUT=dropout_p > 0,
-                  IEEE=q.dtype == torch.float32, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=block_d, num_warps=warps,
-                  num_stages=stages)
+                  IEEE=q.dtype == torch.float32, BLOCK_D=block_d)
     seed_t = seed if seed is not None else lse
     if lk > 0:
-        _attn_bwd_dkdv_kernel[(triton.cdiv(lk, bn), batch * hkv)](
+        _attn_bwd_dkdv_kernel[lambda meta: (triton.cdiv(lk, meta["BLOCK_N"]), batch * hkv)](
             q, k, v, mask, do, lse, delta, dk, dv, cuq, cuk, seed_t,
             *_qkv_strides(q, varlen), *_qkv_strides(k, varlen), *_qkv_strides(v, varlen), *_qkv_strides(do, varlen),
             *_qkv_strides(dk, varlen), *_qkv_strides(dv, varlen), *ms, slb, slh,
             hq, hkv, hq // hkv, lq, lk, d, scale, dropout_p, **common)
-    _attn_bwd_dq_kernel[(triton.cdiv(lq, bm), batch * hq)](
+    _attn_bwd_dq_kernel[lambda meta: (triton.cdiv(lq, meta["BLOCK_M"]), batch * hq)](
         q, k, v, mask, do, lse, delta, dq, cuq, cuk, seed_t,
         *_qkv_strides(q, varlen), *_qkv_strides(k, varlen), *_qkv_strides(v, varlen), *_qkv_strides(do, varlen),
         *_qkv_strides(dq, varlen), *ms, slb, slh,
