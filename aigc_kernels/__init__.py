@@ -30,6 +30,7 @@ from .ops import (
     linear,
     rms_norm,
 )
+from .patch import patch, unpatch
 
 __all__ = [
     "BackendError",
@@ -48,7 +49,9 @@ __all__ = [
     "nn",
     "reference",
     "rms_norm",
+    "patch",
     "set_backend",
+    "unpatch",
     "use_backend",
 ]
 

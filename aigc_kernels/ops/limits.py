@@ -46,6 +46,15 @@ cuda_rms_norm = functools.partial(_rms_norm, "CUDA")
 # attention
 # ----------------------------------------------------------------------------------------------
 TRITON_HEAD_DIMS = (16, 256)
+HEAD_DIMS = {"triton": TRITON_HEAD_DIMS}  # per kernel backend with an attention kernel
+
+
+def attention_head_dim(backend: str, head_dim: int) -> str | None:
+    """None if ``backend``'s attention takes this head dim, else why not (checked by ak.patch up front)."""
+    lo, hi = HEAD_DIMS.get(backend, (1, 1 << 30))
+    if not lo <= head_dim <= hi:
+        return f"the {backend} attention supports head dims {lo} to {hi}, got {head_dim}"
+    return None
 
 
 def _attention_common(kernel: str, q: torch.Tensor, head_dims: tuple[int, int]) -> str | None:

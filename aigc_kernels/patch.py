@@ -1,0 +1,380 @@
+"""ak.patch(model): swap the library's kernels into an existing model, in place, keeping its weights.
+
+Works on
+* ``aigc_kernels.models`` (they already run the library's ops: patching sets their backend);
+* ``torch.nn.MultiheadAttention``, ``LayerNorm``, ``RMSNorm`` and the ``torch.nn.Transformer*``
+  layers (attention and norms swapped; the layers' inline feed-forward runs ``ak.ffn`` while its
+  dropout is inactive, PyTorch's own code otherwise; the native encoder fast path is turned off so
+  the swapped modules actually run);
+* Hugging Face GPT-2, BERT and Llama-family models: attention through transformers' attention
+  registry under the name ``"aigc_kernels"`` (so ``attn_implementation="aigc_kernels"`` works
+  too once this module is imported), LayerNorm/RMSNorm swapped, MLPs replaced by ``ak.ffn`` /
+  ``ak.linear`` calls on the same weights, and BERT's "dense + dropout + LayerNorm(h + input)"
+  blocks fused into ``ak.layer_norm(..., residual=...)``.
+
+Replacement modules share the original Parameters (an optimizer built before patching keeps
+working) and ``ak.unpatch(model)`` puts every original module back. The returned report lists
+every module replaced and every one left alone, with the reason, and for each op family which
+backend runs it (a backend without a kernel for an op is replaced by "auto" for that op, and the
+report says so).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+
+import torch
+from torch import nn
+
+from . import backend as backend_mod
+from . import nn as ak_nn
+from . import ops
+
+ATTR = "_aigc_kernels_patch"  # the undo log stored on a patched model
+HF_NAME = "aigc_kernels"
+_HF_ACT = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu_fast": None, "gelu": "gelu",
+           "relu": "relu", "silu": "silu", "swish": "silu"}
+
+
+@dataclasses.dataclass
+class PatchReport:
+    backend: str
+    op_backends: dict[str, str]  # op family -> the backend it runs on
+    notes: list[str] = dataclasses.field(default_factory=list)
+    replaced: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)  # (name, from, to)
+    left_alone: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)  # (name, type, reason)
+
+    def __str__(self) -> str:
+        lines = [f"aigc_kernels.patch: backend {self.backend!r}; "
+                 + ", ".join(f"{op} on {b!r}" for op, b in self.op_backends.items())]
+        lines += [f"  note: {n}" for n in self.notes]
+        lines += [f"  replaced {name or '<root>'}: {old} -> {new}" for name, old, new in self.replaced]
+        lines += [f"  left alone {name or '<root>'} ({kind}): {why}" for name, kind, why in self.left_alone]
+        return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# Hugging Face attention
+# ----------------------------------------------------------------------------------------------
+def hf_attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
+                         is_causal=None, **kwargs):
+    """transformers' attention-function signature: q (B, Hq, Lq, D), k/v (B, Hkv, Lk, D) ->
+    ((B, Lq, Hq, D), None). The mask, when given, is the bool keep-mask built by the sdpa mask
+    builder (registered under the same name); causal is bottom-right aligned, so a decoding step
+    with a KV cache attends to the whole cache."""
+    if kwargs.get("output_attentions"):
+        raise ValueError("aigc_kernels attention does not return attention weights (output_attentions=True)")
+    causal = is_causal if is_causal is not None else getattr(module, "is_causal", False)
+    if attention_mask is not None:
+        causal = False  # the mask carries the causal pattern (and the padding)
+        if attention_mask.dtype != torch.bool and attention_mask.dtype != query.dtype:
+            attention_mask = attention_mask.to(query.dtype)
+    out = ops.attention(query, key, value, causal=bool(causal), attn_mask=attention_mask,
+                        dropout_p=dropout if module.training else 0.0, scale=scaling,
+                        backend=getattr(module, "aigc_kernels_backend", None))
+    return out.transpose(1, 2).contiguous(), None
+
+
+def register_hf() -> bool:
+    """Register "aigc_kernels" in transformers' attention and mask registries; False without transformers."""
+    try:
+        from transformers import AttentionInterface
+        from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    except ImportError:
+        return False
+    AttentionInterface.register(HF_NAME, hf_attention_forward)
+    # Without a mask builder under the same name, padded batches reach the function with no mask.
+    AttentionMaskInterface.register(HF_NAME, sdpa_mask)
+    return True
+
+
+# ----------------------------------------------------------------------------------------------
+# replacement modules (share the original parameters)
+# ----------------------------------------------------------------------------------------------
+class _FFNFromConv1D(nn.Module):
+    """HF GPT-2's MLP (Conv1D c_fc, activation, Conv1D c_proj, dropout) as one ak.ffn call."""
+
+    def __init__(self, mlp: nn.Module, activation: str, backend: str | None) -> None:
+        super().__init__()
+        self.c_fc, self.c_proj, self.dropout = mlp.c_fc, mlp.c_proj, mlp.dropout
+        self.activation, self.backend = activation, backend
+
+    def forward(self, x):
+        # Conv1D stores (in, out): the transposed views are the nn.Linear-layout weights.
+        y = ops.ffn(x, self.c_fc.weight.t(), self.c_fc.bias, self.c_proj.weight.t(), self.c_proj.bias,
+                    activation=self.activation, backend=self.backend)
+        return self.dropout(y)
+
+
+class _GatedFFN(nn.Module):
+    """A Llama-style MLP (gate_proj, up_proj, down_proj) as one gated ak.ffn call."""
+
+    def __init__(self, mlp: nn.Module, activation: str, backend: str | None) -> None:
+        super().__init__()
+        self.gate_proj, self.up_proj, self.down_proj = mlp.gate_proj, mlp.up_proj, mlp.down_proj
+        self.activation, self.backend = activation, backend
+
+    def forward(self, x):
+        g, u, d = self.gate_proj, self.up_proj, self.down_proj
+        return ops.ffn(x, u.weight, u.bias, d.weight, d.bias, activation=self.activation, w_gate=g.weight,
+                       b_gate=g.bias, backend=self.backend)
+
+
+class _LinearAct(nn.Module):
+    """HF BERT's intermediate block (dense + activation) as ak.linear with the activation fused."""
+
+    def __init__(self, block: nn.Module, activation: str, backend: str | None) -> None:
+        super().__init__()
+        self.dense, self.activation, self.backend = block.dense, activation, backend
+
+    def forward(self, x):
+        return ops.linear(x, self.dense.weight, self.dense.bias, activation=self.activation, backend=self.backend)
+
+
+class _DenseResidualNorm(nn.Module):
+    """HF BERT's output blocks, LayerNorm(dropout(dense(h)) + input), with the add fused into the norm."""
+
+    def __init__(self, block: nn.Module, linear_backend: str | None, norm_backend: str | None) -> None:
+        super().__init__()
+        self.dense, self.dropout, self.LayerNorm = block.dense, block.dropout, block.LayerNorm
+        self.linear_backend, self.norm_backend = linear_backend, norm_backend
+
+    def forward(self, hidden_states, input_tensor):
+        h = self.dropout(ops.linear(hidden_states, self.dense.weight, self.dense.bias, backend=self.linear_backend))
+        ln = self.LayerNorm
+        y, _ = ops.layer_norm(h, ln.weight, ln.bias, ln.eps, residual=input_tensor, backend=self.norm_backend)
+        return y
+
+
+def _shared_layer_norm(old: nn.LayerNorm, backend: str | None) -> ak_nn.LayerNorm:
+    new = ak_nn.LayerNorm(old.normalized_shape, eps=old.eps, elementwise_affine=False, backend=backend)
+    new.elementwise_affine = old.elementwise_affine
+    new.weight, new.bias = old.weight, old.bias  # the same Parameters
+    return new
+
+
+def _shared_rms_norm(old: nn.Module, eps, backend: str | None) -> ak_nn.RMSNorm:
+    shape = getattr(old, "normalized_shape", None) or tuple(old.weight.shape)
+    new = ak_nn.RMSNorm(shape, eps=eps, elementwise_affine=False, backend=backend)
+    new.elementwise_affine = old.weight is not None
+    new.weight = old.weight
+    return new
+
+
+def _fit_head_dim(backend: str, head_dim: int, where: str, report: PatchReport) -> str:
+    """The backend for an attention of this head dim: the requested one, or "auto" (noted) when its
+    kernel cannot take the head dim."""
+    from .ops.limits import attention_head_dim
+
+    why = attention_head_dim(backend, head_dim) if backend != "auto" else None
+    if why is None:
+        return backend
+    report.notes.append(f"{where}: {why}; its attention runs on 'auto'")
+    return "auto"
+
+
+def _shared_mha(old: nn.MultiheadAttention, backend: str | None) -> ak_nn.MultiheadAttention | str:
+    if old.bias_k is not None or old.add_zero_attn:
+        return "add_bias_kv / add_zero_attn are not supported"
+    if not old._qkv_same_embed_dim:
+        return "kdim/vdim different from embed_dim are not supported"
+    new = ak_nn.MultiheadAttention(old.embed_dim, old.num_heads, dropout=old.dropout, bias=old.in_proj_bias is not None,
+                                   batch_first=old.batch_first, device="meta", backend=backend)
+    new.in_proj_weight, new.in_proj_bias, new.out_proj = old.in_proj_weight, old.in_proj_bias, old.out_proj
+    return new
+
+
+# ----------------------------------------------------------------------------------------------
+# patch / unpatch
+# ----------------------------------------------------------------------------------------------
+def _op_backend(op: str, requested: str, report: PatchReport) -> str:
+    if requested == "auto" or requested in backend_mod.implementations(op)[op]:
+        return requested
+    report.notes.append(f"the '{requested}' backend has no {op} kernel yet: {op} runs on 'auto' (the best "
+                        "available backend for each call)")
+    return "auto"
+
+
+def patch(model: nn.Module, *, backend: str | None = None, attention: bool = True, layer_norm: bool = True,
+          ffn: bool = True) -> PatchReport:
+    """Swap the library's kernels into ``model`` in place; returns a PatchReport. See the module docstring."""
+    requested = backend_mod._normalize(backend, "ak.patch(backend=...)") or backend_mod.get_backend()
+    report = PatchReport(requested, {})
+    be_attn = _op_backend("attention", requested, report)
+    be_norm = _op_backend("layer_norm", requested, report)
+    be_ffn = _op_backend("ffn", requested, report)
+    be_lin = _op_backend("linear", requested, report)
+    report.op_backends = {"attention": be_attn, "layer_norm": be_norm, "ffn": be_ffn, "linear": be_lin}
+    log = getattr(model, ATTR, None)
+    if log is not None:
+        raise RuntimeError("ak.patch: this model is already patched; call ak.unpatch(model) first")
+    log = {"modules": [], "attrs": [], "hf_attn": None}
+    hf_config = getattr(model, "config", None)
+    is_hf = hf_config is not None and hasattr(hf_config, "model_type") and hasattr(model, "set_attn_implementation")
+    act_name = _HF_ACT.get(getattr(hf_config, "activation_function", None) or getattr(hf_config, "hidden_act", ""))
+
+    if is_hf and attention:
+        heads = getattr(hf_config, "num_attention_heads", None) or getattr(hf_config, "n_head", None)
+        width = getattr(hf_config, "hidden_size", None) or getattr(hf_config, "n_embd", None)
+        head_dim = getattr(hf_config, "head_dim", None) or (width // heads if heads and width else None)
+        if head_dim:
+            be_attn = _fit_head_dim(be_attn, head_dim, type(model).__name__, report)
+            report.op_backends["attention"] = be_attn
+        if not register_hf():
+            report.left_alone.append(("", type(model).__name__, "transformers is not importable"))
+        else:
+            log["hf_attn"] = hf_config._attn_implementation
+            model.set_attn_implementation(HF_NAME)
+    elif is_hf:
+        report.left_alone.append(("", "attention", "attention=False"))
+
+    seen_children: set[int] = set()
+
+    def swap(parent: nn.Module, attr: str, new: nn.Module, name: str, old: nn.Module) -> None:
+        setattr(parent, attr, new)
+        log["modules"].append((parent, attr, old))
+        report.replaced.append((name, _qualname(old), _qualname(new)))
+        # The replaced module (and what it holds) must not be patched itself: unpatch restores it as is.
+        seen_children.update(id(m) for m in old.modules())
+
+    def set_attr(obj, attr, value):
+        log["attrs"].append((obj, attr, getattr(obj, attr, None), attr in vars(obj)))
+        setattr(obj, attr, value)
+
+    named = list(model.named_modules())
+    for name, module in named:
+        if id(module) in seen_children:
+            continue
+        cls = type(module).__name__
+        mod_path = type(module).__module__
+        # -- the library's own modules: set the backend ------------------------------------------
+        if mod_path.startswith("aigc_kernels."):
+            if isinstance(module, (ak_nn.LayerNorm, ak_nn.RMSNorm)) and layer_norm:
+                set_attr(module, "backend", be_norm)
+                report.replaced.append((name, cls, f"{cls} on {be_norm!r} (already aigc_kernels)"))
+            elif isinstance(module, ak_nn.MultiheadAttention) and attention:
+                set_attr(module, "backend", be_attn)
+                report.replaced.append((name, cls, f"{cls} on {be_attn!r} (already aigc_kernels)"))
+            elif isinstance(module, ak_nn.FeedForward) and ffn:
+                set_attr(module, "backend", be_ffn)
+                report.replaced.append((name, cls, f"{cls} on {be_ffn!r} (already aigc_kernels)"))
+            elif hasattr(module, "backend") and module is model:
+                set_attr(module, "backend", requested)  # e.g. GPT's KV cache
+            continue
+        # -- torch.nn layers ------------------------------------------------------------------------
+        if isinstance(module, (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)):
+            _patch_torch_layer(module, name, be_ffn, ffn, report, set_attr)
+        for child_name, child in list(module.named_children()):
+            full = f"{name}.{child_name}" if name else child_name
+            ccls = type(child).__name__
+            if isinstance(child, nn.LayerNorm):
+                if layer_norm:
+                    swap(module, child_name, _shared_layer_norm(child, be_norm), full, child)
+                else:
+                    report.left_alone.append((full, ccls, "layer_norm=False"))
+            elif isinstance(child, nn.RMSNorm) or (ccls.endswith("RMSNorm") and hasattr(child, "variance_epsilon")):
+                if layer_norm:
+                    eps = child.eps if isinstance(child, nn.RMSNorm) else child.variance_epsilon
+                    swap(module, child_name, _shared_rms_norm(child, eps, be_norm), full, child)
+                else:
+                    report.left_alone.append((full, ccls, "layer_norm=False"))
+            elif isinstance(child, nn.MultiheadAttention):
+                if not attention:
+                    report.left_alone.append((full, ccls, "attention=False"))
+                    continue
+                new = _shared_mha(child, _fit_head_dim(be_attn, child.head_dim, full, report))
+                if isinstance(new, str):
+                    report.left_alone.append((full, ccls, new))
+                else:
+                    swap(module, child_name, new, full, child)
+            elif is_hf and ccls == "GPT2MLP":
+                _swap_ffn(swap, module, child_name, full, child, ffn, report,
+                          lambda c: _FFNFromConv1D(c, act_name, be_ffn) if act_name else None, act_name)
+            elif is_hf and hasattr(child, "gate_proj") and hasattr(child, "up_proj") and hasattr(child, "down_proj"):
+                _swap_ffn(swap, module, child_name, full, child, ffn, report,
+                          lambda c: _GatedFFN(c, act_name, be_ffn) if act_name else None, act_name)
+            elif is_hf and ccls == "BertIntermediate":
+                _swap_ffn(swap, module, child_name, full, child, ffn, report,
+                          lambda c: _LinearAct(c, act_name, be_lin) if act_name else None, act_name)
+            elif is_hf and ccls in ("BertOutput", "BertSelfOutput"):
+                if layer_norm or ffn:
+                    swap(module, child_name, _DenseResidualNorm(child, be_lin, be_norm), full, child)
+                else:
+                    report.left_alone.append((full, ccls, "layer_norm=False and ffn=False"))
+    if is_hf and attention:
+        for name, module in model.named_modules():
+            if hasattr(module, "is_causal") and type(module).__module__.startswith("transformers."):
+                set_attr(module, "aigc_kernels_backend", be_attn)
+                report.replaced.append((name, _qualname(module) + " attention function",
+                                        f'aigc_kernels attention on {be_attn!r} (attn_implementation="{HF_NAME}")'))
+    object.__setattr__(model, ATTR, log)
+    return report
+
+
+def _qualname(module: nn.Module) -> str:
+    cls = type(module)
+    path = cls.__module__
+    if path.startswith("torch.nn."):
+        path = "torch.nn"
+    elif path.startswith("transformers."):
+        path = "transformers"
+    return f"{path}.{cls.__qualname__}"
+
+
+def _swap_ffn(swap, parent, attr, full, child, enabled, report, make, act):
+    if not enabled:
+        report.left_alone.append((full, type(child).__name__, "ffn=False"))
+        return
+    new = make(child)
+    if new is None:
+        report.left_alone.append((full, type(child).__name__, f"activation {act!r} has no kernel"))
+        return
+    swap(parent, attr, new, full, child)
+
+
+def _patch_torch_layer(layer, name, be_ffn, ffn, report, set_attr) -> None:
+    """torch.nn.Transformer{Encoder,Decoder}Layer: turn the native fast path off (it would bypass the
+    swapped modules) and run the inline feed-forward through ak.ffn while its dropout is inactive."""
+    set_attr(layer, "activation_relu_or_gelu", 0)
+    act = {torch.nn.functional.relu: "relu", torch.nn.functional.gelu: "gelu"}.get(layer.activation)
+    if act is None and isinstance(layer.activation, nn.ReLU):
+        act = "relu"
+    if act is None and isinstance(layer.activation, nn.GELU) and layer.activation.approximate == "none":
+        act = "gelu"
+    if not ffn:
+        report.left_alone.append((name, type(layer).__name__ + " feed-forward", "ffn=False"))
+        return
+    if act is None:
+        report.left_alone.append((name, type(layer).__name__ + " feed-forward",
+                                  f"activation {layer.activation!r} has no kernel"))
+        return
+    original = layer._ff_block
+
+    def _ff_block(self, x):
+        if self.training and self.dropout.p > 0:  # ak.ffn has no inner dropout: PyTorch's code then
+            return original(x)
+        return ops.ffn(x, self.linear1.weight, self.linear1.bias, self.linear2.weight, self.linear2.bias,
+                       activation=act, backend=be_ffn)
+
+    set_attr(layer, "_ff_block", types.MethodType(_ff_block, layer))
+    report.replaced.append((name, type(layer).__name__ + " feed-forward",
+                            f"ak.ffn({act}) on {be_ffn!r} (PyTorch's while training with dropout > 0)"))
+
+
+def unpatch(model: nn.Module) -> nn.Module:
+    """Undo ak.patch: restore every replaced module and attribute and the attention implementation."""
+    log = getattr(model, ATTR, None)
+    if log is None:
+        raise RuntimeError("ak.unpatch: this model was not patched by ak.patch")
+    for parent, attr, old in reversed(log["modules"]):
+        setattr(parent, attr, old)
+    for obj, attr, old, existed in reversed(log["attrs"]):
+        if existed:
+            setattr(obj, attr, old)
+        else:
+            delattr(obj, attr)
+    if log["hf_attn"] is not None:
+        model.set_attn_implementation(log["hf_attn"])
+    object.__delattr__(model, ATTR)
+    return model
