@@ -260,7 +260,7 @@ def patch(model: nn.Module, *, backend: str | None = None, attention: bool = Tru
                 set_attr(module, "backend", be_ffn)
                 report.replaced.append((name, cls, f"{cls} on {be_ffn!r} (already aigc_kernels)"))
             elif hasattr(module, "backend") and module is model:
-                set_attr(module, "backend", requested)  # e.g. GPT's KV cache
+                set_attr(module, "backend", be_attn)  # the model's own calls: GPT's KV-cache attention
             continue
         # -- torch.nn layers ------------------------------------------------------------------------
         if isinstance(module, (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)):

@@ -118,3 +118,12 @@ def test_readme_results_table_renders_a_run(quick_norm, tmp_path, monkeypatch):
     assert "run.json" in text and "| rms_norm | fwd | cuda |" in text
     readme = f"x\n{mod.BEGIN}\nold\n{mod.END}\ny\n"
     assert "old" not in mod.updated(readme) and mod.updated(readme).startswith("x\n")
+
+
+def test_end_to_end_model_cases():
+    res = run(["model_train", "model_decode"], quick=True, cpu_reps=1)
+    timed = [r for r in res["results"] if r["median_ms"] is not None]
+    assert {r["op"] for r in timed} == {"model_train", "model_decode"}
+    assert all(r["tokens_per_s"] > 0 and r["correct"] for r in timed)
+    providers = {r["provider"] for r in res["results"]}
+    assert {"torch", "torch_compile", "hf_sdpa", "hf_patched_triton", "triton", "cuda"} <= providers

@@ -10,6 +10,7 @@ libraries when importable ("liger", "apex", "flash_attn").
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import importlib.util
@@ -564,9 +565,192 @@ class FfnBench(BenchOp):
         return _bound(self._ref(case, sub), out[rows], self._ref(case, to64), case.dtype)
 
 
+# ----------------------------------------------------------------------------------------------
+# end-to-end: a GPT-2 training step and generation
+# ----------------------------------------------------------------------------------------------
+GPT2_SIZES = {"gpt2-s": (768, 12, 12), "gpt2-m": (1024, 16, 24), "tiny": (64, 4, 2)}
+
+
+class _ModelBench(BenchOp):
+    """GPT-2 models sharing one set of weights across providers: our GPT on each backend (eager
+    reference = "torch"), torch.compile of the reference, and Hugging Face GPT-2 with SDPA, plain
+    ("hf_sdpa") and patched with each of our backends ("hf_patched_<backend>"). A provider's callable
+    is the whole step (timed as is)."""
+
+    whole_step = True
+
+    def _sizes(self, quick, device):
+        if device != "cuda":
+            return ["tiny"]
+        return ["gpt2-s"] if quick else ["gpt2-s", "gpt2-m"]
+
+    def inputs(self, case, device, requires_grad):
+        import transformers
+
+        from ..models import gpt_from_hf
+
+        d, h, n = GPT2_SIZES[case.shape["model"]]
+        torch.manual_seed(0)
+        cfg = transformers.GPT2Config(n_embd=d, n_head=h, n_layer=n, n_positions=max(1024, case.shape["seq"] * 2),
+                                      vocab_size=50304 if device == "cuda" else 512, resid_pdrop=0.0,
+                                      embd_pdrop=0.0, attn_pdrop=0.0, attn_implementation="sdpa")
+        hf = transformers.GPT2LMHeadModel(cfg).to(device=device, dtype=case.dtype)
+        ours = gpt_from_hf(hf).to(device=device, dtype=case.dtype)
+        g = torch.Generator().manual_seed(1)
+        ids = torch.randint(0, cfg.vocab_size, (case.shape["batch"], case.shape["seq"] + 1), generator=g).to(device)
+        # The references for the check, from the initial weights (a training step changes them).
+        first = ids[:1, :-1]
+        with torch.no_grad():
+            ref64 = _with_backend(copy.deepcopy(ours).double(), "torch")(first)
+            lowp = _with_backend(copy.deepcopy(ours), "torch")(first)
+        _with_backend(ours, None)
+        return {"hf": hf, "ours": ours, "ids": ids, "ref64": ref64, "ref_lowp": lowp}
+
+    def check(self, case, inputs, out):
+        # the provider's logits for the first sequence vs our model in float64 (the same weights)
+        n = inputs["ref64"].shape[1]
+        return _bound(inputs["ref_lowp"], out[:1, :n], inputs["ref64"], case.dtype)
+
+
+def _with_backend(model, backend):
+    from ..nn import set_backend
+
+    set_backend(model, backend)
+    return model
+
+
+def _ours_on(model, name):
+    """Our model on a backend: the reference as is, a kernel backend through ak.patch (which runs the
+    ops that backend lacks on "auto" and says so)."""
+    if name == "torch":
+        return _with_backend(model, "torch")
+    from ..patch import patch
+
+    patch(model, backend=name)
+    return model
+
+
+def _hf_patched(name):
+    def make(case, inp, mode, name=name):
+        from ..backend import available_backends
+        from ..patch import patch
+
+        if name not in available_backends():
+            raise NotImplementedError(f"the '{name}' backend is not available here")
+        model = inp["hf"]
+        if getattr(model, "_aigc_kernels_patch", None) is None:
+            patch(model, backend=name)
+        return model
+    return make
+
+
+class ModelTrainBench(_ModelBench):
+    name = "model_train"
+    modes = ("fwd+bwd",)
+
+    def cases(self, quick, device):
+        dtype = torch.bfloat16 if device == "cuda" else torch.float32
+        batch, seq = (16, 1024) if device == "cuda" else (2, 32)
+        return [Case(self.name, f"{m} batch={batch} seq={seq}", {"model": m, "batch": batch, "seq": seq}, dtype)
+                for m in self._sizes(quick, device)]
+
+    def tokens(self, case):
+        return case.shape["batch"] * case.shape["seq"]
+
+    def providers(self):
+        def step_fn(model, inp, hf=False):
+            opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+            ids = inp["ids"]
+
+            def step():
+                if hf:
+                    out = model(ids[:, :-1], labels=ids[:, :-1])
+                    loss, logits = out.loss, out.logits
+                else:
+                    logits, loss = model(ids[:, :-1], ids[:, 1:])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                return logits.detach()
+
+            return step
+
+        def ours(name):
+            def make(case, inp, mode):
+                from ..backend import available_backends
+
+                if name not in available_backends():
+                    raise NotImplementedError(f"the '{name}' backend is not available here")
+                return step_fn(_ours_on(inp["ours"], name), inp)
+
+            return Provider(name, make, needs_gpu=name != "torch")
+
+        def compiled(case, inp, mode):
+            model = _with_backend(inp["ours"], "torch")
+            return step_fn(torch.compile(model), inp)
+
+        provs = [ours("cuda"), ours("triton"), ours("torch"), Provider("torch_compile", compiled),
+                 Provider("hf_sdpa", lambda case, inp, mode: step_fn(inp["hf"], inp, hf=True))]
+        for name in ("cuda", "triton"):
+            provs.append(Provider(f"hf_patched_{name}", lambda case, inp, mode, name=name: step_fn(
+                _hf_patched(name)(case, inp, mode), inp, hf=True)))
+        return provs
+
+
+class ModelDecodeBench(_ModelBench):
+    name = "model_decode"
+    modes = ("fwd",)
+
+    def cases(self, quick, device):
+        dtype = torch.bfloat16 if device == "cuda" else torch.float32
+        prompt, new = (128, 128) if device == "cuda" else (8, 8)
+        batches = (1, 32) if device == "cuda" else (1, 4)
+        return [Case(self.name, f"{m} batch={b} prompt={prompt} new={new}",
+                     {"model": m, "batch": b, "seq": prompt, "new_tokens": new}, dtype)
+                for m in self._sizes(quick, device) for b in batches]
+
+    def tokens(self, case):
+        return case.shape["batch"] * case.shape["new_tokens"]
+
+    def providers(self):
+        def gen_ours(name):
+            def make(case, inp, mode):
+                from ..backend import available_backends
+
+                if name not in available_backends():
+                    raise NotImplementedError(f"the '{name}' backend is not available here")
+                model = _ours_on(inp["ours"].eval(), name)
+                prompt = inp["ids"][:, :-1]
+                return lambda: _last_logits_then_generate(model, prompt, case.shape["new_tokens"])
+
+            return Provider(name, make, needs_gpu=name != "torch")
+
+        def gen_hf(patched):
+            def make(case, inp, mode):
+                model = (_hf_patched(patched)(case, inp, mode) if patched else inp["hf"]).eval()
+                prompt = inp["ids"][:, :-1]
+                return lambda: _last_logits_then_generate(model, prompt, case.shape["new_tokens"], hf=True)
+
+            return make
+
+        return [gen_ours("cuda"), gen_ours("triton"), gen_ours("torch"), Provider("hf_sdpa", gen_hf(None)),
+                Provider("hf_patched_cuda", gen_hf("cuda")), Provider("hf_patched_triton", gen_hf("triton"))]
+
+
+@torch.no_grad()
+def _last_logits_then_generate(model, prompt, new_tokens, hf=False):
+    """Greedy generation of new_tokens; returns the prompt's logits (what the check compares)."""
+    if hf:
+        model.generate(prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                       pad_token_id=0, attention_mask=torch.ones_like(prompt))
+        return model(prompt).logits
+    model.generate(prompt, new_tokens)
+    return model(prompt)
+
+
 def bench_ops() -> dict[str, BenchOp]:
     ops_ = [NormBench("layer_norm"), NormBench("rms_norm"), AttentionBench(), DecodeBench(), LinearBench(),
-            FfnBench()]
+            FfnBench(), ModelTrainBench(), ModelDecodeBench()]
     return {o.name: o for o in ops_}
 
 

@@ -12,7 +12,8 @@ from rich.table import Table
 from .runner import SCHEMA_VERSION
 
 FIELDS = ("op", "provider", "mode", "dtype", "shape", "label", "median_ms", "p20_ms", "p80_ms", "tflops", "gbps",
-          "pct_of_ceiling", "speedup_vs_eager", "peak_mem_mb", "correct", "max_err", "err_bound", "status", "note")
+          "pct_of_ceiling", "speedup_vs_eager", "peak_mem_mb", "tokens_per_s", "correct", "max_err", "err_bound",
+          "status", "note")
 
 
 def _fmt(v, spec: str) -> str:
@@ -28,7 +29,7 @@ def table(report: dict, show_skipped: bool = False) -> Table:
         title += f"\nceilings: copy {ceil['hbm_copy_gbps']} GB/s, bf16 GEMM {ceil['bf16_gemm_tflops']} TFLOP/s"
     t = Table(title=title)
     for col in ("op", "case", "dtype", "mode", "provider", "median ms (p20/p80)", "TFLOP/s", "GB/s", "% ceiling",
-                "vs eager", "peak MB", "check"):
+                "vs eager", "peak MB", "tok/s", "check"):
         t.add_column(col, justify="right" if col[0].isupper() or col[0] in "%mvp" else "left")
     for r in report["results"]:
         if r["status"] == "skipped" and not show_skipped:
@@ -40,7 +41,7 @@ def table(report: dict, show_skipped: bool = False) -> Table:
             check = f"[yellow]{r['status']}[/]: {r['note'][:60]}"
         t.add_row(r["op"], r["label"], r["dtype"], r["mode"], r["provider"], timing, _fmt(r["tflops"], ".1f"),
                   _fmt(r["gbps"], ".0f"), _fmt(r["pct_of_ceiling"], ".0f"), _fmt(r["speedup_vs_eager"], ".2f"),
-                  _fmt(r["peak_mem_mb"], ".0f"), check)
+                  _fmt(r["peak_mem_mb"], ".0f"), _fmt(r.get("tokens_per_s"), ".4g"), check)
     return t
 
 
@@ -83,7 +84,8 @@ def plots(report: dict, folder: str | Path) -> list[Path]:
             by_op[r["op"]].append(r)
     written = []
     for op, rows in by_op.items():
-        metric = "tflops" if any(r["tflops"] is not None for r in rows) else "gbps"
+        metric = "tflops" if any(r["tflops"] is not None for r in rows) else \
+            ("gbps" if any(r["gbps"] is not None for r in rows) else "tokens_per_s")
         labels = list(dict.fromkeys(f"{r['label']} {r['dtype']}" for r in rows))
         fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(labels) + 3), 4.5))
         styles = {"fwd": "-", "bwd": "--", "fwd+bwd": ":"}
@@ -98,7 +100,7 @@ def plots(report: dict, folder: str | Path) -> list[Path]:
             ax.axhline(limit, color="k", linewidth=1, label="measured ceiling")
         ax.set_xticks(range(len(labels)))
         ax.set_xticklabels(labels, rotation=45, ha="right", fontsize=7)
-        ax.set_ylabel("TFLOP/s" if metric == "tflops" else "GB/s")
+        ax.set_ylabel({"tflops": "TFLOP/s", "gbps": "GB/s", "tokens_per_s": "tokens/s"}[metric])
         ax.set_title(f"{op} on {report['env']['device']}")
         ax.legend(fontsize=7, ncol=2)
         fig.tight_layout()

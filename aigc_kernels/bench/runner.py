@@ -9,13 +9,14 @@ JSON schema (stable; new keys may be added, none removed or renamed)::
      "results": [{"op", "provider", "mode", "dtype", "shape", "label",
                   "median_ms", "p20_ms", "p80_ms",                       # CUDA events (triton.testing.do_bench)
                   "tflops", "gbps", "pct_of_ceiling",                    # null where the op has no FLOP/byte count
-                  "speedup_vs_eager", "peak_mem_mb",
+                  "speedup_vs_eager", "peak_mem_mb", "tokens_per_s",     # model_train, model_decode
                   "correct", "max_err", "err_bound",                     # the provider's output vs float64
                   "status", "note"}]}                                   # status: ok | skipped | error | wrong
 
-op is one of attention, attention_decode, layer_norm, rms_norm, linear, ffn (model_train and
-model_decode are reserved for the end-to-end cases). Compute-bound ops (attention, linear, ffn)
-report % of the bf16 GEMM ceiling; memory-bound ones (norms, decode) % of the copy bandwidth.
+op is one of attention, attention_decode, layer_norm, rms_norm, linear, ffn, model_train (a GPT-2
+training step: forward, backward, AdamW) and model_decode (greedy generation with the KV cache).
+Compute-bound ops (attention, linear, ffn) report % of the bf16 GEMM ceiling; memory-bound ones
+(norms, decode) % of the copy bandwidth; the model cases report tokens/s.
 
 On a machine without a CUDA GPU only the torch reference is timed (kernel timings there would be
 interpreter or CPU timings, which say nothing about kernel speed); every other provider is
@@ -161,6 +162,7 @@ def _row(case: Case, provider: str, mode: str, **fields) -> dict:
     row = {"op": case.op, "provider": provider, "mode": mode, "dtype": str(case.dtype).removeprefix("torch."),
            "shape": case.shape_str, "label": case.label, "median_ms": None, "p20_ms": None, "p80_ms": None,
            "tflops": None, "gbps": None, "pct_of_ceiling": None, "speedup_vs_eager": None, "peak_mem_mb": None,
+           "tokens_per_s": None,
            "correct": None, "max_err": None, "err_bound": None, "status": "ok", "note": ""}
     row.update(fields)
     return row
@@ -185,7 +187,7 @@ def _run_case(bop: BenchOp, case: Case, device: str, wanted: Iterable[str] | Non
     # speedup vs PyTorch's own implementation ("eager"; the reference where PyTorch has none)
     for mode in modes:
         timed = {r["provider"]: r for r in rows if r["mode"] == mode and r["median_ms"]}
-        base = timed.get("eager") or timed.get("torch")
+        base = timed.get("eager") or timed.get("torch")  # model_*: "torch" is the eager reference model
         for r in rows:
             if base and r["mode"] == mode and r["median_ms"]:
                 r["speedup_vs_eager"] = round(base["median_ms"] / r["median_ms"], 3)
@@ -202,14 +204,15 @@ def _run_one(bop: BenchOp, case: Case, prov, mode: str, device: str, ceilings: d
     except Exception as exc:  # a provider that cannot even be set up is reported, not fatal
         return _row(case, prov.name, mode, status="error", note=f"{type(exc).__name__}: {exc}"[:300])
     fields = {}
+    whole = getattr(bop, "whole_step", False)  # the provider's callable is the whole step (model_*)
     try:
-        with torch.no_grad():
+        with torch.set_grad_enabled(whole):
             out = _first_tensor(fwd())
         err, bound = bop.check(case, inputs, out)
         fields.update(correct=bool(err <= bound), max_err=err, err_bound=bound)
         del out
         leaves = [t for t in inputs.values() if isinstance(t, torch.Tensor) and t.requires_grad]
-        fn = timed_fn(fwd, mode, leaves)
+        fn = fwd if whole else timed_fn(fwd, mode, leaves)
         if device == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
@@ -233,6 +236,9 @@ def _run_one(bop: BenchOp, case: Case, prov, mode: str, device: str, ceilings: d
             fields["pct_of_ceiling"] = round(100 * fields["tflops"] / ceilings["bf16_gemm_tflops"], 1)
     if nbytes is not None:
         fields["gbps"] = _sig(nbytes / (med * 1e-3) / 1e9)
+    tokens = getattr(bop, "tokens", None)
+    if tokens is not None:
+        fields["tokens_per_s"] = _sig(tokens(case) / (med * 1e-3))
         if ceilings and flops is None:
             fields["pct_of_ceiling"] = round(100 * fields["gbps"] / ceilings["hbm_copy_gbps"], 1)
     if fields.get("correct") is False:
