@@ -25,13 +25,9 @@ $PY -m aigc_kernels.cli check --json "$OUT/check.json" > "$OUT/check.txt" 2>&1; 
 step "GPU tests"
 $PY -m pytest -m gpu -q -p no:cacheprovider ${PYTEST_ARGS:-} > "$OUT/gpu-tests.log" 2>&1; echo "pytest exit $?"
 grep -E "passed|failed|error" "$OUT/gpu-tests.log" | tail -15
-if command -v compute-sanitizer >/dev/null 2>&1 && [ -z "${SKIP_SANITIZER:-}" ]; then
-    for tool in memcheck racecheck; do
-        step "compute-sanitizer $tool"
-        compute-sanitizer --tool "$tool" --error-exitcode 1 $PY -m pytest -m gpu -q -p no:cacheprovider \
-            -k "${SANITIZE_K:-kvcache or norm}" tests/test_gpu.py tests/test_norm_kernels.py > "$OUT/sanitizer-$tool.log" 2>&1
-        echo "compute-sanitizer $tool exit $?"; grep -E "ERROR SUMMARY|passed|failed" "$OUT/sanitizer-$tool.log" | tail -3
-    done
+if [ -z "${SKIP_SANITIZER:-}" ]; then
+    step "compute-sanitizer memcheck + racecheck"
+    OUT="$OUT" bash scripts/sanitize.sh ${SANITIZE_ARGS:-}; echo "sanitize exit $?"
 fi
 step bench
 $PY -m aigc_kernels.cli bench ${BENCH_ARGS:-} --json "$OUT/bench.json" --plots "$OUT/plots" > "$OUT/bench.txt" 2>&1
