@@ -58,6 +58,37 @@ def _band(offs_m, offs_n, lq, lk, WINDOW_LEFT: tl.constexpr, WINDOW_RIGHT: tl.co
 
 
 @triton.jit
+def _seq_bounds(CU_Q, CU_K, b, LQ, LK, IS_VARLEN: tl.constexpr):
+    """(first q row, first k row, Lq, Lk) of batch b: from the offsets of packed sequences, or the
+    dense sizes. The row starts are int64 tensors in both cases (offsets * strides may pass 2^31)."""
+    if IS_VARLEN:
+        q0 = tl.load(CU_Q + b).to(tl.int64)
+        k0 = tl.load(CU_K + b).to(tl.int64)
+        lq = tl.load(CU_Q + b + 1) - tl.load(CU_Q + b)
+        lk = tl.load(CU_K + b + 1) - tl.load(CU_K + b)
+    else:
+        q0 = b.to(tl.int64) * 0
+        k0 = b.to(tl.int64) * 0
+        lq = LQ
+        lk = LK
+    return q0, k0, lq, lk
+
+
+@triton.jit
+def _user_mask(MASK, b64, h, offs_m, offs_n, lq, lk, stride_mb, stride_mh, stride_mm, stride_mn, s, keep,
+               MASK_KIND: tl.constexpr):
+    """Apply the user's mask to a score tile: a bool keep-mask, or additive (in log2 units)."""
+    mv = tl.load(MASK + b64 * stride_mb + h * stride_mh + offs_m[:, None].to(tl.int64) * stride_mm
+                 + offs_n[None, :].to(tl.int64) * stride_mn, mask=(offs_m[:, None] < lq) & (offs_n[None, :] < lk),
+                 other=0)
+    if MASK_KIND == 1:
+        keep = keep & (mv != 0)
+    else:
+        s = s + mv.to(tl.float32) * 1.4426950408889634
+    return s, keep
+
+
+@triton.jit
 def _key_range(start_m, lq, lk, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, WINDOW_LEFT: tl.constexpr,
                WINDOW_RIGHT: tl.constexpr, IS_CAUSAL: tl.constexpr):
     """[lo, hi) of the key blocks that may hold a visible key for query rows [start_m, start_m + BLOCK_M)."""
@@ -137,16 +168,7 @@ def _attn_fwd_kernel(
     b = pid_bh // H
     h = pid_bh % H
     hk = h // GROUPS
-    if IS_VARLEN:
-        q0 = tl.load(CU_Q + b)
-        k0 = tl.load(CU_K + b)
-        lq = tl.load(CU_Q + b + 1) - q0
-        lk = tl.load(CU_K + b + 1) - k0
-    else:
-        q0 = 0
-        k0 = 0
-        lq = LQ
-        lk = LK
+    q0, k0, lq, lk = _seq_bounds(CU_Q, CU_K, b, LQ, LK, IS_VARLEN)
     start_m = pid_m * BLOCK_M
     if start_m >= lq:
         return
@@ -157,8 +179,8 @@ def _attn_fwd_kernel(
     b64 = b.to(tl.int64)
     q_ptrs = Q + b64 * stride_qb + h * stride_qh + (q0 + offs_m)[:, None].to(tl.int64) * stride_qm + offs_d[None, :]
     q = tl.load(q_ptrs, mask=(offs_m[:, None] < lq) & d_ok[None, :], other=0.0)
-    k_base = K + b64 * stride_kb + hk * stride_kh + k0.to(tl.int64) * stride_kn
-    v_base = V + b64 * stride_vb + hk * stride_vh + k0.to(tl.int64) * stride_vn
+    k_base = K + b64 * stride_kb + hk * stride_kh + k0 * stride_kn
+    v_base = V + b64 * stride_vb + hk * stride_vh + k0 * stride_vn
     qk_scale = sm_scale * 1.4426950408889634  # scores in log2 units: exp2 instead of exp
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -178,13 +200,8 @@ def _attn_fwd_kernel(
         s = s * qk_scale
         keep = _band(offs_m, offs_n, lq, lk, WINDOW_LEFT, WINDOW_RIGHT, IS_CAUSAL)
         if MASK_KIND != 0:
-            m_ptrs = (MASK + b64 * stride_mb + h * stride_mh + offs_m[:, None].to(tl.int64) * stride_mm
-                      + offs_n[None, :].to(tl.int64) * stride_mn)
-            mv = tl.load(m_ptrs, mask=(offs_m[:, None] < lq) & n_ok[None, :], other=0)
-            if MASK_KIND == 1:
-                keep &= mv != 0
-            else:
-                s += mv.to(tl.float32) * 1.4426950408889634
+            s, keep = _user_mask(MASK, b64, h, offs_m, offs_n, lq, lk, stride_mb, stride_mh, stride_mm, stride_mn,
+                                 s, keep, MASK_KIND)
         s = tl.where(keep, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with no key yet: avoid inf - inf
@@ -218,12 +235,7 @@ def _attn_bwd_preprocess(OUT, DO, DELTA, stride_ob, stride_oh, stride_om, stride
     pid_bh = tl.program_id(1)
     b = pid_bh // H
     h = pid_bh % H
-    if IS_VARLEN:
-        q0 = tl.load(CU_Q + b)
-        lq = tl.load(CU_Q + b + 1) - q0
-    else:
-        q0 = 0
-        lq = LQ
+    q0, _, lq, _ = _seq_bounds(CU_Q, CU_Q, b, LQ, LQ, IS_VARLEN)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     mask = (offs_m[:, None] < lq) & (offs_d[None, :] < HEAD_DIM)
@@ -251,16 +263,7 @@ def _attn_bwd_dkdv_kernel(
     pid_bh = tl.program_id(1)  # over B * Hkv
     b = pid_bh // HKV
     hk = pid_bh % HKV
-    if IS_VARLEN:
-        q0 = tl.load(CU_Q + b)
-        k0 = tl.load(CU_K + b)
-        lq = tl.load(CU_Q + b + 1) - q0
-        lk = tl.load(CU_K + b + 1) - k0
-    else:
-        q0 = 0
-        k0 = 0
-        lq = LQ
-        lk = LK
+    q0, k0, lq, lk = _seq_bounds(CU_Q, CU_K, b, LQ, LK, IS_VARLEN)
     start_n = pid_n * BLOCK_N
     if start_n >= lk:
         return
@@ -306,13 +309,8 @@ def _attn_bwd_dkdv_kernel(
             s = s * qk_scale
             keep = _band(offs_m, offs_n, lq, lk, WINDOW_LEFT, WINDOW_RIGHT, IS_CAUSAL)
             if MASK_KIND != 0:
-                mv = tl.load(MASK + b64 * stride_mb + h * stride_mh + offs_m[:, None].to(tl.int64) * stride_mm
-                             + offs_n[None, :].to(tl.int64) * stride_mn,
-                             mask=m_ok[:, None] & (offs_n[None, :] < lk), other=0)
-                if MASK_KIND == 1:
-                    keep &= mv != 0
-                else:
-                    s += mv.to(tl.float32) * 1.4426950408889634
+                s, keep = _user_mask(MASK, b64, h, offs_m, offs_n, lq, lk, stride_mb, stride_mh, stride_mm,
+                                     stride_mn, s, keep, MASK_KIND)
             # lse = -inf marks a row that saw no key: its p is 0 everywhere.
             lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
             p = tl.where(keep, tl.exp2(s - lse2[:, None]), 0.0)
@@ -359,16 +357,7 @@ def _attn_bwd_dq_kernel(
     b = pid_bh // H
     h = pid_bh % H
     hk = h // GROUPS
-    if IS_VARLEN:
-        q0 = tl.load(CU_Q + b)
-        k0 = tl.load(CU_K + b)
-        lq = tl.load(CU_Q + b + 1) - q0
-        lk = tl.load(CU_K + b + 1) - k0
-    else:
-        q0 = 0
-        k0 = 0
-        lq = LQ
-        lk = LK
+    q0, k0, lq, lk = _seq_bounds(CU_Q, CU_K, b, LQ, LK, IS_VARLEN)
     start_m = pid_m * BLOCK_M
     if start_m >= lq:
         return
@@ -385,8 +374,8 @@ def _attn_bwd_dq_kernel(
     lse = tl.load(LSE + b64 * stride_lb + h * stride_lh + q0 + offs_m, mask=m_ok, other=0.0)
     delta = tl.load(DELTA + b64 * stride_lb + h * stride_lh + q0 + offs_m, mask=m_ok, other=0.0)
     lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
-    k_base = K + b64 * stride_kb + hk * stride_kh + k0.to(tl.int64) * stride_kn
-    v_base = V + b64 * stride_vb + hk * stride_vh + k0.to(tl.int64) * stride_vn
+    k_base = K + b64 * stride_kb + hk * stride_kh + k0 * stride_kn
+    v_base = V + b64 * stride_vb + hk * stride_vh + k0 * stride_vn
     qk_scale = sm_scale * 1.4426950408889634
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     if HAS_DROPOUT:
@@ -406,12 +395,8 @@ def _attn_bwd_dq_kernel(
         s = s * qk_scale
         keep = _band(offs_m, offs_n, lq, lk, WINDOW_LEFT, WINDOW_RIGHT, IS_CAUSAL)
         if MASK_KIND != 0:
-            mv = tl.load(MASK + b64 * stride_mb + h * stride_mh + offs_m[:, None].to(tl.int64) * stride_mm
-                         + offs_n[None, :].to(tl.int64) * stride_mn, mask=m_ok[:, None] & n_ok[None, :], other=0)
-            if MASK_KIND == 1:
-                keep &= mv != 0
-            else:
-                s += mv.to(tl.float32) * 1.4426950408889634
+            s, keep = _user_mask(MASK, b64, h, offs_m, offs_n, lq, lk, stride_mb, stride_mh, stride_mm, stride_mn,
+                                 s, keep, MASK_KIND)
         p = tl.where(keep, tl.exp2(s - lse2[:, None]), 0.0)
         if IEEE:
             dp = tl.dot(do, tl.trans(v), input_precision="ieee")
