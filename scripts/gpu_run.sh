@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Everything a GPU session should run, in one go (e.g. one call of the device tool):
-# build the extension against the installed torch, info + check, the GPU tests,
+# build the extension against the installed torch, info + check, the test suite,
 # compute-sanitizer memcheck/racecheck over the CUDA-op tests, and the benchmarks.
 # Writes under $OUT (default ./gpu-out): logs, bench.json, check.json, plots/.
 #
@@ -22,9 +22,9 @@ step info
 $PY -m aigc_kernels.cli info 2>&1 | tee "$OUT/info.txt"
 step check
 $PY -m aigc_kernels.cli check --json "$OUT/check.json" > "$OUT/check.txt" 2>&1; echo "check exit $?"; tail -3 "$OUT/check.txt"
-step "GPU tests"
-$PY -m pytest -m gpu -q -p no:cacheprovider ${PYTEST_ARGS:-} > "$OUT/gpu-tests.log" 2>&1; echo "pytest exit $?"
-grep -E "passed|failed|error" "$OUT/gpu-tests.log" | tail -15
+step "tests (the whole suite, kernels on the GPU; one config per kernel instead of autotuning)"
+AIGC_KERNELS_AUTOTUNE=0 $PY -m pytest -q -p no:cacheprovider -x ${PYTEST_ARGS:-} > "$OUT/tests.log" 2>&1
+echo "pytest exit $?"; grep -E "passed|failed|error" "$OUT/tests.log" | tail -15
 if [ -z "${SKIP_SANITIZER:-}" ]; then
     step "compute-sanitizer memcheck + racecheck"
     OUT="$OUT" bash scripts/sanitize.sh ${SANITIZE_ARGS:-}; echo "sanitize exit $?"

@@ -216,7 +216,7 @@ KERNELS = [b for b in ("triton", "cuda") if b in ak.available_backends()]
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
-@pytest.mark.interpreter
+@(pytest.mark.interpreter if DEVICE == "cpu" else pytest.mark.gpu)
 @pytest.mark.parametrize("backend", KERNELS or [pytest.param("triton", marks=pytest.mark.skip(reason="no kernels"))])
 def test_models_run_on_kernel_backends(backend):
     torch.manual_seed(0)
