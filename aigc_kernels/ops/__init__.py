@@ -31,65 +31,50 @@ for _op in PUBLIC_OPS:
     register(_op, "torch", functools.partial(getattr, reference, _op))
 
 
-def _cuda_kvcache_append():
+# Kernel modules load on first use, through import statements (torch.compile executes those
+# eagerly, so a first call inside a compiled region works too).
+def _cuda_ops():
     from . import cuda_ops
 
-    return cuda_ops.kvcache_append
+    return cuda_ops
 
 
-register("kvcache_append", "cuda", _cuda_kvcache_append)
+def _triton_attention():
+    from ..triton import attention
+
+    return attention
 
 
-def _triton_layer_norm():
+def _triton_norm():
     from ..triton import norm
 
-    return norm.layer_norm
+    return norm
 
 
-def _triton_rms_norm():
-    from ..triton import norm
+def _triton_linear():
+    from ..triton import linear
 
-    return norm.rms_norm
-
-
-def _cuda_layer_norm():
-    from . import cuda_ops
-
-    return cuda_ops.layer_norm
+    return linear
 
 
-def _cuda_rms_norm():
-    from . import cuda_ops
-
-    return cuda_ops.rms_norm
+def _attr(module_loader, name: str):
+    return getattr(module_loader(), name)
 
 
-def _triton_attention(name: str):
-    def load():
-        from ..triton import attention
-
-        return getattr(attention, name)
-
-    return load
-
-
-for _op in ("attention", "attention_varlen", "attention_with_kvcache"):
-    register(_op, "triton", _triton_attention(_op), getattr(limits, f"triton_{_op}"))
-def _triton_linear(name: str):
-    def load():
-        from ..triton import linear
-
-        return getattr(linear, name)
-
-    return load
-
-
-register("linear", "triton", _triton_linear("linear"), limits.triton_linear)
-register("ffn", "triton", _triton_linear("ffn"), limits.triton_ffn)
-register("layer_norm", "triton", _triton_layer_norm, limits.triton_layer_norm)
-register("rms_norm", "triton", _triton_rms_norm, limits.triton_rms_norm)
-register("layer_norm", "cuda", _cuda_layer_norm, limits.cuda_layer_norm)
-register("rms_norm", "cuda", _cuda_rms_norm, limits.cuda_rms_norm)
+_KERNELS = [  # (backend, op, module, check of the arguments)
+    ("cuda", "kvcache_append", _cuda_ops, None),
+    ("cuda", "layer_norm", _cuda_ops, limits.cuda_layer_norm),
+    ("cuda", "rms_norm", _cuda_ops, limits.cuda_rms_norm),
+    ("triton", "attention", _triton_attention, limits.triton_attention),
+    ("triton", "attention_varlen", _triton_attention, limits.triton_attention_varlen),
+    ("triton", "attention_with_kvcache", _triton_attention, limits.triton_attention_with_kvcache),
+    ("triton", "layer_norm", _triton_norm, limits.triton_layer_norm),
+    ("triton", "rms_norm", _triton_norm, limits.triton_rms_norm),
+    ("triton", "linear", _triton_linear, limits.triton_linear),
+    ("triton", "ffn", _triton_linear, limits.triton_ffn),
+]
+for _backend, _op, _module, _check in _KERNELS:
+    register(_op, _backend, functools.partial(_attr, _module, _op), _check)
 
 __all__ = [
     "PUBLIC_OPS",
