@@ -11,6 +11,8 @@ first use of a backend that needs them.
 
 from __future__ import annotations
 
+import sys
+
 from . import backend, reference
 from ._version import __version__
 from .backend import (
@@ -30,7 +32,7 @@ from .ops import (
     linear,
     rms_norm,
 )
-from .patch import patch, unpatch
+from .patch import patch, register_hf, unpatch
 
 __all__ = [
     "BackendError",
@@ -50,10 +52,15 @@ __all__ = [
     "reference",
     "rms_norm",
     "patch",
+    "register_hf",
     "set_backend",
     "unpatch",
     "use_backend",
 ]
+
+
+if "transformers" in sys.modules:  # already loaded: make attn_implementation="aigc_kernels" work now
+    register_hf()
 
 
 def __getattr__(name: str):

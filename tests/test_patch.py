@@ -198,10 +198,7 @@ def test_pretrained_minilm_padded_batch(minilm):
 
 def test_attn_implementation_name_works_at_load(minilm):
     pkg, tok, model = minilm
-    ak.patch  # noqa: B018  (importing aigc_kernels registers nothing; patch or register_hf does)
-    from aigc_kernels.patch import register_hf
-
-    assert register_hf()
+    assert ak.register_hf()
     ours = transformers.AutoModel.from_pretrained(pkg.MODEL_DIR, attn_implementation="aigc_kernels").to(DEVICE).eval()
     batch = tok(["a longer sentence with several words", "short"], padding=True, return_tensors="pt").to(DEVICE)
     with torch.no_grad():
@@ -221,3 +218,14 @@ def test_compile_of_patched_models_has_no_graph_breaks():
     ak.patch(ours, backend=KERNEL)
     compiled = torch.compile(ours, fullgraph=True, backend="aot_eager")
     torch.testing.assert_close(compiled(ids), ours(ids))
+
+
+def test_import_after_transformers_registers_the_attention_name():
+    import subprocess
+    import sys
+
+    code = ("import transformers, aigc_kernels; from transformers import AttentionInterface; "
+            "print('aigc_kernels' in AttentionInterface._global_mapping)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "True"
