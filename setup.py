@@ -91,6 +91,19 @@ def wheel_cuda_include_dirs() -> list[str]:
     return dirs
 
 
+def find_cublaslt(cuda_home: str) -> str:
+    """The cuBLASLt shared library to link: the one of the NVIDIA wheels torch runs with (so one
+    copy is loaded), else the toolkit's. Linked by path: the wheels ship only libcublasLt.so.N."""
+    candidates = []
+    for entry in sys.path:
+        candidates += sorted(glob.glob(os.path.join(entry, "nvidia", "*", "lib", "libcublasLt.so*")))
+    candidates += sorted(glob.glob(os.path.join(cuda_home, "lib64", "libcublasLt.so*")))
+    candidates += sorted(glob.glob(os.path.join(cuda_home, "targets", "*", "lib", "libcublasLt.so*")))
+    if not candidates:
+        raise RuntimeError(f"libcublasLt not found (looked in the nvidia wheels on sys.path and {cuda_home})")
+    return candidates[0]
+
+
 def gencode_flags(archs: str) -> list[str]:
     flags = []
     for arch in [a.strip() for a in archs.replace(",", ";").split(";") if a.strip()]:
@@ -157,10 +170,12 @@ def cuda_extension():
     for inc in wheel_cuda_include_dirs():
         after += ["-idirafter", inc]
     nvcc_after = [f"-Xcompiler=-idirafter,{inc}" for inc in wheel_cuda_include_dirs()]
+    cublaslt = find_cublaslt(cuda_home)
     ext = CUDAExtension(
         name="aigc_kernels._C",
         sources=sources,
         include_dirs=[str(ROOT / "csrc")],
+        extra_link_args=[cublaslt],
         extra_compile_args={
             "cxx": ["-O3", *after],
             "nvcc": [

@@ -11,6 +11,7 @@
 #include <tuple>
 
 #include "checks.h"
+#include "gemm/gemm.h"
 #include "kernels.h"
 #include "norm/norm.h"
 
@@ -155,9 +156,161 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_bwd_cuda(
   return {dx, dw, db};
 }
 
+// ---------------------------------------------------------------------------------------------
+// linear and FFN: cuBLASLt GEMMs (bias and GELU-with-aux epilogues, bias gradients from the
+// weight-gradient GEMM) plus the elementwise kernels in gemm/act_kernels.cu for the rest.
+// When cuBLASLt has no algorithm for a request, the same product runs through at::mm (cuBLAS).
+// ---------------------------------------------------------------------------------------------
+using gemm::Act;
+using gemm::Epilogue;
+
+// out = A @ B (+ bias); A is x (M, K) or, a_t, stored (K, M); B is (K, N) or, b_t, stored (N, K).
+void matmul(const at::Tensor& a, bool a_t, const at::Tensor& b, bool b_t, at::Tensor& out,
+            const at::Tensor* bias, at::Tensor* row_sum_a) {
+  const Epilogue epi = row_sum_a ? Epilogue::kRowSumA : (bias ? Epilogue::kBias : Epilogue::kDefault);
+  if (gemm::lt_matmul(a, a_t, b, b_t, out, epi, bias, nullptr, row_sum_a)) return;
+  const at::Tensor am = a_t ? a.t() : a, bm = b_t ? b.t() : b;
+  if (bias) {
+    at::addmm_out(out, *bias, am, bm);
+  } else {
+    at::mm_out(out, am, bm);
+  }
+  if (row_sum_a) row_sum_a->copy_(am.to(at::kFloat).sum(1));
+}
+
+std::tuple<at::Tensor, at::Tensor> linear_fwd_cuda(const at::Tensor& x, const at::Tensor& w,
+                                                   const std::optional<at::Tensor>& bias,
+                                                   std::optional<c10::string_view> activation) {
+  check_linear_args("aigc_kernels::linear_fwd", x, w, bias);
+  const c10::cuda::CUDAGuard guard(x.device());
+  const Act act = gemm::parse_act(activation);
+  const int64_t m = x.size(0), n = w.size(0);
+  auto y = at::empty({m, n}, x.options());
+  auto z = act == Act::kNone ? x.new_empty({0}) : at::empty({m, n}, x.options());
+  if (m == 0 || n == 0) return {y, z};
+  const at::Tensor* b = bias ? &*bias : nullptr;
+  if (act == Act::kNone) {
+    matmul(x, false, w, true, y, b, nullptr);
+  } else if (act == Act::kGeluTanh && x.size(1) > 0 &&
+             gemm::lt_matmul(x, false, w, true, y, Epilogue::kGeluAux, b, &z, nullptr)) {
+    // one GEMM: cuBLASLt's GELU (tanh form) epilogue, storing the pre-activation as its aux output
+  } else {
+    matmul(x, false, w, true, z, b, nullptr);
+    gemm::act_fwd(z, y, act);
+  }
+  return {y, z};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_bwd_cuda(const at::Tensor& dy, const at::Tensor& x,
+                                                              const at::Tensor& w, const at::Tensor& z,
+                                                              std::optional<c10::string_view> activation,
+                                                              bool has_bias) {
+  check_linear_args("aigc_kernels::linear_bwd", x, w, std::nullopt);
+  const c10::cuda::CUDAGuard guard(x.device());
+  const Act act = gemm::parse_act(activation);
+  at::Tensor dz = dy.contiguous();
+  if (act != Act::kNone) {
+    auto tmp = at::empty_like(dz);
+    gemm::act_bwd(dz, z, tmp, act);
+    dz = tmp;
+  }
+  auto dx = at::empty_like(x, at::MemoryFormat::Contiguous);
+  auto dw = at::empty_like(w, at::MemoryFormat::Contiguous);
+  auto db = at::zeros({has_bias ? w.size(0) : 0}, x.options().dtype(at::kFloat));
+  if (x.numel() == 0 || w.numel() == 0) {
+    dx.zero_();
+    dw.zero_();
+    return {dx, dw, db};
+  }
+  matmul(dz, false, w, false, dx, nullptr, nullptr);                // dx = dz @ W
+  matmul(dz, true, x.contiguous(), false, dw, nullptr, has_bias ? &db : nullptr);  // dW = dz^T @ x, db
+  return {dx, dw, db};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> ffn_fwd_cuda(
+    const at::Tensor& x, const at::Tensor& w_in, const std::optional<at::Tensor>& b_in, const at::Tensor& w_out,
+    const std::optional<at::Tensor>& b_out, c10::string_view activation, const std::optional<at::Tensor>& w_gate,
+    const std::optional<at::Tensor>& b_gate, bool save) {
+  const char* op = "aigc_kernels::ffn_fwd";
+  check_linear_args(op, x, w_in, b_in);
+  check_gemm_operand(op, "w_out", w_out, x, 2);
+  const c10::cuda::CUDAGuard guard(x.device());
+  const Act act = gemm::parse_act(activation);
+  const int64_t m = x.size(0), hidden = w_in.size(0);
+  at::Tensor h = at::empty({m, hidden}, x.options()), pre;
+  if (!w_gate) {
+    pre = at::empty({m, hidden}, x.options());
+    matmul(x, false, w_in, true, pre, b_in ? &*b_in : nullptr, nullptr);
+    gemm::act_fwd(pre, h, act);
+  } else {
+    // One GEMM over [W_in; W_gate] writes [u | g]; the gated kernel then forms act(g) * u.
+    const auto w_cat = at::cat({w_in, *w_gate}, 0);
+    std::optional<at::Tensor> b_cat;
+    if (b_in || b_gate) {
+      b_cat = at::cat({b_in ? *b_in : at::zeros({hidden}, x.options()),
+                       b_gate ? *b_gate : at::zeros({hidden}, x.options())});
+    }
+    pre = at::empty({m, 2 * hidden}, x.options());
+    matmul(x, false, w_cat, true, pre, b_cat ? &*b_cat : nullptr, nullptr);
+    gemm::gated_fwd(pre, h, act);
+  }
+  auto out = at::empty({m, w_out.size(0)}, x.options());
+  matmul(h, false, w_out, true, out, b_out ? &*b_out : nullptr, nullptr);
+  return {out, save ? pre : x.new_empty({0}), x.new_empty({0})};
+}
+
+std::vector<at::Tensor> ffn_bwd_cuda(const at::Tensor& dout, const at::Tensor& x, const at::Tensor& w_in,
+                                     const std::optional<at::Tensor>& b_in, const at::Tensor& w_out,
+                                     c10::string_view activation, const std::optional<at::Tensor>& w_gate,
+                                     const std::optional<at::Tensor>& b_gate, const at::Tensor& z1,
+                                     const at::Tensor& /*z2*/, bool has_b_out) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  const Act act = gemm::parse_act(activation);
+  const int64_t m = x.size(0), hidden = w_in.size(0);
+  const auto f32 = x.options().dtype(at::kFloat);
+  at::Tensor pre = z1;
+  if (pre.numel() == 0 && m * hidden > 0) {  // recompute=True: the first GEMM again
+    pre = std::get<1>(ffn_fwd_cuda(x, w_in, b_in, w_out, std::nullopt, activation, w_gate, b_gate, true));
+  }
+  const auto dout_c = dout.contiguous();
+  auto dh = at::empty({m, hidden}, x.options());
+  matmul(dout_c, false, w_out, false, dh, nullptr, nullptr);  // dh = dout @ W_out
+  auto h = at::empty({m, hidden}, x.options());
+  auto dx = at::empty_like(x, at::MemoryFormat::Contiguous);
+  auto dw_out = at::empty_like(w_out, at::MemoryFormat::Contiguous);
+  auto db_out = at::zeros({has_b_out ? w_out.size(0) : 0}, f32);
+  auto db_in = at::zeros({b_in ? hidden : 0}, f32);
+  auto db_gate = at::zeros({b_gate ? hidden : 0}, f32);
+  auto dw_in = at::empty_like(w_in, at::MemoryFormat::Contiguous);
+  at::Tensor dw_gate = x.new_empty({0});
+  const auto xc = x.contiguous();
+  if (!w_gate) {
+    auto dz = at::empty_like(dh);
+    gemm::act_bwd(dh, pre, dz, act);
+    gemm::act_fwd(pre, h, act);
+    matmul(dz, false, w_in, false, dx, nullptr, nullptr);
+    matmul(dz, true, xc, false, dw_in, nullptr, b_in ? &db_in : nullptr);
+  } else {
+    auto dudg = at::empty({m, 2 * hidden}, x.options());
+    gemm::gated_bwd(dh, pre, dudg, act);
+    gemm::gated_fwd(pre, h, act);
+    matmul(dudg, false, at::cat({w_in, *w_gate}, 0), false, dx, nullptr, nullptr);
+    dw_gate = at::empty_like(*w_gate, at::MemoryFormat::Contiguous);
+    // Strided halves of [du | dg] (row stride 2H) as the A operands: no copies.
+    matmul(dudg.narrow(1, 0, hidden), true, xc, false, dw_in, nullptr, b_in ? &db_in : nullptr);
+    matmul(dudg.narrow(1, hidden, hidden), true, xc, false, dw_gate, nullptr, b_gate ? &db_gate : nullptr);
+  }
+  matmul(dout_c, true, h, false, dw_out, nullptr, has_b_out ? &db_out : nullptr);  // dW_out = dout^T @ h
+  return {dx, dw_in, db_in, dw_out, db_out, dw_gate, db_gate};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(aigc_kernels, CUDA, m) {
+  m.impl("linear_fwd", &linear_fwd_cuda);
+  m.impl("linear_bwd", &linear_bwd_cuda);
+  m.impl("ffn_fwd", &ffn_fwd_cuda);
+  m.impl("ffn_bwd", &ffn_bwd_cuda);
   m.impl("kvcache_append", &kvcache_append_cuda);
   m.impl("norm_fwd", &norm_fwd_cuda);
   m.impl("norm_bwd", &norm_bwd_cuda);

@@ -72,4 +72,26 @@ inline void check_norm_fwd_args(const at::Tensor& x, const std::optional<at::Ten
   }
 }
 
+// linear_fwd / ffn_fwd: activations (M, K) and weights in nn.Linear layout, one dtype, one device.
+inline void check_gemm_operand(const char* op, const char* name, const at::Tensor& t, const at::Tensor& x,
+                               int64_t dim) {
+  TORCH_CHECK(t.dim() == dim, op, ": expected ", name, " to be ", dim, "-D, got shape ", t.sizes());
+  TORCH_CHECK(t.scalar_type() == x.scalar_type(), op, ": expected ", name, " of dtype ", x.scalar_type(), ", got ",
+              t.scalar_type());
+  TORCH_CHECK(t.device() == x.device(), op, ": expected ", name, " on ", x.device(), ", got ", t.device());
+}
+
+inline void check_linear_args(const char* op, const at::Tensor& x, const at::Tensor& w,
+                              const std::optional<at::Tensor>& bias) {
+  TORCH_CHECK(x.dim() == 2, op, ": expected x of shape (M, K), got ", x.sizes());
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16, op,
+              ": expected x of dtype Float, Half or BFloat16, got ", x.scalar_type());
+  check_gemm_operand(op, "weight", w, x, 2);
+  TORCH_CHECK(w.size(1) == x.size(1), op, ": expected weight of shape (N, ", x.size(1), "), got ", w.sizes());
+  if (bias) {
+    check_gemm_operand(op, "bias", *bias, x, 1);
+    TORCH_CHECK(bias->size(0) == w.size(0), op, ": expected bias of shape (", w.size(0), ",), got ", bias->sizes());
+  }
+}
+
 }  // namespace aigc_kernels

@@ -21,6 +21,21 @@ TORCH_LIBRARY(aigc_kernels, m) {
   m.def(
       "norm_bwd(Tensor dy, Tensor? ds, Tensor xs, Tensor? weight, Tensor mean, Tensor rstd, bool has_bias, "
       "bool is_rms) -> (Tensor, Tensor, Tensor)");
+  // y = act(x W^T + b) for x (M, K), W (N, K); z = x W^T + b (empty without an activation).
+  m.def("linear_fwd(Tensor x, Tensor weight, Tensor? bias, str? activation) -> (Tensor, Tensor)");
+  // (dx, dW, db (float32; empty without bias)).
+  m.def(
+      "linear_bwd(Tensor dy, Tensor x, Tensor weight, Tensor z, str? activation, bool has_bias) "
+      "-> (Tensor, Tensor, Tensor)");
+  // The FFN block: (out, z, empty) with z the (M, H) pre-activation or, gated, the (M, 2H) [x W_in^T +
+  // b_in | x W_gate^T + b_gate] of the one GEMM over the concatenated weights (empty unless save).
+  m.def(
+      "ffn_fwd(Tensor x, Tensor w_in, Tensor? b_in, Tensor w_out, Tensor? b_out, str activation, Tensor? w_gate, "
+      "Tensor? b_gate, bool save) -> (Tensor, Tensor, Tensor)");
+  // [dx, dw_in, db_in, dw_out, db_out, dw_gate, db_gate]; bias grads float32, empty when absent.
+  m.def(
+      "ffn_bwd(Tensor dout, Tensor x, Tensor w_in, Tensor? b_in, Tensor w_out, str activation, Tensor? w_gate, "
+      "Tensor? b_gate, Tensor z1, Tensor z2, bool has_b_out) -> Tensor[]");
 }
 
 // The module only has to exist for `import aigc_kernels._C` to load the shared library (and so

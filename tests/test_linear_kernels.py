@@ -157,3 +157,43 @@ def test_bad_dtype():
     x = torch.randn(3, 4, dtype=torch.float64, device=DEVICE)
     with pytest.raises(ak.BackendError, match="the Triton GEMM takes float32, float16 or bfloat16, got float64"):
         ak.linear(x, x, backend="triton")
+
+
+# ----------------------------------------------------------------------------------------------
+# the CUDA ops on any machine: schema, fake impls, opcheck on meta tensors
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("gated", [False, True])
+def test_cuda_linear_and_ffn_ops_fake_path(gated):
+    import os
+
+    from aigc_kernels import _ext
+
+    ok, why = _ext.status()
+    if not ok:
+        if os.environ.get("AIGC_KERNELS_REQUIRE_EXT") == "1":
+            raise RuntimeError(why)
+        pytest.skip(why)
+    ops = torch.ops.aigc_kernels
+    tests = ("test_schema", "test_faketensor")
+    x, w, b = (torch.randn(9, 16, device="meta", dtype=torch.bfloat16), torch.randn(12, 16, device="meta",
+               dtype=torch.bfloat16), torch.randn(12, device="meta", dtype=torch.bfloat16))
+    torch.library.opcheck(ops.linear_fwd.default, (x, w, b, "gelu"), test_utils=tests)
+    y, z = ops.linear_fwd(x, w, b, "gelu")
+    assert y.shape == z.shape == (9, 12)
+    torch.library.opcheck(ops.linear_bwd.default, (y, x, w, z, "gelu", True), test_utils=tests)
+    wi, wo = torch.randn(20, 16, device="meta", dtype=torch.bfloat16), torch.randn(16, 20, device="meta",
+                                                                                    dtype=torch.bfloat16)
+    wg = torch.randn(20, 16, device="meta", dtype=torch.bfloat16) if gated else None
+    torch.library.opcheck(ops.ffn_fwd.default, (x, wi, None, wo, None, "silu", wg, None, True), test_utils=tests)
+    out, z1, z2 = ops.ffn_fwd(x, wi, None, wo, None, "silu", wg, None, True)
+    assert out.shape == (9, 16) and z1.shape == (9, 40 if gated else 20)
+    grads = ops.ffn_bwd(out, x, wi, None, wo, "silu", wg, None, z1, z2, False)
+    assert grads[0].shape == x.shape and grads[1].shape == wi.shape and grads[3].shape == wo.shape
+    # the registered autograd reaches ffn_bwd
+    from aigc_kernels.ops import cuda_ops
+
+    xs = torch.randn(2, 3, 16, device="meta", requires_grad=True)
+    wis = torch.randn(20, 16, device="meta", requires_grad=True)
+    wos = torch.randn(16, 20, device="meta", requires_grad=True)
+    cuda_ops.ffn(xs, wis, None, wos, None, activation="gelu").sum().backward()
+    assert xs.grad.shape == xs.shape and wis.grad.shape == wis.shape

@@ -65,6 +65,8 @@ _KERNELS = [  # (backend, op, module, check of the arguments)
     ("cuda", "kvcache_append", _cuda_ops, None),
     ("cuda", "layer_norm", _cuda_ops, limits.cuda_layer_norm),
     ("cuda", "rms_norm", _cuda_ops, limits.cuda_rms_norm),
+    ("cuda", "linear", _cuda_ops, limits.cuda_linear),
+    ("cuda", "ffn", _cuda_ops, limits.cuda_ffn),
     ("triton", "attention", _triton_attention, limits.triton_attention),
     ("triton", "attention_varlen", _triton_attention, limits.triton_attention_varlen),
     ("triton", "attention_with_kvcache", _triton_attention, limits.triton_attention_with_kvcache),

@@ -98,3 +98,12 @@ def triton_linear(x, weight, bias=None, *, activation=None) -> str | None:
 def triton_ffn(x, w_in, b_in, w_out, b_out, *, activation="gelu", w_gate=None, b_gate=None,
                recompute=False) -> str | None:
     return _gemm_dtype("Triton", x)
+
+
+def cuda_linear(x, weight, bias=None, *, activation=None) -> str | None:
+    return _gemm_dtype("CUDA", x)
+
+
+def cuda_ffn(x, w_in, b_in, w_out, b_out, *, activation="gelu", w_gate=None, b_gate=None,
+             recompute=False) -> str | None:
+    return _gemm_dtype("CUDA", x)

@@ -27,12 +27,13 @@ What the backward keeps (the memory it costs):
 from __future__ import annotations
 
 import functools
-import math
 import os
 
 import torch
 import triton
 import triton.language as tl
+
+from ..ops import linear_common
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 # AIGC_KERNELS_AUTOTUNE=0: one config instead of autotuning (fast compiles for tests).
@@ -327,22 +328,7 @@ def _(dy, x, weight, z, activation, has_bias):
             x.new_empty(weight.shape[0] if has_bias else 0, dtype=torch.float32))
 
 
-def _linear_setup(ctx, inputs, output):
-    x, weight, bias, activation = inputs
-    _, z = output
-    ctx.save_for_backward(x, weight, z)
-    ctx.activation = activation
-    ctx.bias_dtype = bias.dtype if bias is not None else None
-
-
-def _linear_backward(ctx, dy, dz):
-    x, weight, z = ctx.saved_tensors
-    has_bias = ctx.bias_dtype is not None
-    dx, dw, db = linear_bwd(dy.contiguous(), x, weight, z, ctx.activation, has_bias)
-    return dx, dw, (db.to(ctx.bias_dtype) if has_bias else None), None
-
-
-torch.library.register_autograd("aigc_kernels::linear_fwd_triton", _linear_backward, setup_context=_linear_setup)
+linear_common.register_linear_autograd("aigc_kernels::linear_fwd_triton", linear_bwd)
 
 
 @torch.library.custom_op("aigc_kernels::ffn_fwd_triton", mutates_args=())
@@ -409,39 +395,7 @@ def _(dout, x, w_in, b_in, w_out, activation, w_gate, b_gate, z1, z2, has_b_out)
             x.new_empty(h if b_gate is not None else 0, dtype=f32)]
 
 
-def _ffn_setup(ctx, inputs, output):
-    x, w_in, b_in, w_out, b_out, activation, w_gate, b_gate, save = inputs
-    _, z1, z2 = output
-    ctx.save_for_backward(x, w_in, b_in, w_out, w_gate, b_gate, z1, z2)
-    ctx.activation = activation
-    ctx.dtypes = tuple(None if t is None else t.dtype for t in (b_in, b_out, b_gate))
+linear_common.register_ffn_autograd("aigc_kernels::ffn_fwd_triton", ffn_bwd)
 
-
-def _ffn_backward(ctx, dout, dz1, dz2):
-    x, w_in, b_in, w_out, w_gate, b_gate, z1, z2 = ctx.saved_tensors
-    bi, bo, bg = ctx.dtypes
-    dx, dw_in, db_in, dw_out, db_out, dw_gate, db_gate = ffn_bwd(
-        dout.contiguous(), x, w_in, b_in, w_out, ctx.activation, w_gate, b_gate, z1, z2, bo is not None)
-    cast = lambda t, dt: None if dt is None else t.to(dt)  # noqa: E731
-    return (dx, dw_in, cast(db_in, bi), dw_out, cast(db_out, bo), None,
-            dw_gate if w_gate is not None else None, cast(db_gate, bg), None)
-
-
-torch.library.register_autograd("aigc_kernels::ffn_fwd_triton", _ffn_backward, setup_context=_ffn_setup)
-
-
-# ----------------------------------------------------------------------------------------------
-# the "triton" backend's entry points
-# ----------------------------------------------------------------------------------------------
-def _rows(x: torch.Tensor) -> torch.Tensor:
-    return x.reshape(math.prod(x.shape[:-1]), x.shape[-1])  # explicit rows: -1 is ambiguous when K = 0
-
-
-def linear(x, weight, bias=None, *, activation=None):
-    y, _ = linear_fwd(_rows(x), weight, bias, activation)
-    return y.view(*x.shape[:-1], weight.shape[0])
-
-
-def ffn(x, w_in, b_in, w_out, b_out, *, activation="gelu", w_gate=None, b_gate=None, recompute=False):
-    out, _, _ = ffn_fwd(_rows(x), w_in, b_in, w_out, b_out, activation, w_gate, b_gate, not recompute)
-    return out.view(*x.shape[:-1], w_out.shape[0])
+# The "triton" backend's entry points, with the signatures of ak.linear / ak.ffn.
+linear, ffn = linear_common.entry_points(linear_fwd, ffn_fwd)

@@ -1,0 +1,140 @@
+// cuBLASLt GEMMs with epilogues, for row-major tensors.
+//
+// cuBLASLt is column-major: a row-major (R, C) matrix with row stride ld is a column-major (C, R)
+// matrix with leading dimension ld. So out (M, N) = A (M, K) @ B (K, N) is computed as the
+// column-major product out^T (N, M) = B^T (N, K) @ A^T (K, M): cuBLASLt's "A" is our B and its "B"
+// is our A, and its per-row bias vector (length N) is our per-column bias.
+#include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/util/Exception.h>
+#include <cublasLt.h>
+
+#include "gemm.h"
+
+namespace aigc_kernels {
+namespace gemm {
+
+Act parse_act(const std::optional<c10::string_view>& name) {
+  if (!name.has_value()) return Act::kNone;
+  const auto& s = *name;
+  if (s == "relu") return Act::kRelu;
+  if (s == "gelu") return Act::kGelu;
+  if (s == "gelu_tanh") return Act::kGeluTanh;
+  if (s == "silu") return Act::kSilu;
+  TORCH_CHECK(false, "aigc_kernels: expected activation 'relu', 'gelu', 'gelu_tanh', 'silu' or None, got '",
+              std::string(s), "'");
+}
+
+namespace {
+
+#define AIGC_LT_CHECK(expr)                                                                        \
+  do {                                                                                             \
+    cublasStatus_t _status = (expr);                                                               \
+    TORCH_CHECK(_status == CUBLAS_STATUS_SUCCESS, "aigc_kernels cuBLASLt: ", #expr, " failed with status ", \
+                static_cast<int>(_status));                                                        \
+  } while (0)
+
+cudaDataType_t cuda_type(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return CUDA_R_32F;
+    case at::kHalf: return CUDA_R_16F;
+    case at::kBFloat16: return CUDA_R_16BF;
+    default: TORCH_CHECK(false, "aigc_kernels cuBLASLt: unsupported dtype ", t);
+  }
+}
+
+// RAII holders for the descriptor handles.
+struct Desc {
+  cublasLtMatmulDesc_t h = nullptr;
+  ~Desc() { if (h) cublasLtMatmulDescDestroy(h); }
+};
+struct Layout {
+  cublasLtMatrixLayout_t h = nullptr;
+  ~Layout() { if (h) cublasLtMatrixLayoutDestroy(h); }
+};
+struct Pref {
+  cublasLtMatmulPreference_t h = nullptr;
+  ~Pref() { if (h) cublasLtMatmulPreferenceDestroy(h); }
+};
+
+constexpr size_t kWorkspace = 32u << 20;
+
+}  // namespace
+
+bool lt_matmul(const at::Tensor& a, bool a_t, const at::Tensor& b, bool b_t, at::Tensor& out, Epilogue epi,
+               const at::Tensor* bias, at::Tensor* aux, at::Tensor* bias_grad) {
+  // Logical sizes: A (M, K), B (K, N), out (M, N). Storage: A is (M, K) or, when a_t, (K, M).
+  const int64_t m = out.size(0), n = out.size(1);
+  const int64_t k = a_t ? a.size(0) : a.size(1);
+  for (const at::Tensor* t : std::initializer_list<const at::Tensor*>{&a, &b, &out}) {
+    TORCH_CHECK(t->dim() == 2 && (t->size(1) <= 1 || t->stride(1) == 1),
+                "aigc_kernels cuBLASLt: expected row-major 2-D operands, got strides ", t->strides());
+  }
+  const cudaDataType_t dt = cuda_type(a.scalar_type());
+  const auto ld = [](const at::Tensor& t) { return std::max<int64_t>(t.stride(0), std::max<int64_t>(t.size(1), 1)); };
+
+  Desc desc;
+  AIGC_LT_CHECK(cublasLtMatmulDescCreate(&desc.h, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+  // cuBLASLt "A" = our B: stored row-major (K, N) = column-major (N, K) -> no transpose; (N, K) -> T.
+  const cublasOperation_t op_lt_a = b_t ? CUBLAS_OP_T : CUBLAS_OP_N;
+  const cublasOperation_t op_lt_b = a_t ? CUBLAS_OP_T : CUBLAS_OP_N;
+  AIGC_LT_CHECK(cublasLtMatmulDescSetAttribute(desc.h, CUBLASLT_MATMUL_DESC_TRANSA, &op_lt_a, sizeof(op_lt_a)));
+  AIGC_LT_CHECK(cublasLtMatmulDescSetAttribute(desc.h, CUBLASLT_MATMUL_DESC_TRANSB, &op_lt_b, sizeof(op_lt_b)));
+  cublasLtEpilogue_t lt_epi = CUBLASLT_EPILOGUE_DEFAULT;
+  if (epi == Epilogue::kBias) {
+    lt_epi = CUBLASLT_EPILOGUE_BIAS;
+  } else if (epi == Epilogue::kGeluAux) {
+    lt_epi = bias ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS : CUBLASLT_EPILOGUE_GELU_AUX;
+  } else if (epi == Epilogue::kRowSumA) {
+    lt_epi = CUBLASLT_EPILOGUE_BGRADB;  // our A is cuBLASLt's B; the sum runs over the shared K
+  }
+  AIGC_LT_CHECK(cublasLtMatmulDescSetAttribute(desc.h, CUBLASLT_MATMUL_DESC_EPILOGUE, &lt_epi, sizeof(lt_epi)));
+  if (bias != nullptr && epi != Epilogue::kRowSumA) {
+    const void* ptr = bias->data_ptr();
+    const cudaDataType_t bt = cuda_type(bias->scalar_type());
+    AIGC_LT_CHECK(cublasLtMatmulDescSetAttribute(desc.h, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &ptr, sizeof(ptr)));
+    AIGC_LT_CHECK(cublasLtMatmulDescSetAttribute(desc.h, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof(bt)));
+  }
+  if (epi == Epilogue::kRowSumA) {
+    TORCH_CHECK(bias_grad != nullptr && bias_grad->scalar_type() == at::kFloat, "lt_matmul: kRowSumA needs a float32 bias_grad");
+    void* ptr = bias_grad->data_ptr();
+    const cudaDataType_t bt = CUDA_R_32F;
+    AIGC_LT_CHECK(cublasLtMatmulDescSetAttribute(desc.h, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &ptr, sizeof(ptr)));
+    AIGC_LT_CHECK(cublasLtMatmulDescSetAttribute(desc.h, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof(bt)));
+  }
+  if (epi == Epilogue::kGeluAux) {
+    TORCH_CHECK(aux != nullptr && aux->is_contiguous(), "lt_matmul: kGeluAux needs a contiguous aux output");
+    void* ptr = aux->data_ptr();
+    const int64_t aux_ld = n;
+    AIGC_LT_CHECK(cublasLtMatmulDescSetAttribute(desc.h, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &ptr, sizeof(ptr)));
+    AIGC_LT_CHECK(cublasLtMatmulDescSetAttribute(desc.h, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &aux_ld, sizeof(aux_ld)));
+  }
+
+  // Column-major layouts: cuBLASLt A = our B storage, B = our A storage, D = out.
+  Layout la, lb, ld_out;
+  const int64_t b_rows_cm = b_t ? k : n, b_cols_cm = b_t ? n : k;  // column-major view of B's storage
+  const int64_t a_rows_cm = a_t ? m : k, a_cols_cm = a_t ? k : m;
+  AIGC_LT_CHECK(cublasLtMatrixLayoutCreate(&la.h, dt, b_rows_cm, b_cols_cm, ld(b)));
+  AIGC_LT_CHECK(cublasLtMatrixLayoutCreate(&lb.h, dt, a_rows_cm, a_cols_cm, ld(a)));
+  AIGC_LT_CHECK(cublasLtMatrixLayoutCreate(&ld_out.h, cuda_type(out.scalar_type()), n, m, ld(out)));
+
+  auto handle = at::cuda::getCurrentCUDABlasLtHandle();
+  Pref pref;
+  AIGC_LT_CHECK(cublasLtMatmulPreferenceCreate(&pref.h));
+  const size_t ws = kWorkspace;
+  AIGC_LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref.h, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
+  cublasLtMatmulHeuristicResult_t result{};
+  int found = 0;
+  const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(handle, desc.h, la.h, lb.h, ld_out.h, ld_out.h, pref.h,
+                                                           1, &result, &found);
+  if (st != CUBLAS_STATUS_SUCCESS || found == 0) return false;
+  auto workspace = at::empty({static_cast<int64_t>(kWorkspace)}, out.options().dtype(at::kByte));
+  const float alpha = 1.f, beta = 0.f;
+  AIGC_LT_CHECK(cublasLtMatmul(handle, desc.h, &alpha, b.data_ptr(), la.h, a.data_ptr(), lb.h, &beta, out.data_ptr(),
+                               ld_out.h, out.data_ptr(), ld_out.h, &result.algo, workspace.data_ptr(), kWorkspace,
+                               at::cuda::getCurrentCUDAStream()));
+  return true;
+}
+
+}  // namespace gemm
+}  // namespace aigc_kernels
