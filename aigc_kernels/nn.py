@@ -47,6 +47,13 @@ class _Norm(nn.Module):
             return tuple(t.reshape(x_shape) for t in y)
         return y.reshape(x_shape)
 
+    def _apply(self, op, x: torch.Tensor, residual: torch.Tensor | None, *params):
+        """op over the flattened normalized dims, with the optional fused residual."""
+        flat, _ = self._flat(x)
+        if residual is not None:
+            residual = self._flat(residual)[0]
+        return self._unflat(op(flat, *params, residual=residual, backend=self.backend), x.shape)
+
     def extra_repr(self) -> str:
         return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
 
@@ -77,12 +84,7 @@ class LayerNorm(_Norm):
             nn.init.zeros_(self.bias)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
-        flat, _ = self._flat(x)
-        if residual is not None:
-            residual = self._flat(residual)[0]
-        y = ops.layer_norm(flat, self._param(self.weight), self._param(self.bias), self.eps, residual=residual,
-                           backend=self.backend)
-        return self._unflat(y, x.shape)
+        return self._apply(ops.layer_norm, x, residual, self._param(self.weight), self._param(self.bias), self.eps)
 
 
 class RMSNorm(_Norm):
@@ -106,12 +108,8 @@ class RMSNorm(_Norm):
             nn.init.ones_(self.weight)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
-        flat, _ = self._flat(x)
-        if residual is not None:
-            residual = self._flat(residual)[0]
         eps = torch.finfo(x.dtype).eps if self.eps is None else self.eps
-        y = ops.rms_norm(flat, self._param(self.weight), eps, residual=residual, backend=self.backend)
-        return self._unflat(y, x.shape)
+        return self._apply(ops.rms_norm, x, residual, self._param(self.weight), eps)
 
 
 class FeedForward(nn.Module):
