@@ -47,7 +47,7 @@ class _Norm(nn.Module):
             return tuple(t.reshape(x_shape) for t in y)
         return y.reshape(x_shape)
 
-    def _apply(self, op, x: torch.Tensor, residual: torch.Tensor | None, *params):
+    def _normalize(self, op, x: torch.Tensor, residual: torch.Tensor | None, *params):
         """op over the flattened normalized dims, with the optional fused residual."""
         flat, _ = self._flat(x)
         if residual is not None:
@@ -84,7 +84,7 @@ class LayerNorm(_Norm):
             nn.init.zeros_(self.bias)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
-        return self._apply(ops.layer_norm, x, residual, self._param(self.weight), self._param(self.bias), self.eps)
+        return self._normalize(ops.layer_norm, x, residual, self._param(self.weight), self._param(self.bias), self.eps)
 
 
 class RMSNorm(_Norm):
@@ -109,7 +109,7 @@ class RMSNorm(_Norm):
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
         eps = torch.finfo(x.dtype).eps if self.eps is None else self.eps
-        return self._apply(ops.rms_norm, x, residual, self._param(self.weight), eps)
+        return self._normalize(ops.rms_norm, x, residual, self._param(self.weight), eps)
 
 
 class FeedForward(nn.Module):
