@@ -227,15 +227,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_bwd_cuda(const at::Tensor&
   return {dx, dw, db};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> ffn_fwd_cuda(
-    const at::Tensor& x, const at::Tensor& w_in, const std::optional<at::Tensor>& b_in, const at::Tensor& w_out,
-    const std::optional<at::Tensor>& b_out, c10::string_view activation, const std::optional<at::Tensor>& w_gate,
-    const std::optional<at::Tensor>& b_gate, bool save) {
-  const char* op = "aigc_kernels::ffn_fwd";
-  check_linear_args(op, x, w_in, b_in);
-  check_gemm_operand(op, "w_out", w_out, x, 2);
-  const c10::cuda::CUDAGuard guard(x.device());
-  const Act act = gemm::parse_act(activation);
+// The FFN's first layer: (pre, h) with pre the (M, H) pre-activation, or gated the (M, 2H) [u | g]
+// of one GEMM over [W_in; W_gate], and h (M, H) = act(pre) or act(g) * u.
+std::pair<at::Tensor, at::Tensor> ffn_first_layer(const at::Tensor& x, const at::Tensor& w_in,
+                                                  const std::optional<at::Tensor>& b_in, Act act,
+                                                  const std::optional<at::Tensor>& w_gate,
+                                                  const std::optional<at::Tensor>& b_gate) {
   const int64_t m = x.size(0), hidden = w_in.size(0);
   at::Tensor h = at::empty({m, hidden}, x.options()), pre;
   if (!w_gate) {
@@ -243,7 +240,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ffn_fwd_cuda(
     matmul(x, false, w_in, true, pre, b_in ? &*b_in : nullptr, nullptr);
     gemm::act_fwd(pre, h, act);
   } else {
-    // One GEMM over [W_in; W_gate] writes [u | g]; the gated kernel then forms act(g) * u.
     const auto w_cat = at::cat({w_in, *w_gate}, 0);
     std::optional<at::Tensor> b_cat;
     if (b_in || b_gate) {
@@ -254,7 +250,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ffn_fwd_cuda(
     matmul(x, false, w_cat, true, pre, b_cat ? &*b_cat : nullptr, nullptr);
     gemm::gated_fwd(pre, h, act);
   }
-  auto out = at::empty({m, w_out.size(0)}, x.options());
+  return {pre, h};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> ffn_fwd_cuda(
+    const at::Tensor& x, const at::Tensor& w_in, const std::optional<at::Tensor>& b_in, const at::Tensor& w_out,
+    const std::optional<at::Tensor>& b_out, c10::string_view activation, const std::optional<at::Tensor>& w_gate,
+    const std::optional<at::Tensor>& b_gate, bool save) {
+  const char* op = "aigc_kernels::ffn_fwd";
+  check_linear_args(op, x, w_in, b_in);
+  check_gemm_operand(op, "w_out", w_out, x, 2);
+  const c10::cuda::CUDAGuard guard(x.device());
+  const auto [pre, h] = ffn_first_layer(x, w_in, b_in, gemm::parse_act(activation), w_gate, b_gate);
+  auto out = at::empty({x.size(0), w_out.size(0)}, x.options());
   matmul(h, false, w_out, true, out, b_out ? &*b_out : nullptr, nullptr);
   return {out, save ? pre : x.new_empty({0}), x.new_empty({0})};
 }
@@ -269,8 +277,8 @@ std::vector<at::Tensor> ffn_bwd_cuda(const at::Tensor& dout, const at::Tensor& x
   const int64_t m = x.size(0), hidden = w_in.size(0);
   const auto f32 = x.options().dtype(at::kFloat);
   at::Tensor pre = z1;
-  if (pre.numel() == 0 && m * hidden > 0) {  // recompute=True: the first GEMM again
-    pre = std::get<1>(ffn_fwd_cuda(x, w_in, b_in, w_out, std::nullopt, activation, w_gate, b_gate, true));
+  if (pre.numel() == 0 && m * hidden > 0) {  // recompute=True: the first layer again
+    pre = ffn_first_layer(x, w_in, b_in, act, w_gate, b_gate).first;
   }
   const auto dout_c = dout.contiguous();
   auto dh = at::empty({m, hidden}, x.options());
