@@ -61,15 +61,24 @@ constexpr size_t kWorkspace = 32u << 20;
 
 }  // namespace
 
-bool lt_matmul(const at::Tensor& a, bool a_t, const at::Tensor& b, bool b_t, at::Tensor& out, Epilogue epi,
-               const at::Tensor* bias, at::Tensor* aux, at::Tensor* bias_grad) {
+// A storage tensor with unit column stride for cuBLASLt, and whether it is transposed: a
+// column-major operand (stride(0) == 1, e.g. HF Conv1D weights seen through .t()) becomes its
+// row-major transpose with the flag flipped; anything else is copied.
+static std::pair<at::Tensor, bool> row_major(const at::Tensor& t, bool transposed) {
+  if (t.size(1) <= 1 || t.stride(1) == 1) return {t, transposed};
+  if (t.size(0) <= 1 || t.stride(0) == 1) return {t.t(), !transposed};
+  return {t.contiguous(), transposed};
+}
+
+bool lt_matmul(const at::Tensor& a_in, bool a_t_in, const at::Tensor& b_in, bool b_t_in, at::Tensor& out,
+               Epilogue epi, const at::Tensor* bias, at::Tensor* aux, at::Tensor* bias_grad) {
   // Logical sizes: A (M, K), B (K, N), out (M, N). Storage: A is (M, K) or, when a_t, (K, M).
+  const auto [a, a_t] = row_major(a_in, a_t_in);
+  const auto [b, b_t] = row_major(b_in, b_t_in);
   const int64_t m = out.size(0), n = out.size(1);
   const int64_t k = a_t ? a.size(0) : a.size(1);
-  for (const at::Tensor* t : std::initializer_list<const at::Tensor*>{&a, &b, &out}) {
-    TORCH_CHECK(t->dim() == 2 && (t->size(1) <= 1 || t->stride(1) == 1),
-                "aigc_kernels cuBLASLt: expected row-major 2-D operands, got strides ", t->strides());
-  }
+  TORCH_CHECK(out.dim() == 2 && (out.size(1) <= 1 || out.stride(1) == 1),
+              "aigc_kernels cuBLASLt: expected a row-major output, got strides ", out.strides());
   const cudaDataType_t dt = cuda_type(a.scalar_type());
   const auto ld = [](const at::Tensor& t) { return std::max<int64_t>(t.stride(0), std::max<int64_t>(t.size(1), 1)); };
 
