@@ -44,16 +44,9 @@ layer_norm, rms_norm = norm_common.entry_points(torch.ops.aigc_kernels.norm_fwd)
 # ----------------------------------------------------------------------------------------------
 # linear and FFN (csrc/gemm: cuBLASLt + elementwise kernels)
 # ----------------------------------------------------------------------------------------------
-@torch.library.register_fake("aigc_kernels::linear_fwd")
-def _linear_fwd_fake(x, weight, bias, activation):
-    y = x.new_empty(x.shape[0], weight.shape[0])
-    return y, (torch.empty_like(y) if activation is not None else x.new_empty(0))
-
-
-@torch.library.register_fake("aigc_kernels::linear_bwd")
-def _linear_bwd_fake(dy, x, weight, z, activation, has_bias):
-    return (torch.empty_like(x), torch.empty_like(weight),
-            x.new_empty(weight.shape[0] if has_bias else 0, dtype=torch.float32))
+torch.library.register_fake("aigc_kernels::linear_fwd")(linear_common.fake_linear_fwd)
+torch.library.register_fake("aigc_kernels::linear_bwd")(linear_common.fake_linear_bwd)
+torch.library.register_fake("aigc_kernels::ffn_bwd")(linear_common.fake_ffn_bwd)
 
 
 @torch.library.register_fake("aigc_kernels::ffn_fwd")
@@ -62,15 +55,6 @@ def _ffn_fwd_fake(x, w_in, b_in, w_out, b_out, activation, w_gate, b_gate, save)
     width = 2 * h if w_gate is not None else h  # gated: [u | g] of the one GEMM over [W_in; W_gate]
     return x.new_empty(m, w_out.shape[0]), (x.new_empty(m, width) if save else x.new_empty(0)), x.new_empty(0)
 
-
-@torch.library.register_fake("aigc_kernels::ffn_bwd")
-def _ffn_bwd_fake(dout, x, w_in, b_in, w_out, activation, w_gate, b_gate, z1, z2, has_b_out):
-    h, d = w_in.shape
-    f32 = torch.float32
-    return [torch.empty_like(x), torch.empty_like(w_in), x.new_empty(h if b_in is not None else 0, dtype=f32),
-            torch.empty_like(w_out), x.new_empty(d if has_b_out else 0, dtype=f32),
-            torch.empty_like(w_gate) if w_gate is not None else x.new_empty(0),
-            x.new_empty(h if b_gate is not None else 0, dtype=f32)]
 
 
 linear_common.register_linear_autograd("aigc_kernels::linear_fwd", torch.ops.aigc_kernels.linear_bwd)

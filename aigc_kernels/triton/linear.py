@@ -304,10 +304,7 @@ def linear_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     return y, (z if z is not None else _empty(x))
 
 
-@linear_fwd.register_fake
-def _(x, weight, bias, activation):
-    y = x.new_empty(x.shape[0], weight.shape[0])
-    return y, (torch.empty_like(y) if activation is not None else x.new_empty(0))
+linear_fwd.register_fake(linear_common.fake_linear_fwd)
 
 
 @torch.library.custom_op("aigc_kernels::linear_bwd_triton", mutates_args=())
@@ -322,10 +319,7 @@ def linear_bwd(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, z: torch
     return dx, dw, (db if db is not None else x.new_empty(0, dtype=torch.float32))
 
 
-@linear_bwd.register_fake
-def _(dy, x, weight, z, activation, has_bias):
-    return (torch.empty_like(x), torch.empty_like(weight),
-            x.new_empty(weight.shape[0] if has_bias else 0, dtype=torch.float32))
+linear_bwd.register_fake(linear_common.fake_linear_bwd)
 
 
 linear_common.register_linear_autograd("aigc_kernels::linear_fwd_triton", linear_bwd)
@@ -385,14 +379,7 @@ def ffn_bwd(dout: torch.Tensor, x: torch.Tensor, w_in: torch.Tensor, b_in: torch
     return [dx, dw_in, or_empty(db_in), dw_out, or_empty(db_out), dw_gate, or_empty(db_gate)]
 
 
-@ffn_bwd.register_fake
-def _(dout, x, w_in, b_in, w_out, activation, w_gate, b_gate, z1, z2, has_b_out):
-    h, d = w_in.shape
-    f32 = torch.float32
-    return [torch.empty_like(x), torch.empty_like(w_in), x.new_empty(h if b_in is not None else 0, dtype=f32),
-            torch.empty_like(w_out), x.new_empty(d if has_b_out else 0, dtype=f32),
-            torch.empty_like(w_gate) if w_gate is not None else x.new_empty(0),
-            x.new_empty(h if b_gate is not None else 0, dtype=f32)]
+ffn_bwd.register_fake(linear_common.fake_ffn_bwd)
 
 
 linear_common.register_ffn_autograd("aigc_kernels::ffn_fwd_triton", ffn_bwd)
