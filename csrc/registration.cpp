@@ -36,6 +36,22 @@ TORCH_LIBRARY(aigc_kernels, m) {
   m.def(
       "ffn_bwd(Tensor dout, Tensor x, Tensor w_in, Tensor? b_in, Tensor w_out, str activation, Tensor? w_gate, "
       "Tensor? b_gate, Tensor z1, Tensor z2, bool has_b_out) -> Tensor[]");
+  // Flash attention (csrc/attention). Dense q (B, Hq, Lq, D), k/v (B, Hkv, Lk, D), or packed
+  // (total, H, D) with int32 cu_seqlens (B + 1,). Returns out like q and lse float32 (B, Hq, Lq)
+  // or (Hq, total_q), natural log, -inf for a row that sees no key (its output is 0).
+  m.def(
+      "flash_fwd(Tensor q, Tensor k, Tensor v, Tensor? cu_seqlens_q, Tensor? cu_seqlens_k, int max_seqlen_q, "
+      "int max_seqlen_k, float scale, bool causal, int window_left, int window_right) -> (Tensor, Tensor)");
+  // (dq, dk, dv), deterministic.
+  m.def(
+      "flash_bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor? cu_seqlens_q, "
+      "Tensor? cu_seqlens_k, int max_seqlen_q, int max_seqlen_k, float scale, bool causal, int window_left, "
+      "int window_right) -> (Tensor, Tensor, Tensor)");
+  // Decoding: q (B, Hq, Lq, D) against the first cache_seqlens[b] + lnew rows of the caches
+  // (B, Hkv, Lmax, D); split-K over the cache (num_splits = 0: chosen from the shapes) + combine.
+  m.def(
+      "flash_decode(Tensor q, Tensor k_cache, Tensor v_cache, Tensor cache_seqlens, int lnew, bool causal, "
+      "float scale, int num_splits) -> Tensor");
 }
 
 // The module only has to exist for `import aigc_kernels._C` to load the shared library (and so

@@ -1,0 +1,10 @@
+// Flash attention backward, __nv_bfloat16, head dim 96 (one instantiation per file: parallel builds).
+#include "flash_bwd.cuh"
+
+namespace aigc_kernels {
+namespace flash {
+
+template void run_bwd<__nv_bfloat16, 96>(const BwdParams&, cudaStream_t);
+
+}  // namespace flash
+}  // namespace aigc_kernels

@@ -1,0 +1,208 @@
+// Device building blocks of the flash attention kernels: tensor-core MMA (mma.sync m16n8k16,
+// fp32 accumulate), ldmatrix fragment loads, cp.async tile copies, and the visibility rule.
+//
+// Fragment layouts (PTX ISA, mma.m16n8k16; lane = 4 * g + t):
+//   A (16 x 16, row): a0 = (g, 2t..2t+1), a1 = (g+8, 2t..), a2 = (g, 2t+8..), a3 = (g+8, 2t+8..)
+//   B (16 x 8, col):  b0 = (k 2t..2t+1, n g), b1 = (k 2t+8.., n g)
+//   C (16 x 8, f32):  c0, c1 = (g, 2t..2t+1), c2, c3 = (g+8, 2t..2t+1)
+// Shared-memory tiles are row-major with rows padded by 8 elements (16 bytes), so the 8 row
+// addresses of one ldmatrix phase fall in distinct banks.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+#include <type_traits>
+
+#include "flash.h"
+
+namespace aigc_kernels {
+namespace flash {
+
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+template <int D>
+struct Pad {
+  static constexpr int kStride = D + 8;  // elements per smem row
+};
+
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// ---- tensor cores ---------------------------------------------------------------------------
+template <typename T>
+__device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  if constexpr (std::is_same_v<T, __half>) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  } else {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+}
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p)));
+}
+
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p)));
+}
+
+// A fragment of the 16 x 16 block at (row0, col0) of a row-major smem tile.
+template <typename T, int STRIDE>
+__device__ __forceinline__ void load_a(uint32_t (&a)[4], const T* tile, int row0, int col0, int lane) {
+  ldmatrix_x4(a, tile + (row0 + (lane & 15)) * STRIDE + col0 + (lane >> 4) * 8);
+}
+
+// B fragments of two n8 tiles (n0..n0+15) x k16 (k0..k0+15) from a tile stored [n][k] (K for
+// S = Q K^T): b[0], b[1] for n tile n0, b[2], b[3] for n tile n0 + 8.
+template <typename T, int STRIDE>
+__device__ __forceinline__ void load_b_nk(uint32_t (&b)[4], const T* tile, int n0, int k0, int lane) {
+  ldmatrix_x4(b, tile + (n0 + (lane & 7) + ((lane >> 4) << 3)) * STRIDE + k0 + ((lane >> 3) & 1) * 8);
+}
+
+// The same from a tile stored [k][n] (V for O = P V), through the transposing ldmatrix.
+template <typename T, int STRIDE>
+__device__ __forceinline__ void load_b_kn(uint32_t (&b)[4], const T* tile, int k0, int n0, int lane) {
+  ldmatrix_x4_trans(b, tile + (k0 + (lane & 7) + ((lane >> 3) & 1) * 8) * STRIDE + n0 + (lane >> 4) * 8);
+}
+
+template <typename T>
+__device__ __forceinline__ uint32_t pack2(float lo, float hi) {
+  if constexpr (std::is_same_v<T, __half>) {
+    __half2 h = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&h);
+  } else {
+    __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&h);
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ float2 unpack2(uint32_t v) {
+  if constexpr (std::is_same_v<T, __half>) {
+    return __half22float2(*reinterpret_cast<__half2*>(&v));
+  } else {
+    return __bfloat1622float2(*reinterpret_cast<__nv_bfloat162*>(&v));
+  }
+}
+
+// The A fragment of k-step s (keys 16s..16s+15) from two accumulator n-tiles 2s and 2s+1:
+// a probability (or dS) tile produced by one MMA becomes the A operand of the next.
+template <typename T>
+__device__ __forceinline__ void acc_to_a(uint32_t (&a)[4], const float (&c0)[4], const float (&c1)[4]) {
+  a[0] = pack2<T>(c0[0], c0[1]);
+  a[1] = pack2<T>(c0[2], c0[3]);
+  a[2] = pack2<T>(c1[0], c1[1]);
+  a[3] = pack2<T>(c1[2], c1[3]);
+}
+
+// ---- asynchronous copies --------------------------------------------------------------------
+// 16 bytes global -> shared; src_bytes = 0 fills zeros (src must still be a valid address).
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
+               "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+// Copy ROWS x D elements, rows [row0, row0 + ROWS) of a sequence starting at base with
+// row_stride, into a padded smem tile; rows >= nrows are zero-filled.
+template <typename T, int ROWS, int D, int NTHREADS>
+__device__ __forceinline__ void load_tile(T* tile, const T* base, int64_t row_stride, int row0, int nrows,
+                                          int tid) {
+  constexpr int kChunks = D / 8;
+  for (int c = tid; c < ROWS * kChunks; c += NTHREADS) {
+    const int r = c / kChunks, col = (c % kChunks) * 8;
+    const bool ok = row0 + r < nrows;
+    const T* src = ok ? base + (row0 + r) * row_stride + col : base;
+    cp_async16(tile + r * Pad<D>::kStride + col, src, ok);
+  }
+}
+
+// ---- visibility -----------------------------------------------------------------------------
+struct Band {
+  int lq, lk, off, left, right;  // off = lk - lq; left/right < 0: unbounded
+
+  __device__ __forceinline__ bool visible(int i, int j) const {
+    return i < lq && j < lk && (right < 0 || j <= i + off + right) && (left < 0 || j >= i + off - left);
+  }
+  // Every (i, j) of [i0, i1] x [j0, j1] visible: the tile needs no per-element mask.
+  __device__ __forceinline__ bool all_visible(int i0, int i1, int j0, int j1) const {
+    return i1 < lq && j1 < lk && (right < 0 || j1 <= i0 + off + right) && (left < 0 || j0 >= i1 + off - left);
+  }
+  // Keys [lo, hi) that rows [i0, i1] may see.
+  __device__ __forceinline__ int key_lo(int i0) const { return left < 0 ? 0 : max(0, i0 + off - left); }
+  __device__ __forceinline__ int key_hi(int i1) const {
+    return right < 0 ? lk : max(0, min(lk, i1 + off + right + 1));
+  }
+  // Queries [lo, hi) that may see keys [j0, j1].
+  __device__ __forceinline__ int query_lo(int j0) const { return right < 0 ? 0 : max(0, j0 - off - right); }
+  __device__ __forceinline__ int query_hi(int j1) const {
+    return left < 0 ? lq : max(0, min(lq, j1 - off + left + 1));
+  }
+};
+
+// Row ranges of one sequence: first row in the packed/dense tensor and its length.
+struct Seq {
+  int lq, lk;
+  int64_t q_row0, k_row0;  // packed row index of the sequence's first row (0 when dense)
+  bool packed;
+
+  // Element offset of row 0 of this sequence in a tensor with these strides.
+  __device__ __forceinline__ int64_t q_offset(int b, int64_t batch_stride, int64_t row_stride) const {
+    return packed ? q_row0 * row_stride : static_cast<int64_t>(b) * batch_stride;
+  }
+  __device__ __forceinline__ int64_t k_offset(int b, int64_t batch_stride, int64_t row_stride) const {
+    return packed ? k_row0 * row_stride : static_cast<int64_t>(b) * batch_stride;
+  }
+  // Offset of (batch b, head h, row 0) in lse/delta ((B, H, Lq) dense, (H, total_q) packed).
+  __device__ __forceinline__ int64_t lse_offset(int b, int h, int64_t batch_stride, int64_t head_stride) const {
+    return static_cast<int64_t>(b) * batch_stride + static_cast<int64_t>(h) * head_stride + q_row0;
+  }
+};
+
+__device__ __forceinline__ Seq sequence(const Params& p, int b) {
+  Seq s;
+  s.packed = p.cu_seqlens_q != nullptr;
+  if (s.packed) {
+    s.q_row0 = p.cu_seqlens_q[b];
+    s.k_row0 = p.cu_seqlens_k[b];
+    s.lq = p.cu_seqlens_q[b + 1] - p.cu_seqlens_q[b];
+    s.lk = p.cu_seqlens_k[b + 1] - p.cu_seqlens_k[b];
+  } else {
+    s.q_row0 = 0;
+    s.k_row0 = 0;
+    s.lq = p.seqlen_q;
+    s.lk = p.seqlen_k;
+  }
+  if (p.seqused_k != nullptr) s.lk = min(p.seqused_k[b] + p.seqused_k_add, p.seqlen_k);  // never past the cache
+  return s;
+}
+
+// Reduce over the 4 lanes of a quad (the lanes that share an accumulator row).
+__device__ __forceinline__ float quad_max(float v) {
+  v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
+  return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+}
+__device__ __forceinline__ float quad_sum(float v) {
+  v += __shfl_xor_sync(0xffffffffu, v, 1);
+  return v + __shfl_xor_sync(0xffffffffu, v, 2);
+}
+
+}  // namespace flash
+}  // namespace aigc_kernels
