@@ -174,6 +174,11 @@ def register(op: str, backend: str, load: Callable[[], Callable],
     _REGISTRY.setdefault(op, {})[backend] = Implementation(op, backend, load, check)
 
 
+def implementation(op: str, backend: str) -> Implementation | None:
+    """The registered implementation of ``op`` on ``backend``, or None."""
+    return _REGISTRY.get(op, {}).get(backend)
+
+
 def implementations(op: str | None = None) -> dict[str, list[str]]:
     """Which backends implement which ops: {op: [backends]} (in auto's order)."""
     ops = [op] if op is not None else sorted(_REGISTRY)

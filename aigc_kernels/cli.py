@@ -130,6 +130,8 @@ def cmd_check(args: argparse.Namespace) -> int:
                     r = testing.check_case(op, name, case, dtype)
                     results.append(r)
                     verdict = "[green]pass[/]" if r.passed else f"[red]FAIL[/] {r.error or ''}"
+                    if r.unsupported:
+                        verdict = f"[dim]n/a: {r.unsupported}[/]"
                     g = "-" if r.grad_err is None else f"{r.grad_err:.2e}"
                     gb = "-" if r.grad_bound is None else f"{r.grad_bound:.2e}"
                     table.add_row(op, name, r.dtype, r.case, f"{r.fwd_err:.2e}", f"{r.fwd_bound:.2e}", g, gb, verdict)

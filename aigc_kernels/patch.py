@@ -189,6 +189,12 @@ def _shared_mha(old: nn.MultiheadAttention, backend: str | None) -> ak_nn.Multih
 # patch / unpatch
 # ----------------------------------------------------------------------------------------------
 def _op_backend(op: str, requested: str, report: PatchReport) -> str:
+    if op == "attention" and requested == "cuda":
+        # Models pass padding masks and train with dropout, which the CUDA kernel does not take:
+        # "auto" runs it wherever it can (it comes first) and routes the rest, per call.
+        report.notes.append("the 'cuda' attention takes no attn_mask and no dropout: attention runs on 'auto' "
+                            "(the CUDA kernel for the calls it supports, the next backend for the others)")
+        return "auto"
     if requested == "auto" or requested in backend_mod.implementations(op)[op]:
         return requested
     report.notes.append(f"the '{requested}' backend has no {op} kernel yet: {op} runs on 'auto' (the best "

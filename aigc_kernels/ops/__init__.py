@@ -62,6 +62,9 @@ def _attr(module_loader, name: str):
 
 
 _KERNELS = [  # (backend, op, module, check of the arguments)
+    ("cuda", "attention", _cuda_ops, limits.cuda_attention),
+    ("cuda", "attention_varlen", _cuda_ops, limits.cuda_attention_varlen),
+    ("cuda", "attention_with_kvcache", _cuda_ops, limits.cuda_attention_with_kvcache),
     ("cuda", "kvcache_append", _cuda_ops, None),
     ("cuda", "layer_norm", _cuda_ops, limits.cuda_layer_norm),
     ("cuda", "rms_norm", _cuda_ops, limits.cuda_rms_norm),

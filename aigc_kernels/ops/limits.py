@@ -45,15 +45,21 @@ cuda_rms_norm = functools.partial(_rms_norm, "CUDA")
 # ----------------------------------------------------------------------------------------------
 # attention
 # ----------------------------------------------------------------------------------------------
-TRITON_HEAD_DIMS = (16, 256)
-HEAD_DIMS = {"triton": TRITON_HEAD_DIMS}  # per kernel backend with an attention kernel
+TRITON_HEAD_DIMS = (16, 256)  # an inclusive range
+CUDA_HEAD_DIMS = (32, 64, 96, 128, 256)  # one instantiation each (csrc/attention)
+CUDA_BWD_MAX_HEAD_DIM = 128
 
 
 def attention_head_dim(backend: str, head_dim: int) -> str | None:
     """None if ``backend``'s attention takes this head dim, else why not (checked by ak.patch up front)."""
-    lo, hi = HEAD_DIMS.get(backend, (1, 1 << 30))
-    if not lo <= head_dim <= hi:
-        return f"the {backend} attention supports head dims {lo} to {hi}, got {head_dim}"
+    if backend == "cuda":
+        if head_dim not in CUDA_HEAD_DIMS:
+            return f"the cuda attention supports head dims {', '.join(map(str, CUDA_HEAD_DIMS))}, got {head_dim}"
+        return None
+    if backend == "triton":
+        lo, hi = TRITON_HEAD_DIMS
+        if not lo <= head_dim <= hi:
+            return f"the {backend} attention supports head dims {lo} to {hi}, got {head_dim}"
     return None
 
 
@@ -80,6 +86,51 @@ def triton_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, m
 def triton_attention_with_kvcache(q, k_cache, v_cache, cache_seqlens, *, k_new=None, v_new=None, causal=True,
                                   scale=None):
     return _attention_common("Triton", q, TRITON_HEAD_DIMS)
+
+
+def _cuda_attention_common(tensors, q: torch.Tensor) -> str | None:
+    if q.dtype not in (torch.float16, torch.bfloat16):
+        return f"the CUDA attention takes float16 or bfloat16, got {_name(q.dtype)}"
+    d = q.shape[-1]
+    why = attention_head_dim("cuda", d)
+    if why is not None:
+        return why.replace("the cuda attention", "the CUDA attention")
+    if d > CUDA_BWD_MAX_HEAD_DIM and torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return (f"the CUDA attention backward supports head dims up to {CUDA_BWD_MAX_HEAD_DIM}, got {d} "
+                "(with inputs that require grad)")
+    if q.is_cuda and torch.cuda.get_device_capability(q.device)[0] < 8:
+        major, minor = torch.cuda.get_device_capability(q.device)
+        return f"the CUDA attention needs compute capability 8.0 or newer (mma.sync, cp.async), got {major}.{minor}"
+    return None
+
+
+def cuda_attention(q, k, v, *, causal=False, attn_mask=None, dropout_p=0.0, scale=None, window_size=None):
+    if attn_mask is not None:
+        return ("the CUDA attention takes no attn_mask (causal, window_size, and key padding through "
+                "attention_varlen cover its masks); the triton and torch backends take bool/float masks")
+    if dropout_p > 0:
+        return "the CUDA attention has no dropout; the triton and torch backends do"
+    return _cuda_attention_common((q, k, v), q)
+
+
+def cuda_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, causal=False,
+                          scale=None, window_size=None):
+    return _cuda_attention_common((q, k, v), q)
+
+
+def flash_ready(t: torch.Tensor) -> bool:
+    """Whether the CUDA attention kernels read t in place: unit stride along the head dim, other
+    strides and the start offset multiples of 8 elements (16-byte chunks)."""
+    return t.stride(-1) == 1 and all(s % 8 == 0 for s in t.stride()[:-1]) and t.storage_offset() % 8 == 0
+
+
+def cuda_attention_with_kvcache(q, k_cache, v_cache, cache_seqlens, *, k_new=None, v_new=None, causal=True,
+                                scale=None):
+    for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
+        if not flash_ready(t):
+            return (f"the CUDA decoding kernel reads {name} in place and needs unit stride along the head dim, "
+                    f"other strides multiples of 8 elements; got strides {tuple(t.stride())}")
+    return _cuda_attention_common((q,), q)
 
 
 # ----------------------------------------------------------------------------------------------
