@@ -249,3 +249,44 @@ def test_long_sequences_bf16_in_chunks(seq):
         ref64 = R.attention(q[:, :, rows].double(), k[:, :, keys].double(), v[:, :, keys].double(), causal=True)
         lowp = R.attention(q[:, :, rows], k[:, :, keys], v[:, :, keys], causal=True)
         assert_close_to_reference(out[:, :, rows], ref64, lowp, dtype=dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# the Hopper forward (TMA descriptors, persistent grid), forced on so the interpreter runs it
+# ----------------------------------------------------------------------------------------------
+@pytest.fixture
+def tma_forced(monkeypatch):
+    from aigc_kernels.triton import attention as A
+
+    if A.TensorDescriptor is None:
+        pytest.skip("this triton has no host-side TensorDescriptor")
+    monkeypatch.setattr(A, "TMA_MODE", "1")
+    calls = []
+    real = A._fwd_tma
+    monkeypatch.setattr(A, "_fwd_tma", lambda *a: calls.append(1) or real(*a))
+    return calls
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("lq,lk,causal,window,hq,hkv,d", [(37, 45, False, None, 4, 2, 32), (45, 37, True, None, 2, 2, 16),
+                                                         (33, 40, False, (3, 2), 2, 1, 64), (1, 33, True, None, 4, 4, 32),
+                                                         (40, 40, True, (4, 0), 6, 2, 32)])
+def test_tma_persistent_forward(tma_forced, dtype, lq, lk, causal, window, hq, hkv, d):
+    q, k, v = rand(2, hq, lq, d, dtype=dtype), rand(2, hkv, lk, d, dtype=dtype, seed=1), \
+        rand(2, hkv, lk, d, dtype=dtype, seed=2)
+    check(*attn(causal=causal, window_size=window), [q, k, v], dtype)  # the backward reuses its lse
+    assert tma_forced, "the TMA forward did not run"
+
+
+def test_tma_path_is_not_taken_where_it_cannot_run(tma_forced):
+    from aigc_kernels.triton import attention as A
+
+    q = rand(1, 2, 9, 24)  # head dim not a power of 2
+    assert not A._tma_ok(q, q, q, None, False, 0.0)
+    q = rand(1, 2, 9, 32)
+    assert not A._tma_ok(q, q, q, torch.ones(9, 9, dtype=torch.bool), False, 0.0)  # user mask: pointer kernel
+    assert not A._tma_ok(q, q, q, None, False, 0.1)  # dropout
+    odd = rand(1, 2, 9, 33)[..., :32]  # row stride 33 elements: not a 16-byte multiple
+    assert not A._tma_ok(odd, q, q, None, False, 0.0)
+    ak.attention(rand(1, 2, 9, 24), rand(1, 2, 9, 24), rand(1, 2, 9, 24), backend="triton")
+    assert not tma_forced

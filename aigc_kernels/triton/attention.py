@@ -34,10 +34,20 @@ import torch
 import triton
 import triton.language as tl
 
+try:  # host-side TMA descriptors (triton >= 3.4)
+    from triton.tools.tensor_descriptor import TensorDescriptor
+except ImportError:  # pragma: no cover - older triton: the pointer kernels only
+    TensorDescriptor = None
+
 LOG2E = 1.4426950408889634
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 # AIGC_KERNELS_AUTOTUNE=0: one safe config per kernel instead of autotuning (fast compiles for tests).
 AUTOTUNE = os.environ.get("AIGC_KERNELS_AUTOTUNE", "1") != "0"
+# The Hopper forward (TMA descriptors, persistent grid): "auto" = on compute capability >= 9 when the
+# call qualifies, "1" = whenever the call qualifies (also under the interpreter, for tests), "0" = never.
+TMA_MODE = os.environ.get("AIGC_KERNELS_TRITON_TMA", "auto")
+# Warp specialization of its key loop: "auto" = Blackwell (sm_100+) only, "1" = on (Hopper too), "0" = off.
+WS_MODE = os.environ.get("AIGC_KERNELS_TRITON_WS", "auto")
 SUPPORTED_HEAD_DIMS = (16, 256)  # inclusive range; any size in between (padded to a power of 2)
 
 
@@ -228,6 +238,97 @@ def _attn_fwd_kernel(
     o_ptrs = OUT + b64 * stride_ob + h * stride_oh + (q0 + offs_m)[:, None].to(tl.int64) * stride_om + offs_d[None, :]
     tl.store(o_ptrs, out.to(OUT.dtype.element_ty), mask=(offs_m[:, None] < lq) & d_ok[None, :])
     tl.store(LSE + b64 * stride_lb + h * stride_lh + q0 + offs_m, lse, mask=offs_m < lq)
+
+
+# ----------------------------------------------------------------------------------------------
+# Hopper forward: TMA tensor descriptors + persistent scheduling (+ optional warp specialization)
+# ----------------------------------------------------------------------------------------------
+def _tma_configs():
+    if INTERPRET:
+        return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=1, num_stages=1, pre_hook=_tma_block_hook)]
+    if not AUTOTUNE:
+        return [triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=2, pre_hook=_tma_block_hook)]
+    shapes = [(128, 128, 8, 2), (128, 64, 8, 3), (128, 64, 4, 3), (128, 128, 8, 3), (64, 64, 4, 3), (64, 128, 4, 2)]
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st, pre_hook=_tma_block_hook)
+            for bm, bn, w, st in shapes]
+
+
+def _tma_block_hook(nargs):
+    """The descriptors' block shapes follow the config's tiles (set before each launch)."""
+    bm, bn, d = nargs["BLOCK_M"], nargs["BLOCK_N"], nargs["HEAD_DIM"]
+    nargs["desc_q"].block_shape = [1, 1, bm, d]
+    nargs["desc_o"].block_shape = [1, 1, bm, d]
+    nargs["desc_k"].block_shape = [1, 1, bn, d]
+    nargs["desc_v"].block_shape = [1, 1, bn, d]
+
+
+def _tma_prune(configs, named_args, **kwargs):
+    d = named_args["HEAD_DIM"]
+    lq = max(16, triton.next_power_of_2(named_args["LQ"]))
+    lk = max(16, triton.next_power_of_2(named_args["LK"]))
+    keep = [c for c in configs if c.kwargs["BLOCK_M"] <= lq and c.kwargs["BLOCK_N"] <= lk
+            and not (d >= 256 and c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] > 64 * 64)]
+    return keep or [min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"])]
+
+
+@triton.autotune(configs=_tma_configs(), key=["LQ", "LK", "HEAD_DIM", "IS_CAUSAL", "WINDOW_LEFT", "WINDOW_RIGHT",
+                                              "WARP_SPECIALIZE"],
+                 prune_configs_by={"early_config_prune": _tma_prune})
+@triton.jit
+def _attn_fwd_tma_kernel(
+    desc_q, desc_k, desc_v, desc_o,  # 4-D (B, H, L, D) tensor descriptors: TMA loads, zero fill past L
+    LSE, stride_lb, stride_lh,
+    B, H, GROUPS, LQ, LK, sm_scale,
+    HEAD_DIM: tl.constexpr, NUM_PROGS: tl.constexpr,
+    IS_CAUSAL: tl.constexpr, WINDOW_LEFT: tl.constexpr, WINDOW_RIGHT: tl.constexpr,
+    WARP_SPECIALIZE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """Dense forward without user masks or dropout. A fixed grid of NUM_PROGS programs walks the
+    (batch, head, query block) tiles, heaviest causal blocks first; Q/K/V/O move by TMA."""
+    qk_scale = sm_scale * 1.4426950408889634
+    num_m = tl.cdiv(LQ, BLOCK_M)
+    num_tiles = B * H * num_m
+    for tile in tl.range(tl.program_id(0), num_tiles, NUM_PROGS):
+        pid_m = num_m - 1 - tile % num_m  # the last query blocks see the most keys under causal masks
+        bh = tile // num_m
+        b = bh // H
+        h = bh % H
+        hk = h // GROUPS
+        start_m = pid_m * BLOCK_M
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        q = desc_q.load([b, h, start_m, 0]).reshape(BLOCK_M, HEAD_DIM)
+        dtype = q.dtype
+        m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+        acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+        lo, hi = _key_range(start_m, LQ, LK, BLOCK_M, BLOCK_N, WINDOW_LEFT, WINDOW_RIGHT, IS_CAUSAL)
+        for start_n in tl.range(lo, hi, BLOCK_N, warp_specialize=WARP_SPECIALIZE):
+            offs_n = start_n + tl.arange(0, BLOCK_N)
+            k = desc_k.load([b, hk, start_n, 0]).reshape(BLOCK_N, HEAD_DIM)
+            if dtype == tl.float32:
+                s = tl.dot(q, k.T, input_precision="ieee")
+            else:
+                s = tl.dot(q, k.T)
+            keep = _band(offs_m, offs_n, LQ, LK, WINDOW_LEFT, WINDOW_RIGHT, IS_CAUSAL)
+            s = tl.where(keep, s * qk_scale, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+            p = tl.exp2(s - m_use[:, None])
+            alpha = tl.exp2(m_i - m_use)
+            l_i = l_i * alpha + tl.sum(p, 1)
+            v = desc_v.load([b, hk, start_n, 0]).reshape(BLOCK_N, HEAD_DIM)
+            acc = acc * alpha[:, None]
+            if dtype == tl.float32:
+                acc = tl.dot(p.to(dtype), v, acc, input_precision="ieee")
+            else:
+                acc = tl.dot(p.to(dtype), v, acc)
+            m_i = m_new
+        empty = l_i == 0.0
+        out = acc / tl.where(empty, 1.0, l_i)[:, None]
+        lse = tl.where(empty, float("-inf"), (m_i + tl.log2(tl.where(empty, 1.0, l_i))) / 1.4426950408889634)
+        desc_o.store([b, h, start_m, 0], out.to(dtype).reshape(1, 1, BLOCK_M, HEAD_DIM))  # rows past LQ clipped
+        tl.store(LSE + b.to(tl.int64) * stride_lb + h * stride_lh + offs_m, lse, mask=offs_m < LQ)
 
 
 @triton.jit
@@ -561,6 +662,9 @@ def _fwd(q, k, v, attn_mask, cu_q, cu_k, max_q, max_k, causal, scale, wl, wr, dr
         if lse.numel():
             lse.fill_(float("-inf"))
         return out.zero_(), lse
+    if _tma_ok(q, k, v, attn_mask, varlen, dropout_p):
+        _fwd_tma(q, k, v, out, lse, causal, scale, wl, wr)
+        return out, lse
     mask, ms, kind = _mask_args(attn_mask, (batch, hq, lq, lk), q)
     dummy = cu_q if varlen else lse
     grid = lambda meta: (triton.cdiv(lq, meta["BLOCK_M"]), batch * hq)  # noqa: E731
@@ -574,6 +678,41 @@ def _fwd(q, k, v, attn_mask, cu_q, cu_k, max_q, max_k, causal, scale, wl, wr, dr
         IEEE=q.dtype == torch.float32, BLOCK_D=triton.next_power_of_2(d),
     )
     return out, lse
+
+
+def _tma_ok(q, k, v, attn_mask, varlen, dropout_p) -> bool:
+    """Whether the TMA forward takes this call: dense, no user mask, no dropout, a power-of-2 head
+    dim, strides TMA can describe (16-byte multiples), on Hopper or newer (or forced)."""
+    if TensorDescriptor is None or TMA_MODE == "0" or varlen or attn_mask is not None or dropout_p > 0:
+        return False
+    d = q.shape[-1]
+    if d < 16 or d > 256 or d & (d - 1):
+        return False
+    if TMA_MODE != "1" and (INTERPRET or not q.is_cuda or torch.cuda.get_device_capability(q.device)[0] < 9):
+        return False
+    for t in (q, k, v):
+        if t.stride(-1) != 1 or t.data_ptr() % 16 or any(st * t.element_size() % 16 for st in t.stride()[:-1]):
+            return False
+    return True
+
+
+def _warp_specialize(q: torch.Tensor) -> bool:
+    if WS_MODE in ("0", "1"):
+        return WS_MODE == "1"
+    return not INTERPRET and q.is_cuda and torch.cuda.get_device_capability(q.device)[0] >= 10
+
+
+def _fwd_tma(q, k, v, out, lse, causal, scale, wl, wr):
+    b, hq, lq, d = q.shape
+    hkv, lk = k.shape[1], k.shape[2]
+    block = [1, 1, 16, d]  # replaced per config by _tma_block_hook
+    descs = [TensorDescriptor(t, list(t.shape), list(t.stride()), block) for t in (q, k, v, out)]
+    progs = 2 if INTERPRET else _sm_count(q.device.index or 0)
+    grid = lambda meta: (min(progs, b * hq * triton.cdiv(lq, meta["BLOCK_M"])),)  # noqa: E731
+    _attn_fwd_tma_kernel[grid](
+        *descs, lse, lse.stride(0), lse.stride(1), b, hq, hq // hkv, lq, lk, scale,
+        HEAD_DIM=d, NUM_PROGS=progs, **_flags(causal, wl, wr), WARP_SPECIALIZE=_warp_specialize(q),
+    )
 
 
 def _bwd(do, q, k, v, out, lse, attn_mask, cu_q, cu_k, max_q, max_k, causal, scale, wl, wr, dropout_p, seed):
