@@ -268,9 +268,9 @@ def tma_forced(monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("lq,lk,causal,window,hq,hkv,d", [(37, 45, False, None, 4, 2, 32), (45, 37, True, None, 2, 2, 16),
-                                                         (33, 40, False, (3, 2), 2, 1, 64), (1, 33, True, None, 4, 4, 32),
-                                                         (40, 40, True, (4, 0), 6, 2, 32)])
+@pytest.mark.parametrize("lq,lk,causal,window,hq,hkv,d", [
+    (37, 45, False, None, 4, 2, 32), (45, 37, True, None, 2, 2, 16), (33, 40, False, (3, 2), 2, 1, 64),
+    (1, 33, True, None, 4, 4, 32), (40, 40, True, (4, 0), 6, 2, 32)])
 def test_tma_persistent_forward(tma_forced, dtype, lq, lk, causal, window, hq, hkv, d):
     q, k, v = rand(2, hq, lq, d, dtype=dtype), rand(2, hkv, lk, d, dtype=dtype, seed=1), \
         rand(2, hkv, lk, d, dtype=dtype, seed=2)
