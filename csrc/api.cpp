@@ -282,7 +282,8 @@ std::vector<at::Tensor> ffn_bwd_cuda(const at::Tensor& dout, const at::Tensor& x
   }
   const auto dout_c = dout.contiguous();
   auto dh = at::empty({m, hidden}, x.options());
-  matmul(dout_c, false, w_out, false, dh, nullptr, nullptr);  // dh = dout @ W_out
+  const bool fused_dgelu = !w_gate && act == Act::kGeluTanh;  // dh is not needed on its own then
+  if (!fused_dgelu) matmul(dout_c, false, w_out, false, dh, nullptr, nullptr);  // dh = dout @ W_out
   auto h = at::empty({m, hidden}, x.options());
   auto dx = at::empty_like(x, at::MemoryFormat::Contiguous);
   auto dw_out = at::empty_like(w_out, at::MemoryFormat::Contiguous);
@@ -294,7 +295,14 @@ std::vector<at::Tensor> ffn_bwd_cuda(const at::Tensor& dout, const at::Tensor& x
   const auto xc = x.contiguous();
   if (!w_gate) {
     auto dz = at::empty_like(dh);
-    gemm::act_bwd(dh, pre, dz, act);
+    // gelu_tanh (cuBLASLt's GELU): dz = (dout @ W_out) * gelu'(pre) in the GEMM's epilogue; the
+    // other activations (and a missing cuBLASLt algorithm) take the elementwise pass.
+    at::Tensor pre_c = pre.contiguous();
+    if (!(act == Act::kGeluTanh &&
+          gemm::lt_matmul(dout_c, false, w_out, false, dz, Epilogue::kDGeluAux, nullptr, &pre_c, nullptr))) {
+      if (fused_dgelu) matmul(dout_c, false, w_out, false, dh, nullptr, nullptr);  // no algorithm: unfused
+      gemm::act_bwd(dh, pre, dz, act);
+    }
     gemm::act_fwd(pre, h, act);
     matmul(dz, false, w_in, false, dx, nullptr, nullptr);
     matmul(dz, true, xc, false, dw_in, nullptr, b_in ? &db_in : nullptr);

@@ -96,6 +96,8 @@ bool lt_matmul(const at::Tensor& a_in, bool a_t_in, const at::Tensor& b_in, bool
     lt_epi = bias ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS : CUBLASLT_EPILOGUE_GELU_AUX;
   } else if (epi == Epilogue::kRowSumA) {
     lt_epi = CUBLASLT_EPILOGUE_BGRADB;  // our A is cuBLASLt's B; the sum runs over the shared K
+  } else if (epi == Epilogue::kDGeluAux) {
+    lt_epi = CUBLASLT_EPILOGUE_DGELU;  // out = (A @ B) * gelu'(aux), aux laid out like out
   }
   AIGC_LT_CHECK(cublasLtMatmulDescSetAttribute(desc.h, CUBLASLT_MATMUL_DESC_EPILOGUE, &lt_epi, sizeof(lt_epi)));
   if (bias != nullptr && epi != Epilogue::kRowSumA) {
@@ -111,8 +113,10 @@ bool lt_matmul(const at::Tensor& a_in, bool a_t_in, const at::Tensor& b_in, bool
     AIGC_LT_CHECK(cublasLtMatmulDescSetAttribute(desc.h, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &ptr, sizeof(ptr)));
     AIGC_LT_CHECK(cublasLtMatmulDescSetAttribute(desc.h, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof(bt)));
   }
-  if (epi == Epilogue::kGeluAux) {
-    TORCH_CHECK(aux != nullptr && aux->is_contiguous(), "lt_matmul: kGeluAux needs a contiguous aux output");
+  if (epi == Epilogue::kGeluAux || epi == Epilogue::kDGeluAux) {
+    TORCH_CHECK(aux != nullptr && aux->is_contiguous() && aux->size(0) == m && aux->size(1) == n &&
+                    aux->scalar_type() == out.scalar_type(),
+                "lt_matmul: the GELU epilogues need a contiguous (M, N) aux in the output's dtype");
     void* ptr = aux->data_ptr();
     const int64_t aux_ld = n;
     AIGC_LT_CHECK(cublasLtMatmulDescSetAttribute(desc.h, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &ptr, sizeof(ptr)));

@@ -13,7 +13,7 @@ enum class Act : int { kNone = 0, kRelu = 1, kGelu = 2, kGeluTanh = 3, kSilu = 4
 // Parse "relu" | "gelu" | "gelu_tanh" | "silu" | none; raises on anything else.
 Act parse_act(const std::optional<c10::string_view>& name);
 
-enum class Epilogue : int { kDefault = 0, kBias = 1, kGeluAux = 2, kRowSumA = 3 };
+enum class Epilogue : int { kDefault = 0, kBias = 1, kGeluAux = 2, kRowSumA = 3, kDGeluAux = 4 };
 
 // out (M, N) row-major = A (M, K) @ B (K, N), with A and B given by their row-major storage (row
 // stride = leading dimension) and whether they are transposed: a_t means A is stored as (K, M),
@@ -21,6 +21,8 @@ enum class Epilogue : int { kDefault = 0, kBias = 1, kGeluAux = 2, kRowSumA = 3 
 //   kBias:        out += bias (N,)
 //   kGeluAux:     aux = A @ B (+ bias) (the pre-activation, (M, N)); out = gelu_tanh(aux)
 //   kRowSumA:     also bias_grad (M,) float32 = A summed over K (a bias gradient, from the dW GEMM)
+//   kDGeluAux:    out = (A @ B) * gelu_tanh'(aux), aux the forward's pre-activation (M, N): the
+//                 activation's derivative fused into the gradient GEMM's epilogue
 // Returns false when cuBLASLt has no algorithm for the request (the caller falls back).
 bool lt_matmul(const at::Tensor& a, bool a_t, const at::Tensor& b, bool b_t, at::Tensor& out, Epilogue epi,
                const at::Tensor* bias, at::Tensor* aux, at::Tensor* bias_grad);
