@@ -22,20 +22,28 @@ def rand(*shape, dtype=torch.float32, seed=0, scale=1.0):
     return (torch.randn(*shape, generator=g) * scale).to(DEVICE, dtype)
 
 
-def attention_backends():
-    return [b for b in KERNELS if b in ak.backend.implementations("attention")["attention"]]
+def attention_backends(q):
+    """The kernel backends whose attention takes q's dtype and head dim (CUDA: fp16/bf16 only)."""
+    out = []
+    for b in KERNELS:
+        impl = ak.backend.implementation("attention", b)
+        if impl is not None and impl.why_not(q, q, q) is None:
+            out.append(b)
+    return out
 
 
 @ON
 @pytest.mark.parametrize("dtype", [torch.float16] + ([torch.bfloat16] if DEVICE == "cuda" else []))
 def test_huge_scores_do_not_overflow(dtype):
     # scores of about +-1e4: exp() would overflow in half precision without the running max
-    q = rand(1, 2, 16, 16, dtype=dtype, scale=25.0)
-    k = rand(1, 2, 16, 16, dtype=dtype, seed=1, scale=25.0)
-    v = rand(1, 2, 16, 16, dtype=dtype, seed=2)
-    scores = (q.float() @ k.float().transpose(-1, -2)) / 4
+    q = rand(1, 2, 16, 32, dtype=dtype, scale=18.0)
+    k = rand(1, 2, 16, 32, dtype=dtype, seed=1, scale=18.0)
+    v = rand(1, 2, 16, 32, dtype=dtype, seed=2)
+    scores = (q.float() @ k.float().transpose(-1, -2)) / 32**0.5
     assert scores.abs().max() > 1e3
-    for backend in attention_backends():
+    backends = attention_backends(q)
+    assert backends
+    for backend in backends:
         out = ak.attention(q, k, v, backend=backend)
         assert torch.isfinite(out).all()
         ref = R.attention(q.double(), k.double(), v.double())
@@ -44,8 +52,9 @@ def test_huge_scores_do_not_overflow(dtype):
 
 @ON
 def test_nan_and_inf_propagate_like_the_reference():
-    for backend in attention_backends():
-        q, k, v = rand(1, 1, 16, 16), rand(1, 1, 16, 16, seed=1), rand(1, 1, 16, 16, seed=2)
+    dtype = torch.float32 if DEVICE == "cpu" else torch.bfloat16  # (the CUDA kernel takes half types only)
+    for backend in attention_backends(rand(1, 1, 16, 32, dtype=dtype)):
+        q, k, v = (rand(1, 1, 16, 32, dtype=dtype, seed=s) for s in range(3))
         q[0, 0, 3, 5] = float("nan")
         out, ref = ak.attention(q, k, v, backend=backend), R.attention(q, k, v)
         assert torch.equal(torch.isnan(out), torch.isnan(ref)), backend
@@ -63,8 +72,10 @@ def test_nan_and_inf_propagate_like_the_reference():
 def test_attention_backward_is_bitwise_deterministic():
     """No atomics anywhere: dK/dV are reduced by the program that owns the key block, dQ by the one
     that owns the query block (GQA groups too), so two runs give identical bits."""
-    for backend in attention_backends():
-        q, k, v = rand(2, 4, 33, 32), rand(2, 2, 41, 32, seed=1), rand(2, 2, 41, 32, seed=2)
+    dtype = torch.float32 if DEVICE == "cpu" else torch.bfloat16
+    for backend in attention_backends(rand(1, 1, 16, 32, dtype=dtype)):
+        q, k, v = rand(2, 4, 33, 32, dtype=dtype), rand(2, 2, 41, 32, dtype=dtype, seed=1), \
+            rand(2, 2, 41, 32, dtype=dtype, seed=2)
 
         def grads(q=q, k=k, v=v, backend=backend):
             leaves = [t.clone().requires_grad_() for t in (q, k, v)]
@@ -128,3 +139,20 @@ def test_int64_offsets_past_2_31_elements():
         tail = slice(rows - 4, rows)
         torch.testing.assert_close(y[tail].float(), R.rms_norm(x[tail].float()), atol=2e-2, rtol=2e-2)
         del y
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_attention_int64_offsets_past_2_31_elements():
+    """Decoding from the second of two caches that each hold more than 2^31 elements."""
+    if DEVICE != "cuda":
+        pytest.skip("needs a CUDA GPU")
+    lmax, d = 2**31 // 128 + 64, 128
+    kc = torch.randn(2, 1, lmax, d, device="cuda", dtype=torch.bfloat16)
+    vc = torch.randn_like(kc)
+    lens = torch.tensor([3, 100], dtype=torch.int32, device="cuda")
+    q = torch.randn(2, 4, 1, d, device="cuda", dtype=torch.bfloat16)
+    ref = R.attention_with_kvcache(q[1:].double(), kc[1:, :, :128].double(), vc[1:, :, :128].double(), lens[1:])
+    for backend in attention_backends(q):
+        out = ak.attention_with_kvcache(q, kc, vc, lens, backend=backend)
+        torch.testing.assert_close(out[1:].double(), ref, atol=2e-2, rtol=2e-2)
