@@ -197,3 +197,57 @@ def test_cuda_linear_and_ffn_ops_fake_path(gated):
     wos = torch.randn(16, 20, device="meta", requires_grad=True)
     cuda_ops.ffn(xs, wis, None, wos, None, activation="gelu").sum().backward()
     assert xs.grad.shape == xs.shape and wis.grad.shape == wis.shape
+
+
+# ----------------------------------------------------------------------------------------------
+# the TMA GEMM (Hopper; tensor descriptors), forced on so the interpreter runs it
+# ----------------------------------------------------------------------------------------------
+@pytest.fixture
+def tma_forced(monkeypatch):
+    from aigc_kernels.triton import linear as L
+
+    if L.TensorDescriptor is None:
+        pytest.skip("this triton has no host-side TensorDescriptor")
+    monkeypatch.setattr(L, "TMA_MODE", "1")
+    calls = []
+    real = L._gemm_tma
+    monkeypatch.setattr(L, "_gemm_tma", lambda *a: calls.append(1) or real(*a))
+    return calls
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("act", [None, "gelu", "silu"])
+def test_tma_linear(tma_forced, dtype, act):
+    # K = 40 and N = 72 keep 16-byte row strides in every dtype; M = 17 is odd
+    x, w, b = rand(17, 40, dtype=dtype), rand(72, 40, dtype=dtype, seed=1, scale=0.2), rand(72, dtype=dtype, seed=2)
+    check(lambda x, w, b: ak.linear(x, w, b, activation=act, backend="triton"),
+          lambda x, w, b: R.linear(x, w, b, activation=act), [x, w, b], dtype)
+    assert tma_forced, "the TMA GEMM did not run"
+
+
+@pytest.mark.parametrize("gated", [False, True])
+def test_tma_ffn(tma_forced, gated):
+    dtype = torch.float16
+    x = rand(3, 5, 24, dtype=dtype)
+    w_in, b_in = rand(40, 24, dtype=dtype, seed=1, scale=0.2), rand(40, dtype=dtype, seed=2)
+    w_out, b_out = rand(24, 40, dtype=dtype, seed=3, scale=0.2), rand(24, dtype=dtype, seed=4)
+    w_gate, b_gate = (rand(40, 24, dtype=dtype, seed=5, scale=0.2), rand(40, dtype=dtype, seed=6)) if gated \
+        else (None, None)
+    act = "silu" if gated else "gelu"
+    check(lambda *t: ak.ffn(*t[:5], activation=act, w_gate=t[5] if gated else None, b_gate=t[6] if gated else None,
+                            backend="triton"),
+          lambda *t: R.ffn(*t[:5], activation=act, w_gate=t[5] if gated else None, b_gate=t[6] if gated else None),
+          [x, w_in, b_in, w_out, b_out] + ([w_gate, b_gate] if gated else []), dtype)
+    assert tma_forced
+
+
+def test_tma_gemm_is_not_used_where_it_cannot_run(tma_forced):
+    from aigc_kernels.triton import linear as L
+
+    odd = rand(9, 33, dtype=torch.float16)  # row stride 66 bytes: not a 16-byte multiple
+    assert L._tma_view(odd) is None
+    assert not L._tma_ok(odd, rand(33, 8, dtype=torch.float16), None)
+    both = rand(8, 16, dtype=torch.float16)[:, ::2]  # no unit-stride dim
+    assert L._tma_view(both) is None
+    ak.linear(odd, rand(8, 33, dtype=torch.float16), backend="triton")
+    assert not tma_forced

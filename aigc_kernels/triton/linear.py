@@ -14,6 +14,12 @@ One persistent, tile-swizzled GEMM kernel does all the matrix products:
 * an optional row sum of the (prologue-applied) A operand over the reduction dim: the bias
   gradient comes out of the weight-gradient GEMM, with no extra pass over dY.
 
+On Hopper (compute capability >= 9) the GEMMs without operand prologues (the forward GEMMs, the
+gated forward, the plain linear's backward) run a second kernel that moves its tiles by TMA
+(host-side tensor descriptors; zero fill past the edges) with the same persistent swizzled
+schedule and epilogue; the pointer kernel is the Ampere path and takes the prologues.
+AIGC_KERNELS_TRITON_TMA=0 turns the TMA kernel off, =1 forces it wherever the operands allow.
+
 What the backward keeps (the memory it costs):
     linear, activation None:   x (the weight's gradient needs it); nothing else
     linear with activation:    x and Z = x W^T + b (one output-sized tensor); act' is fused into
@@ -33,12 +39,20 @@ import torch
 import triton
 import triton.language as tl
 
+try:  # host-side TMA descriptors (triton >= 3.4)
+    from triton.tools.tensor_descriptor import TensorDescriptor
+except ImportError:  # pragma: no cover - older triton: the pointer kernel only
+    TensorDescriptor = None
+
 from ..ops import linear_common
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 # AIGC_KERNELS_AUTOTUNE=0: one config instead of autotuning (fast compiles for tests).
 AUTOTUNE = os.environ.get("AIGC_KERNELS_AUTOTUNE", "1") != "0"
 ACT_IDS = {None: 0, "relu": 1, "gelu": 2, "gelu_tanh": 3, "silu": 4}
+# The TMA GEMM (operands by tensor descriptor): "auto" = on compute capability >= 9 for GEMMs
+# without operand prologues, "1" = whenever the call qualifies (also under the interpreter), "0" = never.
+TMA_MODE = os.environ.get("AIGC_KERNELS_TRITON_TMA", "auto")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -112,6 +126,43 @@ def _prune(configs, named_args, **kwargs):
     return keep or configs[-1:]
 
 
+@triton.jit
+def _epilogue(acc, acc2, offs_m, offs_n, M, N, BIAS, BIAS2, C, ZOUT, ZOUT2, stride_cm, stride_cn,
+              ACT: tl.constexpr, HAS_BIAS: tl.constexpr, STORE_Z: tl.constexpr, GATED: tl.constexpr):
+    """+ bias, the activation (gated: act(acc2 + b2) * (acc + b)), optional pre-activation stores,
+    then the one store of C."""
+    m_ok = offs_m < M
+    n_ok = offs_n < N
+    c_mask = m_ok[:, None] & n_ok[None, :]
+    z_off = offs_m[:, None].to(tl.int64) * N + offs_n[None, :]
+    if HAS_BIAS:
+        acc += tl.load(BIAS + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    if GATED:
+        if HAS_BIAS:
+            acc2 += tl.load(BIAS2 + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+        if STORE_Z:
+            tl.store(ZOUT + z_off, acc.to(ZOUT.dtype.element_ty), mask=c_mask)
+            tl.store(ZOUT2 + z_off, acc2.to(ZOUT2.dtype.element_ty), mask=c_mask)
+        out = _act(acc2, ACT) * acc  # act(x W_gate^T + b_gate) * (x W_in^T + b_in)
+    else:
+        if STORE_Z:
+            tl.store(ZOUT + z_off, acc.to(ZOUT.dtype.element_ty), mask=c_mask)
+        out = _act(acc, ACT)
+    c_off = offs_m[:, None].to(tl.int64) * stride_cm + offs_n[None, :].to(tl.int64) * stride_cn
+    tl.store(C + c_off, out.to(C.dtype.element_ty), mask=c_mask)
+
+
+@triton.jit
+def _tile_coords(tile, num_m, num_n, GROUP_M: tl.constexpr):
+    """(pid_m, pid_n) of a tile, GROUP_M rows of blocks at a time (consecutive tiles share B columns)."""
+    group = tile // (GROUP_M * num_n)
+    first_m = group * GROUP_M
+    size_m = tl.minimum(num_m - first_m, GROUP_M)
+    pid_m = first_m + (tile % (GROUP_M * num_n)) % size_m
+    pid_n = (tile % (GROUP_M * num_n)) // size_m
+    return pid_m, pid_n
+
+
 @triton.autotune(configs=_configs(), key=["M", "N", "K", "IEEE"], prune_configs_by={"early_config_prune": _prune})
 @triton.jit
 def _gemm_kernel(
@@ -136,19 +187,14 @@ def _gemm_kernel(
     # Persistent: each program walks tiles pid, pid + NUM_PROGS, ...; tiles are grouped GROUP_M
     # rows of blocks at a time so consecutive tiles reuse the same B columns from the L2.
     for tile in range(pid, tiles, NUM_PROGS):
-        group = tile // (GROUP_M * num_n)
-        first_m = group * GROUP_M
-        size_m = tl.minimum(num_m - first_m, GROUP_M)
-        pid_m = first_m + (tile % (GROUP_M * num_n)) % size_m
-        pid_n = (tile % (GROUP_M * num_n)) // size_m
+        pid_m, pid_n = _tile_coords(tile, num_m, num_n, GROUP_M)
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         offs_k0 = tl.arange(0, BLOCK_K)
         m_ok = offs_m < M
         n_ok = offs_n < N
         acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-        if GATED:
-            acc2 = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        acc2 = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)  # the gate's accumulator (unused otherwise)
         if ROW_SUM:
             rsum = tl.zeros([BLOCK_M], dtype=tl.float32)
         a_rows = offs_m[:, None].to(tl.int64) * stride_am
@@ -185,26 +231,92 @@ def _gemm_kernel(
                     acc2 += tl.dot(a, b2, input_precision="ieee")
                 else:
                     acc2 += tl.dot(a, b2)
-        c_mask = m_ok[:, None] & n_ok[None, :]
-        z_off = offs_m[:, None].to(tl.int64) * N + offs_n[None, :]
-        if HAS_BIAS:
-            acc += tl.load(BIAS + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-        if GATED:
-            if HAS_BIAS:
-                acc2 += tl.load(BIAS2 + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-            if STORE_Z:
-                tl.store(ZOUT + z_off, acc.to(ZOUT.dtype.element_ty), mask=c_mask)
-                tl.store(ZOUT2 + z_off, acc2.to(ZOUT2.dtype.element_ty), mask=c_mask)
-            out = _act(acc2, ACT) * acc  # act(x W_gate^T + b_gate) * (x W_in^T + b_in)
-        else:
-            if STORE_Z:
-                tl.store(ZOUT + z_off, acc.to(ZOUT.dtype.element_ty), mask=c_mask)
-            out = _act(acc, ACT)
-        c_off = offs_m[:, None].to(tl.int64) * stride_cm + offs_n[None, :].to(tl.int64) * stride_cn
-        tl.store(C + c_off, out.to(C.dtype.element_ty), mask=c_mask)
+        _epilogue(acc, acc2, offs_m, offs_n, M, N, BIAS, BIAS2, C, ZOUT, ZOUT2, stride_cm, stride_cn,
+                  ACT, HAS_BIAS, STORE_Z, GATED)
         if ROW_SUM:
             if pid_n == 0:
                 tl.store(ROWSUM + offs_m, rsum, mask=m_ok)
+
+
+def _tma_configs():
+    hook = _tma_block_hook
+    if INTERPRET:
+        return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16, "GROUP_M": 2}, num_warps=1,
+                              num_stages=1, pre_hook=hook)]
+    if not AUTOTUNE:
+        return [triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8,
+                              num_stages=3, pre_hook=hook)]
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_warps=w, num_stages=st,
+                          pre_hook=hook)
+            for bm, bn, bk, w, st in [(128, 256, 64, 8, 3), (256, 128, 64, 8, 3), (128, 128, 64, 8, 4),
+                                      (128, 128, 64, 4, 4), (128, 64, 64, 4, 4), (64, 128, 64, 4, 4),
+                                      (64, 64, 64, 4, 4)]]
+
+
+def _tma_block_hook(nargs):
+    """The descriptors' block shapes follow the config's tiles (set before each launch)."""
+    bm, bn, bk = nargs["BLOCK_M"], nargs["BLOCK_N"], nargs["BLOCK_K"]
+    nargs["desc_a"].block_shape = [bk, bm] if nargs["A_T"] else [bm, bk]
+    b_block = [bn, bk] if nargs["B_T"] else [bk, bn]
+    nargs["desc_b"].block_shape = b_block
+    nargs["desc_b2"].block_shape = b_block
+
+
+@triton.autotune(configs=_tma_configs(), key=["M", "N", "K", "IEEE", "A_T", "B_T"],
+                 prune_configs_by={"early_config_prune": _prune})
+@triton.jit
+def _gemm_tma_kernel(
+    desc_a, desc_b, desc_b2, BIAS, BIAS2, C, ZOUT, ZOUT2, ROWSUM,
+    M, N, K, stride_cm, stride_cn, NUM_PROGS,
+    A_T: tl.constexpr,  # A's storage is (K, M) (e.g. dY^T of a weight gradient), else (M, K)
+    B_T: tl.constexpr,  # B's storage is (N, K) (an nn.Linear weight), else (K, N)
+    ACT: tl.constexpr, HAS_BIAS: tl.constexpr, STORE_Z: tl.constexpr, GATED: tl.constexpr, ROW_SUM: tl.constexpr,
+    IEEE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    """The GEMM of _gemm_kernel without operand prologues, its tiles moved by TMA (zero fill past
+    the edges, so no masks in the K loop); same persistent swizzled schedule and epilogue."""
+    pid = tl.program_id(0)
+    num_m = tl.cdiv(M, BLOCK_M)
+    num_n = tl.cdiv(N, BLOCK_N)
+    for tile in tl.range(pid, num_m * num_n, NUM_PROGS):
+        pid_m, pid_n = _tile_coords(tile, num_m, num_n, GROUP_M)
+        m0 = pid_m * BLOCK_M
+        n0 = pid_n * BLOCK_N
+        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        acc2 = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        rsum = tl.zeros([BLOCK_M], dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            if A_T:
+                a = desc_a.load([k0, m0]).T
+            else:
+                a = desc_a.load([m0, k0])
+            if ROW_SUM:
+                rsum += tl.sum(a.to(tl.float32), 1)
+            if B_T:
+                b = desc_b.load([n0, k0]).T
+            else:
+                b = desc_b.load([k0, n0])
+            if IEEE:
+                acc = tl.dot(a, b, acc, input_precision="ieee")
+            else:
+                acc = tl.dot(a, b, acc)
+            if GATED:
+                if B_T:
+                    b2 = desc_b2.load([n0, k0]).T
+                else:
+                    b2 = desc_b2.load([k0, n0])
+                if IEEE:
+                    acc2 = tl.dot(a, b2, acc2, input_precision="ieee")
+                else:
+                    acc2 = tl.dot(a, b2, acc2)
+        offs_m = m0 + tl.arange(0, BLOCK_M)
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        _epilogue(acc, acc2, offs_m, offs_n, M, N, BIAS, BIAS2, C, ZOUT, ZOUT2, stride_cm, stride_cn,
+                  ACT, HAS_BIAS, STORE_Z, GATED)
+        if ROW_SUM:
+            if pid_n == 0:
+                tl.store(ROWSUM + offs_m, rsum, mask=offs_m < M)
 
 
 @triton.jit
@@ -260,6 +372,9 @@ def gemm(a: torch.Tensor, b: torch.Tensor, *, out: torch.Tensor | None = None, b
         return c, z, z2, rs
     dummy = c
     progs = 4 if INTERPRET else _num_sms(a.device.index or 0)
+    if a_pro == 0 and b_pro == 0 and _tma_ok(a, b, b2):
+        _gemm_tma(a, b, b2, bias, bias2, c, z, z2, rs, act, store_z, row_sum, progs)
+        return c, z, z2, rs
     grid = lambda meta: (min(progs, triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"])),)  # noqa: E731
     _gemm_kernel[grid](
         a, za if za is not None else dummy, b, zb if zb is not None else dummy, b2 if gated else dummy,
@@ -270,6 +385,51 @@ def gemm(a: torch.Tensor, b: torch.Tensor, *, out: torch.Tensor | None = None, b
         STORE_Z=store_z, GATED=gated, ROW_SUM=row_sum, IEEE=a.dtype == torch.float32,
     )
     return c, z, z2, rs
+
+
+def _tma_view(t: torch.Tensor) -> tuple[torch.Tensor, bool] | None:
+    """(storage matrix with unit column stride, transposed?) for a TMA descriptor, or None when
+    neither dim has unit stride or the other stride / start are not 16-byte multiples."""
+    if t.stride(1) == 1 and t.shape[1] > 1:
+        store, trans = t, False
+    elif t.stride(0) == 1:
+        store, trans = t.t(), True
+    else:
+        return None
+    if store.stride(0) * store.element_size() % 16 or store.data_ptr() % 16:
+        return None
+    return store, trans
+
+
+def _tma_ok(a, b, b2) -> bool:
+    if TensorDescriptor is None or TMA_MODE == "0":
+        return False
+    if TMA_MODE != "1" and (INTERPRET or not a.is_cuda or torch.cuda.get_device_capability(a.device)[0] < 9):
+        return False
+    views = [_tma_view(t) for t in (a, b, b2) if t is not None]
+    if any(v is None for v in views):
+        return False
+    return b2 is None or views[1][1] == views[2][1]  # B and B2 share one descriptor layout
+
+
+def _gemm_tma(a, b, b2, bias, bias2, c, z, z2, rs, act, store_z, row_sum, progs):
+    m, k = a.shape
+    n = b.shape[1]
+    (sa, a_t), (sb, b_t) = _tma_view(a), _tma_view(b)
+    sb2 = _tma_view(b2)[0] if b2 is not None else sb
+
+    def desc(t):  # block shapes are set per config by _tma_block_hook
+        return TensorDescriptor(t, list(t.shape), list(t.stride()), [16, 16])
+
+    dummy = c
+    grid = lambda meta: (min(progs, triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"])),)  # noqa: E731
+    _gemm_tma_kernel[grid](
+        desc(sa), desc(sb), desc(sb2), bias if bias is not None else dummy, bias2 if bias2 is not None else dummy, c,
+        z if z is not None else dummy, z2 if z2 is not None else dummy, rs if rs is not None else dummy,
+        m, n, k, c.stride(0), c.stride(1), progs,
+        A_T=a_t, B_T=b_t, ACT=ACT_IDS[act], HAS_BIAS=bias is not None, STORE_Z=store_z, GATED=b2 is not None,
+        ROW_SUM=row_sum, IEEE=a.dtype == torch.float32,
+    )
 
 
 def _torch_act(x, act):
