@@ -288,6 +288,23 @@ class AttentionBench(BenchOp):
                 return lambda: self._ours(inp, name, case.shape["causal"])
 
             provs.append(Provider(name, make))
+
+        def triton_pointer(case, inp, mode):
+            # the Ampere-compatible pointer kernel, for a side-by-side with the TMA forward on Hopper
+            if not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9:
+                raise NotImplementedError("same as 'triton' below compute capability 9 (no TMA path)")
+            from ..triton import attention as tri
+
+            def run():
+                saved, tri.TMA_MODE = tri.TMA_MODE, "0"
+                try:
+                    return self._ours(inp, "triton", case.shape["causal"])
+                finally:
+                    tri.TMA_MODE = saved
+
+            return run
+
+        provs.append(Provider("triton_no_tma", triton_pointer))
         provs.append(Provider("eager", lambda case, inp, mode: lambda: F.scaled_dot_product_attention(
             inp["q"], inp["k"], inp["v"], is_causal=case.shape["causal"])))
         provs += [_sdpa_provider("sdpa_flash", "FLASH_ATTENTION"),

@@ -262,6 +262,20 @@ def _tma_block_hook(nargs):
     nargs["desc_b2"].block_shape = b_block
 
 
+@triton.jit
+def _tma_b_dot(a, desc_b, k0, n0, acc, B_T: tl.constexpr, IEEE: tl.constexpr):
+    """acc + a @ (the B tile at (k0, n0)), B read through its descriptor ((N, K) storage when B_T)."""
+    if B_T:
+        b = desc_b.load([n0, k0]).T
+    else:
+        b = desc_b.load([k0, n0])
+    if IEEE:
+        acc = tl.dot(a, b, acc, input_precision="ieee")
+    else:
+        acc = tl.dot(a, b, acc)
+    return acc
+
+
 @triton.autotune(configs=_tma_configs(), key=["M", "N", "K", "IEEE", "A_T", "B_T"],
                  prune_configs_by={"early_config_prune": _prune})
 @triton.jit
@@ -293,23 +307,9 @@ def _gemm_tma_kernel(
                 a = desc_a.load([m0, k0])
             if ROW_SUM:
                 rsum += tl.sum(a.to(tl.float32), 1)
-            if B_T:
-                b = desc_b.load([n0, k0]).T
-            else:
-                b = desc_b.load([k0, n0])
-            if IEEE:
-                acc = tl.dot(a, b, acc, input_precision="ieee")
-            else:
-                acc = tl.dot(a, b, acc)
+            acc = _tma_b_dot(a, desc_b, k0, n0, acc, B_T, IEEE)
             if GATED:
-                if B_T:
-                    b2 = desc_b2.load([n0, k0]).T
-                else:
-                    b2 = desc_b2.load([k0, n0])
-                if IEEE:
-                    acc2 = tl.dot(a, b2, acc2, input_precision="ieee")
-                else:
-                    acc2 = tl.dot(a, b2, acc2)
+                acc2 = _tma_b_dot(a, desc_b2, k0, n0, acc2, B_T, IEEE)
         offs_m = m0 + tl.arange(0, BLOCK_M)
         offs_n = n0 + tl.arange(0, BLOCK_N)
         _epilogue(acc, acc2, offs_m, offs_n, M, N, BIAS, BIAS2, C, ZOUT, ZOUT2, stride_cm, stride_cn,

@@ -136,6 +136,19 @@ void fill_band(flash::Params& p, double scale, bool causal, int64_t window_left,
   p.window_right = causal ? 0 : static_cast<int>(window_right);  // causal caps the window at the diagonal
 }
 
+void fill_sizes(flash::Params& p, const std::optional<at::Tensor>& cu_seqlens_q,
+                const std::optional<at::Tensor>& cu_seqlens_k, int64_t batch, int64_t hq, int64_t hkv, int64_t lq,
+                int64_t lk) {
+  p.cu_seqlens_q = cu_seqlens_q ? cu_seqlens_q->data_ptr<int>() : nullptr;
+  p.cu_seqlens_k = cu_seqlens_k ? cu_seqlens_k->data_ptr<int>() : nullptr;
+  p.batch = static_cast<int>(batch);
+  p.heads_q = static_cast<int>(hq);
+  p.heads_kv = static_cast<int>(hkv);
+  p.seqlen_q = static_cast<int>(lq);
+  p.seqlen_k = static_cast<int>(lk);
+  p.num_splits = 1;
+}
+
 at::Tensor new_lse(const at::Tensor& q, bool packed) {
   auto f32 = q.options().dtype(at::kFloat);
   return packed ? at::empty({q.size(1), q.size(0)}, f32) : at::empty({q.size(0), q.size(1), q.size(2)}, f32);
@@ -201,14 +214,7 @@ std::tuple<at::Tensor, at::Tensor> flash_fwd_cuda(const at::Tensor& q, const at:
   fill_qkv(p, q, k, v, out, packed);
   fill_lse(p, lse, packed);
   fill_band(p, scale, causal, window_left, window_right);
-  p.cu_seqlens_q = packed ? cu_seqlens_q->data_ptr<int>() : nullptr;
-  p.cu_seqlens_k = packed ? cu_seqlens_k->data_ptr<int>() : nullptr;
-  p.batch = static_cast<int>(batch);
-  p.heads_q = static_cast<int>(hq);
-  p.heads_kv = static_cast<int>(hkv);
-  p.seqlen_q = static_cast<int>(lq);
-  p.seqlen_k = static_cast<int>(lk);
-  p.num_splits = 1;
+  fill_sizes(p, cu_seqlens_q, cu_seqlens_k, batch, hq, hkv, lq, lk);
   auto stream = at::cuda::getCurrentCUDAStream();
   dispatch(op, q.scalar_type(), q.size(-1), [&](auto t, auto d) { flash::run_fwd<decltype(t), decltype(d)::value>(p, stream); });
   return {out, lse};
@@ -253,14 +259,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> flash_bwd_cuda(
   at::Tensor lse_mut = lse;
   fill_lse(p, lse_mut, packed);
   fill_band(p, scale, causal, window_left, window_right);
-  p.cu_seqlens_q = packed ? cu_seqlens_q->data_ptr<int>() : nullptr;
-  p.cu_seqlens_k = packed ? cu_seqlens_k->data_ptr<int>() : nullptr;
-  p.batch = static_cast<int>(batch);
-  p.heads_q = static_cast<int>(hq);
-  p.heads_kv = static_cast<int>(hkv);
-  p.seqlen_q = static_cast<int>(lq);
-  p.seqlen_k = static_cast<int>(lk);
-  p.num_splits = 1;
+  fill_sizes(p, cu_seqlens_q, cu_seqlens_k, batch, hq, hkv, lq, lk);
   p.dout = dout.data_ptr();
   p.dq = dq.data_ptr();
   p.dk = dk.data_ptr();
@@ -321,11 +320,7 @@ at::Tensor flash_decode_cuda(const at::Tensor& q, const at::Tensor& k_cache, con
   fill_band(p, scale, causal, -1, -1);
   p.seqused_k = cache_seqlens.data_ptr<int>();
   p.seqused_k_add = static_cast<int>(lnew);
-  p.batch = static_cast<int>(batch);
-  p.heads_q = static_cast<int>(hq);
-  p.heads_kv = static_cast<int>(hkv);
-  p.seqlen_q = static_cast<int>(lq);
-  p.seqlen_k = static_cast<int>(lmax);
+  fill_sizes(p, std::nullopt, std::nullopt, batch, hq, hkv, lq, lmax);
   const int64_t group_rows = (hq / hkv) * lq;
   const int64_t bm = flash::fwd_block_m(static_cast<int>(q.size(-1)));
   const int64_t ctas = (group_rows + bm - 1) / bm * batch * hkv;
