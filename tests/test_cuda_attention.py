@@ -351,3 +351,53 @@ def test_gpu_tests_are_marked():
         if name.startswith("test_gpu_") and name != "test_gpu_tests_are_marked":
             marks = [m.name for m in getattr(fn, "pytestmark", [])]
             assert "gpu" in marks, name
+
+
+# ----------------------------------------------------------------------------------------------
+# GPU, sm_90: the wgmma forward (AIGC_KERNELS_CUDA_WGMMA=1; off by default until verified here)
+# ----------------------------------------------------------------------------------------------
+@pytest.fixture
+def wgmma(monkeypatch):
+    if not HAS_GPU or torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("the wgmma forward runs on compute capability 9.0")
+    from aigc_kernels import _build_info
+
+    if "9.0a" not in getattr(_build_info, "archs", ""):
+        pytest.skip("the extension was built without 9.0a")
+    monkeypatch.setenv("AIGC_KERNELS_CUDA_WGMMA", "1")
+
+
+@gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize("lq,lk,causal,hq,hkv", [(37, 45, False, 4, 4), (200, 333, True, 8, 2), (333, 200, True, 4, 1),
+                                                 (1, 129, False, 32, 8)])
+def test_gpu_wgmma_forward(wgmma, dtype, d, lq, lk, causal, hq, hkv):
+    q, k, v = rand(2, hq, lq, d, dtype=dtype), rand(2, hkv, lk, d, dtype=dtype, seed=1), \
+        rand(2, hkv, lk, d, dtype=dtype, seed=2)
+    check(*attn(causal=causal), [q, k, v], dtype)  # the backward (mma.sync) reuses the wgmma forward's lse
+
+
+@gpu
+def test_gpu_wgmma_matches_mma_sync(wgmma, monkeypatch):
+    q, k, v = rand(2, 8, 500, 128), rand(2, 2, 700, 128, seed=1), rand(2, 2, 700, 128, seed=2)
+    with torch.no_grad():
+        a = ak.attention(q, k, v, causal=True, backend="cuda")
+        monkeypatch.setenv("AIGC_KERNELS_CUDA_WGMMA", "0")
+        b = ak.attention(q, k, v, causal=True, backend="cuda")
+    torch.testing.assert_close(a, b, atol=2e-2, rtol=2e-2)
+
+
+@gpu
+def test_gpu_wgmma_varlen_and_decode(wgmma):
+    cu_q = torch.tensor([0, 5, 5, 118, 119, 300], dtype=torch.int32, device="cuda")
+    cu_k = torch.tensor([0, 7, 9, 122, 130, 290], dtype=torch.int32, device="cuda")
+    q, k, v = rand(300, 4, 64), rand(290, 2, 64, seed=1), rand(290, 2, 64, seed=2)
+    check(lambda q, k, v: ak.attention_varlen(q, k, v, cu_q, cu_k, 181, 160, causal=True, backend="cuda"),
+          lambda q, k, v: R.attention_varlen(q, k, v, cu_q, cu_k, 181, 160, causal=True), [q, k, v], torch.bfloat16)
+    qd = rand(3, 32, 1, 128)
+    kc, vc = rand(3, 8, 3000, 128, seed=1), rand(3, 8, 3000, 128, seed=2)
+    lens = torch.tensor([5, 2999, 0], dtype=torch.int32, device="cuda")
+    out = ak.attention_with_kvcache(qd, kc, vc, lens, backend="cuda")
+    ref64 = R.attention_with_kvcache(qd.double(), kc.double(), vc.double(), lens)
+    assert_close_to_reference(out, ref64, R.attention_with_kvcache(qd, kc, vc, lens), dtype=torch.bfloat16)

@@ -14,6 +14,7 @@ import copy
 import dataclasses
 import functools
 import importlib.util
+import os
 from collections.abc import Callable
 
 import torch
@@ -305,6 +306,28 @@ class AttentionBench(BenchOp):
             return run
 
         provs.append(Provider("triton_no_tma", triton_pointer))
+
+        def cuda_wgmma(case, inp, mode):
+            # the sm_90a wgmma forward of the CUDA backend (opt-in: AIGC_KERNELS_CUDA_WGMMA=1)
+            if not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0):
+                raise NotImplementedError("the wgmma forward runs on compute capability 9.0")
+            if case.shape["head_dim"] not in (64, 128):
+                raise NotImplementedError("the wgmma forward covers head dims 64 and 128")
+
+            def run():
+                saved = os.environ.get("AIGC_KERNELS_CUDA_WGMMA")
+                os.environ["AIGC_KERNELS_CUDA_WGMMA"] = "1"
+                try:
+                    return self._ours(inp, "cuda", case.shape["causal"])
+                finally:
+                    if saved is None:
+                        del os.environ["AIGC_KERNELS_CUDA_WGMMA"]
+                    else:
+                        os.environ["AIGC_KERNELS_CUDA_WGMMA"] = saved
+
+            return run
+
+        provs.append(Provider("cuda_wgmma", cuda_wgmma))
         provs.append(Provider("eager", lambda case, inp, mode: lambda: F.scaled_dot_product_attention(
             inp["q"], inp["k"], inp["v"], is_causal=case.shape["causal"])))
         provs += [_sdpa_provider("sdpa_flash", "FLASH_ATTENTION"),

@@ -53,6 +53,9 @@ struct Params {
   int num_splits;
   float* out_accum;
   float* lse_accum;
+
+  // Forward on Hopper: the wgmma kernel (sm_90a image, head dims 64 and 128) instead of mma.sync.
+  bool use_wgmma;
 };
 
 struct BwdParams : Params {

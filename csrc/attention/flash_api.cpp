@@ -14,6 +14,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <string>
 #include <cmath>
 #include <optional>
 #include <tuple>
@@ -136,6 +138,13 @@ void fill_band(flash::Params& p, double scale, bool causal, int64_t window_left,
   p.window_right = causal ? 0 : static_cast<int>(window_right);  // causal caps the window at the diagonal
 }
 
+// AIGC_KERNELS_CUDA_WGMMA=1: the forward runs the sm_90a wgmma kernel (head dims 64 and 128) instead
+// of mma.sync. Off by default until a GPU run has verified it; read per call.
+bool want_wgmma(int64_t head_dim) {
+  const char* env = std::getenv("AIGC_KERNELS_CUDA_WGMMA");
+  return env != nullptr && std::string(env) == "1" && (head_dim == 64 || head_dim == 128);
+}
+
 void fill_sizes(flash::Params& p, const std::optional<at::Tensor>& cu_seqlens_q,
                 const std::optional<at::Tensor>& cu_seqlens_k, int64_t batch, int64_t hq, int64_t hkv, int64_t lq,
                 int64_t lk) {
@@ -147,6 +156,7 @@ void fill_sizes(flash::Params& p, const std::optional<at::Tensor>& cu_seqlens_q,
   p.seqlen_q = static_cast<int>(lq);
   p.seqlen_k = static_cast<int>(lk);
   p.num_splits = 1;
+  p.use_wgmma = false;
 }
 
 at::Tensor new_lse(const at::Tensor& q, bool packed) {
@@ -215,6 +225,7 @@ std::tuple<at::Tensor, at::Tensor> flash_fwd_cuda(const at::Tensor& q, const at:
   fill_lse(p, lse, packed);
   fill_band(p, scale, causal, window_left, window_right);
   fill_sizes(p, cu_seqlens_q, cu_seqlens_k, batch, hq, hkv, lq, lk);
+  p.use_wgmma = want_wgmma(q.size(-1));
   auto stream = at::cuda::getCurrentCUDAStream();
   dispatch(op, q.scalar_type(), q.size(-1), [&](auto t, auto d) { flash::run_fwd<decltype(t), decltype(d)::value>(p, stream); });
   return {out, lse};
@@ -321,6 +332,7 @@ at::Tensor flash_decode_cuda(const at::Tensor& q, const at::Tensor& k_cache, con
   p.seqused_k = cache_seqlens.data_ptr<int>();
   p.seqused_k_add = static_cast<int>(lnew);
   fill_sizes(p, std::nullopt, std::nullopt, batch, hq, hkv, lq, lmax);
+  p.use_wgmma = want_wgmma(q.size(-1));
   const int64_t group_rows = (hq / hkv) * lq;
   const int64_t bm = flash::fwd_block_m(static_cast<int>(q.size(-1)));
   const int64_t ctas = (group_rows + bm - 1) / bm * batch * hkv;

@@ -120,9 +120,34 @@ __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commi
 template <int N>
 __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 
+// Shared-memory tile layouts: the element offset of (row r, column c) in a ROWS x D tile.
+// Padded: row-major, rows padded by 16 bytes (ldmatrix without bank conflicts; the mma.sync
+// kernels). KMajor / MNMajor: the wgmma "no swizzle" canonical layouts, built from 8 x 8 core
+// matrices of 128 contiguous bytes (8 rows of 16 bytes):
+//   KMajor  (Q, K: the MMA's K dim is the head dim c): core matrix (r/8, c/8) at
+//           ((r/8) * D/8 + c/8) * 64 elements -> LBO (next along K) 128 B, SBO (next 8 rows) D/8 * 128 B
+//   MNMajor (V: the MMA's K dim is the key r, N the head dim c): core matrix (r/8, c/8) at
+//           ((c/8) * ROWS/8 + r/8) * 64 elements -> LBO (next 8 keys) 128 B, SBO (next 8 columns) ROWS/8 * 128 B
+struct PaddedLayout {
+  template <int ROWS, int D>
+  __device__ __forceinline__ static int at(int r, int c) { return r * Pad<D>::kStride + c; }
+};
+struct KMajorLayout {
+  template <int ROWS, int D>
+  __device__ __forceinline__ static int at(int r, int c) {
+    return ((r >> 3) * (D / 8) + (c >> 3)) * 64 + (r & 7) * 8 + (c & 7);
+  }
+};
+struct MNMajorLayout {
+  template <int ROWS, int D>
+  __device__ __forceinline__ static int at(int r, int c) {
+    return ((c >> 3) * (ROWS / 8) + (r >> 3)) * 64 + (r & 7) * 8 + (c & 7);
+  }
+};
+
 // Copy ROWS x D elements, rows [row0, row0 + ROWS) of a sequence starting at base with
-// row_stride, into a padded smem tile; rows >= nrows are zero-filled.
-template <typename T, int ROWS, int D, int NTHREADS>
+// row_stride, into a smem tile of layout L; rows >= nrows are zero-filled.
+template <typename T, int ROWS, int D, int NTHREADS, typename L = PaddedLayout>
 __device__ __forceinline__ void load_tile(T* tile, const T* base, int64_t row_stride, int row0, int nrows,
                                           int tid) {
   constexpr int kChunks = D / 8;
@@ -130,7 +155,7 @@ __device__ __forceinline__ void load_tile(T* tile, const T* base, int64_t row_st
     const int r = c / kChunks, col = (c % kChunks) * 8;
     const bool ok = row0 + r < nrows;
     const T* src = ok ? base + (row0 + r) * row_stride + col : base;
-    cp_async16(tile + r * Pad<D>::kStride + col, src, ok);
+    cp_async16(tile + L::template at<ROWS, D>(r, col), src, ok);
   }
 }
 

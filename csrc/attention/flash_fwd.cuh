@@ -13,29 +13,42 @@
 #include <c10/cuda/CUDAException.h>
 
 #include <cmath>
+#include <type_traits>
 
 #include "flash_common.cuh"
+#include "wgmma.cuh"
 
 namespace aigc_kernels {
 namespace flash {
 
-template <int D>
+template <int D, bool kWgmma = false>
 struct FwdCfg {
   // Registers bound the tile: per thread, O takes MT * D / 2 floats and S takes MT * BN / 2.
-  // D <= 64: 4 warps x 32 rows; D = 96/128: 8 warps x 16 rows; D = 256: 4 warps x 16 rows.
-  static constexpr int kWarps = (D == 96 || D == 128) ? 8 : 4;
+  // mma.sync: D <= 64: 4 warps x 32 rows; D = 96/128: 8 warps x 16 rows; D = 256: 4 warps x 16 rows.
+  // wgmma (sm_90a; D = 64, 128): 2 warpgroups x 64 rows.
+  static constexpr int kWarps = kWgmma ? 8 : ((D == 96 || D == 128) ? 8 : 4);
   static constexpr int kThreads = kWarps * 32;
-  static constexpr int kMT = D <= 64 ? 2 : 1;  // 16-row MMA tiles per warp
+  static constexpr int kMT = kWgmma ? 1 : (D <= 64 ? 2 : 1);  // 16-row MMA tiles per warp
   static constexpr int kBM = 16 * kMT * kWarps;
-  static constexpr int kBN = D <= 128 ? 64 : 32;
-  static constexpr int kStride = Pad<D>::kStride;
+  static constexpr int kBN = kWgmma ? 64 : (D <= 128 ? 64 : 32);
+  static constexpr int kStride = kWgmma ? D : Pad<D>::kStride;   // elements per tile row
   static constexpr int kSmemElems = (kBM + 4 * kBN) * kStride;  // Q + 2 stages of K and V
   static_assert(kBM == fwd_block_m(D), "flash.h's fwd_block_m must match the forward tile");
+  static_assert(!kWgmma || D == 64 || D == 128, "the wgmma forward is instantiated for head dims 64 and 128");
+  using QKLayout = std::conditional_t<kWgmma, KMajorLayout, PaddedLayout>;
+  using VLayout = std::conditional_t<kWgmma, MNMajorLayout, PaddedLayout>;
 };
 
-template <typename T, int D>
-__global__ void __launch_bounds__(FwdCfg<D>::kThreads) fwd_kernel(const Params p) {
-  using C = FwdCfg<D>;
+template <typename T, int D, bool kWgmma>
+__global__ void __launch_bounds__(FwdCfg<D, kWgmma>::kThreads) fwd_kernel(const Params p) {
+#if !defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  if constexpr (kWgmma) {  // built for another arch: the host never launches this
+    __trap();
+  } else {
+#endif
+  using C = FwdCfg<D, kWgmma>;
+  using QKL = typename C::QKLayout;
+  using VL = typename C::VLayout;
   constexpr int kMT = C::kMT, kBM = C::kBM, kBN = C::kBN, kS = C::kStride, kNT = kBN / 8, kDT = D / 8;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* sQ = reinterpret_cast<T*>(smem_raw);
@@ -105,11 +118,11 @@ __global__ void __launch_bounds__(FwdCfg<D>::kThreads) fwd_kernel(const Params p
         const int h = hk * group + rr / seq.lq, i = rr % seq.lq;
         src = q_base + static_cast<int64_t>(h) * p.q_head_stride + static_cast<int64_t>(i) * p.q_row_stride + col;
       }
-      cp_async16(sQ + r * kS + col, src, ok);
+      cp_async16(sQ + QKL::template at<kBM, D>(r, col), src, ok);
     }
     cp_async_commit();
-    load_tile<T, kBN, D, C::kThreads>(sK, k_base, p.k_row_stride, nb_lo * kBN, seq.lk, tid);
-    load_tile<T, kBN, D, C::kThreads>(sV, v_base, p.v_row_stride, nb_lo * kBN, seq.lk, tid);
+    load_tile<T, kBN, D, C::kThreads, QKL>(sK, k_base, p.k_row_stride, nb_lo * kBN, seq.lk, tid);
+    load_tile<T, kBN, D, C::kThreads, VL>(sV, v_base, p.v_row_stride, nb_lo * kBN, seq.lk, tid);
     cp_async_commit();
   }
 
@@ -117,13 +130,18 @@ __global__ void __launch_bounds__(FwdCfg<D>::kThreads) fwd_kernel(const Params p
   for (int nb = nb_lo; nb < nb_hi; ++nb) {
     if (nb + 1 < nb_hi) {
       const int next = stage ^ 1;
-      load_tile<T, kBN, D, C::kThreads>(sK + next * kBN * kS, k_base, p.k_row_stride, (nb + 1) * kBN, seq.lk, tid);
-      load_tile<T, kBN, D, C::kThreads>(sV + next * kBN * kS, v_base, p.v_row_stride, (nb + 1) * kBN, seq.lk, tid);
+      load_tile<T, kBN, D, C::kThreads, QKL>(sK + next * kBN * kS, k_base, p.k_row_stride, (nb + 1) * kBN, seq.lk,
+                                             tid);
+      load_tile<T, kBN, D, C::kThreads, VL>(sV + next * kBN * kS, v_base, p.v_row_stride, (nb + 1) * kBN, seq.lk,
+                                            tid);
       cp_async_commit();
       cp_async_wait<1>();
     } else {
       cp_async_wait<0>();
     }
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    if constexpr (kWgmma) fence_proxy_async();  // the cp.async data, visible to wgmma's reads
+#endif
     __syncthreads();
     const T* kt = sK + stage * kBN * kS;
     const T* vt = sV + stage * kBN * kS;
@@ -135,19 +153,36 @@ __global__ void __launch_bounds__(FwdCfg<D>::kThreads) fwd_kernel(const Params p
 #pragma unroll
       for (int nt = 0; nt < kNT; ++nt) s[mt][nt][0] = s[mt][nt][1] = s[mt][nt][2] = s[mt][nt][3] = 0.f;
     }
+    if constexpr (kWgmma) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+      // The warpgroup's 64 rows of Q against the K tile, both K-major in shared memory.
+      const T* q_wg = sQ + QKL::template at<kBM, D>((warp / 4) * 64, 0);
+      constexpr uint32_t kSbo = D / 8 * 128;
+      fence_regs(s[0]);
+      wgmma_fence();
 #pragma unroll
-    for (int ks = 0; ks < D / 16; ++ks) {
-      uint32_t a[kMT][4];
+      for (int ks = 0; ks < D / 16; ++ks) {
+        wgmma_ss<T, kBN>(s[0], smem_desc(q_wg + ks * 128, 128, kSbo), smem_desc(kt + ks * 128, 128, kSbo));
+      }
+      wgmma_commit();
+      wgmma_wait<0>();
+      fence_regs(s[0]);
+#endif
+    } else {
 #pragma unroll
-      for (int mt = 0; mt < kMT; ++mt) load_a<T, kS>(a[mt], sQ, wrow + mt * 16, ks * 16, lane);
+      for (int ks = 0; ks < D / 16; ++ks) {
+        uint32_t a[kMT][4];
 #pragma unroll
-      for (int np = 0; np < kNT / 2; ++np) {
-        uint32_t bf[4];
-        load_b_nk<T, kS>(bf, kt, np * 16, ks * 16, lane);
+        for (int mt = 0; mt < kMT; ++mt) load_a<T, kS>(a[mt], sQ, wrow + mt * 16, ks * 16, lane);
 #pragma unroll
-        for (int mt = 0; mt < kMT; ++mt) {
-          mma<T>(s[mt][2 * np], a[mt], bf[0], bf[1]);
-          mma<T>(s[mt][2 * np + 1], a[mt], bf[2], bf[3]);
+        for (int np = 0; np < kNT / 2; ++np) {
+          uint32_t bf[4];
+          load_b_nk<T, kS>(bf, kt, np * 16, ks * 16, lane);
+#pragma unroll
+          for (int mt = 0; mt < kMT; ++mt) {
+            mma<T>(s[mt][2 * np], a[mt], bf[0], bf[1]);
+            mma<T>(s[mt][2 * np + 1], a[mt], bf[2], bf[3]);
+          }
         }
       }
     }
@@ -195,19 +230,38 @@ __global__ void __launch_bounds__(FwdCfg<D>::kThreads) fwd_kernel(const Params p
     }
 
     // O += P V
+    if constexpr (kWgmma) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+      // P from registers (the mma.sync A layout), V MN-major in shared memory (transposed B).
+      uint32_t pa[kBN / 16][4];
 #pragma unroll
-    for (int ks = 0; ks < kBN / 16; ++ks) {
-      uint32_t a[kMT][4];
+      for (int ks = 0; ks < kBN / 16; ++ks) acc_to_a<T>(pa[ks], s[0][2 * ks], s[0][2 * ks + 1]);
+      constexpr uint32_t kSbo = kBN / 8 * 128;
+      fence_regs(pa);
+      fence_regs(acc[0]);
+      wgmma_fence();
 #pragma unroll
-      for (int mt = 0; mt < kMT; ++mt) acc_to_a<T>(a[mt], s[mt][2 * ks], s[mt][2 * ks + 1]);
+      for (int ks = 0; ks < kBN / 16; ++ks) wgmma_rs<T, D>(acc[0], pa[ks], smem_desc(vt + ks * 128, 128, kSbo));
+      wgmma_commit();
+      wgmma_wait<0>();
+      fence_regs(acc[0]);
+      fence_regs(pa);
+#endif
+    } else {
 #pragma unroll
-      for (int dp = 0; dp < D / 16; ++dp) {
-        uint32_t bf[4];
-        load_b_kn<T, kS>(bf, vt, ks * 16, dp * 16, lane);
+      for (int ks = 0; ks < kBN / 16; ++ks) {
+        uint32_t a[kMT][4];
 #pragma unroll
-        for (int mt = 0; mt < kMT; ++mt) {
-          mma<T>(acc[mt][2 * dp], a[mt], bf[0], bf[1]);
-          mma<T>(acc[mt][2 * dp + 1], a[mt], bf[2], bf[3]);
+        for (int mt = 0; mt < kMT; ++mt) acc_to_a<T>(a[mt], s[mt][2 * ks], s[mt][2 * ks + 1]);
+#pragma unroll
+        for (int dp = 0; dp < D / 16; ++dp) {
+          uint32_t bf[4];
+          load_b_kn<T, kS>(bf, vt, ks * 16, dp * 16, lane);
+#pragma unroll
+          for (int mt = 0; mt < kMT; ++mt) {
+            mma<T>(acc[mt][2 * dp], a[mt], bf[0], bf[1]);
+            mma<T>(acc[mt][2 * dp + 1], a[mt], bf[2], bf[3]);
+          }
         }
       }
     }
@@ -248,20 +302,52 @@ __global__ void __launch_bounds__(FwdCfg<D>::kThreads) fwd_kernel(const Params p
       }
     }
   }
+#if !defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  }
+#endif
 }
 
-template <typename T, int D>
-void run_fwd(const Params& p, cudaStream_t stream) {
-  using C = FwdCfg<D>;
+template <typename T, int D, bool kWgmma>
+void launch_fwd(const Params& p, cudaStream_t stream) {
+  using C = FwdCfg<D, kWgmma>;
   const int rows = (p.heads_q / p.heads_kv) * p.seqlen_q;
   const dim3 grid((rows + C::kBM - 1) / C::kBM, p.batch * p.heads_kv, p.num_splits);
   const int smem = C::kSmemElems * static_cast<int>(sizeof(T));
-  auto kernel = fwd_kernel<T, D>;
+  auto kernel = fwd_kernel<T, D, kWgmma>;
   if (smem > 48 * 1024) {
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   }
   kernel<<<grid, C::kThreads, smem, stream>>>(p);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// Whether this build holds the wgmma forward for the current device: an sm_90a image of it.
+template <typename T, int D>
+bool wgmma_fwd_available() {
+  cudaFuncAttributes attr{};
+  if (cudaFuncGetAttributes(&attr, fwd_kernel<T, D, true>) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  return attr.binaryVersion == 90;
+}
+
+template <typename T, int D>
+void run_fwd(const Params& p, cudaStream_t stream) {
+  if constexpr (D == 64 || D == 128) {
+    if (p.use_wgmma) {
+      const bool available = wgmma_fwd_available<T, D>();
+      TORCH_CHECK(available, "aigc_kernels::flash_fwd: the wgmma forward was asked for "
+                  "(AIGC_KERNELS_CUDA_WGMMA=1) but this build has no sm_90a image for this GPU "
+                  "(build with AIGC_KERNELS_CUDA_ARCHS including 9.0a; it runs on compute capability 9.0)");
+      launch_fwd<T, D, true>(p, stream);
+    } else {
+      launch_fwd<T, D, false>(p, stream);
+    }
+  } else {
+    TORCH_CHECK(!p.use_wgmma, "aigc_kernels::flash_fwd: the wgmma forward covers head dims 64 and 128, got ", D);
+    launch_fwd<T, D, false>(p, stream);
+  }
   if (p.num_splits > 1) run_combine<T>(p, stream);
 }
 
