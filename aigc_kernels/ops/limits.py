@@ -98,10 +98,16 @@ def _cuda_attention_common(tensors, q: torch.Tensor) -> str | None:
     if d > CUDA_BWD_MAX_HEAD_DIM and torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return (f"the CUDA attention backward supports head dims up to {CUDA_BWD_MAX_HEAD_DIM}, got {d} "
                 "(with inputs that require grad)")
-    if q.is_cuda and torch.cuda.get_device_capability(q.device)[0] < 8:
-        major, minor = torch.cuda.get_device_capability(q.device)
-        return f"the CUDA attention needs compute capability 8.0 or newer (mma.sync, cp.async), got {major}.{minor}"
+    if q.is_cuda:
+        major, minor = _capability(q.device.index if q.device.index is not None else torch.cuda.current_device())
+        if major < 8:
+            return f"the CUDA attention needs compute capability 8.0 or newer (mma.sync, cp.async), got {major}.{minor}"
     return None
+
+
+@functools.cache
+def _capability(index: int) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(index)
 
 
 def cuda_attention(q, k, v, *, causal=False, attn_mask=None, dropout_p=0.0, scale=None, window_size=None):

@@ -9,6 +9,11 @@
 //
 // Split-K (decoding): blockIdx.z takes a contiguous share of the key blocks and writes its
 // normalized partial output and lse (log2 units) to float32 buffers; flash_combine.cu merges.
+//
+// kWgmma (sm_90a, head dims 64 and 128; opt-in, AIGC_KERNELS_CUDA_WGMMA=1): the same schedule with
+// two warpgroups of 64 rows; tiles sit in shared memory in wgmma's no-swizzle core-matrix layouts,
+// S = Q K^T is one warpgroup MMA over shared memory per 16 head-dim columns, and O += P V takes P
+// from registers. Each MMA batch is committed and waited on before the softmax (no overlap yet).
 #pragma once
 #include <c10/cuda/CUDAException.h>
 
