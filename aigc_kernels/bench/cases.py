@@ -788,9 +788,81 @@ def _last_logits_then_generate(model, prompt, new_tokens, hf=False):
     return model(prompt)
 
 
+# ----------------------------------------------------------------------------------------------
+# dispatch: the eager overhead of a call, on inputs too small for the kernel to matter
+# ----------------------------------------------------------------------------------------------
+class DispatchBench(BenchOp):
+    """Wall-clock time per call of tiny ops, back to back (the runner times these on the host,
+    with one synchronize after many calls): what validation, backend selection, the torch.ops
+    dispatcher and the launch cost, against calling the same math directly."""
+
+    name = "dispatch"
+    modes = ("fwd",)
+    wall_clock = True
+
+    def cases(self, quick, device):
+        dtype = torch.bfloat16 if device == "cuda" else torch.float32
+        return [Case(self.name, "layer_norm 4x64", {"op": "layer_norm", "rows": 4, "hidden": 64}, dtype),
+                Case(self.name, "attention 1x2x16x32", {"op": "attention", "heads": 2, "seq": 16, "head_dim": 32},
+                     dtype)]
+
+    def inputs(self, case, device, requires_grad):
+        g = torch.Generator().manual_seed(0)
+        s = case.shape
+        if s["op"] == "layer_norm":
+            n = s["hidden"]
+            return {"x": _rand((s["rows"], n), case.dtype, device, False, gen=g),
+                    "weight": _rand((n,), case.dtype, device, False, gen=g),
+                    "bias": _rand((n,), case.dtype, device, False, gen=g)}
+        shape = (1, s["heads"], s["seq"], s["head_dim"])
+        return {n: _rand(shape, case.dtype, device, False, gen=g) for n in ("q", "k", "v")}
+
+    @staticmethod
+    def _public(case, inp, backend):
+        if case.shape["op"] == "layer_norm":
+            return lambda: ops.layer_norm(inp["x"], inp["weight"], inp["bias"], 1e-5, backend=backend)
+        return lambda: ops.attention(inp["q"], inp["k"], inp["v"], causal=True, backend=backend)
+
+    @staticmethod
+    def _reference(case, inp):
+        if case.shape["op"] == "layer_norm":
+            return lambda: reference.layer_norm(inp["x"], inp["weight"], inp["bias"], 1e-5)
+        return lambda: reference.attention(inp["q"], inp["k"], inp["v"], causal=True)
+
+    def providers(self):
+        def ours(name):
+            def make(case, inp, mode):
+                return self._public(case, inp, name)
+
+            return Provider(name, make, needs_gpu=name != "torch")
+
+        def cuda_op(case, inp, mode):  # the C++ op straight, without the Python API in front
+            from ..ops import cuda_ops  # noqa: F401  (loads the extension)
+
+            if case.shape["op"] == "layer_norm":
+                return lambda: torch.ops.aigc_kernels.norm_fwd(inp["x"], inp["weight"], inp["bias"], None, 1e-5, False)
+            q = inp["q"]
+            return lambda: torch.ops.aigc_kernels.flash_fwd(q, inp["k"], inp["v"], None, None, q.shape[2], q.shape[2],
+                                                            q.shape[-1] ** -0.5, True, -1, -1)
+
+        def eager(case, inp, mode):
+            if case.shape["op"] == "layer_norm":
+                return lambda: F.layer_norm(inp["x"], (case.shape["hidden"],), inp["weight"], inp["bias"], 1e-5)
+            return lambda: F.scaled_dot_product_attention(inp["q"], inp["k"], inp["v"], is_causal=True)
+
+        return [ours("cuda"), Provider("cuda_op", cuda_op), ours("triton"), ours("torch"),
+                Provider("reference_direct", lambda case, inp, mode: self._reference(case, inp), needs_gpu=False),
+                Provider("eager", eager)]
+
+    def check(self, case, inputs, out):
+        ref = self._reference(case, {k: v.detach() for k, v in inputs.items()})
+        ref64 = self._reference(case, {k: v.detach().double() for k, v in inputs.items()})
+        return _bound(ref(), out, ref64(), case.dtype)
+
+
 def bench_ops() -> dict[str, BenchOp]:
     ops_ = [NormBench("layer_norm"), NormBench("rms_norm"), AttentionBench(), DecodeBench(), LinearBench(),
-            FfnBench(), ModelTrainBench(), ModelDecodeBench()]
+            FfnBench(), ModelTrainBench(), ModelDecodeBench(), DispatchBench()]
     return {o.name: o for o in ops_}
 
 

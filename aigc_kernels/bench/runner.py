@@ -14,7 +14,9 @@ JSON schema (stable; new keys may be added, none removed or renamed)::
                   "status", "note"}]}                                   # status: ok | skipped | error | wrong
 
 op is one of attention, attention_decode, layer_norm, rms_norm, linear, ffn, model_train (a GPT-2
-training step: forward, backward, AdamW) and model_decode (greedy generation with the KV cache).
+training step: forward, backward, AdamW), model_decode (greedy generation with the KV cache) and
+dispatch (tiny calls timed by host wall clock, 200 back to back: the eager overhead per call of
+the public API, the bare torch.ops op, and the math called directly).
 Compute-bound ops (attention, linear, ffn) report % of the bf16 GEMM ceiling; memory-bound ones
 (norms, decode) % of the copy bandwidth; the model cases report tokens/s.
 
@@ -107,6 +109,24 @@ def _time_cpu(fn: Callable, reps: int) -> tuple[float, float, float]:
         fn()
         samples.append((time.perf_counter() - t0) * 1e3)
     q = statistics.quantiles(samples, n=10) if len(samples) >= 2 else samples * 9
+    return statistics.median(samples), q[1], q[7]
+
+
+def _time_wall(fn: Callable, sync: bool, calls: int = 200, reps: int = 7) -> tuple[float, float, float]:
+    """Host wall-clock per call over `calls` back-to-back calls (one synchronize at the end):
+    the eager dispatch overhead when the kernels are tiny."""
+    fn()
+    samples = []
+    for _ in range(reps):
+        if sync:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        if sync:
+            torch.cuda.synchronize()
+        samples.append((time.perf_counter() - t0) * 1e3 / calls)
+    q = statistics.quantiles(samples, n=10)
     return statistics.median(samples), q[1], q[7]
 
 
@@ -220,7 +240,10 @@ def _run_one(bop: BenchOp, case: Case, prov, mode: str, device: str, ceilings: d
             fn()
             torch.cuda.synchronize()
             fields["peak_mem_mb"] = round((torch.cuda.max_memory_allocated() - base_mem) / 2**20, 1)
-            med, p20, p80 = _time_gpu(fn, leaves or None)
+            med, p20, p80 = (_time_wall(fn, sync=True) if getattr(bop, "wall_clock", False)
+                             else _time_gpu(fn, leaves or None))
+        elif getattr(bop, "wall_clock", False):
+            med, p20, p80 = _time_wall(fn, sync=False)
         else:
             med, p20, p80 = _time_cpu(fn, cpu_reps)
     except torch.cuda.OutOfMemoryError:
