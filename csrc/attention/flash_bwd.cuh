@@ -11,7 +11,9 @@
 //   dq:   a CTA owns 64 query rows of one (batch, query head), 16 per warp, and loops over keys.
 // Q/dO (dkdv) and K/V (dq) tiles stream through two-stage cp.async pipelines.
 #pragma once
+#ifndef AIGC_FLASH_EMULATE
 #include <c10/cuda/CUDAException.h>
+#endif
 
 #include <cmath>
 
@@ -45,7 +47,7 @@ template <typename T, int D>
 __global__ void __launch_bounds__(BwdCfg<D>::kThreads) dkdv_kernel(const BwdParams p) {
   using C = BwdCfg<D>;
   constexpr int kS = C::kStride, kBN = C::kBNk, kBM = C::kBMq, kQT = kBM / 8, kDT = D / 8;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+  AIGC_DYNAMIC_SMEM(smem_raw);
   T* sK = reinterpret_cast<T*>(smem_raw);
   T* sV = sK + kBN * kS;
   T* sQ = sV + kBN * kS;          // [2][kBM][kS]
@@ -204,7 +206,7 @@ template <typename T, int D>
 __global__ void __launch_bounds__(BwdCfg<D>::kThreads) dq_kernel(const BwdParams p) {
   using C = BwdCfg<D>;
   constexpr int kS = C::kStride, kBM = C::kBMdq, kBN = C::kBNdq, kNT = kBN / 8, kDT = D / 8;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+  AIGC_DYNAMIC_SMEM(smem_raw);
   T* sQ = reinterpret_cast<T*>(smem_raw);
   T* sdO = sQ + kBM * kS;
   T* sK = sdO + kBM * kS;  // [2][kBN][kS]
@@ -343,6 +345,7 @@ __global__ void __launch_bounds__(BwdCfg<D>::kThreads) dq_kernel(const BwdParams
   }
 }
 
+#ifndef AIGC_FLASH_EMULATE  // the launcher (tests/emulation drives the kernels itself)
 template <typename T, int D>
 void run_bwd(const BwdParams& p, cudaStream_t stream) {
   using C = BwdCfg<D>;
@@ -366,6 +369,8 @@ void run_bwd(const BwdParams& p, cudaStream_t stream) {
   q_kernel<<<grid_q, C::kThreads, smem_q, stream>>>(p);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
+
+#endif  // AIGC_FLASH_EMULATE
 
 }  // namespace flash
 }  // namespace aigc_kernels

@@ -8,6 +8,9 @@
 // Shared-memory tiles are row-major with rows padded by 8 elements (16 bytes), so the 8 row
 // addresses of one ldmatrix phase fall in distinct banks.
 #pragma once
+#ifdef AIGC_FLASH_EMULATE
+#include "emulate.h"  // CPU emulation of the device features below (tests/emulation)
+#endif
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -27,11 +30,27 @@ struct Pad {
   static constexpr int kStride = D + 8;  // elements per smem row
 };
 
+#ifdef AIGC_FLASH_EMULATE
+#define AIGC_DYNAMIC_SMEM(name) unsigned char* name = ::emu::dynamic_smem()
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(reinterpret_cast<uintptr_t>(p));
+}
+#else
+#define AIGC_DYNAMIC_SMEM(name) extern __shared__ __align__(16) unsigned char name[]
 __device__ __forceinline__ uint32_t smem_addr(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
+#endif
 
 // ---- tensor cores ---------------------------------------------------------------------------
+#ifdef AIGC_FLASH_EMULATE
+template <typename T>
+__device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  ::emu::mma<T>(c, a, b0, b1);
+}
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) { ::emu::ldmatrix_x4(r, p, false); }
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* p) { ::emu::ldmatrix_x4(r, p, true); }
+#else
 template <typename T>
 __device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
   if constexpr (std::is_same_v<T, __half>) {
@@ -60,6 +79,7 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* 
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(smem_addr(p)));
 }
+#endif
 
 // A fragment of the 16 x 16 block at (row0, col0) of a row-major smem tile.
 template <typename T, int STRIDE>
@@ -112,6 +132,14 @@ __device__ __forceinline__ void acc_to_a(uint32_t (&a)[4], const float (&c0)[4],
 
 // ---- asynchronous copies --------------------------------------------------------------------
 // 16 bytes global -> shared; src_bytes = 0 fills zeros (src must still be a valid address).
+#ifdef AIGC_FLASH_EMULATE
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
+  if (valid) std::memcpy(dst, src, 16); else std::memset(dst, 0, 16);
+}
+__device__ __forceinline__ void cp_async_commit() {}
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {}
+#else
 __device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
                "r"(valid ? 16 : 0));
@@ -119,6 +147,7 @@ __device__ __forceinline__ void cp_async16(void* dst, const void* src, bool vali
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N>
 __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+#endif
 
 // Shared-memory tile layouts: the element offset of (row r, column c) in a ROWS x D tile.
 // Padded: row-major, rows padded by 16 bytes (ldmatrix without bank conflicts; the mma.sync

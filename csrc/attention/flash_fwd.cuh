@@ -15,7 +15,9 @@
 // S = Q K^T is one warpgroup MMA over shared memory per 16 head-dim columns, and O += P V takes P
 // from registers. Each MMA batch is committed and waited on before the softmax (no overlap yet).
 #pragma once
+#ifndef AIGC_FLASH_EMULATE
 #include <c10/cuda/CUDAException.h>
+#endif
 
 #include <cmath>
 #include <type_traits>
@@ -55,7 +57,7 @@ __global__ void __launch_bounds__(FwdCfg<D, kWgmma>::kThreads) fwd_kernel(const 
   using QKL = typename C::QKLayout;
   using VL = typename C::VLayout;
   constexpr int kMT = C::kMT, kBM = C::kBM, kBN = C::kBN, kS = C::kStride, kNT = kBN / 8, kDT = D / 8;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+  AIGC_DYNAMIC_SMEM(smem_raw);
   T* sQ = reinterpret_cast<T*>(smem_raw);
   T* sK = sQ + kBM * kS;
   T* sV = sK + 2 * kBN * kS;
@@ -312,6 +314,7 @@ __global__ void __launch_bounds__(FwdCfg<D, kWgmma>::kThreads) fwd_kernel(const 
 #endif
 }
 
+#ifndef AIGC_FLASH_EMULATE  // the launchers (tests/emulation drives the kernels itself)
 template <typename T, int D, bool kWgmma>
 void launch_fwd(const Params& p, cudaStream_t stream) {
   using C = FwdCfg<D, kWgmma>;
@@ -355,6 +358,8 @@ void run_fwd(const Params& p, cudaStream_t stream) {
   }
   if (p.num_splits > 1) run_combine<T>(p, stream);
 }
+
+#endif  // AIGC_FLASH_EMULATE
 
 }  // namespace flash
 }  // namespace aigc_kernels
