@@ -2,8 +2,9 @@
 compiler against csrc/attention/emulate.h (threads as fibers; ldmatrix, mma.sync, shuffles and
 __syncthreads emulated per the PTX ISA) and compared with a float64 reference.
 
-This checks the kernels' index arithmetic, GQA packing, masks, varlen offsets, split-K merge and
-the two-kernel backward on a machine without a GPU. It does not check the hardware (timing,
+This checks the kernels' index arithmetic, GQA packing, masks, varlen offsets, split-K merge, the
+two-kernel backward, and the wgmma forward's shared-memory layouts against its descriptors, on a
+machine without a GPU. It does not check the hardware (timing,
 real concurrency, the PTX semantics themselves): the gpu-marked tests in test_cuda_attention.py do.
 """
 
@@ -68,6 +69,12 @@ CASES = [
     ("decode", "bf16", 64, 2, 4, 4, 3, 500, 1, -1, -1, 0, 7),
     ("decode", "f16", 256, 2, 4, 1, 1, 200, 0, -1, -1, 0, 2),
     ("decode", "bf16", 128, 2, 32, 8, 1, 257, 1, -1, -1, 0, 1),
+    # the sm_90a wgmma forward (descriptors over the no-swizzle core-matrix layouts)
+    ("fwdw", "f16", 64, 1, 2, 2, 37, 45, 0, -1, -1, 0, 1),
+    ("fwdw", "bf16", 128, 2, 8, 2, 150, 130, 1, -1, -1, 0, 1),
+    ("fwdw", "f16", 128, 3, 4, 2, 50, 60, 1, -1, -1, 1, 1),
+    ("fwdw", "bf16", 64, 1, 4, 4, 100, 100, 0, 7, 3, 0, 1),
+    ("decodew", "f16", 128, 3, 8, 2, 1, 300, 1, -1, -1, 0, 3),
 ]
 REL = {"f16": 2e-3, "bf16": 1.6e-2}  # ~2 ulps of the largest reference value (inputs are rounded too)
 
@@ -79,7 +86,7 @@ def test_flash_kernels_under_emulation(emulator, case):
     res = subprocess.run([str(emulator), *args], capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr
     errs = json.loads(res.stdout)
-    names = ["out"] + (["lse"] if mode != "decode" else []) + (["dq", "dk", "dv"] if mode == "bwd" else [])
+    names = ["out"] + (["lse"] if not mode.startswith("decode") else []) + (["dq", "dk", "dv"] if mode == "bwd" else [])
     for name in names:
         err, ref = errs[name]
         bound = REL[dtype] * max(ref, 1.0) + 1e-3

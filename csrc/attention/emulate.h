@@ -1,4 +1,5 @@
-// A CPU emulation of the few device features the mma.sync flash kernels use, so the kernels'
+// A CPU emulation of the few device features the flash kernels use (mma.sync, and wgmma with
+// no-swizzle descriptors), so the kernels'
 // own source runs on a machine without a GPU (tests/emulation/flash_emulate.cpp, compiled by a
 // host C++ compiler with AIGC_FLASH_EMULATE defined).
 //
@@ -231,6 +232,65 @@ inline void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1)
   }
   sync_warp();
   for (int e = 0; e < 4; ++e) c[e] = out[e];
+}
+
+// ---- Hopper wgmma (warpgroup MMA), no-swizzle descriptors ------------------------------------
+// Descriptor: start address, LBO (K-direction core-matrix step), SBO (M/N-direction step), all
+// >> 4 (flash_common.cuh: smem_addr is an offset into the dynamic shared memory here). Core matrix:
+// 8 rows of 16 contiguous bytes. K-major: a row is 8 K-elements; MN-major: a row is 8 M/N-elements.
+struct Desc {
+  const unsigned char* start;
+  int lbo, sbo;
+};
+inline Desc decode(uint64_t d) {
+  if ((d >> 62) != 0) std::abort();  // only the no-swizzle layout is emulated
+  return {dynamic_smem() + ((d & 0x3FFF) << 4), static_cast<int>(((d >> 16) & 0x3FFF) << 4),
+          static_cast<int>(((d >> 32) & 0x3FFF) << 4)};
+}
+// Element (mn, k) of a K-major operand, (k, mn) of an MN-major one.
+inline uint16_t kmajor(const Desc& d, int mn, int k) {
+  return load16(d.start + (mn / 8) * d.sbo + (k / 8) * d.lbo + (mn % 8) * 16 + (k % 8) * 2);
+}
+inline uint16_t mnmajor(const Desc& d, int k, int mn) {
+  return load16(d.start + (k / 8) * d.lbo + (mn / 8) * d.sbo + (k % 8) * 16 + (mn % 8) * 2);
+}
+
+// D (64 x N, this thread's fragment) += A (64 x 16, K-major smem) B (16 x N, K-major smem).
+template <typename T, int N>
+inline void wgmma_ss(float (&d)[N / 8][4], uint64_t desc_a, uint64_t desc_b) {
+  const Desc a = decode(desc_a), b = decode(desc_b);
+  const int w = (tid() / 32) % 4, lane = tid() % 32, g = lane / 4, t = lane % 4;
+  for (int j = 0; j < N / 8; ++j)
+    for (int e = 0; e < 4; ++e) {
+      const int row = 16 * w + g + (e >= 2 ? 8 : 0), col = 8 * j + 2 * t + (e & 1);
+      float acc = d[j][e];
+      for (int k = 0; k < 16; ++k) acc += to_f<T>(kmajor(a, row, k)) * to_f<T>(kmajor(b, col, k));
+      d[j][e] = acc;
+    }
+}
+
+// D += A (this warp's 16 rows from registers, the mma.sync A layout) B (16 x N, MN-major smem).
+template <typename T, int N>
+inline void wgmma_rs(float (&d)[N / 8][4], const uint32_t (&a)[4], uint64_t desc_b) {
+  std::memcpy(my_slot().a, a, sizeof(my_slot().a));
+  sync_warp();
+  auto& s = warp_slots();
+  auto A = [&](int row, int col) {
+    const uint32_t wd = s[4 * (row % 8) + (col % 8) / 2].a[(row >= 8 ? 1 : 0) + (col >= 8 ? 2 : 0)];
+    return to_f<T>(static_cast<uint16_t>((col % 2) ? (wd >> 16) : (wd & 0xFFFF)));
+  };
+  const Desc b = decode(desc_b);
+  const int lane = tid() % 32, g = lane / 4, t = lane % 4;
+  float out[N / 8][4];
+  for (int j = 0; j < N / 8; ++j)
+    for (int e = 0; e < 4; ++e) {
+      const int row = g + (e >= 2 ? 8 : 0), col = 8 * j + 2 * t + (e & 1);
+      float acc = d[j][e];
+      for (int k = 0; k < 16; ++k) acc += A(row, k) * to_f<T>(mnmajor(b, k, col));
+      out[j][e] = acc;
+    }
+  sync_warp();
+  std::memcpy(d, out, sizeof(out));
 }
 
 }  // namespace emu

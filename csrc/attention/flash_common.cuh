@@ -30,10 +30,17 @@ struct Pad {
   static constexpr int kStride = D + 8;  // elements per smem row
 };
 
+// The wgmma forward is compiled for sm_90a, and for the CPU emulation.
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL) || defined(AIGC_FLASH_EMULATE)
+#define AIGC_HAS_WGMMA 1
+#else
+#define AIGC_HAS_WGMMA 0
+#endif
+
 #ifdef AIGC_FLASH_EMULATE
 #define AIGC_DYNAMIC_SMEM(name) unsigned char* name = ::emu::dynamic_smem()
-__device__ __forceinline__ uint32_t smem_addr(const void* p) {
-  return static_cast<uint32_t>(reinterpret_cast<uintptr_t>(p));
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {  // an offset into the block's shared memory
+  return static_cast<uint32_t>(static_cast<const unsigned char*>(p) - ::emu::dynamic_smem());
 }
 #else
 #define AIGC_DYNAMIC_SMEM(name) extern __shared__ __align__(16) unsigned char name[]

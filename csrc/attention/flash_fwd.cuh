@@ -48,7 +48,7 @@ struct FwdCfg {
 
 template <typename T, int D, bool kWgmma>
 __global__ void __launch_bounds__(FwdCfg<D, kWgmma>::kThreads) fwd_kernel(const Params p) {
-#if !defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#if !AIGC_HAS_WGMMA
   if constexpr (kWgmma) {  // built for another arch: the host never launches this
     __trap();
   } else {
@@ -146,7 +146,7 @@ __global__ void __launch_bounds__(FwdCfg<D, kWgmma>::kThreads) fwd_kernel(const 
     } else {
       cp_async_wait<0>();
     }
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#if AIGC_HAS_WGMMA
     if constexpr (kWgmma) fence_proxy_async();  // the cp.async data, visible to wgmma's reads
 #endif
     __syncthreads();
@@ -161,7 +161,7 @@ __global__ void __launch_bounds__(FwdCfg<D, kWgmma>::kThreads) fwd_kernel(const 
       for (int nt = 0; nt < kNT; ++nt) s[mt][nt][0] = s[mt][nt][1] = s[mt][nt][2] = s[mt][nt][3] = 0.f;
     }
     if constexpr (kWgmma) {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#if AIGC_HAS_WGMMA
       // The warpgroup's 64 rows of Q against the K tile, both K-major in shared memory.
       const T* q_wg = sQ + QKL::template at<kBM, D>((warp / 4) * 64, 0);
       constexpr uint32_t kSbo = D / 8 * 128;
@@ -238,7 +238,7 @@ __global__ void __launch_bounds__(FwdCfg<D, kWgmma>::kThreads) fwd_kernel(const 
 
     // O += P V
     if constexpr (kWgmma) {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#if AIGC_HAS_WGMMA
       // P from registers (the mma.sync A layout), V MN-major in shared memory (transposed B).
       uint32_t pa[kBN / 16][4];
 #pragma unroll
@@ -309,7 +309,7 @@ __global__ void __launch_bounds__(FwdCfg<D, kWgmma>::kThreads) fwd_kernel(const 
       }
     }
   }
-#if !defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#if !AIGC_HAS_WGMMA
   }
 #endif
 }

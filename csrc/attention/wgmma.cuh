@@ -19,7 +19,21 @@ __device__ __forceinline__ uint64_t smem_desc(const void* p, uint32_t lbo_bytes,
          (static_cast<uint64_t>((sbo_bytes >> 4) & 0x3FFF) << 32);
 }
 
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#if defined(AIGC_FLASH_EMULATE)
+template <typename T, int N>
+__device__ __forceinline__ void wgmma_ss(float (&d)[N / 8][4], uint64_t desc_a, uint64_t desc_b) {
+  ::emu::wgmma_ss<T, N>(d, desc_a, desc_b);
+}
+template <typename T, int N>
+__device__ __forceinline__ void wgmma_rs(float (&d)[N / 8][4], const uint32_t (&a)[4], uint64_t desc_b) {
+  ::emu::wgmma_rs<T, N>(d, a, desc_b);
+}
+__device__ __forceinline__ void wgmma_fence() {}
+__device__ __forceinline__ void wgmma_commit() {}
+template <int N>
+__device__ __forceinline__ void wgmma_wait() {}
+__device__ __forceinline__ void fence_proxy_async() {}
+#elif defined(__CUDA_ARCH_FEAT_SM90_ALL)
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
 template <int N>
@@ -32,6 +46,10 @@ __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.
 
 // Keep registers that an asynchronous wgmma reads or writes live and unmoved across the
 // fence / wait (the compiler does not know the instruction is asynchronous).
+#ifdef AIGC_FLASH_EMULATE
+template <int R, int C, typename V>
+__device__ __forceinline__ void fence_regs(V (&)[R][C]) {}
+#else
 template <int R, int C>
 __device__ __forceinline__ void fence_regs(float (&x)[R][C]) {
 #pragma unroll
@@ -48,6 +66,7 @@ __device__ __forceinline__ void fence_regs(uint32_t (&x)[R][C]) {
     for (int j = 0; j < C; ++j) asm volatile("" : "+r"(x[i][j])::"memory");
   }
 }
+#endif
 
 }  // namespace flash
 }  // namespace aigc_kernels

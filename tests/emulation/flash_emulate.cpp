@@ -2,7 +2,8 @@
 // compares them with a float64 reference. Built and driven by tests/test_flash_emulation.py:
 //
 //   flash_emulate MODE DTYPE D B HQ HKV LQ LK CAUSAL WL WR PACKED SPLITS SEED
-//     MODE fwd | bwd | decode;  DTYPE f16 | bf16;  PACKED 1: varlen with per-batch lengths drawn
+//     MODE fwd | bwd | decode, or fwdw | decodew (the sm_90a wgmma forward, head dims 64 and 128);
+//     DTYPE f16 | bf16;  PACKED 1: varlen with per-batch lengths drawn
 //     from [0, LQ] x [0, LK] (LQ/LK are then the maxima);  SPLITS: decode's split count
 //
 // Prints one JSON line: the max abs error of out, lse, dq, dk, dv (the ones computed) and the
@@ -52,7 +53,8 @@ int run(const std::string& mode, int B, int HQ, int HKV, int LQ, int LK, bool ca
   std::mt19937 rng(seed);
   std::normal_distribution<float> normal(0.f, 1.f);
   std::uniform_int_distribution<int> uq(0, LQ), uk(0, LK);
-  const bool decode = mode == "decode";
+  const bool decode = mode == "decode" || mode == "decodew";
+  const bool wgmma = mode == "fwdw" || mode == "decodew";
   const int G = HQ / HKV;
   // Sequence lengths and row offsets.
   std::vector<int> lq(B, LQ), lk(B, LK), cu_q(B + 1, 0), cu_k(B + 1, 0), used(B, LK);
@@ -183,9 +185,22 @@ int run(const std::string& mode, int B, int HQ, int HKV, int LQ, int LK, bool ca
     std::fill(lse.begin(), lse.end(), -INFINITY);
   }
 
-  using F = FwdCfg<D, false>;
-  const dim3 fgrid((G * LQ + F::kBM - 1) / F::kBM, B * HKV, p.num_splits);
-  emu::launch(fgrid, F::kThreads, F::kSmemElems * sizeof(T), [&] { fwd_kernel<T, D, false>(p); });
+  auto forward = [&](auto wg_tag) {
+    constexpr bool kW = decltype(wg_tag)::value;
+    using F = FwdCfg<D, kW>;
+    const dim3 fgrid((G * LQ + F::kBM - 1) / F::kBM, B * HKV, p.num_splits);
+    emu::launch(fgrid, F::kThreads, F::kSmemElems * sizeof(T), [&] { fwd_kernel<T, D, kW>(p); });
+  };
+  if (wgmma) {
+    if constexpr (D == 64 || D == 128) {
+      forward(std::true_type{});
+    } else {
+      std::fprintf(stderr, "the wgmma forward covers head dims 64 and 128, got %d\n", D);
+      return 2;
+    }
+  } else {
+    forward(std::false_type{});
+  }
   if (p.num_splits > 1) {
     const int64_t rows = static_cast<int64_t>(B) * HQ * LQ;
     emu::launch(dim3(static_cast<unsigned>((rows + 3) / 4)), 128, 0, [&] { combine_kernel<T>(p); });
