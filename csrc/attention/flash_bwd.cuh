@@ -11,7 +11,7 @@
 //   dq:   a CTA owns 64 query rows of one (batch, query head), 16 per warp, and loops over keys.
 // Q/dO (dkdv) and K/V (dq) tiles stream through two-stage cp.async pipelines.
 #pragma once
-#ifndef AIGC_FLASH_EMULATE
+#ifndef AIGC_EMULATE
 #include <c10/cuda/CUDAException.h>
 #endif
 
@@ -345,7 +345,7 @@ __global__ void __launch_bounds__(BwdCfg<D>::kThreads) dq_kernel(const BwdParams
   }
 }
 
-#ifndef AIGC_FLASH_EMULATE  // the launcher (tests/emulation drives the kernels itself)
+#ifndef AIGC_EMULATE  // the launcher (tests/emulation drives the kernels itself)
 template <typename T, int D>
 void run_bwd(const BwdParams& p, cudaStream_t stream) {
   using C = BwdCfg<D>;
@@ -370,7 +370,7 @@ void run_bwd(const BwdParams& p, cudaStream_t stream) {
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-#endif  // AIGC_FLASH_EMULATE
+#endif  // AIGC_EMULATE
 
 }  // namespace flash
 }  // namespace aigc_kernels

@@ -8,8 +8,8 @@
 // Shared-memory tiles are row-major with rows padded by 8 elements (16 bytes), so the 8 row
 // addresses of one ldmatrix phase fall in distinct banks.
 #pragma once
-#ifdef AIGC_FLASH_EMULATE
-#include "emulate.h"  // CPU emulation of the device features below (tests/emulation)
+#ifdef AIGC_EMULATE
+#include "../emulate.h"  // CPU emulation of the device features below (tests/emulation)
 #endif
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -31,13 +31,13 @@ struct Pad {
 };
 
 // The wgmma forward is compiled for sm_90a, and for the CPU emulation.
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL) || defined(AIGC_FLASH_EMULATE)
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL) || defined(AIGC_EMULATE)
 #define AIGC_HAS_WGMMA 1
 #else
 #define AIGC_HAS_WGMMA 0
 #endif
 
-#ifdef AIGC_FLASH_EMULATE
+#ifdef AIGC_EMULATE
 #define AIGC_DYNAMIC_SMEM(name) unsigned char* name = ::emu::dynamic_smem()
 __device__ __forceinline__ uint32_t smem_addr(const void* p) {  // an offset into the block's shared memory
   return static_cast<uint32_t>(static_cast<const unsigned char*>(p) - ::emu::dynamic_smem());
@@ -50,7 +50,7 @@ __device__ __forceinline__ uint32_t smem_addr(const void* p) {
 #endif
 
 // ---- tensor cores ---------------------------------------------------------------------------
-#ifdef AIGC_FLASH_EMULATE
+#ifdef AIGC_EMULATE
 template <typename T>
 __device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
   ::emu::mma<T>(c, a, b0, b1);
@@ -139,7 +139,7 @@ __device__ __forceinline__ void acc_to_a(uint32_t (&a)[4], const float (&c0)[4],
 
 // ---- asynchronous copies --------------------------------------------------------------------
 // 16 bytes global -> shared; src_bytes = 0 fills zeros (src must still be a valid address).
-#ifdef AIGC_FLASH_EMULATE
+#ifdef AIGC_EMULATE
 __device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
   if (valid) std::memcpy(dst, src, 16); else std::memset(dst, 0, 16);
 }

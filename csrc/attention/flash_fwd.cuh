@@ -15,7 +15,7 @@
 // S = Q K^T is one warpgroup MMA over shared memory per 16 head-dim columns, and O += P V takes P
 // from registers. Each MMA batch is committed and waited on before the softmax (no overlap yet).
 #pragma once
-#ifndef AIGC_FLASH_EMULATE
+#ifndef AIGC_EMULATE
 #include <c10/cuda/CUDAException.h>
 #endif
 
@@ -314,7 +314,7 @@ __global__ void __launch_bounds__(FwdCfg<D, kWgmma>::kThreads) fwd_kernel(const 
 #endif
 }
 
-#ifndef AIGC_FLASH_EMULATE  // the launchers (tests/emulation drives the kernels itself)
+#ifndef AIGC_EMULATE  // the launchers (tests/emulation drives the kernels itself)
 template <typename T, int D, bool kWgmma>
 void launch_fwd(const Params& p, cudaStream_t stream) {
   using C = FwdCfg<D, kWgmma>;
@@ -359,7 +359,7 @@ void run_fwd(const Params& p, cudaStream_t stream) {
   if (p.num_splits > 1) run_combine<T>(p, stream);
 }
 
-#endif  // AIGC_FLASH_EMULATE
+#endif  // AIGC_EMULATE
 
 }  // namespace flash
 }  // namespace aigc_kernels

@@ -19,7 +19,7 @@ __device__ __forceinline__ uint64_t smem_desc(const void* p, uint32_t lbo_bytes,
          (static_cast<uint64_t>((sbo_bytes >> 4) & 0x3FFF) << 32);
 }
 
-#if defined(AIGC_FLASH_EMULATE)
+#if defined(AIGC_EMULATE)
 template <typename T, int N>
 __device__ __forceinline__ void wgmma_ss(float (&d)[N / 8][4], uint64_t desc_a, uint64_t desc_b) {
   ::emu::wgmma_ss<T, N>(d, desc_a, desc_b);
@@ -46,7 +46,7 @@ __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.
 
 // Keep registers that an asynchronous wgmma reads or writes live and unmoved across the
 // fence / wait (the compiler does not know the instruction is asynchronous).
-#ifdef AIGC_FLASH_EMULATE
+#ifdef AIGC_EMULATE
 template <int R, int C, typename V>
 __device__ __forceinline__ void fence_regs(V (&)[R][C]) {}
 #else

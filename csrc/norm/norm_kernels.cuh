@@ -8,7 +8,7 @@
 // all accumulation are float32. Backward writes one float32 partial row of dw/db per block,
 // summed afterwards in a fixed order: deterministic, no atomics.
 #pragma once
-#include <c10/cuda/CUDAException.h>
+#include "../launch.h"
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -357,19 +357,19 @@ void fwd_vec(const FwdParams& p, cudaStream_t stream) {
   shape_for<VEC>(p.cols / VEC, kFwdThreads, threads, items);
   const dim3 grid(static_cast<unsigned>(p.rows));
   if (items == 1) {
-    norm_fwd_kernel<T, W, VEC, 1><<<grid, threads, 0, stream>>>(p);
+    AIGC_LAUNCH(grid, threads, 0, stream, (p), norm_fwd_kernel<T, W, VEC, 1>);
   } else if (items == 2) {
-    norm_fwd_kernel<T, W, VEC, 2><<<grid, threads, 0, stream>>>(p);
+    AIGC_LAUNCH(grid, threads, 0, stream, (p), norm_fwd_kernel<T, W, VEC, 2>);
   } else if constexpr (VEC <= 4) {
     if (items == 4) {
-      norm_fwd_kernel<T, W, VEC, 4><<<grid, threads, 0, stream>>>(p);
+      AIGC_LAUNCH(grid, threads, 0, stream, (p), norm_fwd_kernel<T, W, VEC, 4>);
     } else if (VEC == 1 && items == 8) {
-      norm_fwd_kernel<T, W, 1, 8><<<grid, threads, 0, stream>>>(p);
+      AIGC_LAUNCH(grid, threads, 0, stream, (p), norm_fwd_kernel<T, W, 1, 8>);
     } else {
-      norm_fwd_looped_kernel<T, W, VEC><<<grid, threads, 0, stream>>>(p);
+      AIGC_LAUNCH(grid, threads, 0, stream, (p), norm_fwd_looped_kernel<T, W, VEC>);
     }
   } else {
-    norm_fwd_looped_kernel<T, W, VEC><<<grid, threads, 0, stream>>>(p);
+    AIGC_LAUNCH(grid, threads, 0, stream, (p), norm_fwd_looped_kernel<T, W, VEC>);
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -379,19 +379,19 @@ void bwd_vec(const BwdParams& p, int grid, cudaStream_t stream) {
   int threads, items;
   shape_for<VEC>(p.cols / VEC, kBwdThreads, threads, items);
   if (items == 1) {
-    norm_bwd_kernel<T, W, VEC, 1><<<grid, threads, 0, stream>>>(p);
+    AIGC_LAUNCH(grid, threads, 0, stream, (p), norm_bwd_kernel<T, W, VEC, 1>);
   } else if (items == 2) {
-    norm_bwd_kernel<T, W, VEC, 2><<<grid, threads, 0, stream>>>(p);
+    AIGC_LAUNCH(grid, threads, 0, stream, (p), norm_bwd_kernel<T, W, VEC, 2>);
   } else if constexpr (VEC <= 4) {
     if (items == 4) {
-      norm_bwd_kernel<T, W, VEC, 4><<<grid, threads, 0, stream>>>(p);
+      AIGC_LAUNCH(grid, threads, 0, stream, (p), norm_bwd_kernel<T, W, VEC, 4>);
     } else if (VEC == 1 && items == 8) {
-      norm_bwd_kernel<T, W, 1, 8><<<grid, threads, 0, stream>>>(p);
+      AIGC_LAUNCH(grid, threads, 0, stream, (p), norm_bwd_kernel<T, W, 1, 8>);
     } else {
-      norm_bwd_looped_kernel<T, W, VEC><<<grid, threads, 0, stream>>>(p);
+      AIGC_LAUNCH(grid, threads, 0, stream, (p), norm_bwd_looped_kernel<T, W, VEC>);
     }
   } else {
-    norm_bwd_looped_kernel<T, W, VEC><<<grid, threads, 0, stream>>>(p);
+    AIGC_LAUNCH(grid, threads, 0, stream, (p), norm_bwd_looped_kernel<T, W, VEC>);
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }

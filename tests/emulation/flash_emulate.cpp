@@ -1,5 +1,5 @@
-// Runs the CUDA flash attention kernels' own source on the CPU (csrc/attention/emulate.h) and
-// compares them with a float64 reference. Built and driven by tests/test_flash_emulation.py:
+// Runs the CUDA flash attention kernels' own source on the CPU (csrc/emulate.h) and
+// compares them with a float64 reference. Built and driven by tests/test_kernel_emulation.py:
 //
 //   flash_emulate MODE DTYPE D B HQ HKV LQ LK CAUSAL WL WR PACKED SPLITS SEED
 //     MODE fwd | bwd | decode, or fwdw | decodew (the sm_90a wgmma forward, head dims 64 and 128);

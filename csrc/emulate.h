@@ -1,7 +1,7 @@
-// A CPU emulation of the few device features the flash kernels use (mma.sync, and wgmma with
-// no-swizzle descriptors), so the kernels'
-// own source runs on a machine without a GPU (tests/emulation/flash_emulate.cpp, compiled by a
-// host C++ compiler with AIGC_FLASH_EMULATE defined).
+// A CPU emulation of the few device features our CUDA kernels use (shared memory, __syncthreads,
+// warp shuffles, and for flash attention ldmatrix, mma.sync and wgmma with no-swizzle
+// descriptors), so the kernels' own source runs on a machine without a GPU (tests/emulation/*.cpp,
+// compiled by a host C++ compiler with AIGC_EMULATE defined; launches written with AIGC_LAUNCH).
 //
 // Each CUDA thread of a block is a fiber (ucontext) in one OS thread; warp-collective operations
 // (ldmatrix, mma.sync, shfl) and __syncthreads are barriers that switch fibers, so the emulated
@@ -14,8 +14,8 @@
 // float64 reference; it cannot check the hardware's own semantics (those are what the PTX ISA
 // says, which is also what this file encodes). cp.async copies complete immediately.
 #pragma once
-#ifndef AIGC_FLASH_EMULATE
-#error "emulate.h is for host builds with AIGC_FLASH_EMULATE"
+#ifndef AIGC_EMULATE
+#error "emulate.h is for host builds with AIGC_EMULATE"
 #endif
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -48,6 +48,7 @@ struct Block {
   std::vector<char> done;
   ucontext_t sched;
   int cur = 0, nthreads = 0;
+  size_t stack_bytes = 0;
   dim3 block_idx, grid_dim;
   std::vector<unsigned char> smem;
   int cta_arrived = 0;
@@ -119,7 +120,7 @@ inline void run_block(dim3 block_idx, dim3 grid_dim, int nthreads, size_t smem_b
   b.body = std::move(body);
   block() = &b;
   for (int t = 0; t < nthreads; ++t) {
-    b.stacks[t].resize(256 * 1024);
+    b.stacks[t].resize(nthreads > 256 ? 64 * 1024 : 256 * 1024);
     getcontext(&b.ctx[t]);
     b.ctx[t].uc_stack.ss_sp = b.stacks[t].data();
     b.ctx[t].uc_stack.ss_size = b.stacks[t].size();
@@ -147,6 +148,11 @@ inline void launch(dim3 grid, int nthreads, size_t smem_bytes, const std::functi
 }
 
 inline uint3 thread_idx() { return make_uint3(static_cast<unsigned>(tid()), 0, 0); }
+inline uint3 block_dim() { return make_uint3(static_cast<unsigned>(block()->nthreads), 1, 1); }
+inline uint3 grid_dim() {
+  const dim3 g = block()->grid_dim;
+  return make_uint3(g.x, g.y, g.z);
+}
 inline uint3 block_idx() {
   const dim3 b = block()->block_idx;
   return make_uint3(b.x, b.y, b.z);
@@ -298,6 +304,19 @@ inline void wgmma_rs(float (&d)[N / 8][4], const uint32_t (&a)[4], uint64_t desc
 // The CUDA spellings the kernels use.
 #define threadIdx (::emu::thread_idx())
 #define blockIdx (::emu::block_idx())
+#define blockDim (::emu::block_dim())
+#define gridDim (::emu::grid_dim())
+#undef __shared__
+#define __shared__ static  // one copy per kernel instantiation, shared by the block's fibers
+#define rsqrtf(x) (1.f / std::sqrt(x))
+#define CUDA_KERNEL_ASSERT(cond) \
+  do {                           \
+    if (!(cond)) std::abort();   \
+  } while (0)
+#define C10_CUDA_KERNEL_LAUNCH_CHECK() (void)0
+// AIGC_LAUNCH(grid, threads, smem, stream, (args...), kernel<...>): runs the kernel on the CPU.
+#define AIGC_LAUNCH(grid, threads, smem, stream, args, ...) \
+  ::emu::launch(dim3(grid), static_cast<int>(threads), static_cast<size_t>(smem), [&] { __VA_ARGS__ args; })
 #define __syncthreads() ::emu::sync_threads()
 #undef __launch_bounds__
 #define __launch_bounds__(...)

@@ -1,0 +1,138 @@
+"""The CUDA kernels, run on the CPU: their own source compiled by the host C++ compiler against
+csrc/emulate.h (threads as fibers; shared memory, __syncthreads, shuffles, ldmatrix, mma.sync and
+wgmma emulated per the PTX ISA) and compared with a float64 reference: flash attention
+(tests/emulation/flash_emulate.cpp) and LayerNorm/RMSNorm with their launchers
+(tests/emulation/norm_emulate.cpp).
+
+For attention this checks the kernels' index arithmetic, GQA packing, masks, varlen offsets,
+split-K merge, the two-kernel backward, and the wgmma forward's shared-memory layouts against its
+descriptors; for the norms, every launch shape (register-cached rows of 1-8 items, looped rows,
+16-byte vectors or scalars) and the deterministic partial-row reduction of dw/db -- on a machine
+without a GPU. It does not check the hardware (timing,
+real concurrency, the PTX semantics themselves): the gpu-marked tests in test_cuda_attention.py do.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCES = ROOT / "tests" / "emulation"
+
+
+def _cuda_include() -> Path | None:
+    spec = importlib.util.spec_from_file_location("aigc_setup", ROOT / "setup.py")
+    setup = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(setup)
+    home = setup.find_cuda_home()
+    if home and (Path(home) / "include" / "cuda_fp16.h").exists():
+        return Path(home) / "include"
+    return None
+
+
+@pytest.fixture(scope="module")
+def build(tmp_path_factory):
+    cxx = shutil.which(os.environ.get("CXX", "g++")) or shutil.which("g++")
+    include = _cuda_include()
+    if cxx is None or include is None:
+        why = "needs a host C++ compiler and the CUDA toolkit headers"
+        if os.environ.get("AIGC_KERNELS_REQUIRE_EXT") == "1":
+            raise RuntimeError(why)
+        pytest.skip(why)
+    out = tmp_path_factory.mktemp("emu")
+    built = {}
+
+    def compile_(name: str) -> Path:
+        if name not in built:
+            exe = out / name
+            cmd = [cxx, "-std=c++17", "-O2", "-DAIGC_EMULATE", f"-I{ROOT / 'csrc'}", f"-I{include}",
+                   "-Wno-unknown-pragmas", str(SOURCES / f"{name}.cpp"), "-o", str(exe)]
+            res = subprocess.run(cmd, capture_output=True, text=True)
+            assert res.returncode == 0, res.stderr[-4000:]
+            built[name] = exe
+        return built[name]
+
+    return compile_
+
+
+def run(exe: Path, args) -> dict:
+    res = subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout)
+
+
+# (mode, dtype, D, B, Hq, Hkv, Lq, Lk, causal, window_left, window_right, packed, splits)
+CASES = [
+    ("fwd", "f16", 64, 1, 2, 2, 37, 45, 0, -1, -1, 0, 1),
+    ("fwd", "bf16", 128, 2, 4, 2, 37, 45, 1, -1, -1, 0, 1),  # GQA
+    ("fwd", "f16", 256, 1, 2, 1, 40, 70, 1, -1, -1, 0, 1),  # MQA, d = 256 (forward only)
+    ("fwd", "f16", 96, 1, 6, 2, 130, 20, 1, -1, -1, 0, 1),  # Lq > Lk causal: rows that see no key; 2 row blocks
+    ("fwd", "bf16", 32, 2, 4, 4, 1, 150, 1, -1, -1, 0, 1),
+    ("fwd", "f16", 64, 1, 8, 2, 100, 100, 0, 7, 3, 0, 1),  # sliding window; packed GQA rows span heads
+    ("bwd", "f16", 64, 1, 2, 2, 37, 45, 0, -1, -1, 0, 1),
+    ("bwd", "f16", 64, 2, 4, 2, 37, 45, 1, -1, -1, 0, 1),
+    ("bwd", "bf16", 128, 1, 4, 1, 45, 37, 1, -1, -1, 0, 1),
+    ("bwd", "f16", 32, 2, 2, 2, 70, 90, 0, 5, 3, 0, 1),
+    ("bwd", "f16", 96, 1, 2, 2, 33, 33, 1, 4, -1, 0, 1),
+    ("bwd", "bf16", 128, 1, 2, 2, 150, 130, 0, -1, -1, 0, 1),  # several key and query blocks
+    ("bwd", "f16", 64, 3, 4, 2, 50, 60, 1, -1, -1, 1, 1),  # varlen (lengths drawn, some 0)
+    ("fwd", "bf16", 128, 4, 4, 4, 70, 90, 0, -1, -1, 1, 1),
+    ("decode", "f16", 128, 3, 8, 2, 1, 300, 1, -1, -1, 0, 3),
+    ("decode", "bf16", 64, 2, 4, 4, 3, 500, 1, -1, -1, 0, 7),
+    ("decode", "f16", 256, 2, 4, 1, 1, 200, 0, -1, -1, 0, 2),
+    ("decode", "bf16", 128, 2, 32, 8, 1, 257, 1, -1, -1, 0, 1),
+    # the sm_90a wgmma forward (descriptors over the no-swizzle core-matrix layouts)
+    ("fwdw", "f16", 64, 1, 2, 2, 37, 45, 0, -1, -1, 0, 1),
+    ("fwdw", "bf16", 128, 2, 8, 2, 150, 130, 1, -1, -1, 0, 1),
+    ("fwdw", "f16", 128, 3, 4, 2, 50, 60, 1, -1, -1, 1, 1),
+    ("fwdw", "bf16", 64, 1, 4, 4, 100, 100, 0, 7, 3, 0, 1),
+    ("decodew", "f16", 128, 3, 8, 2, 1, 300, 1, -1, -1, 0, 3),
+]
+REL = {"f16": 2e-3, "bf16": 1.6e-2}  # ~2 ulps of the largest reference value (inputs are rounded too)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(map(str, c)))
+def test_flash_kernels_under_emulation(build, case):
+    mode, dtype = case[0], case[1]
+    errs = run(build("flash_emulate"), [*case, 11])
+    names = ["out"] + (["lse"] if not mode.startswith("decode") else []) + (["dq", "dk", "dv"] if mode == "bwd" else [])
+    for name in names:
+        err, ref = errs[name]
+        bound = REL[dtype] * max(ref, 1.0) + 1e-3
+        assert err <= bound, f"{name}: max |kernel - float64| = {err:.3g} > {bound:.3g} (reference max {ref:.3g})"
+
+
+# (dtype, weight dtype, rows, cols, rms, residual, has_w, has_b, vec, backward grid)
+NORM_CASES = [
+    ("f32", "same", 5, 37, 0, 0, 1, 1, 1, 3),  # scalar path, odd width
+    ("f16", "same", 5, 64, 0, 0, 1, 1, 8, 3),  # 16-byte vectors
+    ("bf16", "f32", 7, 1000, 1, 0, 1, 0, 8, 3),  # RMSNorm, float32 weight
+    ("f16", "same", 4, 1023, 0, 1, 1, 1, 1, 2),  # residual, scalar
+    ("f16", "same", 9, 4096, 0, 0, 0, 0, 8, 4),  # no affine
+    ("f32", "same", 3, 16384, 0, 1, 1, 1, 4, 2),  # the widest register-cached forward row (items 4)
+    ("bf16", "same", 3, 20000, 0, 1, 1, 1, 8, 2),  # looped kernels
+    ("f32", "f32", 3, 70000, 1, 1, 1, 0, 4, 3),  # looped, RMSNorm
+    ("f16", "same", 2, 8000, 0, 0, 1, 1, 1, 2),  # scalar: items 8 forward, looped backward
+]
+NORM_REL = {"f32": 1e-5, "f16": 2e-3, "bf16": 1.6e-2}
+
+
+@pytest.mark.parametrize("case", NORM_CASES, ids=lambda c: "-".join(map(str, c)))
+def test_norm_kernels_under_emulation(build, case):
+    errs = run(build("norm_emulate"), [*case, 5])
+    dtype, rms, residual, has_w, has_b = case[0], case[4], case[5], case[6], case[7]
+    names = ["y", "rstd", "dx"] + (["mean"] if not rms else []) + (["s"] if residual else []) + \
+        (["dw"] if has_w else []) + (["db"] if has_b else [])
+    for name in names:
+        err, ref = errs[name]
+        assert ref > 0, f"{name}: empty reference"
+        rel = 1e-5 if name in ("mean", "rstd", "dw", "db") else NORM_REL[dtype]  # float32 statistics and sums
+        bound = rel * max(ref, 1.0) + (1e-3 if dtype != "f32" else 1e-6)
+        assert err <= bound, f"{name}: max |kernel - float64| = {err:.3g} > {bound:.3g} (reference max {ref:.3g})"
