@@ -309,6 +309,7 @@ inline void wgmma_rs(float (&d)[N / 8][4], const uint32_t (&a)[4], uint64_t desc
 #undef __shared__
 #define __shared__ static  // one copy per kernel instantiation, shared by the block's fibers
 #define rsqrtf(x) (1.f / std::sqrt(x))
+#define __expf(x) std::exp(x)
 #define CUDA_KERNEL_ASSERT(cond) \
   do {                           \
     if (!(cond)) std::abort();   \

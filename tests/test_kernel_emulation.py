@@ -1,8 +1,8 @@
 """The CUDA kernels, run on the CPU: their own source compiled by the host C++ compiler against
 csrc/emulate.h (threads as fibers; shared memory, __syncthreads, shuffles, ldmatrix, mma.sync and
 wgmma emulated per the PTX ISA) and compared with a float64 reference: flash attention
-(tests/emulation/flash_emulate.cpp) and LayerNorm/RMSNorm with their launchers
-(tests/emulation/norm_emulate.cpp).
+(tests/emulation/flash_emulate.cpp), LayerNorm/RMSNorm with their launchers
+(tests/emulation/norm_emulate.cpp) and the FFN's activation kernels (tests/emulation/act_emulate.cpp).
 
 For attention this checks the kernels' index arithmetic, GQA packing, masks, varlen offsets,
 split-K merge, the two-kernel backward, and the wgmma forward's shared-memory layouts against its
@@ -135,4 +135,16 @@ def test_norm_kernels_under_emulation(build, case):
         assert ref > 0, f"{name}: empty reference"
         rel = 1e-5 if name in ("mean", "rstd", "dw", "db") else NORM_REL[dtype]  # float32 statistics and sums
         bound = rel * max(ref, 1.0) + (1e-3 if dtype != "f32" else 1e-6)
+        assert err <= bound, f"{name}: max |kernel - float64| = {err:.3g} > {bound:.3g} (reference max {ref:.3g})"
+
+
+@pytest.mark.parametrize("dtype", ["f32", "f16", "bf16"])
+@pytest.mark.parametrize("act", [0, 1, 2, 3, 4], ids=["none", "relu", "gelu", "gelu_tanh", "silu"])
+def test_activation_kernels_under_emulation(build, dtype, act):
+    """The CUDA FFN's elementwise kernels (csrc/gemm/act_kernels.cuh): act, dy * act', and the gated
+    [u | g] product and its gradients, over a grid-stride loop that wraps."""
+    errs = run(build("act_emulate"), [dtype, act, 3])
+    for name in ("act", "dact", "h", "du", "dg"):
+        err, ref = errs[name]
+        bound = NORM_REL[dtype] * max(ref, 1.0) + (1e-3 if dtype != "f32" else 1e-6)
         assert err <= bound, f"{name}: max |kernel - float64| = {err:.3g} > {bound:.3g} (reference max {ref:.3g})"
