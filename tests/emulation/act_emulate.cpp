@@ -9,9 +9,15 @@
 #include <string>
 #include <vector>
 
+#include "common.h"
+
 #include "gemm/act_kernels.cuh"
 
 using namespace aigc_kernels::gemm;
+
+using emu_test::Err;
+using emu_test::from_f;
+using emu_test::to_d;
 
 namespace {
 
@@ -31,27 +37,6 @@ double dact_ref(double x, int act) {  // central differences in float64 away fro
   const double h = 1e-5;
   return (act_ref(x + h, act) - act_ref(x - h, act)) / (2 * h);
 }
-
-template <typename T>
-T from_f(float f) {
-  if constexpr (std::is_same_v<T, float>) return f;
-  else if constexpr (std::is_same_v<T, __half>) return __float2half_rn(f);
-  else return __float2bfloat16_rn(f);
-}
-template <typename T>
-double to_d(T v) {
-  if constexpr (std::is_same_v<T, float>) return v;
-  else if constexpr (std::is_same_v<T, __half>) return __half2float(v);
-  else return __bfloat162float(v);
-}
-
-struct Err {
-  double err = 0, ref = 0;
-  void add(double got, double want) {
-    err = std::max(err, std::isnan(got) ? 1e30 : std::fabs(got - want));
-    ref = std::max(ref, std::fabs(want));
-  }
-};
 
 template <typename T>
 int run(int act, unsigned seed) {

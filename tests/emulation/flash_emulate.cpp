@@ -15,11 +15,15 @@
 #include <string>
 #include <vector>
 
+#include "common.h"
+
 #include "attention/flash_bwd.cuh"
 #include "attention/flash_combine.cuh"
 #include "attention/flash_fwd.cuh"
 
 using namespace aigc_kernels::flash;
+
+using emu_test::Err;
 
 namespace {
 
@@ -36,16 +40,6 @@ template <typename T>
 float from_bits(uint16_t b) {
   return emu::to_f<T>(b);
 }
-
-struct Err {
-  double err = 0, ref = 0;
-  void add(double got, double want) {
-    if (std::isinf(want) && got == want) return;
-    const double e = std::isnan(got) ? 1e30 : std::fabs(got - want);
-    err = std::max(err, e);
-    if (!std::isinf(want)) ref = std::max(ref, std::fabs(want));
-  }
-};
 
 template <typename T, int D>
 int run(const std::string& mode, int B, int HQ, int HKV, int LQ, int LK, bool causal, int wl, int wr, bool packed,
