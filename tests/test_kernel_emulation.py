@@ -2,7 +2,8 @@
 csrc/emulate.h (threads as fibers; shared memory, __syncthreads, shuffles, ldmatrix, mma.sync and
 wgmma emulated per the PTX ISA) and compared with a float64 reference: flash attention
 (tests/emulation/flash_emulate.cpp), LayerNorm/RMSNorm with their launchers
-(tests/emulation/norm_emulate.cpp) and the FFN's activation kernels (tests/emulation/act_emulate.cpp).
+(tests/emulation/norm_emulate.cpp), the FFN's activation kernels (tests/emulation/act_emulate.cpp)
+and the KV-cache append (tests/emulation/kvcache_emulate.cpp).
 
 For attention this checks the kernels' index arithmetic, GQA packing, masks, varlen offsets,
 split-K merge, the two-kernel backward, and the wgmma forward's shared-memory layouts against its
@@ -152,3 +153,10 @@ def test_activation_kernels_under_emulation(build, dtype, act):
         err, ref = errs[name]
         bound = NORM_REL[dtype] * max(ref, 1.0) + (1e-3 if dtype != "f32" else 1e-6)
         assert err <= bound, f"{name}: max |kernel - float64| = {err:.3g} > {bound:.3g} (reference max {ref:.3g})"
+
+
+@pytest.mark.parametrize("vector,strided", [(1, 0), (0, 0), (0, 1)], ids=["16-byte words", "elements",
+                                                                         "strided cache"])
+def test_kvcache_append_kernel_under_emulation(build, vector, strided):
+    res = run(build("kvcache_emulate"), [vector, strided, 7])
+    assert res["checked"] > 0 and res["mismatches"] == 0, res

@@ -9,42 +9,15 @@
 #include <cstdint>
 
 #include "../kernels.h"
+#include "kvcache_kernels.cuh"
 
 namespace aigc_kernels {
 namespace {
-
-struct Strides4 {
-  int64_t s[4];
-};
 
 inline Strides4 strides_of(const at::Tensor& t, int64_t elems_per_word) {
   // Strides in units of the copied word; callers guarantee divisibility for the vector path.
   return {{t.stride(0) / elems_per_word, t.stride(1) / elems_per_word, t.stride(2) / elems_per_word,
            t.stride(3)}};
-}
-
-template <typename Word>
-__global__ void kvcache_append_kernel(Word* __restrict__ k_cache, Word* __restrict__ v_cache,
-                                      const Word* __restrict__ k_new, const Word* __restrict__ v_new,
-                                      const int32_t* __restrict__ cache_seqlens, Strides4 kc, Strides4 vc,
-                                      Strides4 kn, Strides4 vn, int64_t heads, int64_t lnew, int64_t lmax,
-                                      int64_t words_per_row, int64_t rows) {
-  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
-    const int64_t i = row % lnew;
-    const int64_t h = (row / lnew) % heads;
-    const int64_t b = row / (lnew * heads);
-    const int64_t pos = static_cast<int64_t>(cache_seqlens[b]) + i;
-    // Out-of-range appends are a caller bug, reported like torch's own index kernels do.
-    CUDA_KERNEL_ASSERT(pos >= 0 && pos < lmax && "kvcache_append: cache_seqlens + Lnew exceeds Lmax");
-    Word* kd = k_cache + b * kc.s[0] + h * kc.s[1] + pos * kc.s[2];
-    Word* vd = v_cache + b * vc.s[0] + h * vc.s[1] + pos * vc.s[2];
-    const Word* ks = k_new + b * kn.s[0] + h * kn.s[1] + i * kn.s[2];
-    const Word* vs = v_new + b * vn.s[0] + h * vn.s[1] + i * vn.s[2];
-    for (int64_t w = threadIdx.x; w < words_per_row; w += blockDim.x) {
-      kd[w * kc.s[3]] = ks[w * kn.s[3]];
-      vd[w * vc.s[3]] = vs[w * vn.s[3]];
-    }
-  }
 }
 
 bool vectorizable(const at::Tensor& t, int64_t elems_per_vec) {
