@@ -288,5 +288,8 @@ def test_tma_path_is_not_taken_where_it_cannot_run(tma_forced):
     assert not A._tma_ok(q, q, q, None, False, 0.1)  # dropout
     odd = rand(1, 2, 9, 33)[..., :32]  # row stride 33 elements: not a 16-byte multiple
     assert not A._tma_ok(odd, q, q, None, False, 0.0)
+    assert not A._tma_ok(q, q[:, :, :0], q[:, :, :0], None, False, 0.0)  # no keys: descriptors need sizes > 0
     ak.attention(rand(1, 2, 9, 24), rand(1, 2, 9, 24), rand(1, 2, 9, 24), backend="triton")
+    empty = ak.attention(q, q[:, :, :0], q[:, :, :0], backend="triton")
+    assert torch.equal(empty, torch.zeros_like(empty))
     assert not tma_forced

@@ -688,6 +688,8 @@ def _tma_ok(q, k, v, attn_mask, varlen, dropout_p) -> bool:
     d = q.shape[-1]
     if d < 16 or d > 256 or d & (d - 1):
         return False
+    if q.numel() == 0 or k.numel() == 0:  # a descriptor needs positive sizes (Lk = 0: the pointer kernel)
+        return False
     if TMA_MODE != "1" and (INTERPRET or not q.is_cuda or torch.cuda.get_device_capability(q.device)[0] < 9):
         return False
     for t in (q, k, v):
