@@ -50,6 +50,30 @@ def assert_close_to_reference(out, ref_fp64, ref_lowp, *, dtype: torch.dtype | N
                           f"({factor} x the {dtype} reference's own error + {ATOL[dtype]:.1g})")
 
 
+def fwd_bwd(fn: Callable, tensors, grad_seed: int = 1) -> tuple[torch.Tensor, ...]:
+    """(out, grad of each input) of fn(*tensors) for a fresh random output gradient."""
+    leaves = [t.detach().clone().requires_grad_() for t in tensors]
+    out = fn(*leaves)
+    g = torch.Generator().manual_seed(grad_seed)
+    dout = torch.randn(out.shape, generator=g).to(out.device, out.dtype)
+    return (out.detach(), *torch.autograd.grad(out, leaves, dout))
+
+
+def check_fwd_bwd(kernel_fn: Callable, ref_fn: Callable, tensors, dtype: torch.dtype, *, grads: bool = True,
+                  names=("out", "dq", "dk", "dv")) -> None:
+    """kernel_fn vs ref_fn in float64 (output and, with grads, input gradients), each finite and within
+    2x the same-dtype reference's own error (assert_close_to_reference)."""
+    if grads:
+        got, ref64, lowp = (fwd_bwd(kernel_fn, tensors), fwd_bwd(ref_fn, [t.double() for t in tensors]),
+                            fwd_bwd(ref_fn, tensors))
+    else:
+        with torch.no_grad():
+            got, ref64, lowp = (kernel_fn(*tensors),), (ref_fn(*[t.double() for t in tensors]),), (ref_fn(*tensors),)
+    for name, a, b, c in zip(names, got, ref64, lowp):
+        assert torch.isfinite(a).all(), f"{name} has non-finite values"
+        assert_close_to_reference(a, b, c, dtype=dtype, name=name)
+
+
 # ----------------------------------------------------------------------------------------------
 # sample inputs
 # ----------------------------------------------------------------------------------------------

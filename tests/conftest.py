@@ -42,3 +42,37 @@ def _fresh_backend_state():
 @pytest.fixture
 def gen():
     return torch.Generator().manual_seed(1234)
+
+
+@pytest.fixture(scope="session")
+def cuda_ops():
+    """aigc_kernels.ops.cuda_ops (the compiled extension's Python side: fake impls, autograd, entry
+    points); a skip where the extension is not built, an error under AIGC_KERNELS_REQUIRE_EXT=1."""
+    from aigc_kernels import _ext
+
+    ok, why = _ext.status()
+    if not ok:
+        if os.environ.get("AIGC_KERNELS_REQUIRE_EXT") == "1":
+            raise RuntimeError(why)
+        pytest.skip(why)
+    from aigc_kernels.ops import cuda_ops as module
+
+    return module
+
+
+@pytest.fixture
+def force_tma(monkeypatch):
+    """force(module, launcher): turn a Triton module's TMA path on wherever the call qualifies
+    (its TMA_MODE = "1", so the interpreter runs it too) and return the list each launch of
+    module.<launcher> appends to; a skip where triton has no host-side TensorDescriptor."""
+
+    def force(module, launcher: str) -> list:
+        if module.TensorDescriptor is None:
+            pytest.skip("this triton has no host-side TensorDescriptor")
+        monkeypatch.setattr(module, "TMA_MODE", "1")
+        calls = []
+        real = getattr(module, launcher)
+        monkeypatch.setattr(module, launcher, lambda *a: calls.append(1) or real(*a))
+        return calls
+
+    return force

@@ -11,7 +11,8 @@ import torch
 
 import aigc_kernels as ak
 from aigc_kernels import reference as R
-from aigc_kernels.testing import assert_close_to_reference
+from aigc_kernels.testing import assert_close_to_reference, fwd_bwd
+from aigc_kernels.testing import check_fwd_bwd as check
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if DEVICE == "cuda" else [])
@@ -23,29 +24,6 @@ pytestmark = [KERNEL, pytest.mark.skipif(not BACKENDS, reason="the triton backen
 def rand(*shape, dtype=torch.float32, seed=0, scale=1.0):
     g = torch.Generator().manual_seed(seed)
     return (torch.randn(*shape, generator=g) * scale).to(DEVICE, dtype)
-
-
-def fwd_bwd(fn, tensors, grad_seed=1):
-    leaves = [t.detach().clone().requires_grad_() for t in tensors]
-    out = fn(*leaves)
-    g = torch.Generator().manual_seed(grad_seed)
-    dout = torch.randn(out.shape, generator=g).to(out.device, out.dtype)
-    return (out.detach(), *torch.autograd.grad(out, leaves, dout))
-
-
-def check(kernel_fn, ref_fn, tensors, dtype, *, grads=True):
-    """Kernel vs float64 reference, bounded by 2x the same-dtype reference's own error."""
-    if grads:
-        got = fwd_bwd(kernel_fn, tensors)
-        ref64 = fwd_bwd(ref_fn, [t.double() for t in tensors])
-        lowp = fwd_bwd(ref_fn, tensors)
-    else:
-        got = (kernel_fn(*tensors),)
-        ref64 = (ref_fn(*[t.double() for t in tensors]),)
-        lowp = (ref_fn(*tensors),)
-    for name, a, b, c in zip(("out", "dq", "dk", "dv"), got, ref64, lowp):
-        assert torch.isfinite(a).all(), f"{name} has non-finite values"
-        assert_close_to_reference(a, b, c, dtype=dtype, name=name)
 
 
 def attn(**kw):
@@ -255,16 +233,10 @@ def test_long_sequences_bf16_in_chunks(seq):
 # the Hopper forward (TMA descriptors, persistent grid), forced on so the interpreter runs it
 # ----------------------------------------------------------------------------------------------
 @pytest.fixture
-def tma_forced(monkeypatch):
-    from aigc_kernels.triton import attention as A
+def tma_forced(force_tma):
+    from aigc_kernels.triton import attention
 
-    if A.TensorDescriptor is None:
-        pytest.skip("this triton has no host-side TensorDescriptor")
-    monkeypatch.setattr(A, "TMA_MODE", "1")
-    calls = []
-    real = A._fwd_tma
-    monkeypatch.setattr(A, "_fwd_tma", lambda *a: calls.append(1) or real(*a))
-    return calls
+    return force_tma(attention, "_fwd_tma")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

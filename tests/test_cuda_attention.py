@@ -3,31 +3,16 @@ the extension built; every feature against the float64 reference on a GPU (marke
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
 import aigc_kernels as ak
 from aigc_kernels import reference as R
 from aigc_kernels.ops import limits
-from aigc_kernels.testing import assert_close_to_reference
+from aigc_kernels.testing import assert_close_to_reference, fwd_bwd
+from aigc_kernels.testing import check_fwd_bwd as check
 
 HAS_GPU = torch.cuda.is_available()
-
-
-@pytest.fixture(scope="module")
-def ext():
-    from aigc_kernels import _ext
-
-    ok, why = _ext.status()
-    if not ok:
-        if os.environ.get("AIGC_KERNELS_REQUIRE_EXT") == "1":
-            raise RuntimeError(why)
-        pytest.skip(why)
-    from aigc_kernels.ops import cuda_ops
-
-    return cuda_ops
 
 
 # ----------------------------------------------------------------------------------------------
@@ -40,7 +25,7 @@ def meta(*shape, dtype=torch.bfloat16, requires_grad=False):
     return torch.empty(*shape, device="meta", dtype=dtype, requires_grad=requires_grad)
 
 
-def test_flash_ops_registered(ext):
+def test_flash_ops_registered(cuda_ops):
     for name in ("flash_fwd", "flash_bwd", "flash_decode"):
         assert hasattr(torch.ops.aigc_kernels, name)
     schema = str(torch.ops.aigc_kernels.flash_fwd.default._schema)
@@ -48,7 +33,7 @@ def test_flash_ops_registered(ext):
 
 
 @pytest.mark.parametrize("packed", [False, True])
-def test_flash_fwd_bwd_fake_path(ext, packed):
+def test_flash_fwd_bwd_fake_path(cuda_ops, packed):
     ops = torch.ops.aigc_kernels
     if packed:
         q, k, v = meta(30, 8, 64), meta(41, 2, 64), meta(41, 2, 64)
@@ -69,7 +54,7 @@ def test_flash_fwd_bwd_fake_path(ext, packed):
     assert dq.shape == q.shape and dk.shape == k.shape and dv.shape == v.shape
 
 
-def test_flash_decode_fake_path(ext):
+def test_flash_decode_fake_path(cuda_ops):
     q, kc, vc = meta(3, 8, 1, 128), meta(3, 2, 64, 128), meta(3, 2, 64, 128)
     lens = torch.empty(3, device="meta", dtype=torch.int32)
     torch.library.opcheck(torch.ops.aigc_kernels.flash_decode.default, (q, kc, vc, lens, 1, True, 0.1, 0),
@@ -77,16 +62,16 @@ def test_flash_decode_fake_path(ext):
     assert torch.ops.aigc_kernels.flash_decode(q, kc, vc, lens, 1, True, 0.1, 0).shape == q.shape
 
 
-def test_autograd_reaches_flash_bwd(ext):
+def test_autograd_reaches_flash_bwd(cuda_ops):
     q = meta(2, 4, 19, 64, requires_grad=True)
     k, v = meta(2, 2, 23, 64, requires_grad=True), meta(2, 2, 23, 64, requires_grad=True)
-    ext.attention(q, k, v, causal=True).sum().backward()  # the sum's gradient is expanded: copied for the kernel
+    cuda_ops.attention(q, k, v, causal=True).sum().backward()  # the sum's gradient is expanded: copied for the kernel
     assert q.grad.shape == q.shape and k.grad.shape == k.shape and v.grad.shape == v.shape
 
 
-def test_compile_fullgraph_traces_the_cuda_entry_point(ext):
+def test_compile_fullgraph_traces_the_cuda_entry_point(cuda_ops):
     def f(q, k, v):
-        return ext.attention(q, k, v, causal=True)
+        return cuda_ops.attention(q, k, v, causal=True)
 
     q, k, v = meta(1, 2, 17, 32), meta(1, 2, 17, 32), meta(1, 2, 17, 32)
     from torch._subclasses.fake_tensor import FakeTensorMode
@@ -138,26 +123,6 @@ DTYPES = [torch.float16, torch.bfloat16]
 def rand(*shape, dtype=torch.bfloat16, seed=0, scale=1.0):
     g = torch.Generator().manual_seed(seed)
     return (torch.randn(*shape, generator=g) * scale).to("cuda", dtype)
-
-
-def fwd_bwd(fn, tensors, grad_seed=1):
-    leaves = [t.detach().clone().requires_grad_() for t in tensors]
-    out = fn(*leaves)
-    g = torch.Generator().manual_seed(grad_seed)
-    dout = torch.randn(out.shape, generator=g).to(out.device, out.dtype)
-    return (out.detach(), *torch.autograd.grad(out, leaves, dout))
-
-
-def check(kernel_fn, ref_fn, tensors, dtype, *, grads=True):
-    if grads:
-        got, ref64, lowp = fwd_bwd(kernel_fn, tensors), fwd_bwd(ref_fn, [t.double() for t in tensors]), \
-            fwd_bwd(ref_fn, tensors)
-    else:
-        with torch.no_grad():
-            got, ref64, lowp = (kernel_fn(*tensors),), (ref_fn(*[t.double() for t in tensors]),), (ref_fn(*tensors),)
-    for name, a, b, c in zip(("out", "dq", "dk", "dv"), got, ref64, lowp):
-        assert torch.isfinite(a).all(), f"{name} has non-finite values"
-        assert_close_to_reference(a, b, c, dtype=dtype, name=name)
 
 
 def attn(**kw):

@@ -163,16 +163,7 @@ def test_bad_dtype():
 # the CUDA ops on any machine: schema, fake impls, opcheck on meta tensors
 # ----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("gated", [False, True])
-def test_cuda_linear_and_ffn_ops_fake_path(gated):
-    import os
-
-    from aigc_kernels import _ext
-
-    ok, why = _ext.status()
-    if not ok:
-        if os.environ.get("AIGC_KERNELS_REQUIRE_EXT") == "1":
-            raise RuntimeError(why)
-        pytest.skip(why)
+def test_cuda_linear_and_ffn_ops_fake_path(cuda_ops, gated):
     ops = torch.ops.aigc_kernels
     tests = ("test_schema", "test_faketensor")
     x, w, b = (torch.randn(9, 16, device="meta", dtype=torch.bfloat16), torch.randn(12, 16, device="meta",
@@ -190,8 +181,6 @@ def test_cuda_linear_and_ffn_ops_fake_path(gated):
     grads = ops.ffn_bwd(out, x, wi, None, wo, "silu", wg, None, z1, z2, False)
     assert grads[0].shape == x.shape and grads[1].shape == wi.shape and grads[3].shape == wo.shape
     # the registered autograd reaches ffn_bwd
-    from aigc_kernels.ops import cuda_ops
-
     xs = torch.randn(2, 3, 16, device="meta", requires_grad=True)
     wis = torch.randn(20, 16, device="meta", requires_grad=True)
     wos = torch.randn(16, 20, device="meta", requires_grad=True)
@@ -203,16 +192,10 @@ def test_cuda_linear_and_ffn_ops_fake_path(gated):
 # the TMA GEMM (Hopper; tensor descriptors), forced on so the interpreter runs it
 # ----------------------------------------------------------------------------------------------
 @pytest.fixture
-def tma_forced(monkeypatch):
-    from aigc_kernels.triton import linear as L
+def tma_forced(force_tma):
+    from aigc_kernels.triton import linear
 
-    if L.TensorDescriptor is None:
-        pytest.skip("this triton has no host-side TensorDescriptor")
-    monkeypatch.setattr(L, "TMA_MODE", "1")
-    calls = []
-    real = L._gemm_tma
-    monkeypatch.setattr(L, "_gemm_tma", lambda *a: calls.append(1) or real(*a))
-    return calls
+    return force_tma(linear, "_gemm_tma")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -246,7 +229,7 @@ def test_tma_gemm_is_not_used_where_it_cannot_run(tma_forced):
 
     odd = rand(9, 33, dtype=torch.float16)  # row stride 66 bytes: not a 16-byte multiple
     assert L._tma_view(odd) is None
-    assert not L._tma_ok(odd, rand(33, 8, dtype=torch.float16), None)
+    assert L._tma_views(odd, rand(33, 8, dtype=torch.float16), None) is None
     both = rand(8, 16, dtype=torch.float16)[:, ::2]  # no unit-stride dim
     assert L._tma_view(both) is None
     ak.linear(odd, rand(8, 33, dtype=torch.float16), backend="triton")

@@ -195,23 +195,10 @@ def test_nn_modules_on_kernels(backend):
 # ----------------------------------------------------------------------------------------------
 # the CUDA ops on any machine: schema, fake impls, opcheck on meta tensors
 # ----------------------------------------------------------------------------------------------
-def cuda_ops_or_skip():
-    import os
-
-    from aigc_kernels import _ext
-
-    ok, why = _ext.status()
-    if not ok:
-        if os.environ.get("AIGC_KERNELS_REQUIRE_EXT") == "1":
-            raise RuntimeError(why)
-        pytest.skip(why)
-    return torch.ops.aigc_kernels
-
-
 @pytest.mark.parametrize("is_rms", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_cuda_norm_ops_fake_path(is_rms, dtype):
-    ops = cuda_ops_or_skip()
+def test_cuda_norm_ops_fake_path(cuda_ops, is_rms, dtype):
+    ops = torch.ops.aigc_kernels
     assert torch._C._dispatch_has_kernel_for_dispatch_key("aigc_kernels::norm_fwd", "CUDA")
     x = torch.randn(6, 40, dtype=dtype, device="meta")
     w = torch.randn(40, dtype=torch.float32, device="meta")
@@ -226,11 +213,8 @@ def test_cuda_norm_ops_fake_path(is_rms, dtype):
     assert dx.shape == (6, 40) and dw.shape == (40,) and db.shape == ((0,) if is_rms else (40,))
 
 
-def test_cuda_norm_autograd_traces_on_meta():
+def test_cuda_norm_autograd_traces_on_meta(cuda_ops):
     """The registered autograd reaches norm_bwd: a backward on meta tensors produces meta grads."""
-    cuda_ops_or_skip()
-    from aigc_kernels.ops import cuda_ops
-
     x = torch.randn(3, 5, 16, device="meta", requires_grad=True)
     w = torch.randn(16, device="meta", requires_grad=True)
     r = torch.randn(3, 5, 16, device="meta", requires_grad=True)
@@ -239,11 +223,8 @@ def test_cuda_norm_autograd_traces_on_meta():
     assert x.grad.shape == x.shape and r.grad.shape == r.shape and w.grad.shape == w.shape
 
 
-def test_cuda_norm_compiles_fullgraph_on_fake_tensors():
-    cuda_ops_or_skip()
+def test_cuda_norm_compiles_fullgraph_on_fake_tensors(cuda_ops):
     from torch._subclasses.fake_tensor import FakeTensorMode
-
-    from aigc_kernels.ops import cuda_ops
 
     with FakeTensorMode():
         x = torch.randn(4, 8, 32, dtype=torch.bfloat16)

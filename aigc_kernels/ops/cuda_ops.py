@@ -15,6 +15,7 @@ import torch
 from aigc_kernels import _C  # noqa: F401  (runs the TORCH_LIBRARY registrations)
 
 from . import linear_common, norm_common
+from .limits import flash_ready
 
 
 @torch.library.register_fake("aigc_kernels::kvcache_append")
@@ -118,8 +119,6 @@ torch.library.register_autograd("aigc_kernels::flash_fwd", _flash_backward, setu
 
 
 def _flash_operand(t: torch.Tensor) -> torch.Tensor:
-    from .limits import flash_ready
-
     return t if flash_ready(t) else t.contiguous()
 
 

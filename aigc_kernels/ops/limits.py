@@ -99,10 +99,15 @@ def _cuda_attention_common(tensors, q: torch.Tensor) -> str | None:
         return (f"the CUDA attention backward supports head dims up to {CUDA_BWD_MAX_HEAD_DIM}, got {d} "
                 "(with inputs that require grad)")
     if q.is_cuda:
-        major, minor = _capability(q.device.index if q.device.index is not None else torch.cuda.current_device())
+        major, minor = device_capability(q.device)
         if major < 8:
             return f"the CUDA attention needs compute capability 8.0 or newer (mma.sync, cp.async), got {major}.{minor}"
     return None
+
+
+def device_capability(device: torch.device) -> tuple[int, int]:
+    """(major, minor) compute capability of a CUDA device, looked up once per device."""
+    return _capability(device.index if device.index is not None else torch.cuda.current_device())
 
 
 @functools.cache

@@ -34,6 +34,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ..ops.limits import device_capability
+
 try:  # host-side TMA descriptors (triton >= 3.4)
     from triton.tools.tensor_descriptor import TensorDescriptor
 except ImportError:  # pragma: no cover - older triton: the pointer kernels only
@@ -690,7 +692,7 @@ def _tma_ok(q, k, v, attn_mask, varlen, dropout_p) -> bool:
         return False
     if q.numel() == 0 or k.numel() == 0:  # a descriptor needs positive sizes (Lk = 0: the pointer kernel)
         return False
-    if TMA_MODE != "1" and (INTERPRET or not q.is_cuda or torch.cuda.get_device_capability(q.device)[0] < 9):
+    if TMA_MODE != "1" and (INTERPRET or not q.is_cuda or device_capability(q.device)[0] < 9):
         return False
     for t in (q, k, v):
         if t.stride(-1) != 1 or t.data_ptr() % 16 or any(st * t.element_size() % 16 for st in t.stride()[:-1]):
@@ -701,7 +703,7 @@ def _tma_ok(q, k, v, attn_mask, varlen, dropout_p) -> bool:
 def _warp_specialize(q: torch.Tensor) -> bool:
     if WS_MODE in ("0", "1"):
         return WS_MODE == "1"
-    return not INTERPRET and q.is_cuda and torch.cuda.get_device_capability(q.device)[0] >= 10
+    return not INTERPRET and q.is_cuda and device_capability(q.device)[0] >= 10
 
 
 def _fwd_tma(q, k, v, out, lse, causal, scale, wl, wr):

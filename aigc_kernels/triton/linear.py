@@ -45,6 +45,7 @@ except ImportError:  # pragma: no cover - older triton: the pointer kernel only
     TensorDescriptor = None
 
 from ..ops import linear_common
+from ..ops.limits import device_capability
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 # AIGC_KERNELS_AUTOTUNE=0: one config instead of autotuning (fast compiles for tests).
@@ -372,8 +373,9 @@ def gemm(a: torch.Tensor, b: torch.Tensor, *, out: torch.Tensor | None = None, b
         return c, z, z2, rs
     dummy = c
     progs = 4 if INTERPRET else _num_sms(a.device.index or 0)
-    if a_pro == 0 and b_pro == 0 and _tma_ok(a, b, b2):
-        _gemm_tma(a, b, b2, bias, bias2, c, z, z2, rs, act, store_z, row_sum, progs)
+    views = _tma_views(a, b, b2) if a_pro == 0 and b_pro == 0 else None
+    if views is not None:
+        _gemm_tma(views, bias, bias2, c, z, z2, rs, act, store_z, row_sum, progs, gated)
         return c, z, z2, rs
     grid = lambda meta: (min(progs, triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"])),)  # noqa: E731
     _gemm_kernel[grid](
@@ -401,22 +403,24 @@ def _tma_view(t: torch.Tensor) -> tuple[torch.Tensor, bool] | None:
     return store, trans
 
 
-def _tma_ok(a, b, b2) -> bool:
+def _tma_views(a, b, b2) -> list[tuple[torch.Tensor, bool]] | None:
+    """The (storage, transposed?) views of A, B and B2 (B's again when there is none) for the TMA
+    GEMM, or None where it does not run: no descriptors, turned off, not Hopper (unless forced),
+    or an operand TMA cannot describe."""
     if TensorDescriptor is None or TMA_MODE == "0":
-        return False
-    if TMA_MODE != "1" and (INTERPRET or not a.is_cuda or torch.cuda.get_device_capability(a.device)[0] < 9):
-        return False
-    views = [_tma_view(t) for t in (a, b, b2) if t is not None]
-    if any(v is None for v in views):
-        return False
-    return b2 is None or views[1][1] == views[2][1]  # B and B2 share one descriptor layout
+        return None
+    if TMA_MODE != "1" and (INTERPRET or not a.is_cuda or device_capability(a.device)[0] < 9):
+        return None
+    views = [_tma_view(t) for t in (a, b, b2 if b2 is not None else b)]
+    if any(v is None for v in views) or views[1][1] != views[2][1]:  # B and B2 share one descriptor layout
+        return None
+    return views
 
 
-def _gemm_tma(a, b, b2, bias, bias2, c, z, z2, rs, act, store_z, row_sum, progs):
-    m, k = a.shape
-    n = b.shape[1]
-    (sa, a_t), (sb, b_t) = _tma_view(a), _tma_view(b)
-    sb2 = _tma_view(b2)[0] if b2 is not None else sb
+def _gemm_tma(views, bias, bias2, c, z, z2, rs, act, store_z, row_sum, progs, gated):
+    (sa, a_t), (sb, b_t), (sb2, _) = views
+    m, n = c.shape
+    k = sa.shape[0] if a_t else sa.shape[1]
 
     def desc(t):  # block shapes are set per config by _tma_block_hook
         return TensorDescriptor(t, list(t.shape), list(t.stride()), [16, 16])
@@ -427,8 +431,8 @@ def _gemm_tma(a, b, b2, bias, bias2, c, z, z2, rs, act, store_z, row_sum, progs)
         desc(sa), desc(sb), desc(sb2), bias if bias is not None else dummy, bias2 if bias2 is not None else dummy, c,
         z if z is not None else dummy, z2 if z2 is not None else dummy, rs if rs is not None else dummy,
         m, n, k, c.stride(0), c.stride(1), progs,
-        A_T=a_t, B_T=b_t, ACT=ACT_IDS[act], HAS_BIAS=bias is not None, STORE_Z=store_z, GATED=b2 is not None,
-        ROW_SUM=row_sum, IEEE=a.dtype == torch.float32,
+        A_T=a_t, B_T=b_t, ACT=ACT_IDS[act], HAS_BIAS=bias is not None, STORE_Z=store_z, GATED=gated,
+        ROW_SUM=row_sum, IEEE=sa.dtype == torch.float32,
     )
 
 

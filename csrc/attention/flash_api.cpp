@@ -85,16 +85,13 @@ void check_cu_seqlens(const char* op, const char* name, const at::Tensor& cu, co
   TORCH_CHECK(cu.is_contiguous(), op, ": expected ", name, " contiguous");
 }
 
-// (batch, head, row) strides of a dense (B, H, L, D) or packed (total, H, D) tensor.
-struct Strides {
-  int64_t batch, head, row;
-};
-Strides strides_of(const at::Tensor& t, bool packed) {
-  if (packed) return {0, t.stride(1), t.stride(0)};
-  return {t.stride(0), t.stride(1), t.stride(2)};
+// The (batch, head, row) strides of a dense (B, H, L, D) or packed (total, H, D) tensor.
+void set_strides(const at::Tensor& t, bool packed, int64_t& batch, int64_t& head, int64_t& row) {
+  batch = packed ? 0 : t.stride(0);
+  head = t.stride(1);
+  row = packed ? t.stride(0) : t.stride(2);
 }
 
-// fn(T{}, std::integral_constant<int, D>{}) for the (dtype, head dim) instantiation.
 template <typename Fn>
 void dispatch(const char* op, at::ScalarType dtype, int64_t d, Fn&& fn) {
   auto by_dim = [&](auto tag) {
@@ -116,12 +113,10 @@ void fill_qkv(flash::Params& p, const at::Tensor& q, const at::Tensor& k, const 
   p.k = k.data_ptr();
   p.v = v.data_ptr();
   p.out = out.data_ptr();
-  const Strides sq = strides_of(q, packed), sk = strides_of(k, packed), sv = strides_of(v, packed),
-                so = strides_of(out, packed);
-  p.q_batch_stride = sq.batch, p.q_head_stride = sq.head, p.q_row_stride = sq.row;
-  p.k_batch_stride = sk.batch, p.k_head_stride = sk.head, p.k_row_stride = sk.row;
-  p.v_batch_stride = sv.batch, p.v_head_stride = sv.head, p.v_row_stride = sv.row;
-  p.o_batch_stride = so.batch, p.o_head_stride = so.head, p.o_row_stride = so.row;
+  set_strides(q, packed, p.q_batch_stride, p.q_head_stride, p.q_row_stride);
+  set_strides(k, packed, p.k_batch_stride, p.k_head_stride, p.k_row_stride);
+  set_strides(v, packed, p.v_batch_stride, p.v_head_stride, p.v_row_stride);
+  set_strides(out, packed, p.o_batch_stride, p.o_head_stride, p.o_row_stride);
   p.head_dim = static_cast<int>(q.size(-1));
 }
 
@@ -276,12 +271,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> flash_bwd_cuda(
   p.dk = dk.data_ptr();
   p.dv = dv.data_ptr();
   p.delta = delta.data_ptr<float>();
-  const Strides sdo = strides_of(dout, packed), sdq = strides_of(dq, packed), sdk = strides_of(dk, packed),
-                sdv = strides_of(dv, packed);
-  p.do_batch_stride = sdo.batch, p.do_head_stride = sdo.head, p.do_row_stride = sdo.row;
-  p.dq_batch_stride = sdq.batch, p.dq_head_stride = sdq.head, p.dq_row_stride = sdq.row;
-  p.dk_batch_stride = sdk.batch, p.dk_head_stride = sdk.head, p.dk_row_stride = sdk.row;
-  p.dv_batch_stride = sdv.batch, p.dv_head_stride = sdv.head, p.dv_row_stride = sdv.row;
+  set_strides(dout, packed, p.do_batch_stride, p.do_head_stride, p.do_row_stride);
+  set_strides(dq, packed, p.dq_batch_stride, p.dq_head_stride, p.dq_row_stride);
+  set_strides(dk, packed, p.dk_batch_stride, p.dk_head_stride, p.dk_row_stride);
+  set_strides(dv, packed, p.dv_batch_stride, p.dv_head_stride, p.dv_row_stride);
   p.total_q = static_cast<int>(packed ? q.size(0) : batch * lq);
   auto stream = at::cuda::getCurrentCUDAStream();
   dispatch(op, q.scalar_type(), q.size(-1), [&](auto t, auto d) {
