@@ -18,6 +18,7 @@ from ._version import __version__
 from .backend import (
     BackendError,
     available_backends,
+    explain,
     get_backend,
     set_backend,
     use_backend,
@@ -42,6 +43,7 @@ __all__ = [
     "attention_with_kvcache",
     "available_backends",
     "backend",
+    "explain",
     "ffn",
     "get_backend",
     "kvcache_append",

@@ -1,36 +1,44 @@
-"""Which implementation runs an op: "cuda" | "triton" | "torch" | "auto".
+"""Which implementation runs an op: "cuda" | "triton" | "torch" | "reference" | "auto".
+
+* "cuda", "triton": the library's kernels.
+* "torch": PyTorch's own best native call for the op (SDPA, F.layer_norm, F.linear, ...), under
+  the library's contract (aigc_kernels.native).
+* "reference": the naive oracle (aigc_kernels.reference) -- for tests and checks; "auto" never
+  picks it.
+* "auto" (the default): the fastest backend for this call *as measured on this kind of GPU* (the
+  dispatch table of aigc_kernels.dispatch, written by ``aigc-kernels tune`` or shipped for the
+  arch), among those that can run the inputs; PyTorch's own call ("torch") wherever nothing was
+  measured, on CPU tensors, and whenever the measured winner cannot take the inputs. So "auto" is
+  never slower than "torch" where it was measured, and is "torch" everywhere else.
 
 The active backend is, from strongest to weakest: the ``backend=`` argument of a call, the
 innermost ``use_backend(...)`` block, ``set_backend(...)``, the environment variable
-``AIGC_KERNELS_BACKEND``, and finally "auto".
-
-* A backend asked for by name must run the call or raise :class:`BackendError` saying why; it
-  never falls back silently.
-* "auto" takes the first of cuda > triton > torch that is available here, implements the op
-  and accepts the inputs, and logs (at DEBUG, logger ``aigc_kernels.backend``) why it skipped
-  the others. On CPU tensors "auto" runs the torch reference: the Triton interpreter is a
-  debugging tool, not a fast path.
+``AIGC_KERNELS_BACKEND``, and finally "auto". A backend asked for by name must run the call or
+raise :class:`BackendError` saying why; it never falls back silently. ``ak.explain(op, ...)``
+says which backend a call would run on and why, without running it.
 
 Kernel modules register their implementations with :func:`register`, as loader functions, so
-nothing heavy (triton, the compiled extension) is imported until an op first runs on that
-backend.
+nothing heavy (triton, the compiled extension) is imported until an op first runs on that backend.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 
 import torch
 
 __all__ = [
+    "AUTO_CANDIDATES",
     "BACKENDS",
     "BackendError",
+    "Explanation",
     "available_backends",
     "backend_status",
+    "explain",
     "get_backend",
     "implementations",
     "register",
@@ -41,7 +49,8 @@ __all__ = [
 
 log = logging.getLogger("aigc_kernels.backend")
 
-BACKENDS = ("cuda", "triton", "torch")  # also the preference order of "auto"
+BACKENDS = ("cuda", "triton", "torch", "reference")
+AUTO_CANDIDATES = ("cuda", "triton", "torch")  # "auto" never runs the reference
 _CHOICES = (*BACKENDS, "auto")
 ENV_VAR = "AIGC_KERNELS_BACKEND"
 
@@ -53,6 +62,8 @@ class BackendError(RuntimeError):
 def _normalize(name: str | None, where: str) -> str | None:
     if name is None:
         return None
+    if name in _CHOICES:  # the common case, without string work
+        return name
     if not isinstance(name, str) or name.strip().lower() not in _CHOICES:
         raise ValueError(f"{where}: expected a backend in {_CHOICES}, got {name!r}")
     return name.strip().lower()
@@ -94,7 +105,9 @@ def get_backend() -> str:
 # availability
 # ----------------------------------------------------------------------------------------------
 def triton_interpreter() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    from . import _device
+
+    return _device.interpreter()
 
 
 def backend_status() -> dict[str, tuple[bool, str]]:
@@ -116,7 +129,8 @@ def backend_status() -> dict[str, tuple[bool, str]]:
         status["triton"] = (True, "triton interpreter on CPU (TRITON_INTERPRET=1; slow, for testing)")
     else:
         status["triton"] = (False, "no CUDA GPU (set TRITON_INTERPRET=1 to run Triton kernels on CPU)")
-    status["torch"] = (True, "naive PyTorch (aigc_kernels.reference), any device")
+    status["torch"] = (True, "PyTorch's own calls (SDPA, F.layer_norm, F.linear, ...), any device")
+    status["reference"] = (True, "naive PyTorch (aigc_kernels.reference), the oracle of the tests; never 'auto'")
     return status
 
 
@@ -131,14 +145,14 @@ def _available(name: str) -> bool:
 
 
 def available_backends() -> list[str]:
-    """The backends that can run here, in auto's order of preference."""
+    """The backends that can run here (kernel backends first)."""
     return [name for name, (ok, _) in backend_status().items() if ok]
 
 
 # ----------------------------------------------------------------------------------------------
 # implementations
 # ----------------------------------------------------------------------------------------------
-@dataclass
+@dataclasses.dataclass
 class Implementation:
     """One backend's implementation of one op.
 
@@ -152,7 +166,7 @@ class Implementation:
     backend: str
     load: Callable[[], Callable]
     check: Callable[..., str | None] | None = None
-    _fn: Callable | None = field(default=None, repr=False)
+    _fn: Callable | None = dataclasses.field(default=None, repr=False)
 
     def fn(self) -> Callable:
         if self._fn is None:
@@ -180,7 +194,7 @@ def implementation(op: str, backend: str) -> Implementation | None:
 
 
 def implementations(op: str | None = None) -> dict[str, list[str]]:
-    """Which backends implement which ops: {op: [backends]} (in auto's order)."""
+    """Which backends implement which ops: {op: [backends]}."""
     ops = [op] if op is not None else sorted(_REGISTRY)
     return {name: [b for b in BACKENDS if b in _REGISTRY.get(name, {})] for name in ops}
 
@@ -194,41 +208,117 @@ def _device_reason(backend: str, device: torch.device) -> str | None:
     return None
 
 
+def _why_not(impl: Implementation, device: torch.device, args, kwargs) -> str | None:
+    reason = _device_reason(impl.backend, device)
+    if reason is None and not _available(impl.backend):
+        reason = f"the '{impl.backend}' backend is not available here: {backend_status()[impl.backend][1]}"
+    if reason is None:
+        reason = impl.why_not(*args, **kwargs)
+    return reason
+
+
+# ----------------------------------------------------------------------------------------------
+# selection
+# ----------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Explanation:
+    """Which backend a call runs on, and why (``ak.explain``)."""
+
+    op: str
+    requested: str  # the backend asked for ("auto" or a name)
+    backend: str  # the one that runs
+    reason: str
+    key: str | None = None  # the dispatch key (auto on a GPU)
+    timings_ms: dict[str, float] | None = None  # what the dispatch table measured for that key
+    skipped: list[str] = dataclasses.field(default_factory=list)
+
+    def __str__(self) -> str:
+        lines = [f"ak.{self.op}: runs on '{self.backend}' (requested '{self.requested}'): {self.reason}"]
+        if self.key:
+            lines.append(f"  dispatch key: {self.key}")
+        if self.timings_ms:
+            lines.append("  measured: " + ", ".join(f"{b} {ms:.4g} ms" for b, ms in sorted(self.timings_ms.items())))
+        lines += [f"  not {s}" for s in self.skipped]
+        return "\n".join(lines)
+
+
+class _Explained(Exception):
+    def __init__(self, explanation: Explanation) -> None:
+        self.explanation = explanation
+
+
+_explaining: list[bool] = []
+
+
 def select(op: str, device: torch.device, backend: str | None, *args, **kwargs) -> Callable:
     """The function that runs ``op`` for these arguments (see the module docstring for the rules)."""
-    name = _normalize(backend, f"ak.{op}(backend=...)") or get_backend()
-    impls = _REGISTRY.get(op, {})
+    name = get_backend() if backend is None else _normalize(backend, f"ak.{op}(backend=...)")
+    impls = _REGISTRY[op]
     if name != "auto":
         impl = impls.get(name)
         if impl is None:
             have = [b for b in BACKENDS if b in impls]
             raise BackendError(f"ak.{op}: the '{name}' backend has no implementation of {op}; "
                                f"backends that implement it: {have}. Pass backend='auto' or one of those.")
-        reason = _device_reason(name, device)
-        if reason is None and not _available(name):
-            reason = f"the '{name}' backend is not available here: {backend_status()[name][1]}"
-        if reason is None:
-            reason = impl.why_not(*args, **kwargs)
-        if reason is not None:
-            raise BackendError(f"ak.{op}(backend='{name}'): {reason}. "
-                               "Use backend='auto' to let the library choose one that can.")
+        if name != "torch" and name != "reference":
+            reason = _why_not(impl, device, args, kwargs)
+            if reason is not None:
+                raise BackendError(f"ak.{op}(backend='{name}'): {reason}. "
+                                   "Use backend='auto' to let the library choose one that can.")
+        if _explaining:
+            raise _Explained(Explanation(op, name, name, "asked for by name, and it accepts these inputs"))
         return impl.fn()
-    skipped = []
-    for candidate in BACKENDS:
-        impl = impls.get(candidate)
-        if impl is None:
-            continue
-        if candidate != "torch" and device.type == "cpu":
-            reason = "auto runs CPU tensors on the torch reference"
-        else:
-            reason = _device_reason(candidate, device)
-        if reason is None and not _available(candidate):
-            reason = backend_status()[candidate][1]
-        if reason is None:
-            reason = impl.why_not(*args, **kwargs)
-        if reason is None:
-            if skipped and not torch.compiler.is_compiling() and log.isEnabledFor(logging.DEBUG):
-                log.debug("ak.%s: auto chose '%s'; skipped %s", op, candidate, "; ".join(skipped))
-            return impl.fn()
-        skipped.append(f"{candidate}: {reason}")
-    raise BackendError(f"ak.{op}: no backend can run these inputs ({'; '.join(skipped) or 'none registered'})")
+    if device.type != "cuda" and not _explaining:  # the fast path: CPU tensors run PyTorch's own call
+        if log.isEnabledFor(logging.DEBUG) and not torch.compiler.is_compiling():
+            log.debug("ak.%s: auto chose 'torch' (PyTorch's own call): tensors on %s", op, device)
+        return impls["torch"].fn()
+    return _auto(op, impls, device, args, kwargs)
+
+
+def _auto(op, impls, device, args, kwargs) -> Callable:
+    def done(backend: str, reason: str, **extra) -> Callable:
+        if _explaining:
+            raise _Explained(Explanation(op, "auto", backend, reason, **extra))
+        if log.isEnabledFor(logging.DEBUG) and not torch.compiler.is_compiling():
+            log.debug("ak.%s: auto chose '%s': %s", op, backend, reason)
+        return impls[backend].fn()
+
+    if device.type != "cuda":
+        return done("torch", f"tensors on {device}: PyTorch's own call (the library's kernels run on CUDA GPUs)")
+    from . import dispatch
+
+    table = dispatch.table_for(device)
+    if table is None:
+        return done("torch", "no dispatch table for this GPU (run `aigc-kernels tune`): PyTorch's own call")
+    key = dispatch.key(op, *args, **kwargs)
+    entry = table.lookup(key)
+    if entry is None:
+        return done("torch", f"the dispatch table ({table.source}) has no entry for this call", key=str(key))
+    extra = dict(key=str(key), timings_ms=entry.ms)
+    if entry.best == "torch" or entry.best not in impls or entry.best not in AUTO_CANDIDATES:
+        return done("torch", f"measured fastest at {entry.key} ({table.source})", **extra)
+    reason = _why_not(impls[entry.best], device, args, kwargs)
+    if reason is not None:
+        return done("torch", f"'{entry.best}' was measured fastest at {entry.key} but cannot run this call: {reason}",
+                    **extra)
+    return done(entry.best, f"measured fastest at {entry.key} ({table.source})", **extra)
+
+
+def explain(op: str, *args, **kwargs) -> Explanation:
+    """Which backend ``ak.<op>(*args, **kwargs)`` runs on and why, without running it.
+
+    The arguments are checked exactly as the op checks them (bad input raises the same error).
+    """
+    from . import ops
+
+    if op not in ops.PUBLIC_OPS:
+        raise ValueError(f"ak.explain: expected an op in {ops.PUBLIC_OPS}, got {op!r}")
+    fn = getattr(ops, op)
+    _explaining.append(True)
+    try:
+        fn(*args, **kwargs)
+    except _Explained as done:
+        return done.explanation
+    finally:
+        _explaining.pop()
+    raise RuntimeError(f"ak.explain: ak.{op} returned without selecting a backend")  # pragma: no cover

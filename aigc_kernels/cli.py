@@ -1,10 +1,16 @@
-"""The ``aigc-kernels`` command: info | check | bench | compare.
+"""The ``aigc-kernels`` command: info | check | bench | tune | audit | compare.
 
     aigc-kernels info                  device, versions, build flags, backends and ops available here
     aigc-kernels check [--op OP ...] [--backend B ...] [--json FILE]
                                        every op x backend against the float64 reference; exit 1 on failure
     aigc-kernels bench [--op OP ...] [--backend P ...] [--mode M ...] [--quick] [--json F] [--csv F] [--plots DIR]
                                        time every op x provider x mode (CUDA events), check what it times
+    aigc-kernels tune [--op OP ...] [--dtype D] [--quick] [--output F]
+                                       time every backend per op and bucketed shape on this GPU; write the
+                                       dispatch table "auto" reads
+    aigc-kernels audit [--arch 90a,80] [--json F]
+                                       compile every Triton kernel for GPU targets (no GPU needed): errors,
+                                       shared memory, registers, spills, wgmma/TMA use; exit 1 on a finding
     aigc-kernels compare BASE.json NEW.json [--threshold PCT]
                                        per-case ratios; exit 1 when a case is slower by more than PCT %
 """
@@ -71,6 +77,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         compiled = sorted(name for name in torch._C._dispatch_get_all_op_names() if name.startswith("aigc_kernels::"))
         table.add_row("  torch.ops.aigc_kernels", ", ".join(compiled) or "none")
     table.add_row("default backend", backend.get_backend())
+    table.add_row("auto's dispatch table", _dispatch_status())
     console.print(table)
 
     impls = backend.implementations()
@@ -88,6 +95,19 @@ def cmd_info(args: argparse.Namespace) -> int:
     if not gpu:
         console.print(f"[yellow]{SPEED_NOTE}[/]")
     return 0
+
+
+def _dispatch_status() -> str:
+    """Which dispatch table "auto" uses on this machine, or why none."""
+    if not torch.cuda.is_available():
+        return "none on CPU: 'auto' runs PyTorch's own calls ('torch') for CPU tensors"
+    from . import dispatch
+
+    table = dispatch.table_for(torch.device("cuda", torch.cuda.current_device()))
+    if table is None:
+        path = dispatch.user_table_path(torch.cuda.get_device_name(), torch.cuda.get_device_capability())
+        return f"none for this GPU: 'auto' runs PyTorch's own calls ('torch') until `aigc-kernels tune` writes {path}"
+    return f"{table.source}: {len(table.entries)} measured keys"
 
 
 def _check_dtypes(device: torch.device, name: str) -> list[torch.dtype]:
@@ -109,7 +129,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         console.print(f"[red]unknown op(s) {unknown}; expected some of {list(ops.PUBLIC_OPS)}[/]")
         return 2
     available = backend.available_backends()
-    wanted_backends = args.backend or list(backend.BACKENDS)
+    # the reference is the oracle every backend is judged by: checking it against itself proves nothing
+    wanted_backends = args.backend or [b for b in backend.BACKENDS if b != "reference"]
     status = backend.backend_status()
     table = Table(title=f"aigc-kernels check on {device} (float64 reference; pass = err <= 2x the same-dtype "
                         "reference's error + floor)")
@@ -129,9 +150,8 @@ def cmd_check(args: argparse.Namespace) -> int:
                 for case in testing.cases(op, dtype, device, seed=args.seed):
                     r = testing.check_case(op, name, case, dtype)
                     results.append(r)
-                    verdict = "[green]pass[/]" if r.passed else f"[red]FAIL[/] {r.error or ''}"
-                    if r.unsupported:
-                        verdict = f"[dim]n/a: {r.unsupported}[/]"
+                    verdict = {"pass": "[green]pass[/]", "fail": f"[red]FAIL[/] {r.error or ''}",
+                               "n/a": f"[dim]n/a: {r.unsupported}[/]"}[r.status]
                     g = "-" if r.grad_err is None else f"{r.grad_err:.2e}"
                     gb = "-" if r.grad_bound is None else f"{r.grad_bound:.2e}"
                     table.add_row(op, name, r.dtype, r.case, f"{r.fwd_err:.2e}", f"{r.fwd_bound:.2e}", g, gb, verdict)
@@ -157,14 +177,15 @@ def cmd_check(args: argparse.Namespace) -> int:
         for row in skipped:
             st.add_row(*row)
         console.print(st)
-    failed = [r for r in results if not r.passed]
-    console.print(f"{len(results) - len(failed)} passed, {len(failed)} failed "
-                  f"({time.perf_counter() - t0:.1f} s on {device})")
+    failed = [r for r in results if r.failed]
+    na = [r for r in results if r.status == "n/a"]
+    console.print(f"{len(results) - len(failed) - len(na)} passed, {len(failed)} failed, {len(na)} n/a (not taken "
+                  f"by that backend's kernel) ({time.perf_counter() - t0:.1f} s on {device})")
     if device.type != "cuda":
         console.print(f"[yellow]{SPEED_NOTE}[/]")
     if args.json:
         payload = {"device": str(device), "versions": _versions(),
-                   "results": [dict(vars(r), passed=r.passed) for r in results],
+                   "results": [dict(vars(r), passed=r.passed, status=r.status) for r in results],
                    "skipped": [dict(op=o, backend=b, why=w) for o, b, w in skipped]}
         with open(args.json, "w") as f:
             json.dump(payload, f, indent=2)
@@ -225,6 +246,66 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    from rich.progress import Progress
+
+    from . import audit
+
+    console = _console()
+    targets = [t.strip().removeprefix("sm_") for t in args.arch.split(",") if t.strip()]
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("audit", total=None)
+
+        def update(what, i, n):
+            progress.update(task, completed=i, total=n, description=f"audit {what}"[:90])
+
+        report = audit.run(targets, args.family, jobs=args.jobs, progress=update)
+    audit.render(report, console, verbose=args.verbose)
+    if args.json:
+        audit.write_json(report, args.json)
+        console.print(f"wrote {args.json}")
+    return 0 if report.ok() else 1
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from rich.progress import Progress
+
+    from . import dispatch, tune
+
+    console = _console()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        console.print("[yellow]tune measures CUDA GPUs: there is none here. On CPU tensors 'auto' always runs "
+                      "PyTorch's own calls ('torch'), so there is nothing to choose.[/]")
+        return 2
+    device = torch.device(args.device)
+    dtypes = [getattr(torch, d) for d in (args.dtype or ["bfloat16"])]
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("tune", total=None)
+
+        def update(what, i, n):
+            progress.update(task, completed=i, total=n, description=f"tune {what}"[:90])
+
+        table = tune.run(args.op or tune.TUNE_OPS, dtypes, quick=args.quick, device=device, margin=args.margin / 100,
+                         progress=update)
+    from rich.table import Table
+
+    t = Table(title=f"dispatch table for {table.device} (sm_{table.capability[0]}{table.capability[1]}): "
+                    f"a kernel wins only when it beats 'torch' by more than {args.margin}%")
+    for col in ("key", "best", "timings (ms)"):
+        t.add_column(col)
+    for e in table.entries:
+        t.add_row(str(e.key), e.best, ", ".join(f"{b} {ms:.4g}" for b, ms in sorted(e.ms.items())))
+    console.print(t)
+    path = args.output or (dispatch.user_table_path(table.device, table.capability) if device.type == "cuda" else None)
+    if path is None:
+        console.print("not written (CPU tables are never used); pass --output to keep it")
+        return 0
+    table.write(path)
+    dispatch.reload()
+    console.print(f"wrote {path}; 'auto' uses it from now on (in new processes, or after dispatch.reload())")
+    return 0
+
+
 def _ext_loaded() -> bool:
     from . import _ext
 
@@ -240,7 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_info)
     p = sub.add_parser("check", help="every op x backend against the float64 reference (exit 1 on failure)")
     p.add_argument("--op", action="append", choices=list(ops.PUBLIC_OPS), help="only this op (repeatable)")
-    p.add_argument("--backend", action="append", choices=list(backend.BACKENDS), help="only this backend (repeatable)")
+    p.add_argument("--backend", action="append", choices=[b for b in backend.BACKENDS if b != "reference"],
+                   help="only this backend (repeatable)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     p.set_defaults(func=cmd_check)
@@ -257,6 +339,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plots", metavar="DIR", help="write one PNG per op")
     p.add_argument("--show-skipped", action="store_true", help="list skipped providers in the table")
     p.set_defaults(func=cmd_bench)
+    p = sub.add_parser("tune", help="measure the fastest backend per op and shape on this GPU: auto's dispatch table")
+    from .tune import TUNE_OPS
+
+    p.add_argument("--op", action="append", choices=list(TUNE_OPS), help="only this op (repeatable)")
+    p.add_argument("--dtype", action="append", choices=["bfloat16", "float16", "float32"],
+                   help="dtypes to measure (default bfloat16; repeatable)")
+    p.add_argument("--quick", action="store_true", help="a few keys per op")
+    p.add_argument("--margin", type=float, default=3.0, help="percent a kernel must beat 'torch' by to win a key")
+    p.add_argument("--output", metavar="FILE", help="where to write the table (default: the per-user cache)")
+    p.add_argument("--device", default="cuda", help=argparse.SUPPRESS)  # "cpu": exercise tune without a GPU
+    p.set_defaults(func=cmd_tune)
+    p = sub.add_parser("audit", help="compile every Triton kernel for GPU targets with no GPU; resources, spills")
+    p.add_argument("--arch", default="90a,80", help="comma-separated targets: 90a, 80, 100a (default 90a,80)")
+    p.add_argument("--family", action="append", choices=["attention", "norm", "gemm"], help="only these kernels")
+    p.add_argument("--jobs", type=int, default=None, help="parallel compile processes (default: the CPU count)")
+    p.add_argument("--json", metavar="FILE", help="also write every record as JSON")
+    p.add_argument("--verbose", action="store_true", help="list every compiled config, not only the problems")
+    p.set_defaults(func=cmd_audit)
     p = sub.add_parser("compare", help="compare two bench JSON files; exit 1 on a regression")
     p.add_argument("base")
     p.add_argument("new")

@@ -24,7 +24,9 @@ ATOL = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 2e-3, torch.bf
 def max_abs_err(a, b) -> float:
     """Largest |a - b| over tensors or tuples of tensors, computed in float64."""
     if isinstance(a, (tuple, list)):
-        return max((max_abs_err(x, y) for x, y in zip(a, b)), default=0.0)
+        if len(a) != len(b):
+            raise ValueError(f"max_abs_err: {len(a)} outputs against {len(b)} in the reference")
+        return max((max_abs_err(x, y) for x, y in zip(a, b, strict=True)), default=0.0)
     if a is None and b is None:
         return 0.0
     if a.numel() == 0:
@@ -69,7 +71,8 @@ def check_fwd_bwd(kernel_fn: Callable, ref_fn: Callable, tensors, dtype: torch.d
     else:
         with torch.no_grad():
             got, ref64, lowp = (kernel_fn(*tensors),), (ref_fn(*[t.double() for t in tensors]),), (ref_fn(*tensors),)
-    for name, a, b, c in zip(names, got, ref64, lowp):
+    assert len(got) == len(ref64) == len(lowp), f"{len(got)} outputs, the reference gives {len(ref64)}"
+    for name, a, b, c in zip(names[:len(got)], got, ref64, lowp, strict=True):
         assert torch.isfinite(a).all(), f"{name} has non-finite values"
         assert_close_to_reference(a, b, c, dtype=dtype, name=name)
 
@@ -169,11 +172,22 @@ class CheckResult:
     unsupported: str | None = None  # why the backend's kernel does not take this case (not run)
 
     @property
-    def passed(self) -> bool:
+    def status(self) -> str:
+        """"pass", "fail", or "n/a" (the backend's kernel does not take this case: nothing ran)."""
         if self.unsupported is not None:
-            return True
-        return (self.error is None and self.fwd_err <= self.fwd_bound
-                and (self.grad_err is None or self.grad_err <= self.grad_bound))
+            return "n/a"
+        ok = (self.error is None and self.fwd_err <= self.fwd_bound
+              and (self.grad_err is None or self.grad_err <= self.grad_bound))
+        return "pass" if ok else "fail"
+
+    @property
+    def passed(self) -> bool:
+        """It ran and it passed (an "n/a" case did not run, so it did not pass)."""
+        return self.status == "pass"
+
+    @property
+    def failed(self) -> bool:
+        return self.status == "fail"
 
 
 def _clone(v, dtype=None, requires_grad=False):
@@ -200,7 +214,7 @@ def _run(fn: Callable, case: Case, dtype, gen_seed: int):
         diff = [o for o in outs if isinstance(o, torch.Tensor) and o.requires_grad]
         cot = [torch.randn(o.shape, generator=g).to(device=o.device, dtype=o.dtype) for o in diff]
         grads = torch.autograd.grad(diff, leaves, cot, allow_unused=True)
-        grads = tuple(torch.zeros_like(t) if gr is None else gr for t, gr in zip(leaves, grads))
+        grads = tuple(torch.zeros_like(t) if gr is None else gr for t, gr in zip(leaves, grads, strict=True))
     outs = tuple(o.detach() if isinstance(o, torch.Tensor) else o for o in outs if o is not None)
     return outs, grads
 

@@ -64,7 +64,7 @@ def shape(op: str, name: str, t: torch.Tensor | None, expected: tuple, layout: s
     """t's shape equals ``expected`` (entries None are free)."""
     if t is None:
         return
-    ok = t.dim() == len(expected) and all(e is None or e == s for e, s in zip(expected, t.shape))
+    ok = t.dim() == len(expected) and all(e is None or e == s for e, s in zip(expected, t.shape, strict=True))
     if not ok:
         want = _fmt("*" if e is None else e for e in expected)
         raise ValueError(f"{op}: expected {name} of shape {want} {layout}, got {_shape(t)}")

@@ -111,7 +111,7 @@ def test_dropout_matches_reference_with_the_same_mask(causal):
     got = fwd_bwd(lambda q, k, v: ak.attention(q, k, v, dropout_p=p, causal=causal, backend="triton"), [q, k, v])
     ref = fwd_bwd(lambda q, k, v: R.attention(q, k, v, dropout_p=p, causal=causal, dropout_mask=keep),
                   [t.double() for t in (q, k, v)])
-    for a, b in zip(got, ref):
+    for a, b in zip(got, ref, strict=True):
         torch.testing.assert_close(a.double(), b, atol=2e-5, rtol=1e-4)
 
 

@@ -240,7 +240,7 @@ def test_gpu_backward_is_bitwise_deterministic():
     q, k, v = rand(2, 8, 300, 128), rand(2, 2, 300, 128, seed=1), rand(2, 2, 300, 128, seed=2)
     fn = lambda q, k, v: ak.attention(q, k, v, causal=True, backend="cuda")  # noqa: E731
     a, b = fwd_bwd(fn, [q, k, v]), fwd_bwd(fn, [q, k, v])
-    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
 
 
 @gpu
@@ -290,7 +290,7 @@ def test_gpu_cuda_graph_capture_fwd_bwd():
         captured = step()
     graph.replay()
     torch.cuda.synchronize()
-    assert all(torch.equal(a, b) for a, b in zip(eager, captured))
+    assert all(torch.equal(a, b) for a, b in zip(eager, captured, strict=True))
 
 
 @gpu

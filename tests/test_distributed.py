@@ -37,5 +37,5 @@ def test_distributed_losses_match_single_process(mode, tmp_path):
     single = run("single", tmp_path)
     multi = run(mode, tmp_path)
     assert len(multi) == len(single) == 6
-    for step, (a, b) in enumerate(zip(single, multi)):
+    for step, (a, b) in enumerate(zip(single, multi, strict=True)):
         assert abs(a - b) <= 1e-5 * abs(a), f"step {step}: single {a} vs {mode} {b}"

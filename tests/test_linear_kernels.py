@@ -39,7 +39,7 @@ def check(kernel_fn, ref_fn, tensors, dtype):
     got = fwd_bwd(kernel_fn, tensors)
     ref64 = fwd_bwd(ref_fn, [None if t is None else t.double() for t in tensors])
     lowp = fwd_bwd(ref_fn, tensors)
-    for i, (a, b, c) in enumerate(zip(got, ref64, lowp)):
+    for i, (a, b, c) in enumerate(zip(got, ref64, lowp, strict=True)):
         assert a.dtype == c.dtype, f"#{i}: dtype {a.dtype} != {c.dtype}"
         assert_close_to_reference(a, b, c, dtype=dtype, name=f"output #{i}")
 

@@ -59,7 +59,7 @@ def check(kind, x, w, b, r, backend):
     out64, grads64 = run_norm(kind, to64(x), to64(w), to64(b), to64(r), "ref")
     outlp, gradslp = run_norm(kind, x, w, b, r, "ref")
     assert_close_to_reference(out, out64, outlp, dtype=x.dtype, name=f"{kind} forward")
-    for i, (g, g64, glp) in enumerate(zip(grads, grads64, gradslp)):
+    for i, (g, g64, glp) in enumerate(zip(grads, grads64, gradslp, strict=True)):
         assert g.dtype == glp.dtype
         assert_close_to_reference(g, g64, glp, dtype=x.dtype, name=f"{kind} grad #{i}")
 
@@ -131,7 +131,7 @@ def test_non_contiguous_input_and_stride0_grad(backend):
 def test_weight_grad_is_deterministic(backend):
     x, w, b, _ = inputs((37, 64), torch.float32)
     grads = [run_norm("layer_norm", x, w, b, None, backend)[1] for _ in range(2)]
-    assert all(torch.equal(a, c) for a, c in zip(*grads))
+    assert all(torch.equal(a, c) for a, c in zip(*grads, strict=True))
 
 
 @backends

@@ -83,7 +83,7 @@ def test_attention_backward_is_bitwise_deterministic():
             return [t.grad for t in leaves]
 
         first, second = grads(), grads()
-        assert all(torch.equal(a, b) for a, b in zip(first, second)), backend
+        assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True)), backend
 
 
 @pytest.mark.gpu
@@ -123,7 +123,7 @@ def test_cuda_graph_capture_of_a_training_step():
         graph.replay()
         torch.cuda.synchronize()
         torch.testing.assert_close(static_loss, eager_loss)
-        for p, g in zip(model.parameters(), eager_grads):
+        for p, g in zip(model.parameters(), eager_grads, strict=True):
             torch.testing.assert_close(p.grad, g)
 
 

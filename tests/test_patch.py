@@ -152,7 +152,7 @@ def test_hf_gpt2_convergence_patched_vs_unpatched():
 
     plain, patched = train(False), train(True)
     assert plain[-1] < plain[0] - 0.5  # it learns
-    for step, (a, b) in enumerate(zip(plain, patched)):
+    for step, (a, b) in enumerate(zip(plain, patched, strict=True)):
         assert abs(a - b) <= 1e-3 * max(1.0, abs(a)), f"step {step}: {a} vs {b}"
 
 

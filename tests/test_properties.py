@@ -64,7 +64,7 @@ def compare(op_fn, ref_fn, tensors, dtype, grads=True):
     got = run(op_fn, tensors)
     ref64 = run(ref_fn, [t.double() if t.is_floating_point() else t for t in tensors])
     lowp = run(ref_fn, tensors)
-    for i, (a, b, c) in enumerate(zip(got, ref64, lowp)):
+    for i, (a, b, c) in enumerate(zip(got, ref64, lowp, strict=True)):
         if a is None:
             continue
         assert_close_to_reference(a, b, c, dtype=dtype, name=f"output #{i}")

@@ -1,11 +1,14 @@
 """Benchmark cases: shapes from real models, the work each case does (FLOPs, bytes), the providers
 that run it, and how to check a provider's output against the float64 reference.
 
-A *provider* is one implementation of an op: our backends ("cuda", "triton"), the naive
-reference ("torch"), torch.compile of the reference ("torch_compile"), PyTorch's own fused
-function ("eager": F.layer_norm, F.scaled_dot_product_attention, F.linear + activation, ...),
-SDPA pinned to one backend ("sdpa_flash", "sdpa_efficient", "sdpa_cudnn"), and third-party
-libraries when importable ("liger", "apex", "flash_attn").
+A *provider* is one implementation of an op: the library's public API on each backend ("cuda",
+"triton", "torch" = PyTorch's own calls behind the library's API, and "auto" = what the dispatch table
+picks), the naive oracle ("reference"), torch.compile of it ("torch_compile"), PyTorch's own
+function called directly ("eager": F.layer_norm, F.scaled_dot_product_attention, F.linear +
+activation, ...: the baseline of every speedup), SDPA pinned to one backend ("sdpa_flash",
+"sdpa_efficient", "sdpa_cudnn"), and third-party libraries when importable ("liger", "apex",
+"flash_attn"). On a machine without a GPU the CPU-capable providers run ("torch", "auto", "eager",
+"reference"): their ratios are the CPU path's, not kernel speed.
 """
 
 from __future__ import annotations
@@ -88,17 +91,25 @@ def _have(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
+API_BACKENDS = ("cuda", "triton", "torch", "auto")  # the public API's providers, per backend
+
+
 def _backend_provider(name: str, op: str, call: Callable) -> Provider:
-    """One of our backends, asked for by name (it raises BackendError when it cannot run)."""
+    """The public API on one backend (by name: it raises BackendError when it cannot run; or "auto")."""
 
     def make(case, inputs, mode):
         from ..backend import implementations
 
-        if name not in implementations(op)[op]:
+        if name != "auto" and name not in implementations(op)[op]:
             raise NotImplementedError(f"the '{name}' backend does not implement {op} yet")
         return lambda: call(inputs, name)
 
-    return Provider(name, make)
+    return Provider(name, make, needs_gpu=name in ("cuda", "triton"))
+
+
+def _api_providers(op: str, call: Callable) -> list[Provider]:
+    """call(inputs, backend) on every backend of the public API."""
+    return [_backend_provider(name, op, call) for name in API_BACKENDS]
 
 
 @functools.cache
@@ -166,8 +177,7 @@ class NormBench(BenchOp):
         return reference.rms_norm(x, w, 1e-6) if self.rms else reference.layer_norm(x, w, b, 1e-5)
 
     def providers(self):
-        provs = [_backend_provider("cuda", self.name, self._call_ours),
-                 _backend_provider("triton", self.name, self._call_ours)]
+        provs = _api_providers(self.name, self._call_ours)
         rms = self.rms
 
         def eager(case, inp, mode):
@@ -176,9 +186,9 @@ class NormBench(BenchOp):
                 return lambda: F.rms_norm(inp["x"], (n,), inp["weight"], 1e-6)
             return lambda: F.layer_norm(inp["x"], (n,), inp["weight"], inp["bias"], 1e-5)
 
-        provs.append(Provider("eager", eager))
-        provs.append(Provider("torch", lambda case, inp, mode: lambda: self._ref(inp["x"], inp["weight"], inp["bias"]),
-                              needs_gpu=False))
+        provs.append(Provider("eager", eager, needs_gpu=False))
+        provs.append(Provider("reference", lambda case, inp, mode: lambda: self._ref(inp["x"], inp["weight"],
+                                                                                      inp["bias"]), needs_gpu=False))
 
         def compiled(case, inp, mode):
             fn = _compiled(reference.rms_norm if rms else reference.layer_norm)
@@ -280,15 +290,11 @@ class AttentionBench(BenchOp):
 
     def providers(self):
         provs = []
-        for name in ("cuda", "triton"):
+        for name in API_BACKENDS:
             def make(case, inp, mode, name=name):
-                from ..backend import implementations
-
-                if name not in implementations("attention")["attention"]:
-                    raise NotImplementedError(f"the '{name}' backend does not implement attention yet")
                 return lambda: self._ours(inp, name, case.shape["causal"])
 
-            provs.append(Provider(name, make))
+            provs.append(Provider(name, make, needs_gpu=name in ("cuda", "triton")))
 
         def triton_pointer(case, inp, mode):
             # the Ampere-compatible pointer kernel, for a side-by-side with the TMA forward on Hopper
@@ -329,7 +335,7 @@ class AttentionBench(BenchOp):
 
         provs.append(Provider("cuda_wgmma", cuda_wgmma))
         provs.append(Provider("eager", lambda case, inp, mode: lambda: F.scaled_dot_product_attention(
-            inp["q"], inp["k"], inp["v"], is_causal=case.shape["causal"])))
+            inp["q"], inp["k"], inp["v"], is_causal=case.shape["causal"]), needs_gpu=False))
         provs += [_sdpa_provider("sdpa_flash", "FLASH_ATTENTION"),
                   _sdpa_provider("sdpa_efficient", "EFFICIENT_ATTENTION"),
                   _sdpa_provider("sdpa_cudnn", "CUDNN_ATTENTION")]
@@ -340,7 +346,7 @@ class AttentionBench(BenchOp):
                 raise NotImplementedError("the naive reference would materialize > 8 GiB of scores")
             return lambda: reference.attention(inp["q"], inp["k"], inp["v"], causal=case.shape["causal"])
 
-        provs.append(Provider("torch", torch_ref, needs_gpu=False))
+        provs.append(Provider("reference", torch_ref, needs_gpu=False))
 
         def compiled(case, inp, mode):
             s = case.shape
@@ -421,16 +427,9 @@ class DecodeBench(BenchOp):
         return 2 * s["batch"] * s["kv_heads"] * s["cache"] * s["head_dim"] * (torch.finfo(case.dtype).bits // 8)
 
     def providers(self):
-        def ours(name):
-            def make(case, inp, mode):
-                from ..backend import implementations
-
-                if name not in implementations("attention_with_kvcache")["attention_with_kvcache"]:
-                    raise NotImplementedError(f"the '{name}' backend does not implement attention_with_kvcache yet")
-                return lambda: ops.attention_with_kvcache(inp["q"], inp["k_cache"], inp["v_cache"],
-                                                          inp["cache_seqlens"], backend=name)
-
-            return Provider(name, make)
+        def ours(inp, name):
+            return ops.attention_with_kvcache(inp["q"], inp["k_cache"], inp["v_cache"], inp["cache_seqlens"],
+                                              backend=name)
 
         def eager(case, inp, mode):
             groups = case.shape["heads"] // case.shape["kv_heads"]
@@ -441,7 +440,8 @@ class DecodeBench(BenchOp):
             return lambda: reference.attention_with_kvcache(inp["q"], inp["k_cache"], inp["v_cache"],
                                                             inp["cache_seqlens"], causal=True)
 
-        return [ours("cuda"), ours("triton"), Provider("eager", eager), Provider("torch", torch_ref, needs_gpu=False)]
+        return [*_api_providers("attention_with_kvcache", ours), Provider("eager", eager, needs_gpu=False),
+                Provider("reference", torch_ref, needs_gpu=False)]
 
     def check(self, case, inputs, out):
         q, kc, vc = inputs["q"][:1], inputs["k_cache"][:1], inputs["v_cache"][:1]
@@ -482,15 +482,8 @@ class LinearBench(BenchOp):
         return {"fwd": fwd, "bwd": 2 * fwd, "fwd+bwd": 3 * fwd}[mode]
 
     def providers(self):
-        def ours(name):
-            def make(case, inp, mode):
-                from ..backend import implementations
-
-                if name not in implementations("linear")["linear"]:
-                    raise NotImplementedError(f"the '{name}' backend does not implement linear yet")
-                return lambda: ops.linear(inp["x"], inp["weight"], inp["bias"], activation="gelu", backend=name)
-
-            return Provider(name, make)
+        def ours(inp, name):
+            return ops.linear(inp["x"], inp["weight"], inp["bias"], activation="gelu", backend=name)
 
         def eager(case, inp, mode):
             return lambda: F.gelu(F.linear(inp["x"], inp["weight"], inp["bias"]))
@@ -505,10 +498,10 @@ class LinearBench(BenchOp):
             fn = _compiled(functools.partial(reference.linear, activation="gelu"))
             return lambda: fn(inp["x"], inp["weight"], inp["bias"])
 
-        torch_ref = Provider("torch", lambda case, inp, mode: lambda: reference.linear(
+        torch_ref = Provider("reference", lambda case, inp, mode: lambda: reference.linear(
             inp["x"], inp["weight"], inp["bias"], activation="gelu"), needs_gpu=False)
-        return [ours("cuda"), ours("triton"), Provider("eager", eager), Provider("torch_addmm_act", addmm_act),
-                torch_ref, Provider("torch_compile", compiled)]
+        return [*_api_providers("linear", ours), Provider("eager", eager, needs_gpu=False),
+                Provider("torch_addmm_act", addmm_act), torch_ref, Provider("torch_compile", compiled)]
 
     def check(self, case, inputs, out):
         rows = slice(0, min(64, case.shape["M"]))
@@ -564,16 +557,6 @@ class FfnBench(BenchOp):
                   w_gate=inp["w_gate"])
 
     def providers(self):
-        def ours(name):
-            def make(case, inp, mode):
-                from ..backend import implementations
-
-                if name not in implementations("ffn")["ffn"]:
-                    raise NotImplementedError(f"the '{name}' backend does not implement ffn yet")
-                return lambda: self._ref(case, inp, functools.partial(ops.ffn, backend=name))
-
-            return Provider(name, make)
-
         def compiled(case, inp, mode):
             fn = _compiled(reference.ffn)
             return lambda: self._ref(case, inp, fn)
@@ -591,10 +574,16 @@ class FfnBench(BenchOp):
 
             return run
 
-        torch_ref = Provider("torch", lambda case, inp, mode: lambda: self._ref(case, inp), needs_gpu=False)
-        # The reference *is* eager PyTorch for the FFN (F.linear + activation + F.linear).
-        eager = Provider("eager", lambda case, inp, mode: lambda: self._ref(case, inp))
-        return [ours("cuda"), ours("triton"), eager, torch_ref, Provider("torch_compile", compiled),
+        torch_ref = Provider("reference", lambda case, inp, mode: lambda: self._ref(case, inp), needs_gpu=False)
+        # The reference is written as eager PyTorch for the FFN (F.linear + activation + F.linear).
+        eager = Provider("eager", lambda case, inp, mode: lambda: self._ref(case, inp), needs_gpu=False)
+        def api(name):
+            def make(case, inp, mode):
+                return lambda: self._ref(case, inp, functools.partial(ops.ffn, backend=name))
+
+            return Provider(name, make, needs_gpu=name in ("cuda", "triton"))
+
+        return [*(api(name) for name in API_BACKENDS), eager, torch_ref, Provider("torch_compile", compiled),
                 Provider("liger", liger)]
 
     def check(self, case, inputs, out):
@@ -612,10 +601,10 @@ GPT2_SIZES = {"gpt2-s": (768, 12, 12), "gpt2-m": (1024, 16, 24), "tiny": (64, 4,
 
 
 class _ModelBench(BenchOp):
-    """GPT-2 models sharing one set of weights across providers: our GPT on each backend (eager
-    reference = "torch"), torch.compile of the reference, and Hugging Face GPT-2 with SDPA, plain
-    ("hf_sdpa") and patched with each of our backends ("hf_patched_<backend>"). A provider's callable
-    is the whole step (timed as is)."""
+    """GPT-2 models sharing one set of weights across providers: our GPT on each backend ("torch":
+    PyTorch's own calls, "reference": the naive oracle), torch.compile of it on "torch", and Hugging
+    Face GPT-2 with SDPA, plain ("hf_sdpa", the baseline) and patched with each of our backends
+    ("hf_patched_<backend>", "auto" included). A provider's callable is the whole step (timed as is)."""
 
     whole_step = True
 
@@ -641,8 +630,8 @@ class _ModelBench(BenchOp):
         # The references for the check, from the initial weights (a training step changes them).
         first = ids[:1, :-1]
         with torch.no_grad():
-            ref64 = _with_backend(copy.deepcopy(ours).double(), "torch")(first)
-            lowp = _with_backend(copy.deepcopy(ours), "torch")(first)
+            ref64 = _with_backend(copy.deepcopy(ours).double(), "reference")(first)
+            lowp = _with_backend(copy.deepcopy(ours), "reference")(first)
         _with_backend(ours, None)
         return {"hf": hf, "ours": ours, "ids": ids, "ref64": ref64, "ref_lowp": lowp}
 
@@ -660,10 +649,10 @@ def _with_backend(model, backend):
 
 
 def _ours_on(model, name):
-    """Our model on a backend: the reference as is, a kernel backend through ak.patch (which runs the
-    ops that backend lacks on "auto" and says so)."""
-    if name == "torch":
-        return _with_backend(model, "torch")
+    """Our model on a backend: "torch" / "reference" set as is, a kernel backend through ak.patch (which
+    runs the ops that backend lacks on "auto" and says so)."""
+    if name in ("torch", "reference"):
+        return _with_backend(model, name)
     from ..patch import patch
 
     patch(model, backend=name)
@@ -675,7 +664,7 @@ def _hf_patched(name):
         from ..backend import available_backends
         from ..patch import patch
 
-        if name not in available_backends():
+        if name != "auto" and name not in available_backends():
             raise NotImplementedError(f"the '{name}' backend is not available here")
         model = inp["hf"]
         if getattr(model, "_aigc_kernels_patch", None) is None:
@@ -723,17 +712,17 @@ class ModelTrainBench(_ModelBench):
                     raise NotImplementedError(f"the '{name}' backend is not available here")
                 return step_fn(_ours_on(inp["ours"], name), inp)
 
-            return Provider(name, make, needs_gpu=name != "torch")
+            return Provider(name, make, needs_gpu=name in ("cuda", "triton"))
 
         def compiled(case, inp, mode):
             model = _with_backend(inp["ours"], "torch")
             return step_fn(torch.compile(model), inp)
 
-        provs = [ours("cuda"), ours("triton"), ours("torch"), Provider("torch_compile", compiled),
-                 Provider("hf_sdpa", lambda case, inp, mode: step_fn(inp["hf"], inp, hf=True))]
-        for name in ("cuda", "triton"):
+        provs = [ours("cuda"), ours("triton"), ours("torch"), ours("reference"), Provider("torch_compile", compiled),
+                 Provider("hf_sdpa", lambda case, inp, mode: step_fn(inp["hf"], inp, hf=True), needs_gpu=False)]
+        for name in ("cuda", "triton", "auto"):
             provs.append(Provider(f"hf_patched_{name}", lambda case, inp, mode, name=name: step_fn(
-                _hf_patched(name)(case, inp, mode), inp, hf=True)))
+                _hf_patched(name)(case, inp, mode), inp, hf=True), needs_gpu=name != "auto"))
         return provs
 
 
@@ -763,7 +752,7 @@ class ModelDecodeBench(_ModelBench):
                 prompt = inp["ids"][:, :-1]
                 return lambda: _last_logits_then_generate(model, prompt, case.shape["new_tokens"])
 
-            return Provider(name, make, needs_gpu=name != "torch")
+            return Provider(name, make, needs_gpu=name in ("cuda", "triton"))
 
         def gen_hf(patched):
             def make(case, inp, mode):
@@ -773,8 +762,10 @@ class ModelDecodeBench(_ModelBench):
 
             return make
 
-        return [gen_ours("cuda"), gen_ours("triton"), gen_ours("torch"), Provider("hf_sdpa", gen_hf(None)),
-                Provider("hf_patched_cuda", gen_hf("cuda")), Provider("hf_patched_triton", gen_hf("triton"))]
+        return [gen_ours("cuda"), gen_ours("triton"), gen_ours("torch"), gen_ours("reference"),
+                Provider("hf_sdpa", gen_hf(None), needs_gpu=False), Provider("hf_patched_cuda", gen_hf("cuda")),
+                Provider("hf_patched_triton", gen_hf("triton")),
+                Provider("hf_patched_auto", gen_hf("auto"), needs_gpu=False)]
 
 
 @torch.no_grad()
@@ -794,7 +785,8 @@ def _last_logits_then_generate(model, prompt, new_tokens, hf=False):
 class DispatchBench(BenchOp):
     """Wall-clock time per call of tiny ops, back to back (the runner times these on the host,
     with one synchronize after many calls): what validation, backend selection, the torch.ops
-    dispatcher and the launch cost, against calling the same math directly."""
+    dispatcher and the launch cost, against PyTorch's own call ("eager"). The runner records each
+    provider's ``overhead_us`` over eager."""
 
     name = "dispatch"
     modes = ("fwd",)
@@ -803,60 +795,74 @@ class DispatchBench(BenchOp):
     def cases(self, quick, device):
         dtype = torch.bfloat16 if device == "cuda" else torch.float32
         return [Case(self.name, "layer_norm 4x64", {"op": "layer_norm", "rows": 4, "hidden": 64}, dtype),
-                Case(self.name, "attention 1x2x16x32", {"op": "attention", "heads": 2, "seq": 16, "head_dim": 32},
-                     dtype)]
+                Case(self.name, "rms_norm 4x64", {"op": "rms_norm", "rows": 4, "hidden": 64}, dtype),
+                Case(self.name, "attention decode 1x2x1x32, 16 keys",
+                     {"op": "attention", "heads": 2, "seq_q": 1, "seq_k": 16, "head_dim": 32}, dtype),
+                Case(self.name, "linear 4x64x64 gelu", {"op": "linear", "rows": 4, "hidden": 64}, dtype)]
 
     def inputs(self, case, device, requires_grad):
         g = torch.Generator().manual_seed(0)
         s = case.shape
-        if s["op"] == "layer_norm":
+        if s["op"] in ("layer_norm", "rms_norm", "linear"):
             n = s["hidden"]
             return {"x": _rand((s["rows"], n), case.dtype, device, False, gen=g),
-                    "weight": _rand((n,), case.dtype, device, False, gen=g),
+                    "weight": _rand((n, n) if s["op"] == "linear" else (n,), case.dtype, device, False, gen=g),
                     "bias": _rand((n,), case.dtype, device, False, gen=g)}
-        shape = (1, s["heads"], s["seq"], s["head_dim"])
-        return {n: _rand(shape, case.dtype, device, False, gen=g) for n in ("q", "k", "v")}
+        return {"q": _rand((1, s["heads"], s["seq_q"], s["head_dim"]), case.dtype, device, False, gen=g),
+                **{n: _rand((1, s["heads"], s["seq_k"], s["head_dim"]), case.dtype, device, False, gen=g)
+                   for n in ("k", "v")}}
 
     @staticmethod
-    def _public(case, inp, backend):
-        if case.shape["op"] == "layer_norm":
-            return lambda: ops.layer_norm(inp["x"], inp["weight"], inp["bias"], 1e-5, backend=backend)
-        return lambda: ops.attention(inp["q"], inp["k"], inp["v"], causal=True, backend=backend)
-
-    @staticmethod
-    def _reference(case, inp):
-        if case.shape["op"] == "layer_norm":
-            return lambda: reference.layer_norm(inp["x"], inp["weight"], inp["bias"], 1e-5)
-        return lambda: reference.attention(inp["q"], inp["k"], inp["v"], causal=True)
+    def _call(case, inp, module, **kw):
+        op = case.shape["op"]
+        if op == "layer_norm":
+            return lambda: module.layer_norm(inp["x"], inp["weight"], inp["bias"], 1e-5, **kw)
+        if op == "rms_norm":
+            return lambda: module.rms_norm(inp["x"], inp["weight"], 1e-6, **kw)
+        if op == "linear":
+            return lambda: module.linear(inp["x"], inp["weight"], inp["bias"], activation="gelu", **kw)
+        return lambda: module.attention(inp["q"], inp["k"], inp["v"], causal=True, **kw)
 
     def providers(self):
         def ours(name):
             def make(case, inp, mode):
-                return self._public(case, inp, name)
+                return self._call(case, inp, ops, backend=name)
 
-            return Provider(name, make, needs_gpu=name != "torch")
+            return Provider(name, make, needs_gpu=name in ("cuda", "triton"))
 
         def cuda_op(case, inp, mode):  # the C++ op straight, without the Python API in front
             from ..ops import cuda_ops  # noqa: F401  (loads the extension)
 
-            if case.shape["op"] == "layer_norm":
-                return lambda: torch.ops.aigc_kernels.norm_fwd(inp["x"], inp["weight"], inp["bias"], None, 1e-5, False)
+            op = case.shape["op"]
+            if op in ("layer_norm", "rms_norm"):
+                rms = op == "rms_norm"
+                return lambda: torch.ops.aigc_kernels.norm_fwd(inp["x"], inp["weight"], None if rms else inp["bias"],
+                                                               None, 1e-5, rms)
+            if op == "linear":
+                return lambda: torch.ops.aigc_kernels.linear_fwd(inp["x"], inp["weight"], inp["bias"], "gelu")
             q = inp["q"]
-            return lambda: torch.ops.aigc_kernels.flash_fwd(q, inp["k"], inp["v"], None, None, q.shape[2], q.shape[2],
-                                                            q.shape[-1] ** -0.5, True, -1, -1)
+            return lambda: torch.ops.aigc_kernels.flash_fwd(q, inp["k"], inp["v"], None, None, q.shape[2],
+                                                            inp["k"].shape[2], q.shape[-1] ** -0.5, True, -1, -1)
 
         def eager(case, inp, mode):
-            if case.shape["op"] == "layer_norm":
-                return lambda: F.layer_norm(inp["x"], (case.shape["hidden"],), inp["weight"], inp["bias"], 1e-5)
-            return lambda: F.scaled_dot_product_attention(inp["q"], inp["k"], inp["v"], is_causal=True)
+            op = case.shape["op"]
+            n = inp["x"].shape[-1] if "x" in inp else None
+            if op == "layer_norm":
+                return lambda: F.layer_norm(inp["x"], (n,), inp["weight"], inp["bias"], 1e-5)
+            if op == "rms_norm":
+                return lambda: F.rms_norm(inp["x"], (n,), inp["weight"], 1e-6)
+            if op == "linear":
+                return lambda: F.gelu(F.linear(inp["x"], inp["weight"], inp["bias"]))
+            # decoding: one query sees every key (bottom-right causal), which is SDPA without a mask
+            return lambda: F.scaled_dot_product_attention(inp["q"], inp["k"], inp["v"])
 
-        return [ours("cuda"), Provider("cuda_op", cuda_op), ours("triton"), ours("torch"),
-                Provider("reference_direct", lambda case, inp, mode: self._reference(case, inp), needs_gpu=False),
-                Provider("eager", eager)]
+        return [*(ours(name) for name in API_BACKENDS), Provider("cuda_op", cuda_op),
+                Provider("reference", lambda case, inp, mode: self._call(case, inp, reference), needs_gpu=False),
+                Provider("eager", eager, needs_gpu=False)]
 
     def check(self, case, inputs, out):
-        ref = self._reference(case, {k: v.detach() for k, v in inputs.items()})
-        ref64 = self._reference(case, {k: v.detach().double() for k, v in inputs.items()})
+        ref = self._call(case, {k: v.detach() for k, v in inputs.items()}, reference)
+        ref64 = self._call(case, {k: v.detach().double() for k, v in inputs.items()}, reference)
         return _bound(ref(), out, ref64(), case.dtype)
 
 

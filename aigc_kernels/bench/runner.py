@@ -207,10 +207,13 @@ def _run_case(bop: BenchOp, case: Case, device: str, wanted: Iterable[str] | Non
     # speedup vs PyTorch's own implementation ("eager"; the reference where PyTorch has none)
     for mode in modes:
         timed = {r["provider"]: r for r in rows if r["mode"] == mode and r["median_ms"]}
-        base = timed.get("eager") or timed.get("torch")  # model_*: "torch" is the eager reference model
+        # PyTorch's own call; for the model cases transformers' own model (hf_sdpa)
+        base = timed.get("eager") or timed.get("hf_sdpa") or timed.get("torch")
         for r in rows:
             if base and r["mode"] == mode and r["median_ms"]:
                 r["speedup_vs_eager"] = round(base["median_ms"] / r["median_ms"], 3)
+                if getattr(bop, "wall_clock", False):  # per-call overhead over PyTorch's own call
+                    r["overhead_us"] = round((r["median_ms"] - base["median_ms"]) * 1e3, 2)
     return rows
 
 

@@ -1,15 +1,16 @@
 """The functional API, one module per op family, and the backend registrations.
 
 Every public function validates its arguments (aigc_kernels.validation), asks
-aigc_kernels.backend.select for the implementation, and calls it. Kernel issues add their
-implementations below with backend.register; the "torch" backend is the reference.
+aigc_kernels.backend.select for the implementation, and calls it. Implementations are registered
+below: "torch" is PyTorch's own calls (aigc_kernels.native), "reference" the naive oracle
+(aigc_kernels.reference), "cuda" and "triton" the library's kernels (loaded on first use).
 """
 
 from __future__ import annotations
 
 import functools
 
-from .. import reference
+from .. import native, reference
 from ..backend import register
 from . import limits
 from .attention import attention, attention_varlen, attention_with_kvcache, kvcache_append
@@ -28,7 +29,8 @@ PUBLIC_OPS = (
 )
 
 for _op in PUBLIC_OPS:
-    register(_op, "torch", functools.partial(getattr, reference, _op))
+    register(_op, "torch", functools.partial(getattr, native, _op))
+    register(_op, "reference", functools.partial(getattr, reference, _op))
 
 
 # Kernel modules load on first use, through import statements (torch.compile executes those

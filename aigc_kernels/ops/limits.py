@@ -8,6 +8,8 @@ import functools
 
 import torch
 
+from .. import _device
+
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -107,12 +109,7 @@ def _cuda_attention_common(tensors, q: torch.Tensor) -> str | None:
 
 def device_capability(device: torch.device) -> tuple[int, int]:
     """(major, minor) compute capability of a CUDA device, looked up once per device."""
-    return _capability(device.index if device.index is not None else torch.cuda.current_device())
-
-
-@functools.cache
-def _capability(index: int) -> tuple[int, int]:
-    return torch.cuda.get_device_capability(index)
+    return _device.capability(device)
 
 
 def cuda_attention(q, k, v, *, causal=False, attn_mask=None, dropout_p=0.0, scale=None, window_size=None):

@@ -34,7 +34,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ..ops.limits import device_capability
+from .. import _device
+from . import _tuning
 
 try:  # host-side TMA descriptors (triton >= 3.4)
     from triton.tools.tensor_descriptor import TensorDescriptor
@@ -42,9 +43,7 @@ except ImportError:  # pragma: no cover - older triton: the pointer kernels only
     TensorDescriptor = None
 
 LOG2E = 1.4426950408889634
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
-# AIGC_KERNELS_AUTOTUNE=0: one safe config per kernel instead of autotuning (fast compiles for tests).
-AUTOTUNE = os.environ.get("AIGC_KERNELS_AUTOTUNE", "1") != "0"
+INTERPRET = _tuning.INTERPRET
 # The Hopper forward (TMA descriptors, persistent grid): "auto" = on compute capability >= 9 when the
 # call qualifies, "1" = whenever the call qualifies (also under the interpreter, for tests), "0" = never.
 TMA_MODE = os.environ.get("AIGC_KERNELS_TRITON_TMA", "auto")
@@ -126,11 +125,11 @@ def _dropout_keep(seed, offs_m, offs_n, lk, dropout_p):
     return rnd >= dropout_p
 
 
-def _configs(kind: str):
+def _configs(kind: str, mode: str):
     """Autotuning candidates; one small config under the interpreter."""
-    if INTERPRET:
+    if mode == "interpret":
         return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=1, num_stages=1)]
-    if not AUTOTUNE:  # fits every head dim up to 256 and float32
+    if mode == "default":  # fits every head dim up to 256 and float32
         return [triton.Config({"BLOCK_M": 64 if kind == "fwd" else 32, "BLOCK_N": 32}, num_warps=4, num_stages=2)]
     if kind == "fwd":
         shapes = [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (128, 32, 4, 4), (64, 64, 4, 3), (64, 32, 4, 2),
@@ -138,6 +137,10 @@ def _configs(kind: str):
     else:  # the backward kernels hold more tiles: smaller blocks
         shapes = [(64, 128, 8, 2), (32, 128, 4, 2), (64, 64, 4, 2), (32, 64, 4, 2), (32, 32, 4, 2), (16, 32, 4, 1)]
     return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s) for bm, bn, w, s in shapes]
+
+
+_fwd_configs = functools.partial(_configs, "fwd")
+_bwd_configs = functools.partial(_configs, "bwd")
 
 
 def _prune(configs, named_args, **kwargs):
@@ -163,7 +166,7 @@ _AUTOTUNE_KEY = ["LQ", "LK", "HEAD_DIM", "MASK_KIND", "IS_CAUSAL", "WINDOW_LEFT"
                  "HAS_DROPOUT", "IEEE"]
 
 
-@triton.autotune(configs=_configs("fwd"), key=_AUTOTUNE_KEY, prune_configs_by={"early_config_prune": _prune})
+@_tuning.autotune(_fwd_configs, _AUTOTUNE_KEY, _prune)
 @triton.jit
 def _attn_fwd_kernel(
     Q, K, V, MASK, OUT, LSE, CU_Q, CU_K, SEED,
@@ -245,10 +248,10 @@ def _attn_fwd_kernel(
 # ----------------------------------------------------------------------------------------------
 # Hopper forward: TMA tensor descriptors + persistent scheduling (+ optional warp specialization)
 # ----------------------------------------------------------------------------------------------
-def _tma_configs():
-    if INTERPRET:
+def _tma_configs(mode: str):
+    if mode == "interpret":
         return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=1, num_stages=1, pre_hook=_tma_block_hook)]
-    if not AUTOTUNE:
+    if mode == "default":
         return [triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=2, pre_hook=_tma_block_hook)]
     shapes = [(128, 128, 8, 2), (128, 64, 8, 3), (128, 64, 4, 3), (128, 128, 8, 3), (64, 64, 4, 3), (64, 128, 4, 2)]
     return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st, pre_hook=_tma_block_hook)
@@ -273,9 +276,8 @@ def _tma_prune(configs, named_args, **kwargs):
     return keep or [min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"])]
 
 
-@triton.autotune(configs=_tma_configs(), key=["LQ", "LK", "HEAD_DIM", "IS_CAUSAL", "WINDOW_LEFT", "WINDOW_RIGHT",
-                                              "WARP_SPECIALIZE"],
-                 prune_configs_by={"early_config_prune": _tma_prune})
+@_tuning.autotune(_tma_configs, ["LQ", "LK", "HEAD_DIM", "IS_CAUSAL", "WINDOW_LEFT", "WINDOW_RIGHT", "WARP_SPECIALIZE"],
+                  _tma_prune)
 @triton.jit
 def _attn_fwd_tma_kernel(
     desc_q, desc_k, desc_v, desc_o,  # 4-D (B, H, L, D) tensor descriptors: TMA loads, zero fill past L
@@ -354,7 +356,7 @@ def _attn_bwd_preprocess(OUT, DO, DELTA, stride_ob, stride_oh, stride_om, stride
     tl.store(DELTA + b64 * stride_lb + h * stride_lh + q0 + offs_m, delta, mask=offs_m < lq)
 
 
-@triton.autotune(configs=_configs("bwd"), key=_AUTOTUNE_KEY, prune_configs_by={"early_config_prune": _prune})
+@_tuning.autotune(_bwd_configs, _AUTOTUNE_KEY, _prune)
 @triton.jit
 def _attn_bwd_dkdv_kernel(
     Q, K, V, MASK, DO, LSE, DELTA, DK, DV, CU_Q, CU_K, SEED,
@@ -447,7 +449,7 @@ def _attn_bwd_dkdv_kernel(
     tl.store(dv_ptrs, dv.to(DV.dtype.element_ty), mask=kv_mask)
 
 
-@triton.autotune(configs=_configs("bwd"), key=_AUTOTUNE_KEY, prune_configs_by={"early_config_prune": _prune})
+@_tuning.autotune(_bwd_configs, _AUTOTUNE_KEY, _prune)
 @triton.jit
 def _attn_bwd_dq_kernel(
     Q, K, V, MASK, DO, LSE, DELTA, DQ, CU_Q, CU_K, SEED,
@@ -692,7 +694,7 @@ def _tma_ok(q, k, v, attn_mask, varlen, dropout_p) -> bool:
         return False
     if q.numel() == 0 or k.numel() == 0:  # a descriptor needs positive sizes (Lk = 0: the pointer kernel)
         return False
-    if TMA_MODE != "1" and (INTERPRET or not q.is_cuda or device_capability(q.device)[0] < 9):
+    if TMA_MODE != "1" and (INTERPRET or not _device.on_gpu(q) or _device.capability(q.device)[0] < 9):
         return False
     for t in (q, k, v):
         if t.stride(-1) != 1 or t.data_ptr() % 16 or any(st * t.element_size() % 16 for st in t.stride()[:-1]):
@@ -703,7 +705,7 @@ def _tma_ok(q, k, v, attn_mask, varlen, dropout_p) -> bool:
 def _warp_specialize(q: torch.Tensor) -> bool:
     if WS_MODE in ("0", "1"):
         return WS_MODE == "1"
-    return not INTERPRET and q.is_cuda and device_capability(q.device)[0] >= 10
+    return not INTERPRET and _device.on_gpu(q) and _device.capability(q.device)[0] >= 10
 
 
 def _fwd_tma(q, k, v, out, lse, causal, scale, wl, wr):
@@ -711,7 +713,7 @@ def _fwd_tma(q, k, v, out, lse, causal, scale, wl, wr):
     hkv, lk = k.shape[1], k.shape[2]
     block = [1, 1, 16, d]  # replaced per config by _tma_block_hook
     descs = [TensorDescriptor(t, list(t.shape), list(t.stride()), block) for t in (q, k, v, out)]
-    progs = 2 if INTERPRET else _sm_count(q.device.index or 0)
+    progs = 2 if INTERPRET else _device.sm_count(q.device)
     grid = lambda meta: (min(progs, b * hq * triton.cdiv(lq, meta["BLOCK_M"])),)  # noqa: E731
     _attn_fwd_tma_kernel[grid](
         *descs, lse, lse.stride(0), lse.stride(1), b, hq, hq // hkv, lq, lk, scale,
@@ -760,11 +762,6 @@ def _bwd(do, q, k, v, out, lse, attn_mask, cu_q, cu_k, max_q, max_k, causal, sca
     return dq, dk, dv
 
 
-@functools.cache
-def _sm_count(device_index: int) -> int:
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
-
-
 def _decode(q, k_cache, v_cache, cache_seqlens, lnew, causal, scale):
     b, hq, lq, d = q.shape
     hkv, lmax = k_cache.shape[1], k_cache.shape[2]
@@ -777,7 +774,7 @@ def _decode(q, k_cache, v_cache, cache_seqlens, lnew, causal, scale):
         splits = min(2, triton.cdiv(lmax, block_n))
     else:
         # Enough (batch, kv head, split) programs to fill the SMs twice, chunks of >= 256 keys.
-        want = max(1, 2 * _sm_count(q.device.index or 0) // max(1, b * hkv))
+        want = max(1, 2 * _device.sm_count(q.device) // max(1, b * hkv))
         splits = max(1, min(want, triton.cdiv(lmax, 256), 64))
     chunk = triton.cdiv(triton.cdiv(lmax, splits), block_n) * block_n
     splits = triton.cdiv(lmax, chunk)

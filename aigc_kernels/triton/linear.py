@@ -32,7 +32,6 @@ What the backward keeps (the memory it costs):
 
 from __future__ import annotations
 
-import functools
 import os
 
 import torch
@@ -44,12 +43,11 @@ try:  # host-side TMA descriptors (triton >= 3.4)
 except ImportError:  # pragma: no cover - older triton: the pointer kernel only
     TensorDescriptor = None
 
+from .. import _device
 from ..ops import linear_common
-from ..ops.limits import device_capability
+from . import _tuning
 
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
-# AIGC_KERNELS_AUTOTUNE=0: one config instead of autotuning (fast compiles for tests).
-AUTOTUNE = os.environ.get("AIGC_KERNELS_AUTOTUNE", "1") != "0"
+INTERPRET = _tuning.INTERPRET
 ACT_IDS = {None: 0, "relu": 1, "gelu": 2, "gelu_tanh": 3, "silu": 4}
 # The TMA GEMM (operands by tensor descriptor): "auto" = on compute capability >= 9 for GEMMs
 # without operand prologues, "1" = whenever the call qualifies (also under the interpreter), "0" = never.
@@ -93,11 +91,11 @@ def _dact(x, ACT: tl.constexpr):
 # ----------------------------------------------------------------------------------------------
 # the GEMM
 # ----------------------------------------------------------------------------------------------
-def _configs():
-    if INTERPRET:
+def _configs(mode: str):
+    if mode == "interpret":
         return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16, "GROUP_M": 2}, num_warps=1,
                               num_stages=1)]
-    if not AUTOTUNE:
+    if mode == "default":
         return [triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": 8}, num_warps=4,
                               num_stages=3)]
     out = []
@@ -164,7 +162,7 @@ def _tile_coords(tile, num_m, num_n, GROUP_M: tl.constexpr):
     return pid_m, pid_n
 
 
-@triton.autotune(configs=_configs(), key=["M", "N", "K", "IEEE"], prune_configs_by={"early_config_prune": _prune})
+@_tuning.autotune(_configs, ["M", "N", "K", "IEEE"], _prune)
 @triton.jit
 def _gemm_kernel(
     A, ZA, B, ZB, B2, BIAS, BIAS2, C, ZOUT, ZOUT2, ROWSUM,
@@ -239,12 +237,12 @@ def _gemm_kernel(
                 tl.store(ROWSUM + offs_m, rsum, mask=m_ok)
 
 
-def _tma_configs():
+def _tma_configs(mode: str):
     hook = _tma_block_hook
-    if INTERPRET:
+    if mode == "interpret":
         return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16, "GROUP_M": 2}, num_warps=1,
                               num_stages=1, pre_hook=hook)]
-    if not AUTOTUNE:
+    if mode == "default":
         return [triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8,
                               num_stages=3, pre_hook=hook)]
     return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_warps=w, num_stages=st,
@@ -277,8 +275,7 @@ def _tma_b_dot(a, desc_b, k0, n0, acc, B_T: tl.constexpr, IEEE: tl.constexpr):
     return acc
 
 
-@triton.autotune(configs=_tma_configs(), key=["M", "N", "K", "IEEE", "A_T", "B_T"],
-                 prune_configs_by={"early_config_prune": _prune})
+@_tuning.autotune(_tma_configs, ["M", "N", "K", "IEEE", "A_T", "B_T"], _prune)
 @triton.jit
 def _gemm_tma_kernel(
     desc_a, desc_b, desc_b2, BIAS, BIAS2, C, ZOUT, ZOUT2, ROWSUM,
@@ -337,11 +334,6 @@ def _gated_grad_kernel(DH, U, G, DUDG, H, numel, ACT: tl.constexpr, BLOCK: tl.co
 # ----------------------------------------------------------------------------------------------
 # launcher
 # ----------------------------------------------------------------------------------------------
-@functools.cache
-def _num_sms(device_index: int) -> int:
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
-
-
 def gemm(a: torch.Tensor, b: torch.Tensor, *, out: torch.Tensor | None = None, bias=None, act=None,
          za=None, a_pro: int = 0, zb=None, b_pro: int = 0, pro_act=None, store_z: bool = False,
          b2=None, bias2=None, row_sum: bool = False, out_dtype=None):
@@ -372,7 +364,7 @@ def gemm(a: torch.Tensor, b: torch.Tensor, *, out: torch.Tensor | None = None, b
             c.copy_(res)
         return c, z, z2, rs
     dummy = c
-    progs = 4 if INTERPRET else _num_sms(a.device.index or 0)
+    progs = 4 if INTERPRET else _device.sm_count(a.device)
     views = _tma_views(a, b, b2) if a_pro == 0 and b_pro == 0 else None
     if views is not None:
         _gemm_tma(views, bias, bias2, c, z, z2, rs, act, store_z, row_sum, progs, gated)
@@ -409,7 +401,7 @@ def _tma_views(a, b, b2) -> list[tuple[torch.Tensor, bool]] | None:
     or an operand TMA cannot describe."""
     if TensorDescriptor is None or TMA_MODE == "0":
         return None
-    if TMA_MODE != "1" and (INTERPRET or not a.is_cuda or device_capability(a.device)[0] < 9):
+    if TMA_MODE != "1" and (INTERPRET or not _device.on_gpu(a) or _device.capability(a.device)[0] < 9):
         return None
     views = [_tma_view(t) for t in (a, b, b2 if b2 is not None else b)]
     if any(v is None for v in views) or views[1][1] != views[2][1]:  # B and B2 share one descriptor layout

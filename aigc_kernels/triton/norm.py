@@ -22,12 +22,11 @@ a fixed order. No atomics.
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import triton
 import triton.language as tl
 
+from .. import _device
 from ..ops import norm_common
 
 MAX_FUSED_N = 16384  # widest row kept whole in registers (elements)
@@ -220,12 +219,9 @@ def _block(n: int) -> tuple[int, bool, int]:
     return LOOP_BLOCK_N, False, 8
 
 
-@functools.cache
-def _programs(device_index: int) -> int:
+def _programs(x: torch.Tensor) -> int:
     """Backward programs: a few per SM on a GPU (the partial-sum rows), few under the interpreter."""
-    if device_index < 0:
-        return 4
-    return 4 * torch.cuda.get_device_properties(device_index).multi_processor_count
+    return 4 * _device.sm_count(x.device) if _device.on_gpu(x) else 4
 
 
 def _fwd(x, weight, bias, residual, eps: float, is_rms: bool, store_s: bool):
@@ -252,10 +248,7 @@ def _fwd(x, weight, bias, residual, eps: float, is_rms: bool, store_s: bool):
 def _bwd(dy, ds, xs, weight, mean, rstd, has_bias: bool, is_rms: bool):
     m, n = xs.shape
     dx = torch.empty_like(xs)
-    dev = xs.device.index if xs.device.type == "cuda" else -1
-    if dev is None:
-        dev = torch.cuda.current_device()
-    programs = max(1, min(m, _programs(dev)))
+    programs = max(1, min(m, _programs(xs)))
     rows_per_program = triton.cdiv(m, programs) if m else 0
     programs = triton.cdiv(m, rows_per_program) if m else 0
     has_w = weight is not None

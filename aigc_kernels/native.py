@@ -1,0 +1,243 @@
+"""The "torch" backend: PyTorch's own best native call for every op, under the library's contract.
+
+Where the contract and PyTorch's function differ, the difference is bridged here, never ignored:
+
+* attention: F.scaled_dot_product_attention (its flash / cuDNN / efficient kernels on a GPU).
+  GQA through ``enable_gqa`` (or repeated heads on older torch); ``causal`` is bottom-right aligned
+  here and top-left in SDPA, so Lq == Lk passes ``is_causal``, Lq < Lk uses PyTorch's lower-right
+  causal bias, and everything else (Lq > Lk, windows, user masks with causal) becomes one bool
+  mask. A query row that sees no key returns zeros (SDPA would give NaN): such rows are given
+  every key, and their output is zeroed, so gradients stay finite and exact.
+* attention_varlen: PyTorch's flash varlen attention on a GPU where the installed torch has it
+  (half types), else one SDPA call per sequence.
+* attention_with_kvcache: an in-place scatter of the new rows, then SDPA over the cache with a
+  mask of each batch's valid (and causally visible) rows.
+* layer_norm / rms_norm: the residual add in x's dtype, then F.layer_norm / F.rms_norm (float32
+  parameters with half inputs: computed in float32).
+* linear: F.linear and the activation (``torch._addmm_activation`` fuses bias + ReLU into the GEMM
+  where it applies); ffn: the same, and ``recompute=True`` through activation checkpointing.
+
+The naive oracle stays ``aigc_kernels.reference`` (backend "reference"); this module never calls it.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+_ACT = {
+    "relu": F.relu,
+    "gelu": F.gelu,
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "silu": F.silu,
+}
+
+_HAS_ENABLE_GQA = torch.torch_version.TorchVersion(torch.__version__) >= (2, 5)  # SDPA's enable_gqa
+
+try:  # torch >= 2.3
+    from torch.nn.attention.bias import causal_lower_right
+except ImportError:  # pragma: no cover
+    causal_lower_right = None
+
+try:  # torch >= 2.10: flash varlen attention (CUDA, half types)
+    from torch.nn.attention.varlen import varlen_attn as _varlen_attn
+except ImportError:  # pragma: no cover
+    _varlen_attn = None
+
+
+# ----------------------------------------------------------------------------------------------
+# attention
+# ----------------------------------------------------------------------------------------------
+def _band(lq: int, lk: int, causal: bool, window_size, device) -> torch.Tensor | None:
+    """(Lq, Lk) bool keep-mask of bottom-right causal masking and the window; None when nothing is masked."""
+    left, right = window_size if window_size is not None else (-1, -1)
+    if causal:
+        right = 0 if right < 0 else min(right, 0)
+    if left < 0 and right < 0:
+        return None
+    diag = torch.arange(lq, device=device).unsqueeze(1) + (lk - lq)
+    j = torch.arange(lk, device=device).unsqueeze(0)
+    keep = torch.ones(lq, lk, dtype=torch.bool, device=device)
+    if right >= 0:
+        keep &= j <= diag + right
+    if left >= 0:
+        keep &= j >= diag - left
+    return keep
+
+
+def _sdpa(q, k, v, mask, dropout_p, scale, is_causal=False):
+    groups = q.shape[1] // k.shape[1]
+    if groups > 1:
+        if _HAS_ENABLE_GQA:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal,
+                                                  scale=scale, enable_gqa=True)
+        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal,
+                                          scale=scale)
+
+
+def _masked_sdpa(q, k, v, keep, additive, dropout_p, scale):
+    """SDPA with a bool keep-mask (and an optional additive float mask on top); rows with no visible
+    key get every key (a finite, harmless softmax) and a zero output."""
+    empty = None
+    if keep is not None:
+        empty = ~keep.any(dim=-1, keepdim=True)  # rows that see no key
+        keep = keep | empty
+    if additive is not None:
+        allneg = torch.isneginf(additive)
+        if keep is not None:
+            allneg = allneg | ~keep
+        row_empty = allneg.all(dim=-1, keepdim=True)
+        empty = row_empty if empty is None else (empty | row_empty)
+        mask = additive.to(q.dtype).masked_fill(row_empty, 0.0)
+        if keep is not None:
+            mask = mask.masked_fill(~(keep | row_empty), float("-inf"))
+    else:
+        mask = keep
+    out = _sdpa(q, k, v, mask, dropout_p, scale)
+    if empty is not None:
+        # empty broadcasts like the mask: (.., Lq, 1) -> zero those query rows.
+        out = out.masked_fill(empty, 0.0)
+    return out
+
+
+def attention(q, k, v, *, causal=False, attn_mask=None, dropout_p=0.0, scale=None, window_size=None):
+    lq, lk = q.shape[-2], k.shape[-2]
+    if q.numel() == 0:
+        return torch.empty_like(q)
+    if lk == 0:  # no key at all: every row returns zeros (and q gets a zero gradient)
+        return q.masked_fill(torch.ones((), dtype=torch.bool, device=q.device), 0.0)
+    band = None
+    if window_size is not None and tuple(window_size) != (-1, -1):
+        band = _band(lq, lk, causal, window_size, q.device)
+    elif causal and lq > 1:
+        if lq == lk and attn_mask is None:
+            return _sdpa(q, k, v, None, dropout_p, scale, is_causal=True)
+        if lq < lk and attn_mask is None and causal_lower_right is not None:
+            return _sdpa(q, k, v, causal_lower_right(lq, lk), dropout_p, scale)
+        band = _band(lq, lk, True, None, q.device)
+    if attn_mask is None:
+        if band is None:
+            return _sdpa(q, k, v, None, dropout_p, scale)
+        return _masked_sdpa(q, k, v, band, None, dropout_p, scale)
+    if attn_mask.dtype == torch.bool:
+        keep = attn_mask if band is None else (attn_mask & band)
+        return _masked_sdpa(q, k, v, keep, None, dropout_p, scale)
+    return _masked_sdpa(q, k, v, band, attn_mask, dropout_p, scale)
+
+
+def attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, causal=False, scale=None,
+                     window_size=None):
+    if (_varlen_attn is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
+            and not torch.compiler.is_compiling()):
+        left, right = window_size if window_size is not None else (-1, -1)
+        if causal:
+            right = 0 if right < 0 else min(right, 0)
+        groups = q.shape[1] // k.shape[1]
+        if groups > 1:
+            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+        out = _varlen_attn(q, k, v, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k), scale=scale,
+                           window_size=(left, right))
+        total = int(cu_seqlens_q[-1])
+        if total < q.shape[0]:  # packed rows past the last offset belong to no sequence: zeros
+            out = torch.cat([out[:total], out.new_zeros(q.shape[0] - total, *out.shape[1:])])
+        return out
+    cq, ck = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
+    parts = []
+    for b in range(len(cq) - 1):
+        qs = q[cq[b]:cq[b + 1]].transpose(0, 1).unsqueeze(0)
+        ks = k[ck[b]:ck[b + 1]].transpose(0, 1).unsqueeze(0)
+        vs = v[ck[b]:ck[b + 1]].transpose(0, 1).unsqueeze(0)
+        o = attention(qs, ks, vs, causal=causal, scale=scale, window_size=window_size)
+        parts.append(o.squeeze(0).transpose(0, 1))
+    if cq[-1] < q.shape[0]:  # packed rows past the last offset belong to no sequence: zeros
+        parts.append(q.new_zeros(q.shape[0] - cq[-1], *q.shape[1:]))
+    return torch.cat(parts) if parts else q.new_zeros(q.shape)
+
+
+def kvcache_append(k_cache, v_cache, k_new, v_new, cache_seqlens) -> None:
+    b, h, lnew, d = k_new.shape
+    if k_new.numel() == 0:
+        return
+    rows = cache_seqlens.to(torch.long).view(b, 1, 1, 1) + torch.arange(lnew, device=k_new.device).view(1, 1, lnew, 1)
+    index = rows.expand(b, h, lnew, d)
+    k_cache.scatter_(2, index, k_new)
+    v_cache.scatter_(2, index, v_new)
+
+
+def attention_with_kvcache(q, k_cache, v_cache, cache_seqlens, *, k_new=None, v_new=None, causal=True, scale=None):
+    lq, lmax = q.shape[2], k_cache.shape[2]
+    lnew = 0
+    if k_new is not None:
+        kvcache_append(k_cache, v_cache, k_new, v_new, cache_seqlens)
+        lnew = k_new.shape[2]
+    if q.numel() == 0:
+        return torch.empty_like(q)
+    lengths = (cache_seqlens.to(torch.long) + lnew).view(-1, 1, 1)  # (B, 1, 1) valid keys per batch
+    j = torch.arange(lmax, device=q.device).view(1, 1, lmax)
+    keep = j < lengths
+    if causal and lq > 1:
+        i = torch.arange(lq, device=q.device).view(1, lq, 1)
+        keep = keep & (j <= i + (lengths - lq))
+    return _masked_sdpa(q, k_cache, v_cache, keep.unsqueeze(1), None, 0.0, scale)
+
+
+# ----------------------------------------------------------------------------------------------
+# normalization
+# ----------------------------------------------------------------------------------------------
+def _norm_params(x, *params):
+    """Half inputs with float32 parameters: compute in float32 (F.layer_norm wants one dtype)."""
+    if all(p is None or p.dtype == x.dtype for p in params):
+        return x, params, None
+    return x.float(), tuple(None if p is None else p.float() for p in params), x.dtype
+
+
+def layer_norm(x, weight=None, bias=None, eps=1e-5, *, residual=None):
+    s = x if residual is None else x + residual
+    xs, (w, b), back = _norm_params(s, weight, bias)
+    y = F.layer_norm(xs, (x.shape[-1],), w, b, eps)
+    if back is not None:
+        y = y.to(back)
+    return y if residual is None else (y, s)
+
+
+def rms_norm(x, weight=None, eps=1e-6, *, residual=None):
+    s = x if residual is None else x + residual
+    xs, (w,), back = _norm_params(s, weight)
+    y = F.rms_norm(xs, (x.shape[-1],), w, eps)
+    if back is not None:
+        y = y.to(back)
+    return y if residual is None else (y, s)
+
+
+# ----------------------------------------------------------------------------------------------
+# linear and feed-forward
+# ----------------------------------------------------------------------------------------------
+def _needs_grad(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def linear(x, weight, bias=None, *, activation=None):
+    if (activation == "relu" and bias is not None and x.dim() == 2 and not _needs_grad(x, weight, bias)
+            and x.shape[0] > 0 and x.shape[1] > 0):
+        # bias + ReLU in the GEMM's epilogue (cuBLASLt on a GPU); inference only (no autograd formula)
+        return torch._addmm_activation(bias, x, weight.t(), use_gelu=False)
+    y = F.linear(x, weight, bias)
+    return y if activation is None else _ACT[activation](y)
+
+
+def _ffn(x, w_in, b_in, w_out, b_out, activation, w_gate, b_gate):
+    if w_gate is None:
+        h = linear(x, w_in, b_in, activation=activation)
+    else:
+        h = _ACT[activation](F.linear(x, w_gate, b_gate)) * F.linear(x, w_in, b_in)
+    return F.linear(h, w_out, b_out)
+
+
+def ffn(x, w_in, b_in, w_out, b_out, *, activation="gelu", w_gate=None, b_gate=None, recompute=False):
+    if recompute and _needs_grad(x, w_in, b_in, w_out, b_out, w_gate, b_gate):
+        from torch.utils.checkpoint import checkpoint
+
+        # keeps x only; the hidden activations are recomputed in the backward
+        return checkpoint(_ffn, x, w_in, b_in, w_out, b_out, activation, w_gate, b_gate, use_reentrant=False)
+    return _ffn(x, w_in, b_in, w_out, b_out, activation, w_gate, b_gate)

@@ -1,0 +1,203 @@
+"""The "torch" backend (PyTorch's own calls, aigc_kernels.native) against the float64 reference, for
+every case the reference has, plus the places where the library's contract and PyTorch's functions
+differ: bottom-right causal alignment, rows that see no key, GQA, windows, varlen, the KV cache,
+residual norms, float32 parameters, recompute, dropout statistics."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import aigc_kernels as ak
+from aigc_kernels import native, testing
+from aigc_kernels import reference as R
+from aigc_kernels.ops import PUBLIC_OPS
+from aigc_kernels.testing import check_fwd_bwd
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+
+
+def rand(*shape, dtype=torch.float32, seed=0, scale=1.0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(*shape, generator=g) * scale).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("op", PUBLIC_OPS)
+def test_every_reference_case(op, dtype):
+    ran = 0
+    for case in testing.cases(op, dtype, "cpu", seed=3):
+        r = testing.check_case(op, "torch", case, dtype)
+        assert r.unsupported is None, r.unsupported
+        assert r.error is None, f"{case.name}: {r.error}"
+        assert r.passed, f"{op} {case.name} {dtype}: fwd {r.fwd_err:.3g} > {r.fwd_bound:.3g} or grad {r.grad_err} > " \
+                         f"{r.grad_bound}"
+        ran += 1
+    assert ran > 0
+
+
+def _f64(kw: dict) -> dict:
+    return {n: (t.double() if isinstance(t, torch.Tensor) and t.is_floating_point() else t) for n, t in kw.items()}
+
+
+def attn(**kw):
+    return (lambda q, k, v: ak.attention(q, k, v, backend="torch", **kw),
+            lambda q, k, v: R.attention(q, k, v, **_f64(kw)))
+
+
+@pytest.mark.parametrize("lq,lk", [(5, 5), (3, 9), (9, 3), (1, 7), (7, 1), (16, 16)])
+@pytest.mark.parametrize("hq,hkv", [(4, 4), (4, 2), (6, 1)])
+def test_causal_is_bottom_right_with_gqa(lq, lk, hq, hkv):
+    q, k, v = rand(2, hq, lq, 16), rand(2, hkv, lk, 16, seed=1), rand(2, hkv, lk, 16, seed=2)
+    check_fwd_bwd(*attn(causal=True), [q, k, v], torch.float32)
+
+
+@pytest.mark.parametrize("window,causal", [((2, 0), True), ((1, 3), False), ((-1, 2), False), ((0, -1), False),
+                                           ((4, 1), True)])
+def test_windows(window, causal):
+    q, k, v = rand(1, 2, 11, 16), rand(1, 2, 14, 16, seed=1), rand(1, 2, 14, 16, seed=2)
+    check_fwd_bwd(*attn(causal=causal, window_size=window), [q, k, v], torch.float32)
+
+
+def test_rows_that_see_no_key_are_zero_with_finite_grads():
+    q, k, v = rand(1, 2, 6, 8), rand(1, 2, 5, 8, seed=1), rand(1, 2, 5, 8, seed=2)
+    keep = torch.rand(1, 1, 6, 5, generator=torch.Generator().manual_seed(4)) > 0.4
+    keep[..., 2, :] = False
+    additive = torch.randn(6, 5)
+    additive[3] = float("-inf")
+    for kwargs in (dict(attn_mask=keep), dict(attn_mask=additive), dict(attn_mask=additive, causal=True),
+                   dict(causal=True), dict(window_size=(0, 0))):
+        leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+        qq = leaves[0] if "attn_mask" in kwargs else leaves[0].expand(1, 2, 6, 8)
+        kk, vv = leaves[1], leaves[2]
+        if "attn_mask" not in kwargs:  # Lq > Lk with causal or a zero window: rows with no key
+            kk, vv = kk[:, :, :3], vv[:, :, :3]
+        out = ak.attention(qq, kk, vv, backend="torch", **kwargs)
+        ref = R.attention(qq.detach().double(), kk.detach().double(), vv.detach().double(), **_f64(kwargs))
+        torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=1e-5)
+        out.sum().backward()
+        assert all(torch.isfinite(t.grad).all() for t in leaves), kwargs
+    assert torch.equal(out[..., :3, :], torch.zeros_like(out[..., :3, :]))
+
+
+def test_no_keys_at_all_and_empty_batches():
+    q = rand(2, 2, 3, 8).requires_grad_()
+    k = torch.zeros(2, 2, 0, 8)
+    out = ak.attention(q, k, k, backend="torch")
+    assert torch.equal(out, torch.zeros_like(out))
+    out.sum().backward()
+    assert torch.equal(q.grad, torch.zeros_like(q))
+    q = rand(2, 2, 3, 8)
+    q[0, 0, 0, 0] = float("nan")
+    assert torch.equal(ak.attention(q, k, k, backend="torch"), torch.zeros(2, 2, 3, 8))  # no key: 0 even for NaN q
+
+
+def test_masks_combined_with_causal_and_gqa():
+    q, k, v = rand(2, 4, 7, 16), rand(2, 2, 7, 16, seed=1), rand(2, 2, 7, 16, seed=2)
+    keep = torch.rand(2, 1, 7, 7, generator=torch.Generator().manual_seed(5)) > 0.3
+    check_fwd_bwd(*attn(causal=True, attn_mask=keep), [q, k, v], torch.float32)
+    check_fwd_bwd(*attn(attn_mask=torch.randn(4, 7, 7)), [q, k, v], torch.float32)
+
+
+def test_dropout_statistics():
+    """With q = k = 0 the probabilities are uniform (1/Lk); v one-hot per key makes out[i, j] =
+    keep_ij / (Lk (1 - p)): the kept fraction is 1 - p and the kept values are scaled by 1/(1 - p)."""
+    lk, p = 32, 0.25
+    q = torch.zeros(4, 8, 64, lk)
+    v = torch.eye(lk).expand(4, 8, lk, lk)
+    torch.manual_seed(0)
+    out = ak.attention(q, torch.zeros(4, 8, lk, lk), v, dropout_p=p, backend="torch")
+    kept = out > 0
+    assert abs(kept.float().mean().item() - (1 - p)) < 0.01
+    torch.testing.assert_close(out[kept], torch.full_like(out[kept], 1 / (lk * (1 - p))))
+
+
+def test_varlen_per_sequence_and_trailing_rows():
+    cu_q = torch.tensor([0, 4, 4, 11], dtype=torch.int32)
+    cu_k = torch.tensor([0, 6, 8, 13], dtype=torch.int32)
+    q, k, v = rand(13, 4, 16), rand(13, 2, 16, seed=1), rand(13, 2, 16, seed=2)  # 2 trailing q rows
+    for kw in (dict(), dict(causal=True), dict(window_size=(2, 1))):
+        def fn(q, k, v, kw=kw):
+            return ak.attention_varlen(q, k, v, cu_q, cu_k, 7, 6, backend="torch", **kw)
+
+        def ref(q, k, v, kw=kw):
+            return R.attention_varlen(q, k, v, cu_q, cu_k, 7, 6, **kw)
+
+        check_fwd_bwd(fn, ref, [q, k, v], torch.float32)
+
+
+def test_kvcache_empty_caches_and_causal_prefill():
+    q = rand(3, 4, 3, 16)
+    kc, vc = rand(3, 2, 10, 16, seed=1), rand(3, 2, 10, 16, seed=2)
+    lens = torch.tensor([0, 4, 7], dtype=torch.int32)
+    kn, vn = rand(3, 2, 3, 16, seed=3), rand(3, 2, 3, 16, seed=4)
+    got_c, ref_c = (kc.clone(), vc.clone()), (kc.clone(), vc.clone())
+    out = ak.attention_with_kvcache(q, *got_c, lens, k_new=kn, v_new=vn, backend="torch")
+    ref = R.attention_with_kvcache(q, *ref_c, lens, k_new=kn, v_new=vn)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    assert torch.equal(got_c[0], ref_c[0]) and torch.equal(got_c[1], ref_c[1])
+    # nothing valid in a cache and no new rows: zeros for that batch
+    out = ak.attention_with_kvcache(q[:1], kc[:1], vc[:1], torch.zeros(1, dtype=torch.int32), causal=False,
+                                    backend="torch")
+    assert torch.equal(out, torch.zeros_like(out))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_norms_with_float32_params_and_residual(dtype):
+    x, r = rand(6, 40, dtype=dtype), rand(6, 40, dtype=dtype, seed=1)
+    w, b = rand(40, seed=2), rand(40, seed=3)
+    y, s = ak.layer_norm(x, w, b, residual=r, backend="torch")
+    y64, s64 = R.layer_norm(x.double(), w.double(), b.double(), residual=r.double())
+    ylp, slp = R.layer_norm(x, w, b, residual=r)
+    testing.assert_close_to_reference(y, y64, ylp, dtype=dtype)
+    testing.assert_close_to_reference(s, s64, slp, dtype=dtype)
+    y = ak.rms_norm(x, w, residual=r, backend="torch")[0]
+    testing.assert_close_to_reference(y, R.rms_norm(x.double(), w.double(), residual=r.double())[0],
+                                      R.rms_norm(x, w, residual=r)[0], dtype=dtype)
+
+
+def test_ffn_recompute_keeps_only_x():
+    """recompute=True through activation checkpointing: the (M, H) hidden activations are not saved."""
+    x = rand(64, 32).requires_grad_()
+    w_in, w_out, w_gate = rand(256, 32, seed=1), rand(32, 256, seed=2), rand(256, 32, seed=3)
+
+    weights = {t.data_ptr() for t in (w_in, w_out, w_gate)}
+
+    def saved_bytes(recompute):
+        total = []
+
+        def pack(t):  # the weights are saved by reference: they cost no memory
+            if t.data_ptr() not in weights:
+                total.append(t.numel() * t.element_size())
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = ak.ffn(x, w_in, None, w_out, None, activation="silu", w_gate=w_gate, recompute=recompute,
+                         backend="torch")
+        return sum(total), out
+
+    plain, out_plain = saved_bytes(False)
+    recomputed, out_re = saved_bytes(True)
+    assert recomputed == x.numel() * x.element_size() < plain / 8, (recomputed, plain)
+    torch.testing.assert_close(out_plain, out_re)
+    g_plain = torch.autograd.grad(out_plain.sum(), x)[0]
+    g_re = torch.autograd.grad(out_re.sum(), x)[0]
+    torch.testing.assert_close(g_plain, g_re)
+
+
+def test_fused_relu_epilogue_for_inference():
+    x, w, b = rand(9, 24), rand(16, 24, seed=1), rand(16, seed=2)
+    with torch.no_grad():
+        torch.testing.assert_close(native.linear(x, w, b, activation="relu"), torch.relu(x @ w.T + b))
+
+
+def test_native_never_calls_the_reference(monkeypatch):
+    def boom(*a, **k):
+        raise AssertionError("the native backend called the reference")
+
+    for name in PUBLIC_OPS:
+        monkeypatch.setattr(R, name, boom)
+    q = rand(1, 2, 4, 8)
+    ak.attention(q, q, q, causal=True, backend="torch")
+    ak.layer_norm(rand(3, 8), backend="torch")
+    ak.ffn(rand(3, 8), rand(16, 8), None, rand(8, 16), None, backend="torch")
