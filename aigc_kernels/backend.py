@@ -89,13 +89,28 @@ def use_backend(name: str) -> Iterator[None]:
         _scoped_backends.pop()
 
 
+# os.environ.get encodes the key and decodes the value on every call (~1 us); the raw mapping
+# behind os.environ (updated by os.environ[...] = ..., monkeypatch.setenv, ...) is a dict lookup.
+_ENV_DATA = getattr(os.environ, "_data", None)
+_ENV_KEY = os.environ.encodekey(ENV_VAR) if hasattr(os.environ, "encodekey") else ENV_VAR
+
+
+def _env_backend() -> str | None:
+    if _ENV_DATA is None:  # pragma: no cover - a platform without os.environ._data
+        return os.environ.get(ENV_VAR)
+    raw = _ENV_DATA.get(_ENV_KEY)
+    if raw is None:
+        return None
+    return raw.decode() if isinstance(raw, bytes) else raw
+
+
 def get_backend() -> str:
     """The backend a call with ``backend=None`` uses now."""
     if _scoped_backends:
         return _scoped_backends[-1]
     if _global_backend is not None:
         return _global_backend
-    env = os.environ.get(ENV_VAR)
+    env = _env_backend()
     if env:
         return _normalize(env, f"${ENV_VAR}")
     return "auto"
@@ -253,6 +268,11 @@ _explaining: list[bool] = []
 def select(op: str, device: torch.device, backend: str | None, *args, **kwargs) -> Callable:
     """The function that runs ``op`` for these arguments (see the module docstring for the rules)."""
     name = get_backend() if backend is None else _normalize(backend, f"ak.{op}(backend=...)")
+    if name == "auto" and device.type != "cuda" and not _explaining:
+        # the fast path: CPU tensors run PyTorch's own call
+        if not torch.compiler.is_compiling() and log.isEnabledFor(logging.DEBUG):
+            log.debug("ak.%s: auto chose 'torch' (PyTorch's own call): tensors on %s", op, device)
+        return _REGISTRY[op]["torch"].fn()
     impls = _REGISTRY[op]
     if name != "auto":
         impl = impls.get(name)
@@ -268,10 +288,6 @@ def select(op: str, device: torch.device, backend: str | None, *args, **kwargs) 
         if _explaining:
             raise _Explained(Explanation(op, name, name, "asked for by name, and it accepts these inputs"))
         return impl.fn()
-    if device.type != "cuda" and not _explaining:  # the fast path: CPU tensors run PyTorch's own call
-        if log.isEnabledFor(logging.DEBUG) and not torch.compiler.is_compiling():
-            log.debug("ak.%s: auto chose 'torch' (PyTorch's own call): tensors on %s", op, device)
-        return impls["torch"].fn()
     return _auto(op, impls, device, args, kwargs)
 
 
@@ -279,7 +295,7 @@ def _auto(op, impls, device, args, kwargs) -> Callable:
     def done(backend: str, reason: str, **extra) -> Callable:
         if _explaining:
             raise _Explained(Explanation(op, "auto", backend, reason, **extra))
-        if log.isEnabledFor(logging.DEBUG) and not torch.compiler.is_compiling():
+        if not torch.compiler.is_compiling() and log.isEnabledFor(logging.DEBUG):
             log.debug("ak.%s: auto chose '%s': %s", op, backend, reason)
         return impls[backend].fn()
 

@@ -225,7 +225,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
                   f"{sum(r['status'] == 'skipped' for r in result['results'])} skipped")
     for r in errors:
         console.print(f"[yellow]error[/] {r['op']} {r['provider']} {r['mode']} {r['label']}: {r['note']}")
-    return 1 if wrong else 0
+    gaps = []
+    if args.fail_if_auto_slower is not None:
+        gaps = report.auto_gaps(result, args.fail_if_auto_slower)
+        for g in gaps:
+            console.print(f"[red]auto slower[/] {g['op']} {g['label']} {g['dtype']} {g['mode']}: auto "
+                          f"{g['auto_ms']:.4g} ms vs {g['best']} {g['best_ms']:.4g} ms ({g['ratio']:.2f}x)")
+        if not gaps:
+            console.print(f"auto is within {args.fail_if_auto_slower}% of the fastest of "
+                          f"{', '.join(report.AUTO_RIVALS)} on every case")
+    return 1 if wrong or gaps else 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -338,6 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", metavar="FILE")
     p.add_argument("--plots", metavar="DIR", help="write one PNG per op")
     p.add_argument("--show-skipped", action="store_true", help="list skipped providers in the table")
+    p.add_argument("--fail-if-auto-slower", type=float, metavar="PCT", default=None,
+                   help="exit 1 when 'auto' is more than PCT %% slower than the fastest of cuda, triton, torch and "
+                        "PyTorch's own call on any case")
     p.set_defaults(func=cmd_bench)
     p = sub.add_parser("tune", help="measure the fastest backend per op and shape on this GPU: auto's dispatch table")
     from .tune import TUNE_OPS

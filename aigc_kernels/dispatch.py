@@ -76,8 +76,13 @@ def key(op: str, *args, **kwargs) -> Key:
     return _KEYS[op](*args, **kwargs)
 
 
-def _attention_key(q, k, v, *, causal=False, attn_mask=None, dropout_p=0.0, scale=None, window_size=None):
+def _attention_key(q, k, v, *, causal=False, attn_mask=None, dropout_p=0.0, scale=None, window_size=None,
+                   softcap=None, sinks=None):
     feats = [_dt(q)]
+    if softcap is not None:
+        feats.append("softcap")
+    if sinks is not None:
+        feats.append("sinks")
     if causal:
         feats.append("causal")
     if window_size is not None and tuple(window_size) != (-1, -1):

@@ -101,10 +101,48 @@ def _masked_sdpa(q, k, v, keep, additive, dropout_p, scale):
     return out
 
 
-def attention(q, k, v, *, causal=False, attn_mask=None, dropout_p=0.0, scale=None, window_size=None):
+def attention_math(q, k, v, *, causal=False, attn_mask=None, dropout_p=0.0, scale=None, window_size=None,
+                   softcap=None, sinks=None, training_dropout=True):
+    """(out, probs): attention with the scores materialized -- the path for what SDPA cannot do (softcap,
+    sinks) and for callers that want the probabilities (transformers' ``output_attentions``). Softmax
+    statistics in float32; probs (B, Hq, Lq, Lk) in q's dtype, after dropout."""
+    hq, hkv = q.shape[1], k.shape[1]
+    lq, lk = q.shape[-2], k.shape[-2]
+    if hq != hkv:
+        k, v = k.repeat_interleave(hq // hkv, dim=1), v.repeat_interleave(hq // hkv, dim=1)
+    stat = torch.promote_types(q.dtype, torch.float32)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    scores = torch.matmul(q, k.transpose(-2, -1)).to(stat) * scale
+    if softcap is not None:
+        scores = softcap * torch.tanh(scores / softcap)
+    if attn_mask is not None:
+        scores = scores.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool \
+            else scores + attn_mask.to(stat)
+    band = _band(lq, lk, causal, window_size, q.device)
+    if band is not None:
+        scores = scores.masked_fill(~band, float("-inf"))
+    if sinks is not None:
+        sink = sinks.to(stat).view(1, -1, 1, 1).expand(*scores.shape[:-1], 1)
+        probs = torch.softmax(torch.cat([scores, sink], dim=-1), dim=-1)[..., :-1]
+    else:
+        empty = torch.isneginf(scores).all(dim=-1, keepdim=True)  # rows that see no key: zeros
+        probs = torch.softmax(scores.masked_fill(empty, 0.0), dim=-1).masked_fill(empty, 0.0)
+    if dropout_p > 0.0:
+        probs = F.dropout(probs, dropout_p, training=training_dropout)
+    probs = probs.to(q.dtype)
+    return torch.matmul(probs, v), probs
+
+
+def attention(q, k, v, *, causal=False, attn_mask=None, dropout_p=0.0, scale=None, window_size=None, softcap=None,
+              sinks=None):
     lq, lk = q.shape[-2], k.shape[-2]
     if q.numel() == 0:
         return torch.empty_like(q)
+    if softcap is not None or sinks is not None:  # SDPA has neither: the scores are materialized
+        if lk == 0:
+            return q.masked_fill(torch.ones((), dtype=torch.bool, device=q.device), 0.0)
+        return attention_math(q, k, v, causal=causal, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale,
+                              window_size=window_size, softcap=softcap, sinks=sinks)[0]
     if lk == 0:  # no key at all: every row returns zeros (and q gets a zero gradient)
         return q.masked_fill(torch.ones((), dtype=torch.bool, device=q.device), 0.0)
     band = None
@@ -185,28 +223,25 @@ def attention_with_kvcache(q, k_cache, v_cache, cache_seqlens, *, k_new=None, v_
 # ----------------------------------------------------------------------------------------------
 # normalization
 # ----------------------------------------------------------------------------------------------
-def _norm_params(x, *params):
-    """Half inputs with float32 parameters: compute in float32 (F.layer_norm wants one dtype)."""
-    if all(p is None or p.dtype == x.dtype for p in params):
-        return x, params, None
-    return x.float(), tuple(None if p is None else p.float() for p in params), x.dtype
+def _f32(p):
+    return None if p is None else p.float()
 
 
 def layer_norm(x, weight=None, bias=None, eps=1e-5, *, residual=None):
     s = x if residual is None else x + residual
-    xs, (w, b), back = _norm_params(s, weight, bias)
-    y = F.layer_norm(xs, (x.shape[-1],), w, b, eps)
-    if back is not None:
-        y = y.to(back)
+    if (weight is None or weight.dtype == x.dtype) and (bias is None or bias.dtype == x.dtype):
+        y = F.layer_norm(s, (x.shape[-1],), weight, bias, eps)
+    else:  # half inputs with float32 parameters: computed in float32 (F.layer_norm wants one dtype)
+        y = F.layer_norm(s.float(), (x.shape[-1],), _f32(weight), _f32(bias), eps).to(x.dtype)
     return y if residual is None else (y, s)
 
 
 def rms_norm(x, weight=None, eps=1e-6, *, residual=None):
     s = x if residual is None else x + residual
-    xs, (w,), back = _norm_params(s, weight)
-    y = F.rms_norm(xs, (x.shape[-1],), w, eps)
-    if back is not None:
-        y = y.to(back)
+    if weight is None or weight.dtype == x.dtype:
+        y = F.rms_norm(s, (x.shape[-1],), weight, eps)
+    else:
+        y = F.rms_norm(s.float(), (x.shape[-1],), weight.float(), eps).to(x.dtype)
     return y if residual is None else (y, s)
 
 

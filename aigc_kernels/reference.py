@@ -94,16 +94,22 @@ def attention(
     dropout_p: float = 0.0,
     scale: float | None = None,
     window_size: tuple[int, int] | None = None,
+    softcap: float | None = None,
+    sinks: torch.Tensor | None = None,
     dropout_mask: torch.Tensor | None = None,
     return_lse: bool = False,
+    return_probs: bool = False,
 ):
     """softmax(q k^T * scale + mask) v, for q (B, Hq, Lq, D) and k, v (B, Hkv, Lk, D).
 
     attn_mask: bool (True = attend) or float (added to the scores), broadcastable to
     (B, Hq, Lq, Lk). A query row that sees no key returns zeros (and lse = -inf).
+    softcap: scores <- softcap * tanh(scores / softcap) before the masks (Gemma-2).
+    sinks: (Hq,) one extra logit per head in each row's softmax denominator, with no value (GPT-OSS).
     dropout_mask: an explicit keep-mask (bool, broadcastable to (B, Hq, Lq, Lk)) used instead
     of drawing one, so a kernel with its own random numbers can be checked exactly.
-    Returns out, or (out, lse) with lse (B, Hq, Lq) in float32 (float64 for float64 inputs).
+    Returns out, or (out, lse) with lse (B, Hq, Lq) in float32 (float64 for float64 inputs), or
+    (out, probs) with return_probs (the probabilities after dropout, as transformers' eager returns).
     """
     hq, hkv = q.shape[1], k.shape[1]
     lq, lk = q.shape[-2], k.shape[-2]
@@ -113,6 +119,8 @@ def attention(
     # Softmax statistics in float32 at least, as every fused kernel keeps them.
     stat_dtype = torch.promote_types(q.dtype, torch.float32)
     scores = torch.matmul(q, k.transpose(-2, -1)).to(stat_dtype) * scale
+    if softcap is not None:
+        scores = softcap * torch.tanh(scores / softcap)
     if attn_mask is not None:
         if attn_mask.dtype == torch.bool:
             scores = scores.masked_fill(~attn_mask, float("-inf"))
@@ -121,17 +129,27 @@ def attention(
     structural = attention_mask(lq, lk, causal=causal, window_size=window_size, device=q.device)
     if structural is not None:
         scores = scores.masked_fill(~structural, float("-inf"))
-    # Rows that see no key: softmax would give NaN; the contract says zeros. Only -inf entries
-    # count as "no key", so a NaN in q or k still propagates.
-    empty = (scores == float("-inf")).all(dim=-1, keepdim=True)
-    scores = scores.masked_fill(empty, 0.0)
-    lse = torch.logsumexp(scores, dim=-1).masked_fill(empty.squeeze(-1), float("-inf"))
-    probs = torch.softmax(scores, dim=-1).masked_fill(empty, 0.0)
+    if sinks is not None:
+        # the sink is one more column of every row's softmax, with no value behind it: a row that sees no
+        # key puts all its weight there and returns zeros
+        sink = sinks.to(stat_dtype).view(1, -1, 1, 1).expand(*scores.shape[:-1], 1)
+        combined = torch.cat([scores, sink], dim=-1)
+        lse = torch.logsumexp(combined, dim=-1)
+        probs = torch.softmax(combined, dim=-1)[..., :-1]
+    else:
+        # Rows that see no key: softmax would give NaN; the contract says zeros. Only -inf entries
+        # count as "no key", so a NaN in q or k still propagates.
+        empty = (scores == float("-inf")).all(dim=-1, keepdim=True)
+        scores = scores.masked_fill(empty, 0.0)
+        lse = torch.logsumexp(scores, dim=-1).masked_fill(empty.squeeze(-1), float("-inf"))
+        probs = torch.softmax(scores, dim=-1).masked_fill(empty, 0.0)
     if dropout_mask is None and dropout_p > 0.0:
         dropout_mask = torch.rand(probs.shape, device=probs.device) >= dropout_p
     if dropout_mask is not None:
         probs = probs * dropout_mask / (1.0 - dropout_p)
     out = torch.matmul(probs.to(v.dtype), v)
+    if return_probs:
+        return out, probs.to(q.dtype)
     return (out, lse) if return_lse else out
 
 

@@ -6,6 +6,11 @@ message that names the op, what was expected and what was given. Backends add th
 
 None of these checks reads tensor data, so they cost no device synchronization and trace
 cleanly under torch.compile -- except where noted for CPU-resident index tensors.
+
+Each per-op check first runs a fast path: plain boolean tests of the common, valid call (a decoding
+step makes ~150 such calls per token, so the cost of getting to the kernel matters). Anything it
+does not recognise goes to the full check, which raises the precise error (or accepts a valid but
+less common call).
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ import torch
 from .reference import ACTIVATIONS
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_FLOATS = frozenset(FLOAT_DTYPES)
+_T = torch.Tensor
 
 
 def _fmt(dims) -> str:
@@ -107,7 +114,7 @@ def activation(op: str, name, *, allow_none: bool = True) -> None:
 # ----------------------------------------------------------------------------------------------
 # per-op checks
 # ----------------------------------------------------------------------------------------------
-def attention_args(q, k, v, attn_mask, dropout_p, scale, window_size, causal):
+def _attention_args_full(q, k, v, attn_mask, dropout_p, scale, window_size, causal, softcap=None, sinks=None):
     op = "ak.attention"
     tensor(op, "q", q, ndim=4, layout="(B, Hq, Lq, D)")
     tensor(op, "k", k, ndim=4, layout="(B, Hkv, Lk, D)")
@@ -136,10 +143,16 @@ def attention_args(q, k, v, attn_mask, dropout_p, scale, window_size, causal):
         number(op, "scale", scale)
     if not isinstance(causal, bool):
         raise TypeError(f"{op}: expected causal to be a bool, got {type(causal).__name__}")
+    if softcap is not None:
+        number(op, "softcap", softcap, low=0.0, low_open=True)
+    if sinks is not None:
+        tensor(op, "sinks", sinks, ndim=1, layout="(Hq,)")
+        shape(op, "sinks", sinks, (hq,), f"(Hq,) with Hq = {hq}")
+        same_device(op, "q", q, sinks=sinks)
     return window(op, window_size)
 
 
-def attention_varlen_args(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale, window_size):
+def _attention_varlen_args_full(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale, window_size):
     op = "ak.attention_varlen"
     tensor(op, "q", q, ndim=3, layout="(total_q, Hq, D)")
     tensor(op, "k", k, ndim=3, layout="(total_k, Hkv, D)")
@@ -178,7 +191,7 @@ def attention_varlen_args(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max
     return window(op, window_size)
 
 
-def kvcache_args(q, k_cache, v_cache, cache_seqlens, k_new, v_new, scale):
+def _kvcache_args_full(q, k_cache, v_cache, cache_seqlens, k_new, v_new, scale):
     op = "ak.attention_with_kvcache"
     tensor(op, "q", q, ndim=4, layout="(B, Hq, Lq, D)")
     tensor(op, "k_cache", k_cache, ndim=4, layout="(B, Hkv, Lmax, D)")
@@ -224,7 +237,7 @@ def kvcache_seqlens(op: str, cache_seqlens, b: int, k_cache: torch.Tensor, lnew:
                              f"(Lmax={lmax}, Lnew={lnew}), got values in [{lo}, {hi}]")
 
 
-def kvcache_append_args(k_cache, v_cache, k_new, v_new, cache_seqlens):
+def _kvcache_append_args_full(k_cache, v_cache, k_new, v_new, cache_seqlens):
     op = "ak.kvcache_append"
     tensor(op, "k_cache", k_cache, ndim=4, layout="(B, Hkv, Lmax, D)")
     tensor(op, "v_cache", v_cache, ndim=4, layout="(B, Hkv, Lmax, D)")
@@ -239,7 +252,7 @@ def kvcache_append_args(k_cache, v_cache, k_new, v_new, cache_seqlens):
     kvcache_seqlens(op, cache_seqlens, b, k_cache, k_new.shape[2], k_cache.device)
 
 
-def norm_args(op, x, weight, bias, eps, residual):
+def _norm_args_full(op, x, weight, bias, eps, residual):
     tensor(op, "x", x)
     if x.dim() == 0:
         raise ValueError(f"{op}: expected x with at least 1 dim (..., N), got a 0-d tensor")
@@ -257,7 +270,7 @@ def norm_args(op, x, weight, bias, eps, residual):
     number(op, "eps", eps, low=0.0)
 
 
-def linear_args(x, weight, bias, activation_name):
+def _linear_args_full(x, weight, bias, activation_name):
     op = "ak.linear"
     tensor(op, "x", x)
     if x.dim() == 0:
@@ -273,7 +286,7 @@ def linear_args(x, weight, bias, activation_name):
     activation(op, activation_name)
 
 
-def ffn_args(x, w_in, b_in, w_out, b_out, activation_name, w_gate, b_gate):
+def _ffn_args_full(x, w_in, b_in, w_out, b_out, activation_name, w_gate, b_gate):
     op = "ak.ffn"
     tensor(op, "x", x)
     if x.dim() == 0:
@@ -296,3 +309,81 @@ def ffn_args(x, w_in, b_in, w_out, b_out, activation_name, w_gate, b_gate):
     same_dtype(op, "x", x, w_in=w_in, b_in=b_in, w_out=w_out, b_out=b_out, w_gate=w_gate, b_gate=b_gate)
     same_device(op, "x", x, w_in=w_in, b_in=b_in, w_out=w_out, b_out=b_out, w_gate=w_gate, b_gate=b_gate)
     activation(op, activation_name, allow_none=w_gate is None)
+
+
+# ----------------------------------------------------------------------------------------------
+# fast paths (see the module docstring): True only for calls the full check would accept
+# ----------------------------------------------------------------------------------------------
+def _param(p, n: int, x: torch.Tensor) -> bool:
+    """None, or a (N,) floating tensor on x's device."""
+    return p is None or (isinstance(p, _T) and p.dim() == 1 and p.shape[0] == n and p.dtype in _FLOATS
+                         and p.device == x.device)
+
+
+def attention_args(q, k, v, attn_mask, dropout_p, scale, window_size, causal, softcap=None, sinks=None):
+    if (attn_mask is None and window_size is None and softcap is None and sinks is None
+            and (scale is None or type(scale) is float)
+            and (dropout_p == 0.0 or (type(dropout_p) is float and 0.0 < dropout_p < 1.0)) and type(causal) is bool
+            and isinstance(q, _T) and isinstance(k, _T) and isinstance(v, _T) and q.dim() == 4 and k.dim() == 4
+            and q.dtype in _FLOATS and k.dtype == q.dtype and v.dtype == q.dtype and k.shape == v.shape
+            and q.shape[0] == k.shape[0] and q.shape[3] == k.shape[3] and k.shape[1] > 0
+            and q.shape[1] % k.shape[1] == 0 and k.device == q.device and v.device == q.device
+            and not (scale is not None and scale != scale)):
+        return None
+    return _attention_args_full(q, k, v, attn_mask, dropout_p, scale, window_size, causal, softcap, sinks)
+
+
+def attention_varlen_args(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale, window_size):
+    return _attention_varlen_args_full(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale,
+                                       window_size)
+
+
+def kvcache_args(q, k_cache, v_cache, cache_seqlens, k_new, v_new, scale):
+    return _kvcache_args_full(q, k_cache, v_cache, cache_seqlens, k_new, v_new, scale)
+
+
+def kvcache_append_args(k_cache, v_cache, k_new, v_new, cache_seqlens):
+    return _kvcache_append_args_full(k_cache, v_cache, k_new, v_new, cache_seqlens)
+
+
+def norm_args(op, x, weight, bias, eps, residual):
+    if (isinstance(x, _T) and x.dim() >= 1 and x.dtype in _FLOATS and type(eps) is float and eps >= 0.0
+            and _param(weight, x.shape[-1], x) and _param(bias, x.shape[-1], x)
+            and (residual is None or (isinstance(residual, _T) and residual.shape == x.shape
+                                      and residual.dtype == x.dtype and residual.device == x.device))):
+        return
+    _norm_args_full(op, x, weight, bias, eps, residual)
+
+
+def linear_args(x, weight, bias, activation_name):
+    if (isinstance(x, _T) and isinstance(weight, _T) and x.dim() >= 1 and weight.dim() == 2
+            and x.dtype in _FLOATS and weight.dtype == x.dtype and weight.shape[1] == x.shape[-1]
+            and weight.device == x.device and (activation_name is None or activation_name in _ACTS)
+            and (bias is None or (isinstance(bias, _T) and bias.dim() == 1 and bias.shape[0] == weight.shape[0]
+                                  and bias.dtype == x.dtype and bias.device == x.device))):
+        return
+    _linear_args_full(x, weight, bias, activation_name)
+
+
+def _vec(b, n: int, x: torch.Tensor) -> bool:
+    return b is None or (isinstance(b, _T) and b.dim() == 1 and b.shape[0] == n and b.dtype == x.dtype
+                         and b.device == x.device)
+
+
+def _mat(w, rows: int, cols: int, x: torch.Tensor) -> bool:
+    return (isinstance(w, _T) and w.dim() == 2 and w.shape[0] == rows and w.shape[1] == cols and w.dtype == x.dtype
+            and w.device == x.device)
+
+
+def ffn_args(x, w_in, b_in, w_out, b_out, activation_name, w_gate, b_gate):
+    if isinstance(x, _T) and isinstance(w_in, _T) and x.dim() >= 1 and w_in.dim() == 2 and x.dtype in _FLOATS:
+        d, h = x.shape[-1], w_in.shape[0]
+        if (_mat(w_in, h, d, x) and _mat(w_out, d, h, x) and _vec(b_in, h, x) and _vec(b_out, d, x)
+                and (w_gate is None or _mat(w_gate, h, d, x)) and (b_gate is None or (w_gate is not None
+                                                                                  and _vec(b_gate, h, x)))
+                and (activation_name in _ACTS or (activation_name is None and w_gate is None))):
+            return
+    _ffn_args_full(x, w_in, b_in, w_out, b_out, activation_name, w_gate, b_gate)
+
+
+_ACTS = frozenset(ACTIVATIONS)

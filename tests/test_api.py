@@ -71,7 +71,7 @@ def test_available_backends_without_interpreter_on_cpu():
     code = "import aigc_kernels as ak; print(ak.available_backends())"
     env = {k: v for k, v in __import__("os").environ.items() if k != "TRITON_INTERPRET"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "['torch']"
+    assert out.strip() == "['torch', 'reference']"
 
 
 def test_explicit_backend_never_falls_back():
@@ -108,8 +108,10 @@ def test_auto_uses_torch_on_cpu_and_logs_why(caplog):
         ak.kvcache_append(kc, kc.clone(), torch.ones(1, 1, 1, 8), torch.ones(1, 1, 1, 8),
                           torch.zeros(1, dtype=torch.int32), backend="auto")
     assert kc[0, 0, 0].eq(1).all()
-    assert "auto chose 'torch'" in caplog.text and "cuda:" in caplog.text
+    assert "auto chose 'torch'" in caplog.text and "tensors on cpu" in caplog.text
     torch.testing.assert_close(ak.layer_norm(x, backend="auto"), R.layer_norm(x))
+    why = ak.explain("layer_norm", x)
+    assert why.backend == "torch" and "tensors on cpu" in why.reason
 
 
 def test_registered_implementation_is_used_and_checked(monkeypatch):
@@ -130,7 +132,7 @@ def test_registered_implementation_is_used_and_checked(monkeypatch):
     assert calls == [torch.Size([3, 8])]
     with pytest.raises(ak.BackendError, match="hidden size 7 is odd"):
         ak.rms_norm(torch.randn(3, 7), backend="triton")
-    # auto on CPU still prefers the reference; explicit naming is the only way onto the kernel there
+    # auto on CPU runs PyTorch's own call; explicit naming is the only way onto the kernel there
     ak.rms_norm(torch.randn(3, 8), backend="auto")
     assert len(calls) == 1
 
@@ -138,7 +140,7 @@ def test_registered_implementation_is_used_and_checked(monkeypatch):
 def test_implementations_table():
     table = B.implementations()
     assert set(table) == set(ak.ops.PUBLIC_OPS)
-    assert all("torch" in backends for backends in table.values())
+    assert all("torch" in backends and "reference" in backends for backends in table.values())
     assert "cuda" in table["kvcache_append"]
 
 

@@ -201,3 +201,34 @@ def test_native_never_calls_the_reference(monkeypatch):
     ak.attention(q, q, q, causal=True, backend="torch")
     ak.layer_norm(rand(3, 8), backend="torch")
     ak.ffn(rand(3, 8), rand(16, 8), None, rand(8, 16), None, backend="torch")
+
+
+@pytest.mark.parametrize("kw", [dict(softcap=5.0), dict(softcap=2.0, causal=True), dict(sinks="rand"),
+                                dict(sinks="rand", causal=True, window_size=(3, 0)),
+                                dict(sinks="rand", softcap=3.0, attn_mask="bool")])
+def test_softcap_and_sinks_with_gradients(kw):
+    q, k, v = rand(2, 4, 9, 16, scale=2.0), rand(2, 2, 9, 16, seed=1, scale=2.0), rand(2, 2, 9, 16, seed=2)
+    kw = dict(kw)
+    tensors = [q, k, v]
+    if kw.get("sinks") == "rand":
+        kw.pop("sinks")
+        tensors.append(rand(4, seed=3))
+    if kw.get("attn_mask") == "bool":
+        mask = torch.rand(2, 1, 9, 9, generator=torch.Generator().manual_seed(6)) > 0.4
+        mask[..., 1, :] = False  # a row that sees no key: with a sink it still returns 0
+        kw["attn_mask"] = mask
+
+    def ours(q, k, v, *sinks):
+        return ak.attention(q, k, v, backend="torch", sinks=sinks[0] if sinks else None, **kw)
+
+    def ref(q, k, v, *sinks):
+        return R.attention(q, k, v, sinks=sinks[0] if sinks else None, **_f64(kw))
+
+    check_fwd_bwd(ours, ref, tensors, torch.float32, names=("out", "dq", "dk", "dv", "dsinks"))
+
+
+def test_sinks_take_probability_mass():
+    q, k, v = rand(1, 2, 3, 8), rand(1, 2, 5, 8, seed=1), torch.ones(1, 2, 5, 8)
+    out = ak.attention(q, k, v, sinks=torch.tensor([0.0, 50.0]), backend="torch")
+    assert torch.all(out[0, 0] < 1) and torch.all(out[0, 0] > 0)  # the sink takes part of the mass
+    assert torch.allclose(out[0, 1], torch.zeros(3, 8), atol=1e-6)  # a huge sink takes (almost) all of it

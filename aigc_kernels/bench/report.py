@@ -111,6 +111,31 @@ def plots(report: dict, folder: str | Path) -> list[Path]:
     return written
 
 
+# What "auto" is held against: the backends it may choose, and PyTorch's own call made directly.
+AUTO_RIVALS = ("cuda", "triton", "torch", "eager")
+
+
+def auto_gaps(report: dict, threshold_pct: float) -> list[dict]:
+    """Cases where the "auto" provider is more than ``threshold_pct`` % slower than the fastest of
+    AUTO_RIVALS in the same run (each timed and correct): {op, label, dtype, mode, auto_ms, best, best_ms, ratio}."""
+    cases: dict[tuple, dict[str, dict]] = defaultdict(dict)
+    for r in report["results"]:
+        if r["median_ms"] is not None and r.get("correct") is not False:
+            cases[(r["op"], r["label"], r["dtype"], r["mode"])][r["provider"]] = r
+    gaps = []
+    for (op, label, dtype, mode), provs in cases.items():
+        auto = provs.get("auto")
+        rivals = {p: r for p, r in provs.items() if p in AUTO_RIVALS}
+        if auto is None or not rivals:
+            continue
+        best = min(rivals, key=lambda p: rivals[p]["median_ms"])
+        ratio = auto["median_ms"] / rivals[best]["median_ms"]
+        if ratio > 1 + threshold_pct / 100:
+            gaps.append(dict(op=op, label=label, dtype=dtype, mode=mode, auto_ms=auto["median_ms"], best=best,
+                             best_ms=rivals[best]["median_ms"], ratio=round(ratio, 3)))
+    return gaps
+
+
 def _key(r: dict) -> tuple:
     return (r["op"], r["provider"], r["mode"], r["dtype"], r["shape"])
 

@@ -18,6 +18,8 @@ def attention(
     dropout_p: float = 0.0,
     scale: float | None = None,
     window_size: tuple[int, int] | None = None,
+    softcap: float | None = None,
+    sinks: torch.Tensor | None = None,
     backend: str | None = None,
 ) -> torch.Tensor:
     """softmax(q k^T * scale + mask) v, with the layout and mask rules of F.scaled_dot_product_attention.
@@ -30,14 +32,19 @@ def attention(
         dropout_p: dropout on the attention probabilities (always applied when > 0).
         scale: defaults to 1 / sqrt(D).
         window_size: (left, right) sliding window around the aligned diagonal; -1 = unbounded.
-        backend: "cuda" | "triton" | "torch" | "auto" | None (the active default).
+        softcap: tanh soft-capping of the scores (Gemma-2): s <- softcap * tanh(s / softcap), applied to
+            the scaled scores before the masks.
+        sinks: (Hq,) attention sinks (GPT-OSS): one logit per query head that joins each row's softmax
+            denominator without a value (so a row's probabilities sum to less than 1); differentiable.
+        backend: "cuda" | "triton" | "torch" | "reference" | "auto" | None (the active default).
 
     Returns:
         (B, Hq, Lq, D) in q's dtype. A query row that sees no key gives zeros.
     """
-    window_size = validation.attention_args(q, k, v, attn_mask, dropout_p, scale, window_size, causal)
+    window_size = validation.attention_args(q, k, v, attn_mask, dropout_p, scale, window_size, causal, softcap,
+                                            sinks)
     kwargs = dict(causal=causal, attn_mask=attn_mask, dropout_p=float(dropout_p), scale=scale,
-                  window_size=window_size)
+                  window_size=window_size, softcap=softcap, sinks=sinks)
     return select("attention", q.device, backend, q, k, v, **kwargs)(q, k, v, **kwargs)
 
 

@@ -74,7 +74,8 @@ def _attention_common(kernel: str, q: torch.Tensor, head_dims: tuple[int, int]) 
     return None
 
 
-def triton_attention(q, k, v, *, causal=False, attn_mask=None, dropout_p=0.0, scale=None, window_size=None):
+def triton_attention(q, k, v, *, causal=False, attn_mask=None, dropout_p=0.0, scale=None, window_size=None,
+                     softcap=None, sinks=None):
     if attn_mask is not None and attn_mask.requires_grad:
         return "the Triton attention does not compute the gradient of attn_mask (it requires grad)"
     return _attention_common("Triton", q, TRITON_HEAD_DIMS)
@@ -112,7 +113,10 @@ def device_capability(device: torch.device) -> tuple[int, int]:
     return _device.capability(device)
 
 
-def cuda_attention(q, k, v, *, causal=False, attn_mask=None, dropout_p=0.0, scale=None, window_size=None):
+def cuda_attention(q, k, v, *, causal=False, attn_mask=None, dropout_p=0.0, scale=None, window_size=None,
+                   softcap=None, sinks=None):
+    if softcap is not None or sinks is not None:
+        return "the CUDA attention has no softcap and no attention sinks; the triton and torch backends do"
     if attn_mask is not None:
         return ("the CUDA attention takes no attn_mask (causal, window_size, and key padding through "
                 "attention_varlen cover its masks); the triton and torch backends take bool/float masks")

@@ -1,0 +1,193 @@
+"""auto's dispatch table: keys, loading (hit, miss, stale versions, other GPUs), nearest-size lookup,
+the choice it makes (never the reference, never a backend that cannot take the call), tune, and
+the per-call cost of getting to a kernel."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+import torch
+
+import aigc_kernels as ak
+from aigc_kernels import backend as B
+from aigc_kernels import dispatch, tune
+
+NAME, CAP = "NVIDIA H200", (9, 0)
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("AIGC_KERNELS_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("AIGC_KERNELS_DISPATCH_TABLE", raising=False)
+    dispatch.reload()
+    yield tmp_path
+    dispatch.reload()
+
+
+def write_table(path, entries, versions=None, device=NAME, capability=CAP):
+    table = dispatch.Table(device, capability, versions or dispatch.current_versions(),
+                           [dispatch.Entry(dispatch.Key.parse(k), best, ms) for k, best, ms in entries])
+    return table.write(path)
+
+
+def qkv(lq=64, lk=64, d=32, hkv=4, grad=False):
+    return (torch.randn(2, 4, lq, d, requires_grad=grad), torch.randn(2, hkv, lk, d, requires_grad=grad),
+            torch.randn(2, hkv, lk, d, requires_grad=grad))
+
+
+def test_keys_bucket_sizes_and_name_features():
+    q, k, v = qkv(lq=100, lk=300, hkv=2)
+    key = dispatch.key("attention", q, k, v, causal=True, attn_mask=torch.ones(100, 300, dtype=torch.bool))
+    assert key.features == ("float32", "causal", "mask_bool", "gqa")
+    assert dict(key.sizes) == {"d": 32, "lq": 128, "lk": 512, "bh": 8}
+    assert dispatch.Key.parse(str(key)) == key
+    x = torch.randn(3, 5, 1000, requires_grad=True)
+    assert str(dispatch.key("layer_norm", x, residual=x)) == "layer_norm|float32|residual|grad|n=1024|rows=16"
+    with torch.no_grad():
+        assert "grad" not in dispatch.key("layer_norm", x).features
+    w = torch.randn(64, 1000)
+    assert dispatch.key("ffn", x, w, None, w.T, None, activation="silu", w_gate=w).features == \
+        ("float32", "act_silu", "gated", "grad")
+
+
+def test_load_hit_miss_stale_and_other_devices(cache):
+    assert dispatch.load(NAME, CAP) is None  # miss: nothing measured
+    path = dispatch.user_table_path(NAME, CAP)
+    write_table(path, [("layer_norm|bfloat16|n=1024|rows=4096", "triton", {"triton": 1.0, "torch": 2.0})])
+    table = dispatch.load(NAME, CAP)
+    assert table is not None and table.source == str(path) and len(table.entries) == 1
+    assert dispatch.load("NVIDIA H100", CAP) is None  # another GPU's file is never read for this one
+    stale = dict(dispatch.current_versions(), torch="1.13.0")
+    write_table(path, [("layer_norm|bfloat16|n=1024|rows=4096", "triton", {"triton": 1.0})], versions=stale)
+    with pytest.warns(UserWarning, match="stale dispatch table .*measured with torch 1.13.0"):
+        assert dispatch.load(NAME, CAP) is None
+    path.write_text("{not json")
+    with pytest.warns(UserWarning, match="unreadable"):
+        assert dispatch.load(NAME, CAP) is None
+
+
+def test_explicit_table_and_capability_mismatch(cache, monkeypatch, tmp_path):
+    other = write_table(tmp_path / "t.json", [("linear|float16|act_gelu|m=4096|n=4096|k=4096", "cuda", {"cuda": 1})],
+                        capability=(8, 0))
+    monkeypatch.setenv("AIGC_KERNELS_DISPATCH_TABLE", str(other))
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        assert dispatch.load(NAME, CAP) is None
+    assert any("measured on sm_80, running on sm_90" in str(w.message) for w in seen)
+    monkeypatch.setenv("AIGC_KERNELS_DISPATCH_TABLE", str(write_table(tmp_path / "u.json", [], capability=CAP)))
+    assert dispatch.load(NAME, CAP).source.endswith("u.json")
+
+
+def test_nearest_size_lookup():
+    table = dispatch.Table(NAME, CAP, dispatch.current_versions(), [
+        dispatch.Entry(dispatch.Key.parse("rms_norm|bfloat16|n=1024|rows=1024"), "torch", {}),
+        dispatch.Entry(dispatch.Key.parse("rms_norm|bfloat16|n=8192|rows=16384"), "triton", {}),
+    ])
+    assert table.lookup(dispatch.Key.parse("rms_norm|bfloat16|n=4096|rows=16384")).best == "triton"
+    assert table.lookup(dispatch.Key.parse("rms_norm|bfloat16|n=1024|rows=2048")).best == "torch"
+    assert table.lookup(dispatch.Key.parse("rms_norm|float16|n=1024|rows=2048")) is None  # other features: no entry
+
+
+def _auto_with(monkeypatch, entries, op, *args, **kwargs):
+    """What auto picks on a (simulated) GPU with this dispatch table."""
+    table = dispatch.Table(NAME, CAP, dispatch.current_versions(),
+                           [dispatch.Entry(dispatch.Key.parse(k), best, ms) for k, best, ms in entries], "test table")
+    monkeypatch.setattr(dispatch, "table_for", lambda device: table)
+    B._explaining.append(True)
+    try:
+        B._auto(op, B._REGISTRY[op], torch.device("cuda"), args, kwargs)
+    except B._Explained as done:
+        return done.explanation
+    finally:
+        B._explaining.pop()
+    raise AssertionError("auto did not decide")
+
+
+def test_auto_follows_the_table_but_never_the_reference(monkeypatch):
+    x = torch.randn(4096, 1024)
+    key = str(dispatch.key("rms_norm", x))
+    monkeypatch.setattr(B, "_available", lambda name: True)
+    monkeypatch.setattr(B, "_device_reason", lambda backend, device: None)
+    chosen = _auto_with(monkeypatch, [(key, "triton", {"triton": 1.0, "torch": 2.0})], "rms_norm", x)
+    assert chosen.backend == "triton" and chosen.timings_ms == {"triton": 1.0, "torch": 2.0}
+    assert "measured fastest" in chosen.reason and chosen.key == key
+    chosen = _auto_with(monkeypatch, [(key, "reference", {"reference": 0.1})], "rms_norm", x)
+    assert chosen.backend == "torch"
+    chosen = _auto_with(monkeypatch, [], "rms_norm", x)
+    assert chosen.backend == "torch" and "no entry" in chosen.reason
+
+
+def test_auto_skips_a_winner_that_cannot_take_the_call(monkeypatch):
+    monkeypatch.setattr(B, "_available", lambda name: True)
+    monkeypatch.setattr(B, "_device_reason", lambda backend, device: None)
+    q, k, v = qkv(d=8)  # head dim 8: the Triton kernel takes 16..256
+    key = str(dispatch.key("attention", q, k, v))
+    chosen = _auto_with(monkeypatch, [(key, "triton", {"triton": 1.0, "torch": 3.0})], "attention", q, k, v)
+    assert chosen.backend == "torch" and "cannot run this call" in chosen.reason and "head dims" in chosen.reason
+
+
+def test_no_table_means_torch_on_gpu(monkeypatch):
+    monkeypatch.setattr(dispatch, "table_for", lambda device: None)
+    B._explaining.append(True)
+    try:
+        B._auto("layer_norm", B._REGISTRY["layer_norm"], torch.device("cuda"), (torch.randn(2, 8),), {})
+    except B._Explained as done:
+        assert done.explanation.backend == "torch" and "aigc-kernels tune" in done.explanation.reason
+    finally:
+        B._explaining.pop()
+
+
+def test_explain_names_backend_and_reason_and_checks_arguments():
+    x = torch.randn(3, 8)
+    assert ak.explain("layer_norm", x, backend="reference").backend == "reference"
+    assert "runs on 'torch'" in str(ak.explain("layer_norm", x))
+    with pytest.raises(ValueError, match="expected weight of shape"):
+        ak.explain("layer_norm", x, torch.ones(7))
+    with pytest.raises(ValueError, match="expected an op"):
+        ak.explain("softmax", x)
+
+
+def test_tune_picks_the_fastest_only_beyond_the_margin(monkeypatch):
+    assert tune.choose({"torch": 1.0, "triton": 0.99}, 0.03) == "torch"  # within the noise margin
+    assert tune.choose({"torch": 1.0, "triton": 0.9}, 0.03) == "triton"
+    assert tune.choose({"torch": 1.0, "triton": float("inf")}, 0.03) == "torch"
+    assert tune.choose({}, 0.03) == "torch"
+
+
+def test_tune_writes_a_table_auto_can_read(cache, monkeypatch):
+    """tune on the CPU with a fake timer and a registered fake backend: the table it writes loads, and
+    its entries are what the timings say."""
+    calls = []
+
+    def fast_rms(x, weight=None, eps=1e-6, *, residual=None):
+        calls.append(1)
+        return torch.nn.functional.rms_norm(x, (x.shape[-1],), weight, eps)
+
+    monkeypatch.setitem(B._REGISTRY, "rms_norm", dict(B._REGISTRY["rms_norm"]))
+    B.register("rms_norm", "triton", lambda: fast_rms, None)
+    monkeypatch.setattr(B, "_available", lambda name: True)
+    monkeypatch.setattr(tune, "_available", lambda name: True)
+    monkeypatch.setattr(tune, "_why_not", lambda impl, device, args, kwargs: None)
+
+    def timer(fn, device):
+        n = len(calls)
+        fn()
+        return 1.0 if len(calls) > n else 2.0  # the fake kernel is "twice as fast"
+
+    table = tune.run(["rms_norm"], (torch.float32,), quick=True, device=torch.device("cpu"), timer=timer)
+    assert table.entries and all(e.best == "triton" and e.ms == {"triton": 1.0, "torch": 2.0} for e in table.entries)
+    assert {("grad" in e.key.features) for e in table.entries} == {True, False}
+    path = table.write(cache / "t.json")
+    loaded = dispatch.Table.from_json(json.loads(path.read_text()))
+    assert [str(e.key) for e in loaded.entries] == [str(e.key) for e in table.entries]
+
+
+def test_cli_tune_without_a_gpu_says_why(capsys):
+    from aigc_kernels import cli
+
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without a GPU")
+    assert cli.main(["tune", "--quick"]) == 2
+    assert "nothing to choose" in capsys.readouterr().out
