@@ -22,6 +22,7 @@ report says so).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import types
 
 import torch
@@ -57,23 +58,117 @@ class PatchReport:
 # ----------------------------------------------------------------------------------------------
 # Hugging Face attention
 # ----------------------------------------------------------------------------------------------
+# Keywords transformers passes to attention functions that do not change the attention math
+# ("sdpa" ignores them too): output/caching bookkeeping, and position ids (used for the rotary
+# embedding before the call; flash-attention alone reads them as a packing hint).
+HF_IGNORED_KWARGS = frozenset({
+    "output_hidden_states", "output_router_logits", "use_cache", "cache_position", "position_ids",
+    "num_items_in_batch", "return_dict", "layer_idx", "past_key_values", "past_key_value", "cache",
+    "position_embeddings", "token_type_ids", "seq_idx",
+})
+
+log = logging.getLogger("aigc_kernels.patch")
+
+
+def _weights_requested(kwargs: dict) -> bool:
+    """Whether this call must return the attention probabilities: ``output_attentions`` in its keywords,
+    or transformers' output collector recording attentions (models such as GPT-2 pop the keyword and
+    record the attention modules' second output instead)."""
+    if kwargs.pop("output_attentions", False):
+        return True
+    try:
+        from transformers.utils.output_capturing import _active_collector
+    except ImportError:  # pragma: no cover - other transformers versions
+        return False
+    collected = _active_collector.get()
+    return bool(collected) and ("attentions" in collected or "cross_attentions" in collected)
+
+
 def hf_attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
                          is_causal=None, **kwargs):
     """transformers' attention-function signature: q (B, Hq, Lq, D), k/v (B, Hkv, Lk, D) ->
-    ((B, Lq, Hq, D), None). The mask, when given, is the bool keep-mask built by the sdpa mask
-    builder (registered under the same name); causal is bottom-right aligned, so a decoding step
-    with a KV cache attends to the whole cache."""
-    if kwargs.get("output_attentions"):
-        raise ValueError("aigc_kernels attention does not return attention weights (output_attentions=True)")
-    causal = is_causal if is_causal is not None else getattr(module, "is_causal", False)
-    if attention_mask is not None:
-        causal = False  # the mask carries the causal pattern (and the padding)
-        if attention_mask.dtype != torch.bool and attention_mask.dtype != query.dtype:
-            attention_mask = attention_mask.to(query.dtype)
-    out = ops.attention(query, key, value, causal=bool(causal), attn_mask=attention_mask,
-                        dropout_p=dropout if module.training else 0.0, scale=scaling,
-                        backend=getattr(module, "aigc_kernels_backend", None))
+    ((B, Lq, Hq, D), attention probabilities or None).
+
+    Gives what transformers' "sdpa" gives, with the library's kernels:
+    * the mask, when given, is the bool keep-mask of the sdpa mask builder (registered under the same
+      name); without one, a call is causal exactly when sdpa's would be (more than one query, the
+      module causal), and a prefill into an empty static cache (Lk > Lq, no mask) attends over the
+      first Lq keys as sdpa does -- the library's causal is bottom-right aligned, sdpa's top-left;
+    * ``softcap`` (Gemma-2), ``s_aux`` (attention sinks, GPT-OSS), ``position_bias`` (an additive
+      bias, as sdpa applies it) and ``sliding_window`` are honoured; any other keyword that could
+      change the result raises instead of being ignored;
+    * ``output_attentions``: the real probabilities, from the materialized scores (slow path, logged
+      at DEBUG), where "sdpa" returns None.
+    """
+    softcap = kwargs.pop("softcap", None)
+    sinks = kwargs.pop("s_aux", None)
+    position_bias = kwargs.pop("position_bias", None)
+    sliding_window = kwargs.pop("sliding_window", None)
+    head_mask = kwargs.pop("head_mask", None)
+    want_weights = _weights_requested(kwargs)
+    cu_q, cu_k = kwargs.pop("cu_seq_lens_q", None), kwargs.pop("cu_seq_lens_k", None)
+    max_q, max_k = kwargs.pop("max_length_q", None), kwargs.pop("max_length_k", None)
+    unknown = sorted(k for k, v in kwargs.items() if k not in HF_IGNORED_KWARGS and v is not None and v is not False)
+    if unknown or head_mask is not None:
+        names = unknown + (["head_mask"] if head_mask is not None else [])
+        raise TypeError(f"aigc_kernels attention ({type(module).__name__}): got keyword(s) {names} that it cannot "
+                        "honour; use attn_implementation='eager' (or 'sdpa') for this model, or ak.unpatch(model)")
+    backend = getattr(module, "aigc_kernels_backend", None)
+    q_len, kv_len = query.shape[2], key.shape[2]
+    if cu_q is not None:  # packed sequences (transformers' flattening collator): attention within each one
+        return _hf_packed(module, query, key, value, cu_q, cu_k, max_q, max_k, scaling, softcap, sinks,
+                          sliding_window, want_weights, backend, is_causal)
+    causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+    causal = bool(causal) and q_len > 1 and attention_mask is None
+    top_left = causal and kv_len > q_len  # prefill into an empty static cache: sdpa's top-left causal
+    if attention_mask is not None and attention_mask.dtype != torch.bool and attention_mask.dtype != query.dtype:
+        attention_mask = attention_mask.to(query.dtype)
+    mask = attention_mask
+    if position_bias is not None:
+        bias = position_bias.to(query.dtype)
+        if top_left:
+            bias = bias[..., :q_len]
+        mask = bias if mask is None else (bias.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool
+                                          else bias + mask)
+    window = None
+    if sliding_window is not None and attention_mask is None:  # with a mask, the mask carries the window
+        if not isinstance(sliding_window, int) or sliding_window < 1:
+            raise ValueError("aigc_kernels attention: expected sliding_window to be an int >= 1, "
+                             f"got {sliding_window!r}")
+        window = (sliding_window - 1, -1)
+    if want_weights:
+        from . import native
+
+        if not torch.compiler.is_compiling() and log.isEnabledFor(logging.DEBUG):
+            log.debug("%s: output_attentions=True: attention probabilities from the materialized scores (slow path)",
+                      type(module).__name__)
+        if top_left:  # keep every cache slot in the weights (as eager does), masked above the diagonal
+            keep = torch.ones(q_len, kv_len, dtype=torch.bool, device=query.device).tril()
+            mask = keep if mask is None else (mask.masked_fill(~keep, float("-inf")) if mask.dtype != torch.bool
+                                              else mask & keep)
+            causal = False
+        out, probs = native.attention_math(query, key, value, causal=causal, attn_mask=mask, dropout_p=dropout,
+                                           scale=scaling, window_size=window, softcap=softcap, sinks=sinks)
+        return out.transpose(1, 2).contiguous(), probs
+    if top_left:  # as sdpa: the cache slots past the prompt are empty, attend over the first Lq keys
+        key, value = key[:, :, :q_len], value[:, :, :q_len]
+    out = ops.attention(query, key, value, causal=causal, attn_mask=mask, dropout_p=dropout, scale=scaling,
+                        window_size=window, softcap=softcap, sinks=sinks, backend=backend)
     return out.transpose(1, 2).contiguous(), None
+
+
+def _hf_packed(module, query, key, value, cu_q, cu_k, max_q, max_k, scaling, softcap, sinks, sliding_window,
+               want_weights, backend, is_causal):
+    """Packed sequences in one row (batch 1, cu_seq_lens): flash-attention's semantics, through attention_varlen."""
+    if query.shape[0] != 1 or want_weights or softcap is not None or sinks is not None:
+        raise TypeError("aigc_kernels attention: packed sequences (cu_seq_lens_q) are supported for batch 1 without "
+                        "softcap, sinks or output_attentions")
+    causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+    window = (sliding_window - 1, -1) if sliding_window is not None else None
+    q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # (L, H, D)
+    out = ops.attention_varlen(q, k, v, cu_q.to(torch.int32), cu_k.to(torch.int32), int(max_q), int(max_k),
+                               causal=bool(causal), scale=scaling, window_size=window, backend=backend)
+    return out.unsqueeze(0), None
 
 
 def register_hf() -> bool:
@@ -202,9 +297,13 @@ def _op_backend(op: str, requested: str, report: PatchReport) -> str:
     return "auto"
 
 
-def patch(model: nn.Module, *, backend: str | None = None, attention: bool = True, layer_norm: bool = True,
+def patch(model: nn.Module, *, backend: str | None = None, attention: bool | str = True, layer_norm: bool = True,
           ffn: bool = True) -> PatchReport:
-    """Swap the library's kernels into ``model`` in place; returns a PatchReport. See the module docstring."""
+    """Swap the library's kernels into ``model`` in place; returns a PatchReport. See the module docstring.
+
+    A Hugging Face model whose attention is ``attn_implementation="eager"`` (the user's way to get the
+    attention weights) keeps eager attention unless ``attention="force"``; the report says so.
+    """
     requested = backend_mod._normalize(backend, "ak.patch(backend=...)") or backend_mod.get_backend()
     report = PatchReport(requested, {})
     be_attn = _op_backend("attention", requested, report)
@@ -218,9 +317,16 @@ def patch(model: nn.Module, *, backend: str | None = None, attention: bool = Tru
     log = {"modules": [], "attrs": [], "hf_attn": None}
     hf_config = getattr(model, "config", None)
     is_hf = hf_config is not None and hasattr(hf_config, "model_type") and hasattr(model, "set_attn_implementation")
-    act_name = _HF_ACT.get(getattr(hf_config, "activation_function", None) or getattr(hf_config, "hidden_act", ""))
+    act_name = _HF_ACT.get(getattr(hf_config, "activation_function", None) or getattr(hf_config, "hidden_act", None)
+                           or getattr(hf_config, "hidden_activation", ""))
 
-    if is_hf and attention:
+    # "eager" is the user's choice only where transformers offers sdpa too (Gemma-2, GPT-OSS: eager is all there is)
+    user_eager = getattr(hf_config, "_attn_implementation", None) == "eager" and getattr(model, "_supports_sdpa", False)
+    if is_hf and attention and attention != "force" and user_eager:
+        report.left_alone.append(("", "attention", "the model runs attn_implementation='eager' (it returns attention "
+                                  "weights); pass attention='force' to replace it"))
+        attention = False
+    elif is_hf and attention:
         heads = getattr(hf_config, "num_attention_heads", None) or getattr(hf_config, "n_head", None)
         width = getattr(hf_config, "hidden_size", None) or getattr(hf_config, "n_embd", None)
         head_dim = getattr(hf_config, "head_dim", None) or (width // heads if heads and width else None)
@@ -232,7 +338,7 @@ def patch(model: nn.Module, *, backend: str | None = None, attention: bool = Tru
         else:
             log["hf_attn"] = hf_config._attn_implementation
             model.set_attn_implementation(HF_NAME)
-    elif is_hf:
+    elif is_hf and not attention:
         report.left_alone.append(("", "attention", "attention=False"))
 
     seen_children: set[int] = set()
@@ -285,6 +391,9 @@ def patch(model: nn.Module, *, backend: str | None = None, attention: bool = Tru
                     swap(module, child_name, _shared_rms_norm(child, eps, be_norm), full, child)
                 else:
                     report.left_alone.append((full, ccls, "layer_norm=False"))
+            elif ccls.endswith(("RMSNorm", "LayerNorm")) and is_hf and not isinstance(child, ak_nn.RMSNorm):
+                # e.g. Gemma's RMSNorm scales by (1 + weight): not the kernel's formula
+                report.left_alone.append((full, ccls, "a norm whose formula the kernels do not implement"))
             elif isinstance(child, nn.MultiheadAttention):
                 if not attention:
                     report.left_alone.append((full, ccls, "attention=False"))
