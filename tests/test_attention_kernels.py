@@ -182,11 +182,13 @@ def test_opcheck():
 
     q, k, v = rand(1, 2, 17, 16), rand(1, 1, 19, 16, seed=1), rand(1, 1, 19, 16, seed=2)
     mask = torch.ones(17, 19, dtype=torch.bool, device=DEVICE)
-    args = (q, k, v, mask, None, None, 17, 19, True, 0.25, -1, -1, 0.0, None)
-    torch.library.opcheck(A.attention_fwd, args)
-    out, lse = A.attention_fwd(*args)
-    torch.library.opcheck(A.attention_bwd, (torch.randn_like(out), q, k, v, out, lse, mask, None, None, 17, 19, True,
-                                            0.25, -1, -1, 0.0, None))
+    sinks = rand(2, seed=3)
+    for softcap, sk in ((0.0, None), (2.0, sinks)):
+        args = (q, k, v, mask, None, None, 17, 19, True, 0.25, -1, -1, 0.0, None, softcap, sk)
+        torch.library.opcheck(A.attention_fwd, args)
+        out, lse = A.attention_fwd(*args)
+        torch.library.opcheck(A.attention_bwd, (torch.randn_like(out), q, k, v, out, lse, mask, None, None, 17, 19,
+                                                True, 0.25, -1, -1, 0.0, None, softcap, sk))
     lens = torch.tensor([5], dtype=torch.int32, device=DEVICE)
     torch.library.opcheck(A.attention_decode, (q[:, :, :1], k, v, lens, 0, True, 0.25))
 
@@ -265,3 +267,29 @@ def test_tma_path_is_not_taken_where_it_cannot_run(tma_forced):
     empty = ak.attention(q, q[:, :, :0], q[:, :, :0], backend="triton")
     assert torch.equal(empty, torch.zeros_like(empty))
     assert not tma_forced
+
+
+@pytest.mark.parametrize("kw", [dict(softcap=3.0), dict(softcap=1.5, causal=True, window_size=(5, 0)), dict(sinks=1),
+                                dict(sinks=1, causal=True), dict(sinks=1, softcap=2.0, attn_mask="bool")])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_softcap_and_sinks(kw, dtype):
+    """Gemma-2's soft-capping and GPT-OSS's attention sinks: forward and gradients (the sinks' too)."""
+    q, k, v = (rand(2, 4, 21, 32, dtype=dtype, scale=2.0), rand(2, 2, 19, 32, dtype=dtype, seed=1, scale=2.0),
+               rand(2, 2, 19, 32, dtype=dtype, seed=2))
+    kw = dict(kw)
+    tensors = [q, k, v]
+    if kw.pop("sinks", None):
+        tensors.append(rand(4, seed=3))
+    if kw.get("attn_mask") == "bool":
+        mask = (torch.rand(2, 1, 21, 19, generator=torch.Generator().manual_seed(7)) > 0.4).to(DEVICE)
+        mask[..., 3, :] = False  # a row that sees no key: with a sink its output is 0
+        kw["attn_mask"] = mask
+    f64 = {n: (t.double() if isinstance(t, torch.Tensor) and t.is_floating_point() else t) for n, t in kw.items()}
+
+    def ours(q, k, v, *sinks):
+        return ak.attention(q, k, v, backend="triton", sinks=sinks[0] if sinks else None, **kw)
+
+    def ref(q, k, v, *sinks):
+        return R.attention(q, k, v, sinks=sinks[0] if sinks else None, **(f64 if q.dtype == torch.float64 else kw))
+
+    check(ours, ref, tensors, dtype, names=("out", "dq", "dk", "dv", "dsinks"))

@@ -65,12 +65,34 @@ def attention_head_dim(backend: str, head_dim: int) -> str | None:
     return None
 
 
+def _interpreted_bf16(kernel: str, t: torch.Tensor) -> str | None:
+    """Triton's CPU interpreter multiplies bfloat16 tl.dot operands as raw bit patterns: refused, never garbage."""
+    if t.dtype == torch.bfloat16 and t.device.type == "cpu" and _device.interpreter():
+        return (f"the {kernel} kernels under Triton's CPU interpreter cannot run bfloat16 (its tl.dot has no "
+                "bfloat16): use float32/float16 there, or a GPU")
+    return None
+
+
 def _attention_common(kernel: str, q: torch.Tensor, head_dims: tuple[int, int]) -> str | None:
     if q.dtype not in KERNEL_DTYPES:
         return f"the {kernel} attention takes float32, float16 or bfloat16, got {_name(q.dtype)}"
+    if kernel == "Triton" and (why := _interpreted_bf16("Triton attention", q)):
+        return why
     d = q.shape[-1]
     if not head_dims[0] <= d <= head_dims[1]:
         return f"the {kernel} attention supports head dims {head_dims[0]} to {head_dims[1]}, got {d}"
+    return None
+
+
+# float32 backward tiles spill registers beyond this head dim (FMA dots hold whole tiles; `aigc-kernels audit`)
+TRITON_FP32_BWD_MAX_HEAD_DIM = 64
+
+
+def _triton_grad(tensors, q) -> str | None:
+    if (q.dtype == torch.float32 and q.shape[-1] > TRITON_FP32_BWD_MAX_HEAD_DIM and torch.is_grad_enabled()
+            and any(t is not None and t.requires_grad for t in tensors)):
+        return (f"the Triton attention backward in float32 takes head dims up to {TRITON_FP32_BWD_MAX_HEAD_DIM}, got "
+                f"{q.shape[-1]} (with inputs that require grad); half precision takes up to 256")
     return None
 
 
@@ -78,12 +100,12 @@ def triton_attention(q, k, v, *, causal=False, attn_mask=None, dropout_p=0.0, sc
                      softcap=None, sinks=None):
     if attn_mask is not None and attn_mask.requires_grad:
         return "the Triton attention does not compute the gradient of attn_mask (it requires grad)"
-    return _attention_common("Triton", q, TRITON_HEAD_DIMS)
+    return _attention_common("Triton", q, TRITON_HEAD_DIMS) or _triton_grad((q, k, v, sinks), q)
 
 
 def triton_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, causal=False,
                             scale=None, window_size=None):
-    return _attention_common("Triton", q, TRITON_HEAD_DIMS)
+    return _attention_common("Triton", q, TRITON_HEAD_DIMS) or _triton_grad((q, k, v), q)
 
 
 def triton_attention_with_kvcache(q, k_cache, v_cache, cache_seqlens, *, k_new=None, v_new=None, causal=True,
@@ -151,6 +173,8 @@ def cuda_attention_with_kvcache(q, k_cache, v_cache, cache_seqlens, *, k_new=Non
 def _gemm_dtype(kernel: str, x: torch.Tensor) -> str | None:
     if x.dtype not in KERNEL_DTYPES:
         return f"the {kernel} GEMM takes float32, float16 or bfloat16, got {_name(x.dtype)}"
+    if kernel == "Triton":
+        return _interpreted_bf16("Triton GEMM", x)
     return None
 
 

@@ -33,6 +33,11 @@ INTERPRET = _device.interpreter()
 AUTOTUNE = os.environ.get("AIGC_KERNELS_AUTOTUNE", "1") != "0"
 MODE = "interpret" if INTERPRET else ("autotune" if AUTOTUNE else "default")
 MODES = ("interpret", "default", "autotune")
+_mode = MODE  # the mode the registered kernels' configs are in now (use_mode changes it)
+
+# What the prunes plan for under the interpreter, where there is no GPU to fit (and tests force the
+# autotuning configs): the Hopper tables, with no shared-memory limit.
+INTERPRETER_GPU = _device.GPU((9, 0), 4, 1 << 30)
 
 # (autotuned kernel, its configs(mode) function): walked by the audit and the tests, which swap
 # the configs of a mode in and out.
@@ -63,14 +68,49 @@ def device_of(named_args: dict):
     raise ValueError("prune: no tensor argument to take the device from")
 
 
-def target_gpu(named_args: dict) -> _device.GPU | None:
-    """The GPU a prune is choosing configs for (None under the interpreter: nothing to fit)."""
-    if INTERPRET and _device.simulated() is None:
-        return None
+def target_gpu(named_args: dict) -> _device.GPU:
+    """The GPU a prune is choosing configs for (INTERPRETER_GPU for CPU tensors under the interpreter)."""
     device = device_of(named_args)
     if _device.simulated() is None and device.type != "cuda":
-        return None
+        return INTERPRETER_GPU
     return _device.gpu(device)
+
+
+def arch_class(gpu: _device.GPU) -> str:
+    """The config tables' arch: "sm90" (Hopper and newer: wgmma, 227 KB shared memory) or "sm80"."""
+    return "sm90" if gpu.capability[0] >= 9 else "sm80"
+
+
+def dtype_class(dtype) -> str:
+    import torch
+
+    return "fp32" if dtype == torch.float32 else "half"
+
+
+def dim_class(d: int) -> int:
+    """Head dims in the tables: 32 (<= 32), 64, 128, 256 (the padded BLOCK_D)."""
+    return max(32, triton.next_power_of_2(int(d)))
+
+
+def shape_of(config) -> tuple:
+    """A config as its table entry: (BLOCK_M, BLOCK_N[, BLOCK_K], num_warps, num_stages)."""
+    kw = config.kwargs
+    block = (kw["BLOCK_M"], kw["BLOCK_N"]) + ((kw["BLOCK_K"],) if "BLOCK_K" in kw else ())
+    return (*block, config.num_warps, config.num_stages)
+
+
+def pick(configs: list, wanted: list[tuple], fits=None) -> list:
+    """The configs among ``configs`` whose shapes are in ``wanted`` (in ``wanted``'s order, best
+    first), that ``fits(config)`` -- only the first in "default" mode (the static choice)."""
+    by_shape = {shape_of(c): c for c in configs}
+    chosen = [by_shape[w] for w in wanted if w in by_shape and (fits is None or fits(by_shape[w]))]
+    if _mode == "default":
+        return chosen[:1]
+    return chosen
+
+
+def mode() -> str:
+    return _mode
 
 
 def autotune(configs: Callable[[str], list], key: list[str], prune: Callable):
@@ -84,10 +124,12 @@ def autotune(configs: Callable[[str], list], key: list[str], prune: Callable):
     return wrap
 
 
-def use_mode(mode: str) -> None:
+def use_mode(mode: str) -> None:  # noqa: F811 - the parameter shadows mode() on purpose
     """Swap every registered kernel's configs to ``mode`` and forget what it tuned (audit, tests)."""
+    global _mode
     if mode not in MODES:
         raise ValueError(f"expected a config mode in {MODES}, got {mode!r}")
+    _mode = mode
     for kernel, configs in TUNED:
         kernel.configs = configs(mode)
         kernel.cache.clear()

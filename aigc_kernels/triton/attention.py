@@ -22,6 +22,17 @@ around that diagonal, key padding (j < Lk), and a user mask (bool keep-mask or a
 read through broadcast strides. The key-block loop skips blocks that the causal/window band
 excludes entirely. Dropout draws Philox numbers from (seed, query, key) so the backward
 regenerates the forward's mask exactly.
+
+Soft-capping (Gemma-2): s = c * tanh(s_raw / c) on the scaled scores, before the masks; its
+derivative 1 - tanh^2 multiplies dS in the backward. Attention sinks (GPT-OSS): each row's online
+softmax starts from the head's sink logit (m = sink, l = 1) -- one more column with no value -- so
+the lse includes it, the backward's P is unchanged, and dsink = -sum_rows exp(sink - lse) * delta.
+
+Configs. Every autotuned kernel takes its configs from a table per (arch, dtype, head dim)
+(_FWD, _TMA, _DKDV, _DQ below): each entry compiles for that arch without register spills and fits
+its shared memory, for every feature the kernel has -- ``aigc-kernels audit`` proves it in CI by
+compiling them for sm_90a and sm_80 -- and the first entry is the static default. Autotuning keys
+hold bucketed lengths, so a new sequence length re-tunes at most once per power of two.
 """
 
 from __future__ import annotations
@@ -43,6 +54,7 @@ except ImportError:  # pragma: no cover - older triton: the pointer kernels only
     TensorDescriptor = None
 
 LOG2E = 1.4426950408889634
+_LOG2E = tl.constexpr(LOG2E)  # the one log2(e) of the kernels: scores are kept in log2 units (exp2)
 INTERPRET = _tuning.INTERPRET
 # The Hopper forward (TMA descriptors, persistent grid): "auto" = on compute capability >= 9 when the
 # call qualifies, "1" = whenever the call qualifies (also under the interpreter, for tests), "0" = never.
@@ -97,7 +109,7 @@ def _user_mask(MASK, b64, h, offs_m, offs_n, lq, lk, stride_mb, stride_mh, strid
     if MASK_KIND == 1:
         keep = keep & (mv != 0)
     else:
-        s = s + mv.to(tl.float32) * 1.4426950408889634
+        s = s + mv.to(tl.float32) * _LOG2E
     return s, keep
 
 
@@ -125,61 +137,183 @@ def _dropout_keep(seed, offs_m, offs_n, lk, dropout_p):
     return rnd >= dropout_p
 
 
-def _configs(kind: str, mode: str):
-    """Autotuning candidates; one small config under the interpreter."""
-    if mode == "interpret":
-        return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=1, num_stages=1)]
-    if mode == "default":  # fits every head dim up to 256 and float32
-        return [triton.Config({"BLOCK_M": 64 if kind == "fwd" else 32, "BLOCK_N": 32}, num_warps=4, num_stages=2)]
-    if kind == "fwd":
-        shapes = [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (128, 32, 4, 4), (64, 64, 4, 3), (64, 32, 4, 2),
-                  (32, 32, 4, 2)]
-    else:  # the backward kernels hold more tiles: smaller blocks
-        shapes = [(64, 128, 8, 2), (32, 128, 4, 2), (64, 64, 4, 2), (32, 64, 4, 2), (32, 32, 4, 2), (16, 32, 4, 1)]
-    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s) for bm, bn, w, s in shapes]
+@triton.jit
+def _tanh(x):
+    return 2.0 * tl.sigmoid(2.0 * x) - 1.0
 
 
-_fwd_configs = functools.partial(_configs, "fwd")
-_bwd_configs = functools.partial(_configs, "bwd")
+@triton.jit
+def _scores(qk, sm_scale, softcap, HAS_SOFTCAP: tl.constexpr):
+    """q k^T -> scores in log2 units, scaled and (with HAS_SOFTCAP) soft-capped: c * tanh(qk * scale / c)."""
+    if HAS_SOFTCAP:
+        return (softcap * _LOG2E) * _tanh(qk * (sm_scale / softcap))
+    return qk * (sm_scale * _LOG2E)
 
 
-def _prune(configs, named_args, **kwargs):
-    """Keep tiles that fit: big head dims and float32 take small blocks; tiny sequences take small blocks."""
-    d = triton.next_power_of_2(named_args["HEAD_DIM"])
-    lq = max(16, triton.next_power_of_2(named_args["LQ"]))
-    lk = max(16, triton.next_power_of_2(named_args["LK"]))
-    fp32 = named_args["Q"].dtype == torch.float32
-    keep = []
-    for c in configs:
-        bm, bn = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]
-        if bm > lq or bn > lk:
-            continue
-        if (d >= 256 or fp32) and bm * bn > 64 * 32:
-            continue
-        if d >= 128 and bm * bn > 128 * 64:
-            continue
-        keep.append(c)
-    return keep or [min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"])]
+@triton.jit
+def _cap_grad(s, softcap):
+    """d(capped score) / d(raw score) = 1 - tanh^2, from the capped score s (log2 units)."""
+    t = s / (softcap * _LOG2E)
+    return 1.0 - t * t
 
 
-_AUTOTUNE_KEY = ["LQ", "LK", "HEAD_DIM", "MASK_KIND", "IS_CAUSAL", "WINDOW_LEFT", "WINDOW_RIGHT", "IS_VARLEN",
-                 "HAS_DROPOUT", "IEEE"]
+@triton.jit
+def _softmax_init(SINKS, h, BLOCK: tl.constexpr, HAS_SINKS: tl.constexpr):
+    """(m, l) before the first key: -inf and 0, or the head's sink logit (log2 units) and 1."""
+    if HAS_SINKS:
+        m_i = tl.zeros([BLOCK], dtype=tl.float32) + tl.load(SINKS + h).to(tl.float32) * _LOG2E
+        l_i = tl.full([BLOCK], 1.0, dtype=tl.float32)
+    else:
+        m_i = tl.full([BLOCK], float("-inf"), dtype=tl.float32)
+        l_i = tl.zeros([BLOCK], dtype=tl.float32)
+    return m_i, l_i
 
 
-@_tuning.autotune(_fwd_configs, _AUTOTUNE_KEY, _prune)
+@triton.jit
+def _softmax_step(s, m_i, l_i):
+    """One key block of the online softmax, s in log2 units (-inf where masked):
+    (p, alpha, m_new, l_new) with p = exp2(s - m_new), alpha = exp2(m_i - m_new) the rescale of what
+    came before. Rows with no key yet keep m = -inf without computing inf - inf."""
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+    p = tl.exp2(s - m_use[:, None])
+    alpha = tl.exp2(m_i - m_use)
+    return p, alpha, m_new, l_i * alpha + tl.sum(p, 1)
+
+
+@triton.jit
+def _softmax_finish(acc, m_i, l_i):
+    """(out = acc / l, lse in log2 units); a row that saw no key (l = 0) gives 0 and -inf."""
+    empty = l_i == 0.0
+    out = acc / tl.where(empty, 1.0, l_i)[:, None]
+    return out, tl.where(empty, float("-inf"), m_i + tl.log2(tl.where(empty, 1.0, l_i)))
+
+
+# (BLOCK_M, BLOCK_N, num_warps, num_stages), best first, per (arch, dtype class, head-dim class); see the
+# module docstring. Half = fp16/bf16 (tensor cores: wgmma on sm_90a needs blocks of >= 64 rows);
+# fp32 runs IEEE dots on FMA units, which hold whole tiles in registers: small tiles.
+_FWD = {
+    ("sm90", "half", 32): [(128, 64, 4, 3), (128, 128, 8, 3), (64, 64, 4, 3)],
+    ("sm90", "half", 64): [(128, 64, 4, 3), (128, 128, 8, 3), (128, 64, 8, 3), (64, 64, 4, 3)],
+    ("sm90", "half", 128): [(128, 64, 8, 3), (64, 64, 4, 3), (128, 32, 8, 3)],
+    ("sm90", "half", 256): [(64, 64, 8, 2), (128, 32, 8, 2), (64, 32, 8, 2)],
+    ("sm80", "half", 32): [(128, 64, 4, 3), (128, 128, 8, 3), (64, 64, 4, 3)],
+    ("sm80", "half", 64): [(128, 64, 8, 3), (128, 32, 4, 3), (128, 32, 8, 3), (64, 32, 4, 2)],
+    ("sm80", "half", 128): [(64, 64, 8, 3), (128, 32, 8, 3), (64, 32, 4, 2)],
+    ("sm80", "half", 256): [(64, 32, 8, 2), (32, 32, 4, 2)],
+    **{(a, "fp32", d): [(64, 32, 8, 2), (32, 32, 4, 2)] for a in ("sm90", "sm80") for d in (32, 64)},
+    **{(a, "fp32", 128): [(32, 32, 8, 2), (16, 32, 4, 2)] for a in ("sm90", "sm80")},
+    **{(a, "fp32", 256): [(32, 32, 8, 2), (32, 16, 4, 2)] for a in ("sm90", "sm80")},
+}
+# The backward: dK/dV programs hold a key block's dK and dV accumulators (BLOCK_N rows), dQ programs a query
+# block's dQ. float32 with head dims over 64 has no entry: every tile spills there (limits route it away).
+_DKDV = {
+    ("sm90", "half", 32): [(64, 64, 8, 2), (128, 64, 8, 2), (32, 64, 4, 2)],
+    ("sm90", "half", 64): [(64, 64, 8, 2), (128, 64, 8, 2), (32, 128, 8, 2), (32, 64, 4, 2)],
+    ("sm90", "half", 128): [(32, 128, 8, 2), (32, 64, 4, 2)],
+    ("sm90", "half", 256): [(16, 32, 4, 1), (32, 32, 4, 2)],
+    ("sm80", "half", 32): [(64, 64, 8, 2), (128, 64, 8, 2), (32, 64, 4, 2)],
+    ("sm80", "half", 64): [(64, 64, 8, 2), (128, 64, 8, 2), (32, 64, 4, 2)],
+    ("sm80", "half", 128): [(32, 64, 8, 2), (32, 32, 4, 2), (16, 32, 4, 1)],
+    ("sm80", "half", 256): [(32, 32, 4, 2), (16, 32, 4, 1)],
+    **{(a, "fp32", d): [(32, 32, 8, 2), (16, 32, 4, 2)] for a in ("sm90", "sm80") for d in (32, 64)},
+}
+_DQ = {
+    ("sm90", "half", 32): [(128, 64, 8, 2), (64, 64, 4, 2), (128, 32, 4, 2)],
+    ("sm90", "half", 64): [(128, 64, 8, 2), (64, 64, 4, 2), (128, 32, 8, 2)],
+    ("sm90", "half", 128): [(128, 64, 8, 2), (64, 64, 4, 2), (128, 32, 8, 2)],
+    ("sm90", "half", 256): [(64, 64, 8, 2), (128, 32, 8, 2), (64, 32, 4, 2)],
+    ("sm80", "half", 32): [(64, 64, 4, 2), (128, 32, 8, 2), (128, 64, 8, 2)],
+    ("sm80", "half", 64): [(64, 64, 8, 2), (128, 32, 8, 2), (64, 32, 4, 2)],
+    ("sm80", "half", 128): [(64, 64, 8, 2), (128, 32, 8, 2), (64, 32, 4, 2)],
+    ("sm80", "half", 256): [(32, 32, 8, 2), (32, 32, 4, 2)],
+    **{(a, "fp32", d): [(32, 32, 8, 2), (64, 16, 4, 2)] for a in ("sm90", "sm80") for d in (32, 64)},
+}
+# Sequences shorter than every block of a table entry take one of these (masked rows cost little there).
+_SHORT = [(32, 32, 4, 2), (16, 32, 4, 2), (16, 16, 2, 1)]
+_INTERPRET_SHAPE = (16, 16, 1, 1)
+
+
+def _shapes_configs(tables, mode: str, pre_hook=None) -> list:
+    """The configs of a mode: one small config under the interpreter, else every shape of the tables
+    (the prune picks the ones for the call's arch, dtype and head dim)."""
+    shapes = [_INTERPRET_SHAPE] if mode == "interpret" else list(dict.fromkeys(
+        [sh for table in tables for entries in table.values() for sh in entries] + _SHORT))
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st, pre_hook=pre_hook)
+            for bm, bn, w, st in shapes]
+
+
+_fwd_configs = functools.partial(_shapes_configs, [_FWD])
+_dkdv_configs = functools.partial(_shapes_configs, [_DKDV])
+_dq_configs = functools.partial(_shapes_configs, [_DQ])
+
+
+def _smem_fwd(bm, bn, stages, d, elem, mask_elem):
+    """Shared memory of the pointer forward (bytes, an upper bound): the Q tile, `stages` buffers of K
+    and V tiles, and of the user mask's tile when there is one."""
+    return elem * d * (bm + 2 * bn * stages) + stages * bm * bn * mask_elem
+
+
+def _smem_bwd(rows_fixed, rows_looped, stages, d, elem, mask_elem, bm, bn):
+    """dK/dV: K, V fixed, Q and dO looped; dQ: Q, dO fixed, K and V looped."""
+    return elem * d * (2 * rows_fixed + 2 * rows_looped * stages) + stages * bm * bn * mask_elem
+
+
+def _attention_prune(table, kind):
+    """A prune for the pointer kernels: the table's configs for this GPU, dtype and head dim, blocks no
+    larger than the (bucketed) sequence lengths, that fit the GPU's shared memory."""
+
+    def prune(configs, named_args, **kwargs):
+        gpu = _tuning.target_gpu(named_args)
+        q = _tuning.arg(named_args, kwargs, "Q")
+        d = _tuning.dim_class(_tuning.arg(named_args, kwargs, "HEAD_DIM"))
+        lq = _tuning.arg(named_args, kwargs, "LQ_BUCKET")
+        lk = _tuning.arg(named_args, kwargs, "LK_BUCKET")
+        mask_kind = _tuning.arg(named_args, kwargs, "MASK_KIND")
+        elem = q.element_size()
+        mask_elem = 0 if mask_kind == 0 else (1 if mask_kind == 1 else elem)
+
+        def fits(c):
+            bm, bn, st = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_stages
+            if kind == "fwd":
+                smem = _smem_fwd(bm, bn, st, d, elem, mask_elem)
+            elif kind == "dkdv":
+                smem = _smem_bwd(bn, bm, st, d, elem, mask_elem, bm, bn)
+            else:
+                smem = _smem_bwd(bm, bn, st, d, elem, mask_elem, bm, bn)
+            return smem <= gpu.smem_per_block
+
+        wanted = table.get((_tuning.arch_class(gpu), _tuning.dtype_class(q.dtype), d), [])
+        # the block along the sequence the grid is over must not exceed it (a block of 128 rows for 20
+        # queries is 108 wasted rows); along the looped one, a larger block only masks more
+        grid_block, grid_len = ("BLOCK_N", lk) if kind == "dkdv" else ("BLOCK_M", lq)
+        sized = [w for w in wanted if (w[0] if grid_block == "BLOCK_M" else w[1]) <= grid_len]
+        keep = _tuning.pick(configs, sized or [s for s in _SHORT if s[0] <= max(grid_len, 16)] or _SHORT, fits)
+        return keep or _tuning.pick(configs, _SHORT[-1:])
+
+    return prune
+
+
+_AUTOTUNE_KEY = ["LQ_BUCKET", "LK_BUCKET", "HEAD_DIM", "MASK_KIND", "IS_CAUSAL", "WINDOW_LEFT", "WINDOW_RIGHT",
+                 "IS_VARLEN", "HAS_DROPOUT", "IEEE", "HAS_SOFTCAP", "HAS_SINKS"]
+
+
+@_tuning.autotune(_fwd_configs, _AUTOTUNE_KEY, _attention_prune(_FWD, "fwd"))
 @triton.jit
 def _attn_fwd_kernel(
-    Q, K, V, MASK, OUT, LSE, CU_Q, CU_K, SEED,
+    Q, K, V, MASK, OUT, LSE, CU_Q, CU_K, SEED, SINKS,
     stride_qb, stride_qh, stride_qm,  # q (B, Hq, Lq, D) or packed (total_q, Hq, D): batch, head, row strides
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
     stride_ob, stride_oh, stride_om,
     stride_mb, stride_mh, stride_mm, stride_mn,  # mask strides (0 on broadcast dims)
     stride_lb, stride_lh,  # lse (B, Hq, Lq) or packed (Hq, total_q): batch, head strides (row stride 1)
-    H, GROUPS, LQ, LK, HEAD_DIM, sm_scale, dropout_p,
+    H, GROUPS, LQ, LK, HEAD_DIM, sm_scale, dropout_p, softcap,
+    LQ_BUCKET, LK_BUCKET,  # the lengths' tuning buckets (autotune key only)
     MASK_KIND: tl.constexpr,  # 0 none, 1 bool keep-mask, 2 additive
     IS_CAUSAL: tl.constexpr, WINDOW_LEFT: tl.constexpr, WINDOW_RIGHT: tl.constexpr,
     IS_VARLEN: tl.constexpr, HAS_DROPOUT: tl.constexpr, IEEE: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr, HAS_SINKS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
@@ -200,9 +334,7 @@ def _attn_fwd_kernel(
     q = tl.load(q_ptrs, mask=(offs_m[:, None] < lq) & d_ok[None, :], other=0.0)
     k_base = K + b64 * stride_kb + hk * stride_kh + k0 * stride_kn
     v_base = V + b64 * stride_vb + hk * stride_vh + k0 * stride_vn
-    qk_scale = sm_scale * 1.4426950408889634  # scores in log2 units: exp2 instead of exp
-    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    m_i, l_i = _softmax_init(SINKS, h, BLOCK_M, HAS_SINKS)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     if HAS_DROPOUT:
         seed = tl.load(SEED) + pid_bh
@@ -216,17 +348,13 @@ def _attn_fwd_kernel(
             s = tl.dot(q, k, input_precision="ieee")
         else:
             s = tl.dot(q, k)
-        s = s * qk_scale
+        s = _scores(s, sm_scale, softcap, HAS_SOFTCAP)
         keep = _band(offs_m, offs_n, lq, lk, WINDOW_LEFT, WINDOW_RIGHT, IS_CAUSAL)
         if MASK_KIND != 0:
             s, keep = _user_mask(MASK, b64, h, offs_m, offs_n, lq, lk, stride_mb, stride_mh, stride_mm, stride_mn,
                                  s, keep, MASK_KIND)
         s = tl.where(keep, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with no key yet: avoid inf - inf
-        p = tl.exp2(s - m_use[:, None])
-        alpha = tl.exp2(m_i - m_use)
-        l_i = l_i * alpha + tl.sum(p, 1)
+        p, alpha, m_new, l_i = _softmax_step(s, m_i, l_i)
         if HAS_DROPOUT:
             p = tl.where(_dropout_keep(seed, offs_m, offs_n, lk, dropout_p), p / (1.0 - dropout_p), 0.0)
         v = tl.load(v_base + offs_n[:, None].to(tl.int64) * stride_vn + offs_d[None, :],
@@ -237,9 +365,8 @@ def _attn_fwd_kernel(
         else:
             acc += tl.dot(p.to(v.dtype), v)
         m_i = m_new
-    empty = l_i == 0.0
-    out = acc / tl.where(empty, 1.0, l_i)[:, None]
-    lse = tl.where(empty, float("-inf"), (m_i + tl.log2(tl.where(empty, 1.0, l_i))) / 1.4426950408889634)
+    out, lse2 = _softmax_finish(acc, m_i, l_i)
+    lse = lse2 / _LOG2E  # natural log for the backward
     o_ptrs = OUT + b64 * stride_ob + h * stride_oh + (q0 + offs_m)[:, None].to(tl.int64) * stride_om + offs_d[None, :]
     tl.store(o_ptrs, out.to(OUT.dtype.element_ty), mask=(offs_m[:, None] < lq) & d_ok[None, :])
     tl.store(LSE + b64 * stride_lb + h * stride_lh + q0 + offs_m, lse, mask=offs_m < lq)
@@ -248,14 +375,18 @@ def _attn_fwd_kernel(
 # ----------------------------------------------------------------------------------------------
 # Hopper forward: TMA tensor descriptors + persistent scheduling (+ optional warp specialization)
 # ----------------------------------------------------------------------------------------------
+# The TMA forward (sm_90+, fp16/bf16 only: fp32 tiles of this kernel spill): a persistent program also
+# stages its output tile in shared memory for the TMA store.
+_TMA = {
+    ("sm90", "half", 32): [(128, 128, 8, 2), (128, 64, 4, 3), (128, 64, 8, 3), (64, 64, 4, 3)],
+    ("sm90", "half", 64): [(128, 128, 8, 2), (128, 64, 4, 3), (128, 64, 8, 3), (64, 64, 4, 3)],
+    ("sm90", "half", 128): [(128, 64, 8, 2), (128, 64, 8, 3), (128, 128, 8, 2), (64, 64, 4, 3)],
+    ("sm90", "half", 256): [(64, 64, 8, 2), (64, 64, 4, 2)],
+}
+
+
 def _tma_configs(mode: str):
-    if mode == "interpret":
-        return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=1, num_stages=1, pre_hook=_tma_block_hook)]
-    if mode == "default":
-        return [triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=2, pre_hook=_tma_block_hook)]
-    shapes = [(128, 128, 8, 2), (128, 64, 8, 3), (128, 64, 4, 3), (128, 128, 8, 3), (64, 64, 4, 3), (64, 128, 4, 2)]
-    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st, pre_hook=_tma_block_hook)
-            for bm, bn, w, st in shapes]
+    return _shapes_configs([_TMA], mode, pre_hook=_tma_block_hook)
 
 
 def _tma_block_hook(nargs):
@@ -268,21 +399,28 @@ def _tma_block_hook(nargs):
 
 
 def _tma_prune(configs, named_args, **kwargs):
-    d = named_args["HEAD_DIM"]
-    lq = max(16, triton.next_power_of_2(named_args["LQ"]))
-    lk = max(16, triton.next_power_of_2(named_args["LK"]))
-    keep = [c for c in configs if c.kwargs["BLOCK_M"] <= lq and c.kwargs["BLOCK_N"] <= lk
-            and not (d >= 256 and c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] > 64 * 64)]
-    return keep or [min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"])]
+    gpu = _tuning.target_gpu(named_args)
+    d = _tuning.arg(named_args, kwargs, "HEAD_DIM")
+    elem = _tuning.arg(named_args, kwargs, "desc_q").base.element_size()
+    lq = _tuning.arg(named_args, kwargs, "LQ_BUCKET")
+
+    def fits(c):  # Q and O tiles, `stages` buffers of K and V tiles
+        bm, bn = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]
+        return elem * d * (2 * bm + 2 * bn * c.num_stages) <= gpu.smem_per_block
+
+    wanted = _TMA.get(("sm90", "half", _tuning.dim_class(d)), [])
+    sized = [w for w in wanted if w[0] <= lq]
+    return _tuning.pick(configs, sized or wanted[-1:], fits) or _tuning.pick(configs, wanted[-1:])
 
 
-@_tuning.autotune(_tma_configs, ["LQ", "LK", "HEAD_DIM", "IS_CAUSAL", "WINDOW_LEFT", "WINDOW_RIGHT", "WARP_SPECIALIZE"],
-                  _tma_prune)
+@_tuning.autotune(_tma_configs, ["LQ_BUCKET", "LK_BUCKET", "HEAD_DIM", "IS_CAUSAL", "WINDOW_LEFT", "WINDOW_RIGHT",
+                                  "WARP_SPECIALIZE"], _tma_prune)
 @triton.jit
 def _attn_fwd_tma_kernel(
     desc_q, desc_k, desc_v, desc_o,  # 4-D (B, H, L, D) tensor descriptors: TMA loads, zero fill past L
     LSE, stride_lb, stride_lh,
     B, H, GROUPS, LQ, LK, sm_scale,
+    LQ_BUCKET, LK_BUCKET,  # the lengths' tuning buckets (autotune key only)
     HEAD_DIM: tl.constexpr, NUM_PROGS: tl.constexpr,
     IS_CAUSAL: tl.constexpr, WINDOW_LEFT: tl.constexpr, WINDOW_RIGHT: tl.constexpr,
     WARP_SPECIALIZE: tl.constexpr,
@@ -290,7 +428,7 @@ def _attn_fwd_tma_kernel(
 ):
     """Dense forward without user masks or dropout. A fixed grid of NUM_PROGS programs walks the
     (batch, head, query block) tiles, heaviest causal blocks first; Q/K/V/O move by TMA."""
-    qk_scale = sm_scale * 1.4426950408889634
+    qk_scale = sm_scale * _LOG2E
     num_m = tl.cdiv(LQ, BLOCK_M)
     num_tiles = B * H * num_m
     for tile in tl.range(tl.program_id(0), num_tiles, NUM_PROGS):
@@ -303,8 +441,7 @@ def _attn_fwd_tma_kernel(
         offs_m = start_m + tl.arange(0, BLOCK_M)
         q = desc_q.load([b, h, start_m, 0]).reshape(BLOCK_M, HEAD_DIM)
         dtype = q.dtype
-        m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+        m_i, l_i = _softmax_init(LSE, h, BLOCK_M, False)
         acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
         lo, hi = _key_range(start_m, LQ, LK, BLOCK_M, BLOCK_N, WINDOW_LEFT, WINDOW_RIGHT, IS_CAUSAL)
         for start_n in tl.range(lo, hi, BLOCK_N, warp_specialize=WARP_SPECIALIZE):
@@ -316,11 +453,7 @@ def _attn_fwd_tma_kernel(
                 s = tl.dot(q, k.T)
             keep = _band(offs_m, offs_n, LQ, LK, WINDOW_LEFT, WINDOW_RIGHT, IS_CAUSAL)
             s = tl.where(keep, s * qk_scale, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-            p = tl.exp2(s - m_use[:, None])
-            alpha = tl.exp2(m_i - m_use)
-            l_i = l_i * alpha + tl.sum(p, 1)
+            p, alpha, m_new, l_i = _softmax_step(s, m_i, l_i)
             v = desc_v.load([b, hk, start_n, 0]).reshape(BLOCK_N, HEAD_DIM)
             acc = acc * alpha[:, None]
             if dtype == tl.float32:
@@ -328,9 +461,8 @@ def _attn_fwd_tma_kernel(
             else:
                 acc = tl.dot(p.to(dtype), v, acc)
             m_i = m_new
-        empty = l_i == 0.0
-        out = acc / tl.where(empty, 1.0, l_i)[:, None]
-        lse = tl.where(empty, float("-inf"), (m_i + tl.log2(tl.where(empty, 1.0, l_i))) / 1.4426950408889634)
+        out, lse2 = _softmax_finish(acc, m_i, l_i)
+        lse = lse2 / _LOG2E
         desc_o.store([b, h, start_m, 0], out.to(dtype).reshape(1, 1, BLOCK_M, HEAD_DIM))  # rows past LQ clipped
         tl.store(LSE + b.to(tl.int64) * stride_lb + h * stride_lh + offs_m, lse, mask=offs_m < LQ)
 
@@ -356,16 +488,18 @@ def _attn_bwd_preprocess(OUT, DO, DELTA, stride_ob, stride_oh, stride_om, stride
     tl.store(DELTA + b64 * stride_lb + h * stride_lh + q0 + offs_m, delta, mask=offs_m < lq)
 
 
-@_tuning.autotune(_bwd_configs, _AUTOTUNE_KEY, _prune)
+@_tuning.autotune(_dkdv_configs, _AUTOTUNE_KEY, _attention_prune(_DKDV, "dkdv"))
 @triton.jit
 def _attn_bwd_dkdv_kernel(
     Q, K, V, MASK, DO, LSE, DELTA, DK, DV, CU_Q, CU_K, SEED,
     stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
     stride_dob, stride_doh, stride_dom, stride_dkb, stride_dkh, stride_dkn, stride_dvb, stride_dvh, stride_dvn,
     stride_mb, stride_mh, stride_mm, stride_mn, stride_lb, stride_lh,
-    H, HKV, GROUPS, LQ, LK, HEAD_DIM, sm_scale, dropout_p,
+    H, HKV, GROUPS, LQ, LK, HEAD_DIM, sm_scale, dropout_p, softcap,
+    LQ_BUCKET, LK_BUCKET,
     MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, WINDOW_LEFT: tl.constexpr, WINDOW_RIGHT: tl.constexpr,
     IS_VARLEN: tl.constexpr, HAS_DROPOUT: tl.constexpr, IEEE: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr, HAS_SINKS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
@@ -386,7 +520,6 @@ def _attn_bwd_dkdv_kernel(
     v = tl.load(V + b64 * stride_vb + hk * stride_vh + rows_k * stride_vn + offs_d[None, :], mask=kv_mask, other=0.0)
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
-    qk_scale = sm_scale * 1.4426950408889634
     # Query rows that can see this key block: the causal/window band read from the key side.
     lo_m = 0
     hi_m = lq
@@ -415,13 +548,15 @@ def _attn_bwd_dkdv_kernel(
                 s = tl.dot(q, tl.trans(k), input_precision="ieee")
             else:
                 s = tl.dot(q, tl.trans(k))
-            s = s * qk_scale
+            s = _scores(s, sm_scale, softcap, HAS_SOFTCAP)
+            if HAS_SOFTCAP:
+                dcap = _cap_grad(s, softcap)
             keep = _band(offs_m, offs_n, lq, lk, WINDOW_LEFT, WINDOW_RIGHT, IS_CAUSAL)
             if MASK_KIND != 0:
                 s, keep = _user_mask(MASK, b64, h, offs_m, offs_n, lq, lk, stride_mb, stride_mh, stride_mm,
                                      stride_mn, s, keep, MASK_KIND)
             # lse = -inf marks a row that saw no key: its p is 0 everywhere.
-            lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
+            lse2 = tl.where(lse == float("-inf"), float("inf"), lse * _LOG2E)
             p = tl.where(keep, tl.exp2(s - lse2[:, None]), 0.0)
             if IEEE:
                 dp = tl.dot(do, tl.trans(v), input_precision="ieee")
@@ -438,6 +573,8 @@ def _attn_bwd_dkdv_kernel(
             else:
                 dv += tl.dot(tl.trans(pz.to(do.dtype)), do)
             ds = p * (dp - delta[:, None])
+            if HAS_SOFTCAP:
+                ds = ds * dcap
             if IEEE:
                 dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision="ieee")
             else:
@@ -449,16 +586,18 @@ def _attn_bwd_dkdv_kernel(
     tl.store(dv_ptrs, dv.to(DV.dtype.element_ty), mask=kv_mask)
 
 
-@_tuning.autotune(_bwd_configs, _AUTOTUNE_KEY, _prune)
+@_tuning.autotune(_dq_configs, _AUTOTUNE_KEY, _attention_prune(_DQ, "dq"))
 @triton.jit
 def _attn_bwd_dq_kernel(
     Q, K, V, MASK, DO, LSE, DELTA, DQ, CU_Q, CU_K, SEED,
     stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
     stride_dob, stride_doh, stride_dom, stride_dqb, stride_dqh, stride_dqm,
     stride_mb, stride_mh, stride_mm, stride_mn, stride_lb, stride_lh,
-    H, GROUPS, LQ, LK, HEAD_DIM, sm_scale, dropout_p,
+    H, GROUPS, LQ, LK, HEAD_DIM, sm_scale, dropout_p, softcap,
+    LQ_BUCKET, LK_BUCKET,
     MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, WINDOW_LEFT: tl.constexpr, WINDOW_RIGHT: tl.constexpr,
     IS_VARLEN: tl.constexpr, HAS_DROPOUT: tl.constexpr, IEEE: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr, HAS_SINKS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
@@ -482,10 +621,9 @@ def _attn_bwd_dq_kernel(
                  mask=m_ok[:, None] & d_ok[None, :], other=0.0)
     lse = tl.load(LSE + b64 * stride_lb + h * stride_lh + q0 + offs_m, mask=m_ok, other=0.0)
     delta = tl.load(DELTA + b64 * stride_lb + h * stride_lh + q0 + offs_m, mask=m_ok, other=0.0)
-    lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
+    lse2 = tl.where(lse == float("-inf"), float("inf"), lse * _LOG2E)
     k_base = K + b64 * stride_kb + hk * stride_kh + k0 * stride_kn
     v_base = V + b64 * stride_vb + hk * stride_vh + k0 * stride_vn
-    qk_scale = sm_scale * 1.4426950408889634
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     if HAS_DROPOUT:
         seed = tl.load(SEED) + pid_bh
@@ -501,7 +639,9 @@ def _attn_bwd_dq_kernel(
             s = tl.dot(q, tl.trans(k), input_precision="ieee")
         else:
             s = tl.dot(q, tl.trans(k))
-        s = s * qk_scale
+        s = _scores(s, sm_scale, softcap, HAS_SOFTCAP)
+        if HAS_SOFTCAP:
+            dcap = _cap_grad(s, softcap)
         keep = _band(offs_m, offs_n, lq, lk, WINDOW_LEFT, WINDOW_RIGHT, IS_CAUSAL)
         if MASK_KIND != 0:
             s, keep = _user_mask(MASK, b64, h, offs_m, offs_n, lq, lk, stride_mb, stride_mh, stride_mm, stride_mn,
@@ -514,6 +654,8 @@ def _attn_bwd_dq_kernel(
         if HAS_DROPOUT:
             dp = tl.where(_dropout_keep(seed, offs_m, offs_n, lk, dropout_p), dp / (1.0 - dropout_p), 0.0)
         ds = p * (dp - delta[:, None])
+        if HAS_SOFTCAP:
+            ds = ds * dcap
         if IEEE:
             dq += tl.dot(ds.to(k.dtype), k, input_precision="ieee")
         else:
@@ -551,9 +693,8 @@ def _decode_split_kernel(
     d_ok = offs_d < HEAD_DIM
     q = tl.load(Q + b64 * stride_qb + h[:, None] * stride_qh + i[:, None] * stride_qm + offs_d[None, :],
                 mask=r_ok[:, None] & d_ok[None, :], other=0.0)
-    qk_scale = sm_scale * 1.4426950408889634
-    m_i = tl.full([BLOCK_R], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_R], dtype=tl.float32)
+    qk_scale = sm_scale * _LOG2E
+    m_i, l_i = _softmax_init(LENS, 0, BLOCK_R, False)
     acc = tl.zeros([BLOCK_R, BLOCK_D], dtype=tl.float32)
     lo = split * chunk
     hi = tl.minimum(lo + chunk, lk)
@@ -572,11 +713,7 @@ def _decode_split_kernel(
         if IS_CAUSAL:
             keep &= offs_n[None, :] <= (Q_OFFSET + i + (lk - LQ_TOTAL))[:, None]
         s = tl.where(keep, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.exp2(s - m_use[:, None])
-        alpha = tl.exp2(m_i - m_use)
-        l_i = l_i * alpha + tl.sum(p, 1)
+        p, alpha, m_new, l_i = _softmax_step(s, m_i, l_i)
         v = tl.load(v_base + offs_n[:, None].to(tl.int64) * stride_vn + offs_d[None, :],
                     mask=n_ok[:, None] & d_ok[None, :], other=0.0)
         if IEEE:
@@ -584,9 +721,7 @@ def _decode_split_kernel(
         else:
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
         m_i = m_new
-    empty = l_i == 0.0
-    out = acc / tl.where(empty, 1.0, l_i)[:, None]
-    lse = tl.where(empty, float("-inf"), m_i + tl.log2(tl.where(empty, 1.0, l_i)))  # log2 units
+    out, lse = _softmax_finish(acc, m_i, l_i)  # lse in log2 units: the combine works in them
     tl.store(PART_O + b64 * stride_pb + h[:, None] * stride_ph + i[:, None] * stride_pm + split * stride_ps
              + offs_d[None, :], out, mask=r_ok[:, None] & d_ok[None, :])
     tl.store(PART_LSE + b64 * stride_lb + h * stride_lh + i * stride_lm + split, lse, mask=r_ok)
@@ -652,7 +787,8 @@ def _lse_layout(q: torch.Tensor, varlen: bool) -> tuple[torch.Tensor, int, int]:
     return lse, lse.stride(0), lse.stride(1)
 
 
-def _fwd(q, k, v, attn_mask, cu_q, cu_k, max_q, max_k, causal, scale, wl, wr, dropout_p, seed):
+def _fwd(q, k, v, attn_mask, cu_q, cu_k, max_q, max_k, causal, scale, wl, wr, dropout_p, seed, softcap=0.0,
+         sinks=None):
     varlen = cu_q is not None
     if varlen:
         batch, hq, d = cu_q.shape[0] - 1, q.shape[1], q.shape[2]
@@ -666,7 +802,7 @@ def _fwd(q, k, v, attn_mask, cu_q, cu_k, max_q, max_k, causal, scale, wl, wr, dr
         if lse.numel():
             lse.fill_(float("-inf"))
         return out.zero_(), lse
-    if _tma_ok(q, k, v, attn_mask, varlen, dropout_p):
+    if softcap == 0.0 and sinks is None and _tma_ok(q, k, v, attn_mask, varlen, dropout_p):
         _fwd_tma(q, k, v, out, lse, causal, scale, wl, wr)
         return out, lse
     mask, ms, kind = _mask_args(attn_mask, (batch, hq, lq, lk), q)
@@ -674,20 +810,23 @@ def _fwd(q, k, v, attn_mask, cu_q, cu_k, max_q, max_k, causal, scale, wl, wr, dr
     grid = lambda meta: (triton.cdiv(lq, meta["BLOCK_M"]), batch * hq)  # noqa: E731
     _attn_fwd_kernel[grid](
         q, k, v, mask, out, lse, cu_q if varlen else dummy, cu_k if varlen else dummy,
-        seed if seed is not None else lse,
+        seed if seed is not None else lse, sinks if sinks is not None else lse,
         *_qkv_strides(q, varlen), *_qkv_strides(k, varlen), *_qkv_strides(v, varlen), *_qkv_strides(out, varlen),
         *ms, slb, slh,
-        hq, hq // hkv, lq, lk, d, scale, dropout_p,
+        hq, hq // hkv, lq, lk, d, scale, dropout_p, softcap, _tuning.bucket(lq), _tuning.bucket(lk),
         MASK_KIND=kind, **_flags(causal, wl, wr), IS_VARLEN=varlen, HAS_DROPOUT=dropout_p > 0,
-        IEEE=q.dtype == torch.float32, BLOCK_D=triton.next_power_of_2(d),
+        IEEE=q.dtype == torch.float32, HAS_SOFTCAP=softcap != 0.0, HAS_SINKS=sinks is not None,
+        BLOCK_D=triton.next_power_of_2(d),
     )
     return out, lse
 
 
 def _tma_ok(q, k, v, attn_mask, varlen, dropout_p) -> bool:
-    """Whether the TMA forward takes this call: dense, no user mask, no dropout, a power-of-2 head
-    dim, strides TMA can describe (16-byte multiples), on Hopper or newer (or forced)."""
+    """Whether the TMA forward takes this call: dense fp16/bf16, no user mask, no dropout, a power-of-2
+    head dim, strides TMA can describe (16-byte multiples), on Hopper or newer (or forced)."""
     if TensorDescriptor is None or TMA_MODE == "0" or varlen or attn_mask is not None or dropout_p > 0:
+        return False
+    if q.dtype == torch.float32 and TMA_MODE != "1":  # its fp32 tiles spill (the pointer kernel's are small)
         return False
     d = q.shape[-1]
     if d < 16 or d > 256 or d & (d - 1):
@@ -717,11 +856,14 @@ def _fwd_tma(q, k, v, out, lse, causal, scale, wl, wr):
     grid = lambda meta: (min(progs, b * hq * triton.cdiv(lq, meta["BLOCK_M"])),)  # noqa: E731
     _attn_fwd_tma_kernel[grid](
         *descs, lse, lse.stride(0), lse.stride(1), b, hq, hq // hkv, lq, lk, scale,
-        HEAD_DIM=d, NUM_PROGS=progs, **_flags(causal, wl, wr), WARP_SPECIALIZE=_warp_specialize(q),
+        _tuning.bucket(lq), _tuning.bucket(lk), HEAD_DIM=d, NUM_PROGS=progs, **_flags(causal, wl, wr),
+        WARP_SPECIALIZE=_warp_specialize(q),
     )
 
 
-def _bwd(do, q, k, v, out, lse, attn_mask, cu_q, cu_k, max_q, max_k, causal, scale, wl, wr, dropout_p, seed):
+def _bwd(do, q, k, v, out, lse, attn_mask, cu_q, cu_k, max_q, max_k, causal, scale, wl, wr, dropout_p, seed,
+         softcap=0.0, sinks=None):
+    """(dq, dk, dv, dsinks) -- dsinks (Hq,) float32, or empty without sinks."""
     varlen = cu_q is not None
     if varlen:
         batch, hq, d = cu_q.shape[0] - 1, q.shape[1], q.shape[2]
@@ -732,8 +874,9 @@ def _bwd(do, q, k, v, out, lse, attn_mask, cu_q, cu_k, max_q, max_k, causal, sca
     # Packed rows past the last offset belong to no sequence: zero-filled, their gradient is zero.
     new = torch.zeros_like if varlen else torch.empty_like
     dq, dk, dv = new(q), new(k), new(v)
-    if q.numel() == 0 or k.numel() == 0 or batch == 0:
-        return dq.zero_(), dk.zero_(), dv.zero_()
+    dsinks = torch.zeros(q.shape[1] if sinks is not None else 0, dtype=torch.float32, device=q.device)
+    if q.numel() == 0 or k.numel() == 0 or batch == 0:  # no key: outputs are 0, so is every gradient
+        return dq.zero_(), dk.zero_(), dv.zero_(), dsinks
     do = do.contiguous()
     block_d = triton.next_power_of_2(d)
     pre_m = 16 if INTERPRET else 64
@@ -746,20 +889,25 @@ def _bwd(do, q, k, v, out, lse, attn_mask, cu_q, cu_k, max_q, max_k, causal, sca
         IS_VARLEN=varlen, BLOCK_M=pre_m, BLOCK_D=block_d)
     mask, ms, kind = _mask_args(attn_mask, (batch, hq, lq, lk), q)
     common = dict(MASK_KIND=kind, **_flags(causal, wl, wr), IS_VARLEN=varlen, HAS_DROPOUT=dropout_p > 0,
-                  IEEE=q.dtype == torch.float32, BLOCK_D=block_d)
+                  IEEE=q.dtype == torch.float32, HAS_SOFTCAP=softcap != 0.0, HAS_SINKS=sinks is not None,
+                  BLOCK_D=block_d)
+    buckets = (_tuning.bucket(lq), _tuning.bucket(lk))
     seed_t = seed if seed is not None else lse
     if lk > 0:
         _attn_bwd_dkdv_kernel[lambda meta: (triton.cdiv(lk, meta["BLOCK_N"]), batch * hkv)](
             q, k, v, mask, do, lse, delta, dk, dv, cuq, cuk, seed_t,
             *_qkv_strides(q, varlen), *_qkv_strides(k, varlen), *_qkv_strides(v, varlen), *_qkv_strides(do, varlen),
             *_qkv_strides(dk, varlen), *_qkv_strides(dv, varlen), *ms, slb, slh,
-            hq, hkv, hq // hkv, lq, lk, d, scale, dropout_p, **common)
+            hq, hkv, hq // hkv, lq, lk, d, scale, dropout_p, softcap, *buckets, **common)
     _attn_bwd_dq_kernel[lambda meta: (triton.cdiv(lq, meta["BLOCK_M"]), batch * hq)](
         q, k, v, mask, do, lse, delta, dq, cuq, cuk, seed_t,
         *_qkv_strides(q, varlen), *_qkv_strides(k, varlen), *_qkv_strides(v, varlen), *_qkv_strides(do, varlen),
         *_qkv_strides(dq, varlen), *ms, slb, slh,
-        hq, hq // hkv, lq, lk, d, scale, dropout_p, **common)
-    return dq, dk, dv
+        hq, hq // hkv, lq, lk, d, scale, dropout_p, softcap, *buckets, **common)
+    if sinks is not None:  # dense calls only (the public varlen API takes no sinks)
+        # d out_i / d sink = -p_sink_i * out_i with p_sink = exp(sink - lse): dsink = -sum_rows p_sink * delta
+        dsinks = -(torch.exp(sinks.float().view(1, -1, 1) - lse) * delta).sum(dim=(0, 2))
+    return dq, dk, dv, dsinks
 
 
 def _decode(q, k_cache, v_cache, cache_seqlens, lnew, causal, scale):
@@ -813,15 +961,17 @@ def _decode(q, k_cache, v_cache, cache_seqlens, lnew, causal, scale):
 def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None,
                   cu_seqlens_q: torch.Tensor | None, cu_seqlens_k: torch.Tensor | None, max_seqlen_q: int,
                   max_seqlen_k: int, causal: bool, scale: float, window_left: int, window_right: int,
-                  dropout_p: float, seed: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(out, lse): out like q; lse float32 (B, Hq, Lq), or (Hq, total_q) for packed sequences."""
+                  dropout_p: float, seed: torch.Tensor | None, softcap: float,
+                  sinks: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out, lse): out like q; lse float32 (B, Hq, Lq), or (Hq, total_q) for packed sequences (natural log,
+    sinks included). softcap 0 = none."""
     return _fwd(q, k, v, attn_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale,
-                window_left, window_right, dropout_p, seed)
+                window_left, window_right, dropout_p, seed, softcap, sinks)
 
 
 @attention_fwd.register_fake
 def _(q, k, v, attn_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale, window_left,
-      window_right, dropout_p, seed):
+      window_right, dropout_p, seed, softcap, sinks):
     if cu_seqlens_q is not None:
         lse = q.new_empty(q.shape[1], q.shape[0], dtype=torch.float32)
     else:
@@ -834,30 +984,35 @@ def attention_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.T
                   lse: torch.Tensor, attn_mask: torch.Tensor | None, cu_seqlens_q: torch.Tensor | None,
                   cu_seqlens_k: torch.Tensor | None, max_seqlen_q: int, max_seqlen_k: int, causal: bool,
                   scale: float, window_left: int, window_right: int, dropout_p: float,
-                  seed: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                  seed: torch.Tensor | None, softcap: float, sinks: torch.Tensor | None
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dq, dk, dv, dsinks): dsinks (Hq,) float32, or empty without sinks."""
     return _bwd(do, q, k, v, out, lse, attn_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal,
-                scale, window_left, window_right, dropout_p, seed)
+                scale, window_left, window_right, dropout_p, seed, softcap, sinks)
 
 
 @attention_bwd.register_fake
 def _(do, q, k, v, out, lse, attn_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale,
-      window_left, window_right, dropout_p, seed):
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+      window_left, window_right, dropout_p, seed, softcap, sinks):
+    dsinks = q.new_empty(q.shape[1] if sinks is not None else 0, dtype=torch.float32)
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dsinks
 
 
 def _setup_context(ctx, inputs, output):
-    (q, k, v, attn_mask, cu_q, cu_k, max_q, max_k, causal, scale, wl, wr, dropout_p, seed) = inputs
+    (q, k, v, attn_mask, cu_q, cu_k, max_q, max_k, causal, scale, wl, wr, dropout_p, seed, softcap, sinks) = inputs
     out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse, attn_mask, cu_q, cu_k, seed)
-    ctx.args = (max_q, max_k, causal, scale, wl, wr, dropout_p)
+    ctx.save_for_backward(q, k, v, out, lse, attn_mask, cu_q, cu_k, seed, sinks)
+    ctx.args = (max_q, max_k, causal, scale, wl, wr, dropout_p, softcap)
+    ctx.sinks_dtype = sinks.dtype if sinks is not None else None
 
 
 def _backward(ctx, dout, dlse):
-    q, k, v, out, lse, attn_mask, cu_q, cu_k, seed = ctx.saved_tensors
-    max_q, max_k, causal, scale, wl, wr, dropout_p = ctx.args
-    dq, dk, dv = attention_bwd(dout, q, k, v, out, lse, attn_mask, cu_q, cu_k, max_q, max_k, causal, scale, wl,
-                               wr, dropout_p, seed)
-    return dq, dk, dv, None, None, None, None, None, None, None, None, None, None, None
+    q, k, v, out, lse, attn_mask, cu_q, cu_k, seed, sinks = ctx.saved_tensors
+    max_q, max_k, causal, scale, wl, wr, dropout_p, softcap = ctx.args
+    dq, dk, dv, dsinks = attention_bwd(dout, q, k, v, out, lse, attn_mask, cu_q, cu_k, max_q, max_k, causal, scale,
+                                       wl, wr, dropout_p, seed, softcap, sinks)
+    dsinks = dsinks.to(ctx.sinks_dtype) if sinks is not None else None
+    return dq, dk, dv, None, None, None, None, None, None, None, None, None, None, None, None, dsinks
 
 
 torch.library.register_autograd("aigc_kernels::attention_fwd_triton", _backward, setup_context=_setup_context)
@@ -895,14 +1050,16 @@ def _rowmajor(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-def attention(q, k, v, *, causal=False, attn_mask=None, dropout_p=0.0, scale=None, window_size=None):
+def attention(q, k, v, *, causal=False, attn_mask=None, dropout_p=0.0, scale=None, window_size=None, softcap=None,
+              sinks=None):
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     wl, wr = _window(causal, window_size)
     seed = _seed(dropout_p)
     if seed is not None:
         seed = seed.to(q.device)
     out, _ = attention_fwd(_rowmajor(q), _rowmajor(k), _rowmajor(v), attn_mask, None, None, q.shape[2], k.shape[2],
-                           causal, scale, wl, wr, float(dropout_p), seed)
+                           causal, scale, wl, wr, float(dropout_p), seed, float(softcap or 0.0),
+                           None if sinks is None else sinks.contiguous())
     return out
 
 
@@ -911,16 +1068,23 @@ def attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seql
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     wl, wr = _window(causal, window_size)
     out, _ = attention_fwd(_rowmajor(q), _rowmajor(k), _rowmajor(v), None, cu_seqlens_q, cu_seqlens_k,
-                           int(max_seqlen_q), int(max_seqlen_k), causal, scale, wl, wr, 0.0, None)
+                           int(max_seqlen_q), int(max_seqlen_k), causal, scale, wl, wr, 0.0, None, 0.0, None)
     return out
 
 
-def attention_with_kvcache(q, k_cache, v_cache, cache_seqlens, *, k_new=None, v_new=None, causal=True, scale=None):
-    from .. import reference
+def _append(k_cache, v_cache, k_new, v_new, cache_seqlens) -> None:
+    """Write the new rows at cache_seqlens[b]:+Lnew in place: one scatter per cache, no host sync."""
+    b, h, lnew, d = k_new.shape
+    rows = cache_seqlens.to(torch.long).view(b, 1, 1, 1) + torch.arange(lnew, device=k_new.device).view(1, 1, lnew, 1)
+    index = rows.expand(b, h, lnew, d)
+    k_cache.scatter_(2, index, k_new)
+    v_cache.scatter_(2, index, v_new)
 
+
+def attention_with_kvcache(q, k_cache, v_cache, cache_seqlens, *, k_new=None, v_new=None, causal=True, scale=None):
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     lnew = 0
     if k_new is not None:
-        reference.kvcache_append(k_cache, v_cache, k_new, v_new, cache_seqlens)  # in place, no host sync
+        _append(k_cache, v_cache, k_new, v_new, cache_seqlens)
         lnew = k_new.shape[2]
     return attention_decode(_rowmajor(q), k_cache, v_cache, cache_seqlens, lnew, causal, scale)
