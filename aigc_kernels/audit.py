@@ -177,7 +177,8 @@ class Recorder:
         # The features of this specialization: named flags that are on, sizes that matter (the rest
         # are Triton's own specializations of ints equal to 1 and unit strides).
         rest = {k: v for k, v in constants.items() if k not in _TUNED_NAMES and k.isupper() and k != "NUM_PROGS"
-                and (k in ("HEAD_DIM", "BLOCK_D") or v not in (False, 0, -1, 1, None))}
+                and (k in ("HEAD_DIM", "BLOCK_D") or v is True
+                     or (not isinstance(v, bool) and v not in (0, -1, 1, None)))}
         config = " ".join(f"{k.removeprefix('BLOCK_')}={v}" for k, v in tuned.items())
         config = f"{config} w{compile['num_warps']} s{compile['num_stages']}".strip()
         spec = " ".join([",".join(dtypes)] + [f"{k}={_short(v)}" for k, v in rest.items()])

@@ -60,11 +60,15 @@ def test_opcheck_cuda():
                                 "layer_norm", "rms_norm", "linear", "ffn"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_every_op_and_backend_on_gpu(op, dtype):
-    impls = ak.backend.implementations(op)[op]
+    impls = [b for b in ak.backend.implementations(op)[op] if b != "reference"]
+    assert impls
     for name in impls:
+        ran = 0
         for case in testing.cases(op, dtype, "cuda"):
             r = testing.check_case(op, name, case, dtype)
-            assert r.passed, r
+            assert r.status != "fail", r
+            ran += r.status == "pass"
+        assert ran > 0, f"{op} on '{name}' in {dtype}: every case was n/a -- nothing ran"
 
 
 def test_gpt_generate_on_gpu_bf16():

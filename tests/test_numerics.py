@@ -53,7 +53,9 @@ def test_huge_scores_do_not_overflow(dtype):
 @ON
 def test_nan_and_inf_propagate_like_the_reference():
     dtype = torch.float32 if DEVICE == "cpu" else torch.bfloat16  # (the CUDA kernel takes half types only)
-    for backend in attention_backends(rand(1, 1, 16, 32, dtype=dtype)):
+    backends = attention_backends(rand(1, 1, 16, 32, dtype=dtype))
+    assert backends
+    for backend in backends:
         q, k, v = (rand(1, 1, 16, 32, dtype=dtype, seed=s) for s in range(3))
         q[0, 0, 3, 5] = float("nan")
         out, ref = ak.attention(q, k, v, backend=backend), R.attention(q, k, v)
@@ -73,7 +75,9 @@ def test_attention_backward_is_bitwise_deterministic():
     """No atomics anywhere: dK/dV are reduced by the program that owns the key block, dQ by the one
     that owns the query block (GQA groups too), so two runs give identical bits."""
     dtype = torch.float32 if DEVICE == "cpu" else torch.bfloat16
-    for backend in attention_backends(rand(1, 1, 16, 32, dtype=dtype)):
+    backends = attention_backends(rand(1, 1, 16, 32, dtype=dtype))
+    assert backends
+    for backend in backends:
         q, k, v = rand(2, 4, 33, 32, dtype=dtype), rand(2, 2, 41, 32, dtype=dtype, seed=1), \
             rand(2, 2, 41, 32, dtype=dtype, seed=2)
 
@@ -153,6 +157,8 @@ def test_attention_int64_offsets_past_2_31_elements():
     lens = torch.tensor([3, 100], dtype=torch.int32, device="cuda")
     q = torch.randn(2, 4, 1, d, device="cuda", dtype=torch.bfloat16)
     ref = R.attention_with_kvcache(q[1:].double(), kc[1:, :, :128].double(), vc[1:, :, :128].double(), lens[1:])
-    for backend in attention_backends(q):
+    backends = attention_backends(q)
+    assert backends
+    for backend in backends:
         out = ak.attention_with_kvcache(q, kc, vc, lens, backend=backend)
         torch.testing.assert_close(out[1:].double(), ref, atol=2e-2, rtol=2e-2)

@@ -17,7 +17,7 @@ from aigc_kernels import reference as R
 from aigc_kernels.testing import assert_close_to_reference
 
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import HealthCheck, assume, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 settings.register_profile("ci", max_examples=8, deadline=None, derandomize=True,
@@ -93,8 +93,7 @@ def test_attention_properties(data):
     elif mask_kind == "float":
         mask = tensor((lq, lk), torch.float32, seed + 3).to(dtype)
     kw = dict(causal=causal, window_size=window, attn_mask=mask)
-    if not supported("attention", backend, q, k, v, **kw):
-        return
+    assume(supported("attention", backend, q, k, v, **kw))
     ref_kw = dict(kw, attn_mask=None if mask is None else (mask if mask.dtype == torch.bool else mask.double()))
 
     def ref(q, k, v):
@@ -122,8 +121,7 @@ def test_norm_properties(data):
     ref = R.rms_norm if rms else R.layer_norm
     op = "rms_norm" if rms else "layer_norm"
     args = (x, w, 1e-5) if rms else (x, w, None, 1e-5)
-    if not supported(op, backend, *args, residual=r):
-        return
+    assume(supported(op, backend, *args, residual=r))
     tensors = [x] + ([w] if w is not None else []) + ([r] if r is not None else [])
 
     def call(f, **extra):
@@ -150,8 +148,7 @@ def test_linear_and_ffn_properties(data):
     x = tensor((m, k), dtype, seed, transpose_last=data.draw(st.booleans()))
     w = tensor((n, k), dtype, seed + 1, scale=k ** -0.5)
     bias = tensor((n,), dtype, seed + 2)
-    if not supported("linear", backend, x, w, bias, activation=act):
-        return
+    assume(supported("linear", backend, x, w, bias, activation=act))
     compare(lambda x, w, b: ak.linear(x, w, b, activation=act, backend=backend),
             lambda x, w, b: R.linear(x, w, b, activation=act), [x, w, bias], dtype)
     gated = data.draw(st.booleans())

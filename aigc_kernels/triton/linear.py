@@ -91,38 +91,73 @@ def _dact(x, ACT: tl.constexpr):
 # ----------------------------------------------------------------------------------------------
 # the GEMM
 # ----------------------------------------------------------------------------------------------
+# (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages), best first, per (arch, dtype class, variant) -- variant
+# "plain" (+ bias/activation epilogue), "prologue" (act' or the gate applied to operand tiles as they load:
+# register-hungry, so BLOCK_K 32), "gated" (two accumulators and, in training, two pre-activation stores).
+# Every entry compiles for its arch without register spills and fits its shared memory (`aigc-kernels audit`);
+# the first is the default (AIGC_KERNELS_AUTOTUNE=0).
+_GEMM = {
+    ("sm90", "half", "plain"): [(128, 128, 32, 8, 3), (128, 64, 32, 8, 3), (64, 128, 32, 8, 3), (64, 64, 32, 4, 3)],
+    ("sm90", "half", "prologue"): [(128, 128, 32, 8, 3), (128, 64, 32, 8, 3), (64, 128, 32, 8, 3),
+                                   (64, 128, 32, 4, 3), (64, 64, 32, 4, 3)],
+    ("sm90", "half", "gated"): [(64, 128, 32, 8, 3), (64, 64, 32, 4, 3)],
+    ("sm80", "half", "plain"): [(64, 128, 32, 8, 3), (64, 64, 32, 4, 3), (64, 64, 64, 4, 3)],
+    ("sm80", "half", "prologue"): [(128, 64, 32, 8, 3), (64, 128, 32, 8, 3), (64, 64, 32, 4, 3)],
+    ("sm80", "half", "gated"): [(64, 128, 32, 8, 3), (64, 64, 32, 4, 3)],
+    # float32 runs IEEE dots on FMA units: small tiles
+    **{(a, "fp32", v): [(64, 32, 32, 8, 2), (64, 32, 16, 4, 2), (32, 32, 16, 4, 2)]
+       for a in ("sm90", "sm80") for v in ("plain", "prologue", "gated")},
+}
+# The TMA GEMM (sm_90+, fp16/bf16): no prologues, so larger K blocks.
+_GEMM_TMA = {
+    ("sm90", "half", "plain"): [(128, 128, 64, 8, 3), (128, 128, 64, 8, 4), (128, 64, 64, 4, 4), (64, 128, 64, 4, 4),
+                                (64, 64, 64, 4, 4)],
+    ("sm90", "half", "gated"): [(128, 64, 64, 8, 3), (64, 128, 64, 8, 3), (64, 64, 64, 4, 4)],
+}
+# Problems smaller than every tile of an entry take one of these.
+_GEMM_SMALL = [(32, 32, 32, 4, 2), (16, 16, 16, 1, 1)]
+_GEMM_INTERPRET = (16, 16, 16, 1, 1)
+
+
+def _gemm_configs(tables, mode: str, pre_hook=None) -> list:
+    shapes = [_GEMM_INTERPRET] if mode == "interpret" else list(dict.fromkeys(
+        [sh for t in tables for entries in t.values() for sh in entries] + _GEMM_SMALL))
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8 if bm > 16 else 2}, num_warps=w,
+                          num_stages=st, pre_hook=pre_hook) for bm, bn, bk, w, st in shapes]
+
+
 def _configs(mode: str):
-    if mode == "interpret":
-        return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16, "GROUP_M": 2}, num_warps=1,
-                              num_stages=1)]
-    if mode == "default":
-        return [triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": 8}, num_warps=4,
-                              num_stages=3)]
-    out = []
-    for bm, bn, bk, warps, stages in [(128, 128, 64, 8, 3), (128, 256, 64, 8, 3), (256, 128, 64, 8, 3),
-                                      (128, 64, 64, 4, 4), (64, 128, 64, 4, 4), (64, 64, 64, 4, 4),
-                                      (64, 32, 32, 4, 4), (32, 32, 32, 4, 2)]:
-        out.append(triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_warps=warps,
-                                 num_stages=stages))
-    return out
+    return _gemm_configs([_GEMM], mode)
 
 
-def _prune(configs, named_args, **kwargs):
-    """Drop tiles much larger than the problem (they only waste work), and the gated/dual forms'
-    largest tiles (two accumulators)."""
-    m, n, k = named_args["M"], named_args["N"], named_args["K"]
-    gated = kwargs.get("GATED", False)
-    keep = []
-    for c in configs:
-        bm, bn, bk = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"]
-        if bm > 2 * max(16, triton.next_power_of_2(m)) or bn > 2 * max(16, triton.next_power_of_2(n)):
-            continue
-        if bk > max(16, triton.next_power_of_2(k)):
-            continue
-        if gated and bm * bn > 128 * 128:
-            continue
-        keep.append(c)
-    return keep or configs[-1:]
+def _gemm_prune(table, tma: bool):
+    """The table's configs for this GPU, dtype and variant, not much larger than the problem, that fit the
+    GPU's shared memory (A and B tiles per stage, a second B for the gated form, the prologue's tiles)."""
+
+    def prune(configs, named_args, **kwargs):
+        gpu = _tuning.target_gpu(named_args)
+        m, n, k = (_tuning.arg(named_args, kwargs, name) for name in ("M_BUCKET", "N_BUCKET", "K_BUCKET"))
+        gated = _tuning.arg(named_args, kwargs, "GATED")
+        prologue = not tma and (_tuning.arg(named_args, kwargs, "A_PRO") or _tuning.arg(named_args, kwargs, "B_PRO"))
+        ieee = _tuning.arg(named_args, kwargs, "IEEE")
+        elem = 4 if ieee else 2
+        variant = "gated" if gated else ("prologue" if prologue else "plain")
+        dt = "fp32" if ieee else "half"
+
+        def fits(c):
+            bm, bn, bk = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"]
+            per_stage = bm * bk * (2 if prologue else 1) + bk * bn * (2 if gated or prologue else 1)
+            return elem * per_stage * c.num_stages <= gpu.smem_per_block
+
+        wanted = table.get((_tuning.arch_class(gpu), dt, variant), [])
+        sized = [w for w in wanted if w[0] <= 2 * m and w[1] <= 2 * n and w[2] <= k]
+        keep = _tuning.pick(configs, sized, fits)
+        return keep or _tuning.pick(configs, [s for s in _GEMM_SMALL if s[2] <= k] or _GEMM_SMALL[-1:])
+
+    return prune
+
+
+_prune = _gemm_prune(_GEMM, tma=False)
 
 
 @triton.jit
@@ -162,11 +197,12 @@ def _tile_coords(tile, num_m, num_n, GROUP_M: tl.constexpr):
     return pid_m, pid_n
 
 
-@_tuning.autotune(_configs, ["M", "N", "K", "IEEE"], _prune)
+@_tuning.autotune(_configs, ["M_BUCKET", "N_BUCKET", "K_BUCKET", "IEEE", "A_PRO", "B_PRO", "GATED", "STORE_Z"], _prune)
 @triton.jit
 def _gemm_kernel(
     A, ZA, B, ZB, B2, BIAS, BIAS2, C, ZOUT, ZOUT2, ROWSUM,
     M, N, K,
+    M_BUCKET, N_BUCKET, K_BUCKET,  # the sizes' tuning buckets (autotune key only)
     stride_am, stride_ak,  # A (M, K); ZA shares A's strides
     stride_bk, stride_bn,  # B (K, N); ZB and B2 share them
     stride_cm, stride_cn,  # C (M, N); ZOUT, ZOUT2 are contiguous (M, N)
@@ -238,18 +274,7 @@ def _gemm_kernel(
 
 
 def _tma_configs(mode: str):
-    hook = _tma_block_hook
-    if mode == "interpret":
-        return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16, "GROUP_M": 2}, num_warps=1,
-                              num_stages=1, pre_hook=hook)]
-    if mode == "default":
-        return [triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8,
-                              num_stages=3, pre_hook=hook)]
-    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_warps=w, num_stages=st,
-                          pre_hook=hook)
-            for bm, bn, bk, w, st in [(128, 256, 64, 8, 3), (256, 128, 64, 8, 3), (128, 128, 64, 8, 4),
-                                      (128, 128, 64, 4, 4), (128, 64, 64, 4, 4), (64, 128, 64, 4, 4),
-                                      (64, 64, 64, 4, 4)]]
+    return _gemm_configs([_GEMM_TMA], mode, pre_hook=_tma_block_hook)
 
 
 def _tma_block_hook(nargs):
@@ -275,11 +300,12 @@ def _tma_b_dot(a, desc_b, k0, n0, acc, B_T: tl.constexpr, IEEE: tl.constexpr):
     return acc
 
 
-@_tuning.autotune(_tma_configs, ["M", "N", "K", "IEEE", "A_T", "B_T"], _prune)
+@_tuning.autotune(_tma_configs, ["M_BUCKET", "N_BUCKET", "K_BUCKET", "IEEE", "A_T", "B_T", "GATED", "STORE_Z"],
+                  _gemm_prune(_GEMM_TMA, tma=True))
 @triton.jit
 def _gemm_tma_kernel(
     desc_a, desc_b, desc_b2, BIAS, BIAS2, C, ZOUT, ZOUT2, ROWSUM,
-    M, N, K, stride_cm, stride_cn, NUM_PROGS,
+    M, N, K, M_BUCKET, N_BUCKET, K_BUCKET, stride_cm, stride_cn, NUM_PROGS,
     A_T: tl.constexpr,  # A's storage is (K, M) (e.g. dY^T of a weight gradient), else (M, K)
     B_T: tl.constexpr,  # B's storage is (N, K) (an nn.Linear weight), else (K, N)
     ACT: tl.constexpr, HAS_BIAS: tl.constexpr, STORE_Z: tl.constexpr, GATED: tl.constexpr, ROW_SUM: tl.constexpr,
@@ -374,11 +400,16 @@ def gemm(a: torch.Tensor, b: torch.Tensor, *, out: torch.Tensor | None = None, b
         a, za if za is not None else dummy, b, zb if zb is not None else dummy, b2 if gated else dummy,
         bias if bias is not None else dummy, bias2 if bias2 is not None else dummy, c,
         z if z is not None else dummy, z2 if z2 is not None else dummy, rs if rs is not None else dummy,
-        m, n, k, a.stride(0), a.stride(1), b.stride(0), b.stride(1), c.stride(0), c.stride(1), progs,
+        m, n, k, *_buckets(m, n, k), a.stride(0), a.stride(1), b.stride(0), b.stride(1), c.stride(0), c.stride(1),
+        progs,
         A_PRO=a_pro, PRO_ACT=ACT_IDS[pro_act], B_PRO=b_pro, ACT=ACT_IDS[act], HAS_BIAS=bias is not None,
         STORE_Z=store_z, GATED=gated, ROW_SUM=row_sum, IEEE=a.dtype == torch.float32,
     )
     return c, z, z2, rs
+
+
+def _buckets(m: int, n: int, k: int) -> tuple[int, int, int]:
+    return _tuning.bucket(m), _tuning.bucket(n), _tuning.bucket(k)
 
 
 def _tma_view(t: torch.Tensor) -> tuple[torch.Tensor, bool] | None:
@@ -401,7 +432,8 @@ def _tma_views(a, b, b2) -> list[tuple[torch.Tensor, bool]] | None:
     or an operand TMA cannot describe."""
     if TensorDescriptor is None or TMA_MODE == "0":
         return None
-    if TMA_MODE != "1" and (INTERPRET or not _device.on_gpu(a) or _device.capability(a.device)[0] < 9):
+    if TMA_MODE != "1" and (INTERPRET or not _device.on_gpu(a) or _device.capability(a.device)[0] < 9
+                            or a.dtype == torch.float32):  # fp32: the pointer kernel's small FMA tiles
         return None
     views = [_tma_view(t) for t in (a, b, b2 if b2 is not None else b)]
     if any(v is None for v in views) or views[1][1] != views[2][1]:  # B and B2 share one descriptor layout
@@ -422,7 +454,7 @@ def _gemm_tma(views, bias, bias2, c, z, z2, rs, act, store_z, row_sum, progs, ga
     _gemm_tma_kernel[grid](
         desc(sa), desc(sb), desc(sb2), bias if bias is not None else dummy, bias2 if bias2 is not None else dummy, c,
         z if z is not None else dummy, z2 if z2 is not None else dummy, rs if rs is not None else dummy,
-        m, n, k, c.stride(0), c.stride(1), progs,
+        m, n, k, *_buckets(m, n, k), c.stride(0), c.stride(1), progs,
         A_T=a_t, B_T=b_t, ACT=ACT_IDS[act], HAS_BIAS=bias is not None, STORE_Z=store_z, GATED=gated,
         ROW_SUM=row_sum, IEEE=sa.dtype == torch.float32,
     )
