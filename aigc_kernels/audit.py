@@ -209,12 +209,36 @@ def _active_driver():
     return getattr(driver, "_active", None)
 
 
+KERNEL_MODULES = ("aigc_kernels.triton.attention", "aigc_kernels.triton.norm", "aigc_kernels.triton.linear")
+
+
+def _jit_function(obj):
+    """The JITFunction behind a kernel object (an Autotuner wraps one, possibly through heuristics)."""
+    from triton.runtime.jit import JITFunction
+
+    while not isinstance(obj, JITFunction):
+        obj = obj.fn
+    return obj
+
+
+def _launchable_kernels() -> list:
+    """The JIT functions of the library's kernel modules (triton 3.6 has no registry of them)."""
+    from triton.runtime.autotuner import Autotuner
+    from triton.runtime.jit import JITFunction
+
+    out = []
+    for name in KERNEL_MODULES:
+        module = importlib.import_module(name)
+        for value in vars(module).values():
+            if isinstance(value, (JITFunction, Autotuner)):
+                out.append(_jit_function(value))
+    return out
+
+
 def _forget_targets() -> None:
     """Every JIT function caches its binder and target per device index on first use: drop them, so
     the next target (or the real GPU) is asked again."""
-    from triton.runtime.jit import _triton_jit_function_registry
-
-    for jit in _triton_jit_function_registry.values():
+    for jit in _launchable_kernels():
         jit.device_caches.clear()
 
 
@@ -464,14 +488,12 @@ def resource_usage(path: str) -> list[dict]:
 def _compile_one(arch: str, module: str, kernel: str, spec_data: str) -> dict:
     """Compile one recorded specialization for ``arch`` (in a worker process) and read its costs."""
     from triton.runtime.driver import driver
-    from triton.runtime.jit import _triton_jit_function_registry
 
     t0 = time.perf_counter()
     saved = _active_driver()
     driver.set_active(CompileOnlyDriver(TARGETS[arch]))
     try:
-        importlib.import_module(module)
-        jit = _triton_jit_function_registry[f"{module}:{kernel}"]
+        jit = _jit_function(getattr(importlib.import_module(module), kernel))
         jit.device_caches.clear()  # this worker may have compiled it for another target before
         compiled = jit.preload(spec_data)
     except Exception as exc:  # a compile error is a finding, reported per config

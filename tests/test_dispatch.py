@@ -191,3 +191,32 @@ def test_cli_tune_without_a_gpu_says_why(capsys):
         pytest.skip("needs a machine without a GPU")
     assert cli.main(["tune", "--quick"]) == 2
     assert "nothing to choose" in capsys.readouterr().out
+
+
+def _gen_module():
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("gen_dispatch_tables", root / "scripts" / "gen_dispatch_tables.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_shipped_tables_are_generated_from_recorded_runs(tmp_path):
+    gen = _gen_module()
+    assert gen.main(["--check"]) == 0  # what the package ships is what the recorded runs give
+    versions = dispatch.current_versions()
+    for day, best in (("2026-01-01", "triton"), ("2026-02-01", "cuda")):
+        write_table(tmp_path / f"tune-h200-{day}.json",
+                    [("rms_norm|bfloat16|n=1024|rows=4096", best, {best: 1.0, "torch": 2.0}),
+                     (f"layer_norm|bfloat16|n={1024 if day.endswith('01-01') else 2048}|rows=4096", "torch", {})],
+                    versions=versions)
+    (tmp_path / "bench-run.json").write_text('{"schema": 1, "env": {}, "results": []}')  # not a table
+    out = gen.generate(tmp_path)
+    assert list(out) == ["sm_90.json"]
+    table = dispatch.Table.from_json(json.loads(out["sm_90.json"]))
+    by_key = {str(e.key): e.best for e in table.entries}
+    assert by_key["rms_norm|bfloat16|n=1024|rows=4096"] == "cuda"  # the newer run wins
+    assert len(by_key) == 3
