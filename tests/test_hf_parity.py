@@ -282,3 +282,20 @@ def test_bf16_on_the_interpreter_is_refused_not_garbage():
     x = torch.randn(4, 16, dtype=torch.bfloat16)
     with pytest.raises(ak.BackendError, match="interpreter.*bfloat16"):
         ak.linear(x, torch.randn(8, 16, dtype=torch.bfloat16), backend="triton")
+
+
+@pytest.mark.skipif("triton" not in BACKENDS, reason="the Triton backend")
+@pytest.mark.parametrize("name", ["llama", "gpt2"])
+def test_fp16_on_the_triton_backend(name):
+    """fp16 through the Triton kernels (the interpreter runs fp16 tl.dot): within half precision of the
+    same model in float32 on transformers' own attention."""
+    model = tiny(name)
+    ids, mask = inputs("left")
+    keep = mask.bool()
+    with torch.no_grad():
+        ref = model(input_ids=ids, attention_mask=mask).logits
+        model.half()
+        ref16 = model(input_ids=ids, attention_mask=mask).logits.float()
+        got = run_ours(model, name, "registered", "triton", lambda m: m(input_ids=ids, attention_mask=mask).logits)
+    bound = 2 * (ref16 - ref)[keep].abs().max() + 2e-2
+    assert (got.float() - ref)[keep].abs().max() <= bound

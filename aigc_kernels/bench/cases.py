@@ -866,9 +866,93 @@ class DispatchBench(BenchOp):
         return _bound(ref(), out, ref64(), case.dtype)
 
 
+# ----------------------------------------------------------------------------------------------
+# drop-in: a Hugging Face model's forward, unpatched vs patched (the promise: never slower)
+# ----------------------------------------------------------------------------------------------
+class HfForwardBench(BenchOp):
+    """A padded batch through a Hugging Face BERT and GPT-2 (6 layers, hidden 384, 12 heads), as
+    transformers runs it ("hf_sdpa", the baseline), with the library's attention registered
+    ("hf_registered_auto") and after ``ak.patch`` on each backend ("hf_patched_<backend>")."""
+
+    name = "hf_forward"
+    modes = ("fwd",)
+    whole_step = True
+
+    def cases(self, quick, device):
+        dtype = torch.bfloat16 if device == "cuda" else torch.float32
+        batch, seq = (32, 512) if device == "cuda" else (8, 256)
+        return [Case(self.name, f"{m} 6x384 batch={batch} seq={seq} padded", {"model": m, "batch": batch, "seq": seq},
+                     dtype) for m in ("bert", "gpt2")]
+
+    def tokens(self, case):
+        return case.shape["batch"] * case.shape["seq"]
+
+    def inputs(self, case, device, requires_grad):
+        import transformers
+
+        torch.manual_seed(0)
+        s = case.shape
+        if s["model"] == "bert":
+            cfg = transformers.BertConfig(vocab_size=30522, hidden_size=384, num_hidden_layers=6,
+                                          num_attention_heads=12, intermediate_size=1536, attn_implementation="sdpa")
+            model = transformers.BertModel(cfg, add_pooling_layer=False)
+        else:
+            cfg = transformers.GPT2Config(vocab_size=50257, n_embd=384, n_layer=6, n_head=12,
+                                          n_positions=max(1024, s["seq"]), attn_implementation="sdpa")
+            model = transformers.GPT2Model(cfg)
+        model = model.to(device=device, dtype=case.dtype).eval()
+        g = torch.Generator().manual_seed(1)
+        ids = torch.randint(0, cfg.vocab_size, (s["batch"], s["seq"]), generator=g).to(device)
+        mask = torch.ones_like(ids)
+        lengths = torch.randint(s["seq"] // 2, s["seq"] + 1, (s["batch"],), generator=g)
+        for i, n in enumerate(lengths.tolist()):
+            mask[i, n:] = 0  # right padding
+        with torch.no_grad():
+            ref = model(input_ids=ids, attention_mask=mask).last_hidden_state
+        return {"model": model, "ids": ids, "mask": mask, "ref": ref}
+
+    def providers(self):
+        def forward(inp):
+            with torch.no_grad():
+                return inp["model"](input_ids=inp["ids"], attention_mask=inp["mask"]).last_hidden_state
+
+        def plain(case, inp, mode):
+            return lambda: forward(inp)
+
+        def registered(case, inp, mode):
+            from ..patch import register_hf
+
+            register_hf()
+            inp["model"].set_attn_implementation("aigc_kernels")
+            return lambda: forward(inp)
+
+        def patched(name):
+            def make(case, inp, mode):
+                from ..backend import available_backends
+                from ..patch import patch
+
+                if name != "auto" and name not in available_backends():
+                    raise NotImplementedError(f"the '{name}' backend is not available here")
+                if getattr(inp["model"], "_aigc_kernels_patch", None) is None:
+                    patch(inp["model"], backend=name)
+                return lambda: forward(inp)
+
+            return Provider(f"hf_patched_{name}", make, needs_gpu=name in ("cuda", "triton"))
+
+        return [Provider("hf_sdpa", plain, needs_gpu=False),
+                Provider("hf_registered_auto", registered, needs_gpu=False),
+                patched("auto"), patched("triton"), patched("cuda")]
+
+    def check(self, case, inputs, out):
+        # the same model's own forward (sdpa) is the reference here; pads excluded
+        keep = inputs["mask"].bool()
+        err = float((out.float() - inputs["ref"].float())[keep].abs().max())
+        return err, (1e-3 if case.dtype == torch.float32 else 5e-2)
+
+
 def bench_ops() -> dict[str, BenchOp]:
     ops_ = [NormBench("layer_norm"), NormBench("rms_norm"), AttentionBench(), DecodeBench(), LinearBench(),
-            FfnBench(), ModelTrainBench(), ModelDecodeBench(), DispatchBench()]
+            FfnBench(), ModelTrainBench(), ModelDecodeBench(), DispatchBench(), HfForwardBench()]
     return {o.name: o for o in ops_}
 
 
