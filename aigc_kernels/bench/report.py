@@ -67,9 +67,46 @@ def load(path: str | Path) -> dict:
     return data
 
 
+_METRICS = {"tflops": "TFLOP/s", "gbps": "GB/s", "tokens_per_s": "tokens/s", "median_ms": "ms per call"}
+_CEILING = {"tflops": "bf16_gemm_tflops", "gbps": "hbm_copy_gbps"}
+
+
+def _metric(rows: list[dict]) -> str:
+    for m in ("tflops", "gbps", "tokens_per_s"):
+        if any(r.get(m) is not None for r in rows):
+            return m
+    return "median_ms"
+
+
+def _colors(providers: list[str]) -> dict[str, tuple]:
+    """One color per provider, the same in every figure (ours first, PyTorch's own call in grey)."""
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab20"]
+    fixed = {"eager": (0.45, 0.45, 0.45, 1.0), "hf_sdpa": (0.45, 0.45, 0.45, 1.0)}
+    out, i = {}, 0
+    for p in providers:
+        if p in fixed:
+            out[p] = fixed[p]
+        else:
+            out[p] = cmap(i % 20)
+            i += 1
+    return out
+
+
+def _title(report: dict, what: str) -> str:
+    env = report["env"]
+    return (f"{what}\n{env.get('device')} - torch {env.get('torch')}, triton {env.get('triton')}, "
+            f"CUDA {env.get('cuda')}, commit {env.get('commit')}")
+
+
 def plots(report: dict, folder: str | Path) -> list[Path]:
-    """One PNG per op: throughput vs case, one line per provider (fwd; other modes dashed/dotted),
-    with the measured ceiling drawn when there is one."""
+    """Per op and mode, grouped bars -- one group per shape, one bar per provider -- of the achieved
+    TFLOP/s, GB/s or tokens/s (ms per call for the dispatch op), the measured ceiling as a line, and
+    each bar labelled with its % of that ceiling (or, without one, its speedup over PyTorch's own call);
+    plus summary.png: each provider's speedup over PyTorch's own call, geometric mean per op."""
+    import math
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -78,37 +115,95 @@ def plots(report: dict, folder: str | Path) -> list[Path]:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     ceil = report["env"].get("ceilings") or {}
-    by_op = defaultdict(list)
-    for r in report["results"]:
-        if r["median_ms"] is not None:
-            by_op[r["op"]].append(r)
+    timed = [r for r in report["results"] if r.get("median_ms") is not None]
+    colors = _colors(list(dict.fromkeys(r["provider"] for r in timed)))
+    by = defaultdict(list)
+    for r in timed:
+        by[(r["op"], r["mode"])].append(r)
     written = []
-    for op, rows in by_op.items():
-        metric = "tflops" if any(r["tflops"] is not None for r in rows) else \
-            ("gbps" if any(r["gbps"] is not None for r in rows) else "tokens_per_s")
-        labels = list(dict.fromkeys(f"{r['label']} {r['dtype']}" for r in rows))
-        fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(labels) + 3), 4.5))
-        styles = {"fwd": "-", "bwd": "--", "fwd+bwd": ":"}
-        series = defaultdict(dict)
-        for r in rows:
-            series[(r["provider"], r["mode"])][f"{r['label']} {r['dtype']}"] = r[metric]
-        for (provider, mode), pts in sorted(series.items()):
-            xs = [i for i, lab in enumerate(labels) if lab in pts]
-            ax.plot(xs, [pts[labels[i]] for i in xs], styles.get(mode, "-"), marker="o", label=f"{provider} {mode}")
-        limit = ceil.get("bf16_gemm_tflops" if metric == "tflops" else "hbm_copy_gbps")
+    for (op, mode), rows in by.items():
+        metric = _metric(rows)
+        groups = list(dict.fromkeys(r["label"] for r in rows))
+        provs = list(dict.fromkeys(r["provider"] for r in rows))
+        dtypes = sorted({r["dtype"] for r in rows})
+        fig, ax = plt.subplots(figsize=(max(6.5, 0.42 * len(rows) + 3.0), 4.8))
+        limit = ceil.get(_CEILING.get(metric, ""))
+        cells = {(r["label"], r["provider"]): r for r in rows}
+        labelled = set()
+        for i, g in enumerate(groups):  # only the providers that ran this shape, side by side
+            present = [p for p in provs if (g, p) in cells]
+            width = 0.8 / len(present)
+            for j, prov in enumerate(present):
+                r = cells[(g, prov)]
+                value = r[metric] if metric != "median_ms" else r["median_ms"] * 1e3
+                bar = ax.bar(i + (j - (len(present) - 1) / 2) * width, value, width, color=colors[prov],
+                             label=None if prov in labelled else prov)[0]
+                labelled.add(prov)
+                if limit and r.get("pct_of_ceiling") is not None:
+                    text = f"{r['pct_of_ceiling']:.0f}%"
+                elif r.get("overhead_us") is not None:  # the dispatch op: the cost over PyTorch's own call
+                    text = f"{r['overhead_us']:+.1f} us"
+                elif r.get("speedup_vs_eager") is not None:
+                    text = f"{r['speedup_vs_eager']:.2f}x"
+                else:
+                    continue
+                ax.annotate(text, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom",
+                            fontsize=6, rotation=90, xytext=(0, 2), textcoords="offset points")
         if limit:
-            ax.axhline(limit, color="k", linewidth=1, label="measured ceiling")
-        ax.set_xticks(range(len(labels)))
-        ax.set_xticklabels(labels, rotation=45, ha="right", fontsize=7)
-        ax.set_ylabel({"tflops": "TFLOP/s", "gbps": "GB/s", "tokens_per_s": "tokens/s"}[metric])
-        ax.set_title(f"{op} on {report['env']['device']}")
-        ax.legend(fontsize=7, ncol=2)
+            ax.axhline(limit, color="k", linestyle="--", linewidth=1, label=f"measured ceiling ({limit:g})")
+        ax.set_xticks(range(len(groups)))
+        ax.set_xticklabels(groups, rotation=30, ha="right", fontsize=7)
+        unit = _METRICS[metric] if metric != "median_ms" else "us per call"
+        ax.set_ylabel(unit)
+        label_kind = "% of the ceiling" if limit else "speedup over PyTorch's own call"
+        ax.set_title(_title(report, f"{op} ({mode}, {', '.join(dtypes)}): {unit}; labels: {label_kind}"),
+                     fontsize=8)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        ax.margins(y=0.15)
         fig.tight_layout()
-        path = folder / f"{op}.png"
-        fig.savefig(path, dpi=110)
+        path = folder / f"{op}-{mode.replace('+', '_')}.png"
+        fig.savefig(path, dpi=120)
         plt.close(fig)
         written.append(path)
+    written += _summary_plot(report, folder, colors, plt, math)
     return written
+
+
+def _summary_plot(report, folder, colors, plt, math) -> list[Path]:
+    """Geometric-mean speedup over PyTorch's own call, per op (and mode) and provider."""
+    speed = defaultdict(lambda: defaultdict(list))
+    for r in report["results"]:
+        if r.get("speedup_vs_eager") and r["provider"] not in ("eager", "hf_sdpa"):
+            speed[f"{r['op']} {r['mode']}"][r["provider"]].append(r["speedup_vs_eager"])
+    if not speed:
+        return []
+    groups = list(speed)
+    n_bars = sum(len(speed[g]) for g in groups)
+    fig, ax = plt.subplots(figsize=(max(6.5, 0.42 * n_bars + 3.0), 4.8))
+    labelled = set()
+    for i, g in enumerate(groups):
+        present = list(speed[g])
+        width = 0.8 / len(present)
+        for j, prov in enumerate(present):
+            v = speed[g][prov]
+            mean = math.exp(sum(math.log(x) for x in v) / len(v))
+            bar = ax.bar(i + (j - (len(present) - 1) / 2) * width, mean, width, color=colors.get(prov),
+                         label=None if prov in labelled else prov)[0]
+            labelled.add(prov)
+            ax.annotate(f"{mean:.2f}x", (bar.get_x() + bar.get_width() / 2, mean), ha="center", va="bottom",
+                        fontsize=6, rotation=90, xytext=(0, 2), textcoords="offset points")
+    ax.axhline(1.0, color="k", linewidth=1)
+    ax.set_xticks(range(len(groups)))
+    ax.set_xticklabels(groups, rotation=30, ha="right", fontsize=7)
+    ax.set_ylabel("speedup over PyTorch's own call\n(geometric mean over shapes)")
+    ax.set_title(_title(report, "every op: speedup over PyTorch's own call (above the line = faster)"), fontsize=8)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.margins(y=0.15)
+    fig.tight_layout()
+    path = folder / "summary.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return [path]
 
 
 # What "auto" is held against: the backends it may choose, and PyTorch's own call made directly.
