@@ -265,6 +265,28 @@ class _Explained(Exception):
 _explaining: list[bool] = []
 
 
+_DEBUG = logging.DEBUG
+
+
+def fast(op: str, t: torch.Tensor, backend: str | None) -> Callable | None:
+    """The implementation when the call needs no look at its arguments -- "auto" on non-CUDA tensors and
+    the always-available "torch" and "reference" -- else None (then ``select`` decides). The public
+    functions try this first: it is most of what a decoding step's ~150 small calls per token cost."""
+    name = backend if backend is not None else get_backend()
+    if _explaining:
+        return None
+    if name == "auto":
+        if t.is_cuda:
+            return None
+        if not torch.compiler.is_compiling() and log.isEnabledFor(_DEBUG):
+            log.debug("ak.%s: auto chose 'torch' (PyTorch's own call): tensors on %s", op, t.device)
+        name = "torch"
+    elif name != "torch" and name != "reference":
+        return None
+    impl = _REGISTRY[op][name]
+    return impl._fn if impl._fn is not None else impl.fn()
+
+
 def select(op: str, device: torch.device, backend: str | None, *args, **kwargs) -> Callable:
     """The function that runs ``op`` for these arguments (see the module docstring for the rules)."""
     name = get_backend() if backend is None else _normalize(backend, f"ak.{op}(backend=...)")

@@ -67,6 +67,8 @@ def _band(lq: int, lk: int, causal: bool, window_size, device) -> torch.Tensor |
 
 def _sdpa(q, k, v, mask, dropout_p, scale, is_causal=False):
     groups = q.shape[1] // k.shape[1]
+    if groups == 1 and mask is None and dropout_p == 0.0 and not is_causal and scale is None:
+        return F.scaled_dot_product_attention(q, k, v)  # (parsing the keywords costs ~0.5 us per call)
     if groups > 1:
         if _HAS_ENABLE_GQA:
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal,
@@ -135,7 +137,13 @@ def attention_math(q, k, v, *, causal=False, attn_mask=None, dropout_p=0.0, scal
 
 def attention(q, k, v, *, causal=False, attn_mask=None, dropout_p=0.0, scale=None, window_size=None, softcap=None,
               sinks=None):
-    lq, lk = q.shape[-2], k.shape[-2]
+    qs, ks = q.shape, k.shape
+    lq, lk = qs[2], ks[2]
+    if (attn_mask is None and window_size is None and softcap is None and sinks is None and lk > 0
+            and (not causal or lq == 1)):  # the common calls, decoding steps included: SDPA as is
+        if qs[1] == ks[1] and dropout_p == 0.0 and scale is None and lq > 0 and qs[0] > 0:
+            return F.scaled_dot_product_attention(q, k, v)  # (parsing keywords costs ~0.5 us per call)
+        return _sdpa(q, k, v, None, dropout_p, scale) if q.numel() else torch.empty_like(q)
     if q.numel() == 0:
         return torch.empty_like(q)
     if softcap is not None or sinks is not None:  # SDPA has neither: the scores are materialized

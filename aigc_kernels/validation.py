@@ -321,15 +321,15 @@ def _param(p, n: int, x: torch.Tensor) -> bool:
 
 
 def attention_args(q, k, v, attn_mask, dropout_p, scale, window_size, causal, softcap=None, sinks=None):
-    if (attn_mask is None and window_size is None and softcap is None and sinks is None
-            and (scale is None or type(scale) is float)
-            and (dropout_p == 0.0 or (type(dropout_p) is float and 0.0 < dropout_p < 1.0)) and type(causal) is bool
-            and isinstance(q, _T) and isinstance(k, _T) and isinstance(v, _T) and q.dim() == 4 and k.dim() == 4
-            and q.dtype in _FLOATS and k.dtype == q.dtype and v.dtype == q.dtype and k.shape == v.shape
-            and q.shape[0] == k.shape[0] and q.shape[3] == k.shape[3] and k.shape[1] > 0
-            and q.shape[1] % k.shape[1] == 0 and k.device == q.device and v.device == q.device
-            and not (scale is not None and scale != scale)):
-        return None
+    if (attn_mask is None and window_size is None and softcap is None and sinks is None and type(causal) is bool
+            and (scale is None or (type(scale) is float and scale == scale))
+            and (dropout_p == 0.0 or (type(dropout_p) is float and 0.0 < dropout_p < 1.0))
+            and isinstance(q, _T) and isinstance(k, _T) and isinstance(v, _T)):
+        qs, ks, dt = q.shape, k.shape, q.dtype
+        if (len(qs) == 4 and len(ks) == 4 and dt in _FLOATS and k.dtype is dt and v.dtype is dt and ks == v.shape
+                and qs[0] == ks[0] and qs[3] == ks[3] and ks[1] > 0 and qs[1] % ks[1] == 0
+                and k.device == q.device and v.device == q.device):
+            return None
     return _attention_args_full(q, k, v, attn_mask, dropout_p, scale, window_size, causal, softcap, sinks)
 
 

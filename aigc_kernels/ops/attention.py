@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from .. import validation
-from ..backend import select
+from ..backend import fast, select
 
 
 def attention(
@@ -43,9 +43,12 @@ def attention(
     """
     window_size = validation.attention_args(q, k, v, attn_mask, dropout_p, scale, window_size, causal, softcap,
                                             sinks)
-    kwargs = dict(causal=causal, attn_mask=attn_mask, dropout_p=float(dropout_p), scale=scale,
-                  window_size=window_size, softcap=softcap, sinks=sinks)
-    return select("attention", q.device, backend, q, k, v, **kwargs)(q, k, v, **kwargs)
+    dropout_p = float(dropout_p)
+    fn = fast("attention", q, backend) or select("attention", q.device, backend, q, k, v, causal=causal,
+                                                 attn_mask=attn_mask, dropout_p=dropout_p, scale=scale,
+                                                 window_size=window_size, softcap=softcap, sinks=sinks)
+    return fn(q, k, v, causal=causal, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale, window_size=window_size,
+              softcap=softcap, sinks=sinks)
 
 
 def attention_varlen(

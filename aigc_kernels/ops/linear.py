@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from .. import validation
-from ..backend import select
+from ..backend import fast, select
 
 
 def linear(
@@ -29,8 +29,8 @@ def linear(
         (..., N) in x's dtype.
     """
     validation.linear_args(x, weight, bias, activation)
-    kwargs = dict(activation=activation)
-    return select("linear", x.device, backend, x, weight, bias, **kwargs)(x, weight, bias, **kwargs)
+    fn = fast("linear", x, backend) or select("linear", x.device, backend, x, weight, bias, activation=activation)
+    return fn(x, weight, bias, activation=activation)
 
 
 def ffn(
@@ -68,4 +68,5 @@ def ffn(
     if not isinstance(recompute, bool):
         raise TypeError(f"ak.ffn: expected recompute to be a bool, got {type(recompute).__name__}")
     kwargs = dict(activation=activation, w_gate=w_gate, b_gate=b_gate, recompute=recompute)
-    return select("ffn", x.device, backend, *args, **kwargs)(*args, **kwargs)
+    fn = fast("ffn", x, backend) or select("ffn", x.device, backend, *args, **kwargs)
+    return fn(*args, **kwargs)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from .. import validation
-from ..backend import select
+from ..backend import fast, select
 
 
 def layer_norm(
@@ -31,8 +31,9 @@ def layer_norm(
         y, or (y, s) with residual; both in x's dtype. Statistics are computed in float32.
     """
     validation.norm_args("ak.layer_norm", x, weight, bias, eps, residual)
-    kwargs = dict(residual=residual)
-    return select("layer_norm", x.device, backend, x, weight, bias, eps, **kwargs)(x, weight, bias, eps, **kwargs)
+    fn = fast("layer_norm", x, backend) or select("layer_norm", x.device, backend, x, weight, bias, eps,
+                                                  residual=residual)
+    return fn(x, weight, bias, eps, residual=residual)
 
 
 def rms_norm(
@@ -45,5 +46,5 @@ def rms_norm(
 ):
     """RMSNorm over the last dim: x / sqrt(mean(x^2) + eps) * weight. Arguments as in layer_norm."""
     validation.norm_args("ak.rms_norm", x, weight, None, eps, residual)
-    kwargs = dict(residual=residual)
-    return select("rms_norm", x.device, backend, x, weight, eps, **kwargs)(x, weight, eps, **kwargs)
+    fn = fast("rms_norm", x, backend) or select("rms_norm", x.device, backend, x, weight, eps, residual=residual)
+    return fn(x, weight, eps, residual=residual)
