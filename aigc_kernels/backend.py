@@ -172,7 +172,8 @@ class Implementation:
     """One backend's implementation of one op.
 
     ``load`` returns the function that runs the op (same signature as the public function minus
-    ``backend``); it imports the kernel module with an import statement, which torch.compile
+    ``backend``, its arguments positional-or-keyword in that order: the public functions may pass them
+    positionally); it imports the kernel module with an import statement, which torch.compile
     executes eagerly, so the first call may happen inside a compiled region. ``check`` returns
     None when the implementation accepts the arguments, else the reason it does not.
     """

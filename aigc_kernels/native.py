@@ -135,7 +135,7 @@ def attention_math(q, k, v, *, causal=False, attn_mask=None, dropout_p=0.0, scal
     return torch.matmul(probs, v), probs
 
 
-def attention(q, k, v, *, causal=False, attn_mask=None, dropout_p=0.0, scale=None, window_size=None, softcap=None,
+def attention(q, k, v, causal=False, attn_mask=None, dropout_p=0.0, scale=None, window_size=None, softcap=None,
               sinks=None):
     qs, ks = q.shape, k.shape
     lq, lk = qs[2], ks[2]
@@ -219,6 +219,13 @@ def attention_with_kvcache(q, k_cache, v_cache, cache_seqlens, *, k_new=None, v_
         lnew = k_new.shape[2]
     if q.numel() == 0:
         return torch.empty_like(q)
+    if cache_seqlens.device.type == "cpu" and not torch.compiler.is_compiling():
+        # lengths on the host are free to read: one length for the whole batch (the usual decoding step)
+        # is SDPA over that prefix of the caches, with no mask to build
+        lens = cache_seqlens.tolist()
+        n = lens[0] + lnew if lens else 0
+        if n > 0 and all(x == lens[0] for x in lens):
+            return attention(q, k_cache[:, :, :n], v_cache[:, :, :n], causal, None, 0.0, scale)
     lengths = (cache_seqlens.to(torch.long) + lnew).view(-1, 1, 1)  # (B, 1, 1) valid keys per batch
     j = torch.arange(lmax, device=q.device).view(1, 1, lmax)
     keep = j < lengths

@@ -43,12 +43,14 @@ def attention(
     """
     window_size = validation.attention_args(q, k, v, attn_mask, dropout_p, scale, window_size, causal, softcap,
                                             sinks)
-    dropout_p = float(dropout_p)
+    if type(dropout_p) is not float:
+        dropout_p = float(dropout_p)
     fn = fast("attention", q, backend) or select("attention", q.device, backend, q, k, v, causal=causal,
                                                  attn_mask=attn_mask, dropout_p=dropout_p, scale=scale,
                                                  window_size=window_size, softcap=softcap, sinks=sinks)
-    return fn(q, k, v, causal=causal, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale, window_size=window_size,
-              softcap=softcap, sinks=sinks)
+    # positionally, in the public signature's order (every backend's attention takes them so): keywords
+    # cost ~50 ns each on a call that a decoding step makes per layer
+    return fn(q, k, v, causal, attn_mask, dropout_p, scale, window_size, softcap, sinks)
 
 
 def attention_varlen(

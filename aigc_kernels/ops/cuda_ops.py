@@ -133,7 +133,7 @@ def _window(window_size) -> tuple[int, int]:
 
 # The "cuda" backend's entry points, with the signatures of the public functions (minus backend=);
 # aigc_kernels.ops.limits has already turned away what the kernels do not take (masks, dropout).
-def attention(q, k, v, *, causal=False, attn_mask=None, dropout_p=0.0, scale=None, window_size=None, softcap=None,
+def attention(q, k, v, causal=False, attn_mask=None, dropout_p=0.0, scale=None, window_size=None, softcap=None,
               sinks=None):
     wl, wr = _window(window_size)
     out, _ = torch.ops.aigc_kernels.flash_fwd(_flash_operand(q), _flash_operand(k), _flash_operand(v), None, None,

@@ -1050,7 +1050,7 @@ def _rowmajor(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-def attention(q, k, v, *, causal=False, attn_mask=None, dropout_p=0.0, scale=None, window_size=None, softcap=None,
+def attention(q, k, v, causal=False, attn_mask=None, dropout_p=0.0, scale=None, window_size=None, softcap=None,
               sinks=None):
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     wl, wr = _window(causal, window_size)
