@@ -225,7 +225,9 @@ def attention_with_kvcache(q, k_cache, v_cache, cache_seqlens, *, k_new=None, v_
         lens = cache_seqlens.tolist()
         n = lens[0] + lnew if lens else 0
         if n > 0 and all(x == lens[0] for x in lens):
-            return attention(q, k_cache[:, :, :n], v_cache[:, :, :n], causal, None, 0.0, scale)
+            if n < k_cache.shape[2]:
+                k_cache, v_cache = k_cache[:, :, :n], v_cache[:, :, :n]
+            return attention(q, k_cache, v_cache, causal, None, 0.0, scale)
     lengths = (cache_seqlens.to(torch.long) + lnew).view(-1, 1, 1)  # (B, 1, 1) valid keys per batch
     j = torch.arange(lmax, device=q.device).view(1, 1, lmax)
     keep = j < lengths

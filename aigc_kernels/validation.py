@@ -231,7 +231,8 @@ def kvcache_seqlens(op: str, cache_seqlens, b: int, k_cache: torch.Tensor, lnew:
         raise ValueError(f"{op}: {lnew} new rows do not fit a cache of Lmax={lmax}")
     # Reading CPU-resident lengths is free; on a GPU the kernels assert on the device instead.
     if cache_seqlens.device.type == "cpu" and cache_seqlens.numel() and not torch.compiler.is_compiling():
-        lo, hi = int(cache_seqlens.min()), int(cache_seqlens.max())
+        values = cache_seqlens.tolist()  # (B,) ints: cheaper than two reductions for a decoding batch
+        lo, hi = min(values), max(values)
         if lo < 0 or hi + lnew > lmax:
             raise ValueError(f"{op}: expected 0 <= cache_seqlens <= Lmax - Lnew = {lmax - lnew} "
                              f"(Lmax={lmax}, Lnew={lnew}), got values in [{lo}, {hi}]")
@@ -339,7 +340,20 @@ def attention_varlen_args(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max
 
 
 def kvcache_args(q, k_cache, v_cache, cache_seqlens, k_new, v_new, scale):
-    return _kvcache_args_full(q, k_cache, v_cache, cache_seqlens, k_new, v_new, scale)
+    if (k_new is None and v_new is None and scale is None and isinstance(q, _T) and isinstance(k_cache, _T)
+            and isinstance(v_cache, _T) and isinstance(cache_seqlens, _T)):
+        qs, ks, dt = q.shape, k_cache.shape, q.dtype
+        if (len(qs) == 4 and len(ks) == 4 and dt in _FLOATS and k_cache.dtype is dt and v_cache.dtype is dt
+                and ks == v_cache.shape and qs[0] == ks[0] and qs[3] == ks[3] and ks[1] > 0 and qs[1] % ks[1] == 0
+                and k_cache.device == q.device and v_cache.device == q.device
+                and cache_seqlens.dtype is torch.int32 and cache_seqlens.shape == (qs[0],)):
+            if cache_seqlens.device == q.device:
+                if not cache_seqlens.is_cpu or torch.compiler.is_compiling():
+                    return  # on a GPU the kernels assert on the device: reading the lengths would synchronize
+                values = cache_seqlens.tolist()
+                if not values or (min(values) >= 0 and max(values) <= ks[2]):
+                    return
+    _kvcache_args_full(q, k_cache, v_cache, cache_seqlens, k_new, v_new, scale)
 
 
 def kvcache_append_args(k_cache, v_cache, k_new, v_new, cache_seqlens):

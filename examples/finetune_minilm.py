@@ -17,10 +17,10 @@ import copy
 
 import torch
 import transformers
+from _common import Timer, base_parser, console, show_backends, steps
 from torch import nn
 
 import aigc_kernels as ak
-from _common import Timer, base_parser, console, show_backends, steps
 
 transformers.logging.set_verbosity_error()
 

@@ -18,9 +18,9 @@ import warnings
 
 import torch
 import transformers
+from _common import Timer, base_parser, console, show_backends
 
 import aigc_kernels as ak
-from _common import Timer, base_parser, console, show_backends
 
 warnings.filterwarnings("ignore", message=".*generation flags.*")
 transformers.logging.set_verbosity_error()

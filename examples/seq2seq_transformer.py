@@ -21,10 +21,10 @@ import string
 import warnings
 
 import torch
+from _common import Timer, base_parser, console, show_backends, steps
 from torch import nn
 
 import aigc_kernels as ak
-from _common import Timer, base_parser, console, show_backends, steps
 
 warnings.filterwarnings("ignore", message="enable_nested_tensor is True")
 PAD, BOS, EOS = 0, 1, 2
