@@ -4,7 +4,7 @@
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup report test gpu-test lint clean
+.PHONY: setup report test gpu-test lint clean wheel device-bundle
 
 setup:
 	@bash scripts/setup.sh
@@ -22,6 +22,14 @@ lint: setup
 
 test: lint
 	$(INTERPRET) $(BIN)/python -m pytest
+
+# An abi3 wheel with aigc_kernels._C built against torch $(TORCH) (default: the installed one) -> dist/
+wheel: setup
+	TORCH=$(TORCH) bash scripts/build_wheel.sh
+
+# Everything a GPU window needs that can be built here (_C for the GPU image's torch, anchor wheels) -> bundle/
+device-bundle:
+	bash scripts/device_bundle.sh
 
 # On a CUDA machine: the GPU tests only.
 gpu-test: setup

@@ -10,10 +10,15 @@ not needed to compile. Install torch first, then build against it:
 Environment variables:
     AIGC_KERNELS_SKIP_CUDA_BUILD=1   never build the extension (pure-Python install)
     AIGC_KERNELS_FORCE_CUDA_BUILD=1  fail instead of warning when the extension cannot be built
-    AIGC_KERNELS_CUDA_ARCHS          ';'-separated archs, default "8.0;9.0a" (e.g. "9.0a" in CI)
+    AIGC_KERNELS_CUDA_ARCHS          ';'-separated archs, default "8.0;9.0a;compute_90" (SASS for sm_80 and
+                                     sm_90a, PTX of compute_90 that newer GPUs JIT); "9.0a" in CI
     MAX_JOBS                         parallel compile jobs (ninja)
     AIGC_KERNELS_CCACHE=0            do not compile through ccache even when it is installed
     CUDA_HOME                        the toolkit folder; found from nvcc on PATH when unset
+
+The extension uses Python's limited API (no pybind11; a plain PyInit__C), so one build serves every
+Python >= 3.10 (an abi3 wheel). It is tied to the torch it was built against: a build with _C
+requires ``torch==X.Y.*`` of that torch (`make wheel` builds one; see README).
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ from pathlib import Path
 from setuptools import setup
 
 ROOT = Path(__file__).resolve().parent
-DEFAULT_ARCHS = "8.0;9.0a"
+DEFAULT_ARCHS = "8.0;9.0a;compute_90"
+PY_LIMITED = "0x030A0000"  # the limited API of Python 3.10: the abi3 floor
 
 
 def _env_flag(name: str) -> bool:
@@ -107,6 +113,12 @@ def find_cublaslt(cuda_home: str) -> str:
 def gencode_flags(archs: str) -> list[str]:
     flags = []
     for arch in [a.strip() for a in archs.replace(",", ";").split(";") if a.strip()]:
+        if arch.startswith("compute_"):  # PTX only, JIT-compiled by the driver on newer GPUs
+            num = arch.removeprefix("compute_")
+            if not re.fullmatch(r"\d+a?", num):
+                raise ValueError(f"AIGC_KERNELS_CUDA_ARCHS: expected entries like 'compute_90', got {arch!r}")
+            flags.append(f"-gencode=arch=compute_{num},code=compute_{num}")
+            continue
         ptx = arch.endswith("+PTX")
         arch = arch.removesuffix("+PTX")
         if not re.fullmatch(r"\d+\.\d+a?", arch):
@@ -171,11 +183,15 @@ def cuda_extension():
         after += ["-idirafter", inc]
     nvcc_after = [f"-Xcompiler=-idirafter,{inc}" for inc in wheel_cuda_include_dirs()]
     cublaslt = find_cublaslt(cuda_home)
+    for stale in (ROOT / "aigc_kernels").glob("_C.cpython-*.so"):  # an older per-Python build would shadow abi3
+        stale.unlink()
     ext = CUDAExtension(
         name="aigc_kernels._C",
         sources=sources,
         include_dirs=[str(ROOT / "csrc")],
         extra_link_args=[cublaslt],
+        py_limited_api=True,
+        define_macros=[("Py_LIMITED_API", PY_LIMITED)],
         extra_compile_args={
             "cxx": ["-O3", *after],
             "nvcc": [
@@ -189,19 +205,28 @@ def cuda_extension():
         },
     )
     write_build_info(archs=archs, torch_version=torch.__version__, cuda_version=torch.version.cuda,
-                     cuda_home=cuda_home)
+                     cuda_home=cuda_home, python_abi="abi3 (Python >= 3.10)")
     print(f"aigc-kernels: building aigc_kernels._C with CUDA_HOME={cuda_home}, archs {archs}, "
           f"torch {torch.__version__} (CUDA {torch.version.cuda})")
-    return [ext], {"build_ext": BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)}
+    return [ext], {"build_ext": BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)}, torch
+
+
+def requirements(torch_module) -> list[str]:
+    """The package's dependencies; with _C built, the torch minor version it was built against."""
+    torch_req = "torch>=2.6"
+    if torch_module is not None:
+        major, minor = torch_module.__version__.split("+")[0].split(".")[:2]
+        torch_req = f"torch=={major}.{minor}.*"
+    return [torch_req, "triton>=3.4; platform_system == 'Linux'", "numpy", "rich>=13"]
 
 
 def main() -> None:
-    ext_modules, cmdclass = [], {}
+    ext_modules, cmdclass, torch_module = [], {}, None
     if _env_flag("AIGC_KERNELS_SKIP_CUDA_BUILD"):
         print("aigc-kernels: AIGC_KERNELS_SKIP_CUDA_BUILD=1, installing pure Python (no aigc_kernels._C)")
     else:
         try:
-            ext_modules, cmdclass = cuda_extension()
+            ext_modules, cmdclass, torch_module = cuda_extension()
         except RuntimeError as exc:
             if _env_flag("AIGC_KERNELS_FORCE_CUDA_BUILD"):
                 raise RuntimeError(f"aigc-kernels: AIGC_KERNELS_FORCE_CUDA_BUILD=1 but {exc}") from exc
@@ -210,7 +235,8 @@ def main() -> None:
                 "Installing pure Python: the 'torch' and 'triton' backends still work.",
                 stacklevel=1,
             )
-    setup(ext_modules=ext_modules, cmdclass=cmdclass)
+    options = {"bdist_wheel": {"py_limited_api": "cp310"}} if ext_modules else {}
+    setup(ext_modules=ext_modules, cmdclass=cmdclass, install_requires=requirements(torch_module), options=options)
 
 
 if __name__ == "__main__":

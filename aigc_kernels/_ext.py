@@ -11,9 +11,32 @@ import functools
 import importlib
 
 
+def _minor(version: str) -> str:
+    return ".".join(version.split("+")[0].split(".")[:2])
+
+
+def torch_mismatch() -> str | None:
+    """Why _C cannot load with this torch (built against another minor version), before importing it:
+    a mismatched _C fails with an undefined-symbol trace that names neither version."""
+    import torch
+
+    built = build_info().get("torch_version")
+    if built and _minor(built) != _minor(torch.__version__):
+        return (f"aigc_kernels._C was built against torch {built}, but torch {torch.__version__} is installed: "
+                f"install torch=={_minor(built)}.* or rebuild (pip install --no-build-isolation -e ., or a wheel "
+                f"built for torch {_minor(torch.__version__)})")
+    return None
+
+
 @functools.cache
 def status() -> tuple[bool, str]:
     """(loaded, description): whether aigc_kernels._C is built and loads, and why not."""
+    import importlib.util
+
+    if importlib.util.find_spec("aigc_kernels._C") is not None:
+        why = torch_mismatch()
+        if why is not None:
+            return False, why
     try:
         # cuda_ops imports _C, then registers the fake impls of the C++ ops.
         importlib.import_module("aigc_kernels.ops.cuda_ops")
@@ -26,7 +49,8 @@ def status() -> tuple[bool, str]:
         return False, f"the CUDA extension aigc_kernels._C failed to load ({exc}); rebuild it against this torch"
     info = build_info()
     archs = info.get("archs", "unknown archs")
-    return True, f"aigc_kernels._C built for {archs} against torch {info.get('torch_version', '?')}"
+    return True, (f"aigc_kernels._C built for {archs} against torch {info.get('torch_version', '?')} "
+                  f"(requires torch=={_minor(info.get('torch_version', '?'))}.*)")
 
 
 def build_info() -> dict[str, str]:

@@ -207,7 +207,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         def update(i, n, what):
             progress.update(task, completed=i, total=n, description=f"bench {what}")
 
-        result = run(args.op, args.backend, args.mode, quick=args.quick, progress=update, cpu_reps=args.reps)
+        result = run(args.op, args.backend, args.mode, quick="headline" if args.headline else args.quick,
+                     progress=update, cpu_reps=args.reps, checkpoint=args.checkpoint)
     console.print(report.table(result, show_skipped=args.show_skipped))
     if args.json:
         report.write_json(result, args.json)
@@ -343,7 +344,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only this provider: cuda, triton, torch, torch_compile, eager, sdpa_flash, ... (repeatable)")
     p.add_argument("--mode", action="append", choices=list(MODES), help="only this mode (repeatable)")
     p.add_argument("--quick", action="store_true", help="a few cases per op (minutes)")
+    p.add_argument("--headline", action="store_true",
+                   help="the headline cases (README's table, the GPU verification pass)")
     p.add_argument("--reps", type=int, default=5, help="timed repetitions per case on CPU (default 5)")
+    p.add_argument("--checkpoint", metavar="FILE", help="rewrite this JSON after every case (a cut-off run keeps "
+                                                       "what it measured)")
     p.add_argument("--json", metavar="FILE")
     p.add_argument("--csv", metavar="FILE")
     p.add_argument("--plots", metavar="DIR", help="write one PNG per op")

@@ -26,8 +26,9 @@ def _num(value, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
 
-OURS = ("cuda", "triton")
-BASELINES = ("eager", "torch_compile", "sdpa_cudnn", "sdpa_flash", "liger", "apex", "flash_attn")
+OURS = ("auto", "cuda", "triton", "torch")
+BASELINES = ("eager", "torch_compile", "sdpa_cudnn", "sdpa_flash", "sdpa_efficient", "flex_attention",
+             "torch_addmm_act", "liger", "apex", "flash_attn", "hf_sdpa", "hf_patched_auto")
 
 
 def _gmean(values: list[float]) -> float | None:
@@ -38,7 +39,7 @@ def _gmean(values: list[float]) -> float | None:
 def render() -> str:
     """Per recorded run: one row per op x mode x provider, summarizing its cases (geometric means),
     with links to the run's JSON and plots."""
-    files = sorted(RESULTS.glob("*.json"))
+    files = [p for p in sorted(RESULTS.glob("*.json")) if "results" in json.loads(p.read_text())]  # bench runs
     if not files:
         return ("No GPU run has been recorded yet: every kernel-speed claim is unverified until a run's JSON "
                 "lands in `benchmarks/results/`.")
@@ -57,7 +58,7 @@ def render() -> str:
             links = ", ".join(f"[{p.stem}](benchmarks/results/{path.stem}/{p.name})" for p in pngs)
             lines.append(f"plots: {links}")
         lines.append("")
-        lines.append("| op | mode | provider | cases | TFLOP/s | GB/s | % of ceiling | speedup vs eager | wrong |")
+        lines.append("| op | mode | provider | cases | TFLOP/s | GB/s | % of ceiling | vs PyTorch's own call | wrong |")
         lines.append("|---|---|---|---:|---:|---:|---:|---:|---:|")
         groups: dict[tuple, list[dict]] = {}
         for r in data.get("results", []):

@@ -30,6 +30,29 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(autouse=True)
+def _per_test_timeout():
+    """AIGC_KERNELS_TEST_TIMEOUT=seconds: fail a test that runs longer (the GPU pass runs the suite in a
+    time window; one hung test must not take the rest with it). Unix, main thread."""
+    import signal
+
+    seconds = int(os.environ.get("AIGC_KERNELS_TEST_TIMEOUT", "0") or 0)
+    if seconds <= 0 or not hasattr(signal, "SIGALRM"):
+        yield
+        return
+
+    def expired(signum, frame):
+        raise TimeoutError(f"test ran over AIGC_KERNELS_TEST_TIMEOUT={seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.fixture(autouse=True)
 def _fresh_backend_state():
     """Each test starts from the default backend, whatever an earlier test set."""
     import aigc_kernels as ak

@@ -17,13 +17,16 @@ pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_avai
                                 reason="torch.distributed with gloo is not available")
 
 
-def run(mode: str, tmp_path: Path, steps: int = 6) -> list[float]:
-    out = tmp_path / f"{mode}.json"
-    cmd = [sys.executable, str(SCRIPT), "--mode", mode, "--steps", str(steps), "--losses-json", str(out)]
+def run(mode: str, tmp_path: Path, steps: int = 6, backend: str = "torch") -> list[float]:
+    out = tmp_path / f"{mode}-{backend}.json"
+    cmd = [sys.executable, str(SCRIPT), "--mode", mode, "--steps", str(steps), "--losses-json", str(out),
+           "--backend", backend]
     if mode != "single":
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                *cmd[1:]]
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # the torch reference on CPU
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    if backend == "triton":
+        env["TRITON_INTERPRET"] = "1"  # the Triton kernels on CPU
     env["CUDA_VISIBLE_DEVICES"] = ""  # CPU processes on gloo, even on a GPU machine
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
@@ -32,10 +35,11 @@ def run(mode: str, tmp_path: Path, steps: int = 6) -> list[float]:
     return data["losses"]
 
 
-@pytest.mark.parametrize("mode", ["ddp", "fsdp2"])
-def test_distributed_losses_match_single_process(mode, tmp_path):
-    single = run("single", tmp_path)
-    multi = run(mode, tmp_path)
-    assert len(multi) == len(single) == 6
+@pytest.mark.parametrize("mode,backend,steps", [("ddp", "torch", 6), ("fsdp2", "torch", 6), ("ddp", "triton", 3),
+                                                ("fsdp2", "triton", 3)])
+def test_distributed_losses_match_single_process(mode, backend, steps, tmp_path):
+    single = run("single", tmp_path, steps, backend)
+    multi = run(mode, tmp_path, steps, backend)
+    assert len(multi) == len(single) == steps
     for step, (a, b) in enumerate(zip(single, multi, strict=True)):
         assert abs(a - b) <= 1e-5 * abs(a), f"step {step}: single {a} vs {mode} {b}"

@@ -136,7 +136,9 @@ class NormBench(BenchOp):
 
     def cases(self, quick, device):
         dtypes = [torch.bfloat16, torch.float16] if device == "cuda" else [torch.float32]
-        if quick or device != "cuda":
+        if quick == "headline" and device == "cuda":
+            dtypes, dims, rows = [torch.bfloat16], [("gpt2-s", 768), ("llama-7b", 4096), ("wide", 16384)], [16384]
+        elif quick or device != "cuda":
             dims = [("gpt2-s", 768), ("llama-7b", 4096)]
             rows = [512] if device != "cuda" else [4096]
         else:
@@ -257,6 +259,8 @@ class AttentionBench(BenchOp):
         dtypes = [torch.bfloat16] if device == "cuda" else [torch.float32]
         if device != "cuda":
             grid = [(64, 256), (64, 512)]
+        elif quick == "headline":
+            grid = [(d, seq) for d in (64, 128) for seq in (4096, 8192)]
         elif quick:
             grid = [(64, 2048), (128, 4096)]
         else:
@@ -404,6 +408,8 @@ class DecodeBench(BenchOp):
         dtypes = [torch.bfloat16] if device == "cuda" else [torch.float32]
         if device != "cuda":
             grid = [(1, 1024), (8, 1024)]
+        elif quick == "headline":
+            grid = [(1, 16384), (32, 8192)]
         elif quick:
             grid = [(1, 8192), (32, 4096)]
         else:
@@ -461,6 +467,8 @@ class LinearBench(BenchOp):
         dtypes = [torch.bfloat16] if device == "cuda" else [torch.float32]
         if device != "cuda":
             grid = [("gpt2-s", 256, 768, 3072)]
+        elif quick == "headline":  # a GPT-2 MLP, the small-M shape of GPU.md's cuBLASLt anchor, a big square
+            grid = [("gpt2-s", 16384, 768, 3072), ("small-M", 512, 3072, 12288), ("square", 8192, 8192, 8192)]
         elif quick:
             grid = [("gpt2-s", 8192, 768, 3072), ("square", 8192, 8192, 8192)]
         else:
@@ -517,6 +525,8 @@ class FfnBench(BenchOp):
         dtypes = [torch.bfloat16] if device == "cuda" else [torch.float32]
         if device != "cuda":
             grid = [("gpt2-s", 256, 768, 3072, False)]
+        elif quick == "headline":
+            grid = [("llama-7b", 8192, 4096, 11008, True)]
         elif quick:
             grid = [("gpt2-s", 8192, 768, 3072, False), ("llama-7b", 4096, 4096, 11008, True)]
         else:

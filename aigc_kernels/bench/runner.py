@@ -148,9 +148,13 @@ def timed_fn(fwd: Callable, mode: str, leaves: list[torch.Tensor]) -> Callable:
 
 
 def run(op_names: Iterable[str] | None = None, providers: Iterable[str] | None = None,
-        modes: Iterable[str] | None = None, quick: bool = False, progress: Callable | None = None,
-        cpu_reps: int = 5) -> dict:
-    """Run the benchmark; returns the JSON-ready report (see the module docstring)."""
+        modes: Iterable[str] | None = None, quick: bool | str = False, progress: Callable | None = None,
+        cpu_reps: int = 5, checkpoint: str | Path | None = None) -> dict:
+    """Run the benchmark; returns the JSON-ready report (see the module docstring).
+
+    quick: False (every case), True (a few per op) or "headline" (the cases README's results table and
+    the GPU verification pass report). checkpoint: a JSON file rewritten after every case, so a run cut
+    off by a time limit still leaves what it measured."""
     gpu = torch.cuda.is_available()
     device = "cuda" if gpu else "cpu"
     all_ops = bench_ops()
@@ -169,9 +173,21 @@ def run(op_names: Iterable[str] | None = None, providers: Iterable[str] | None =
         if progress:
             progress(i, len(work), f"{bop.name} {case.label}")
         report["results"] += _run_case(bop, case, device, providers, modes, ceilings, cpu_reps)
+        if checkpoint is not None:
+            _write_atomically(checkpoint, report)
     if progress:
         progress(len(work), len(work), "done")
     return report
+
+
+def _write_atomically(path: str | Path, report: dict) -> None:
+    import json
+    import os
+
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(report, indent=1) + "\n")
+    os.replace(tmp, path)
 
 
 def _sig(x: float, digits: int = 4) -> float:

@@ -12,7 +12,12 @@ import math
 
 import torch
 
-from aigc_kernels import _C  # noqa: F401  (runs the TORCH_LIBRARY registrations)
+from aigc_kernels import _ext
+
+if (_why := _ext.torch_mismatch()) is not None:  # name both versions, not an undefined symbol
+    raise ImportError(_why)
+
+from aigc_kernels import _C  # noqa: E402, F401  (runs the TORCH_LIBRARY registrations)
 
 from . import linear_common, norm_common
 from .limits import flash_ready
