@@ -34,15 +34,22 @@ _ACT = {
 
 _HAS_ENABLE_GQA = torch.torch_version.TorchVersion(torch.__version__) >= (2, 5)  # SDPA's enable_gqa
 
-try:  # torch >= 2.3
-    from torch.nn.attention.bias import causal_lower_right
-except ImportError:  # pragma: no cover
-    causal_lower_right = None
+_LAZY: dict = {}
 
-try:  # torch >= 2.10: flash varlen attention (CUDA, half types)
-    from torch.nn.attention.varlen import varlen_attn as _varlen_attn
-except ImportError:  # pragma: no cover
-    _varlen_attn = None
+
+def _lazy(name):
+    """torch.nn.attention.bias / .varlen, imported on first use: importing them pulls in
+    torch._dynamo (and triton) at ~1 s, which `import aigc_kernels` must not pay."""
+    if name not in _LAZY:
+        try:
+            if name == "causal_lower_right":  # torch >= 2.3
+                from torch.nn.attention.bias import causal_lower_right as fn
+            else:  # torch >= 2.10: flash varlen attention (CUDA, half types)
+                from torch.nn.attention.varlen import varlen_attn as fn
+        except ImportError:  # pragma: no cover
+            fn = None
+        _LAZY[name] = fn
+    return _LAZY[name]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -159,8 +166,8 @@ def attention(q, k, v, causal=False, attn_mask=None, dropout_p=0.0, scale=None, 
     elif causal and lq > 1:
         if lq == lk and attn_mask is None:
             return _sdpa(q, k, v, None, dropout_p, scale, is_causal=True)
-        if lq < lk and attn_mask is None and causal_lower_right is not None:
-            return _sdpa(q, k, v, causal_lower_right(lq, lk), dropout_p, scale)
+        if lq < lk and attn_mask is None and (lower_right := _lazy("causal_lower_right")) is not None:
+            return _sdpa(q, k, v, lower_right(lq, lk), dropout_p, scale)
         band = _band(lq, lk, True, None, q.device)
     if attn_mask is None:
         if band is None:
@@ -174,8 +181,8 @@ def attention(q, k, v, causal=False, attn_mask=None, dropout_p=0.0, scale=None, 
 
 def attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, causal=False, scale=None,
                      window_size=None):
-    if (_varlen_attn is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
-            and not torch.compiler.is_compiling()):
+    if (q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and not torch.compiler.is_compiling()
+            and (_varlen_attn := _lazy("varlen_attn")) is not None):
         left, right = window_size if window_size is not None else (-1, -1)
         if causal:
             right = 0 if right < 0 else min(right, 0)
