@@ -18,19 +18,40 @@ def main() -> int:
     print(f"_C: {why}")
     if not ok:
         return 1
-    meta = torch.device("meta")
-    x = torch.empty(8, 64, device=meta, dtype=torch.bfloat16)
-    w = torch.empty(64, device=meta, dtype=torch.bfloat16)
+    bf16 = torch.bfloat16
+
+    def t(*shape, dtype=bf16):
+        return torch.empty(*shape, device="meta", dtype=dtype)
+
     ops = torch.ops.aigc_kernels
-    checks = {
-        "norm_fwd": (ops.norm_fwd.default, (x, w, w, None, 1e-5, False)),
-        "linear_fwd": (ops.linear_fwd.default, (x, torch.empty(32, 64, device=meta, dtype=torch.bfloat16), None,
-                                                 "gelu")),
-        "flash_fwd": (ops.flash_fwd.default, (torch.empty(1, 4, 16, 64, device=meta, dtype=torch.bfloat16),
-                                               torch.empty(1, 2, 16, 64, device=meta, dtype=torch.bfloat16),
-                                               torch.empty(1, 2, 16, 64, device=meta, dtype=torch.bfloat16),
-                                               None, None, 16, 16, 0.125, True, -1, -1)),
+    x, w = t(8, 64), t(64)
+    y, xs, mean, rstd = ops.norm_fwd(x, w, w, x, 1e-5, False)
+    wl = t(32, 64)
+    yl, z = ops.linear_fwd(x, wl, None, "gelu")
+    w_in, w_gate, w_out = t(96, 64), t(96, 64), t(64, 96)
+    yf, z1, z2 = ops.ffn_fwd(x, w_in, None, w_out, None, "silu", w_gate, None, True)
+    q, k, v = t(1, 4, 16, 64), t(1, 2, 16, 64), t(1, 2, 16, 64)
+    fa = (q, k, v, None, None, 16, 16, 0.125, True, -1, -1)
+    out, lse = ops.flash_fwd(*fa)
+    kc, vc, lens = t(2, 2, 32, 64), t(2, 2, 32, 64), t(2, dtype=torch.int32)
+    checks = {  # every op of torch.ops.aigc_kernels, backward ops fed by their forward's fake outputs
+        "norm_fwd": (ops.norm_fwd.default, (x, w, w, x, 1e-5, False)),
+        "norm_bwd": (ops.norm_bwd.default, (y, y, xs, w, mean, rstd, True, False)),
+        "linear_fwd": (ops.linear_fwd.default, (x, wl, None, "gelu")),
+        "linear_bwd": (ops.linear_bwd.default, (yl, x, wl, z, "gelu", False)),
+        "ffn_fwd": (ops.ffn_fwd.default, (x, w_in, None, w_out, None, "silu", w_gate, None, True)),
+        "ffn_bwd": (ops.ffn_bwd.default, (yf, x, w_in, None, w_out, "silu", w_gate, None, z1, z2, False)),
+        "flash_fwd": (ops.flash_fwd.default, fa),
+        "flash_bwd": (ops.flash_bwd.default, (out, q, k, v, out, lse, *fa[3:])),
+        "flash_decode": (ops.flash_decode.default, (t(2, 4, 1, 64), kc, vc, lens, 1, True, 0.125, 0)),
+        "kvcache_append": (ops.kvcache_append.default, (kc, vc, t(2, 2, 1, 64), t(2, 2, 1, 64), lens)),
     }
+    registered = {name.split("::")[1] for name in torch._C._dispatch_get_all_op_names()
+                  if name.startswith("aigc_kernels::")}
+    missing = registered - set(checks)
+    if missing:
+        print(f"ops registered but not checked here: {sorted(missing)}")
+        return 1
     failed = 0
     for name, (op, args) in checks.items():
         try:
