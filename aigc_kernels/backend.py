@@ -140,6 +140,8 @@ def backend_status() -> dict[str, tuple[bool, str]]:
         status["triton"] = (False, "triton is not installed")
     elif here.GPU:
         status["triton"] = (True, f"triton on {here.GPU_NAME}")
+    elif triton_interpreter() and here.INTERPRETER_PROBLEM:
+        status["triton"] = (False, here.INTERPRETER_PROBLEM)
     elif triton_interpreter():
         status["triton"] = (True, "triton interpreter on CPU (TRITON_INTERPRET=1; slow, for testing)")
     else:
@@ -155,7 +157,7 @@ def _available(name: str) -> bool:
     if name == "cuda":
         return here.EXT_LOADED and here.GPU
     if name == "triton":
-        return here.TRITON_INSTALLED and (here.GPU or triton_interpreter())
+        return here.TRITON_INSTALLED and (here.GPU or (triton_interpreter() and not here.INTERPRETER_PROBLEM))
     return True
 
 

@@ -56,13 +56,20 @@ setup() {
     if ls bundle/aigc_kernels-*.whl >/dev/null 2>&1; then
         echo "setup: _C from $(ls bundle/aigc_kernels-*.whl)"
         $PY - <<'PYEOF'
-import glob, zipfile
+import glob, re, zipfile
+import torch
 whl = sorted(glob.glob("bundle/aigc_kernels-*.whl"))[-1]
 with zipfile.ZipFile(whl) as z:
-    for name in z.namelist():
-        if name.startswith("aigc_kernels/_C") or name == "aigc_kernels/_build_info.py":
-            z.extract(name, ".")
-            print("unpacked", name)
+    info = z.read("aigc_kernels/_build_info.py").decode()
+    built = re.search(r"torch_version = '([^']+)'", info).group(1)
+    minor = lambda v: v.split("+")[0].split(".")[:2]
+    if minor(built) != minor(torch.__version__):  # never replace a working _C with one for another torch
+        print(f"setup: the bundle's _C is for torch {built}, this is torch {torch.__version__}: not used")
+    else:
+        for name in z.namelist():
+            if name.startswith("aigc_kernels/_C") or name == "aigc_kernels/_build_info.py":
+                z.extract(name, ".")
+                print("unpacked", name)
 PYEOF
     fi
     if ! $PY -c "from aigc_kernels import _ext; ok, why = _ext.status(); print(why); raise SystemExit(0 if ok else 1)"; then

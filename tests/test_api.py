@@ -258,3 +258,17 @@ def test_torch_compile_fullgraph_over_the_functional_api():
     compiled = torch.compile(step, fullgraph=True, backend="aot_eager")(q, k, v, x, w, b, kc, vc)
     torch.testing.assert_close(compiled, eager)
     assert torch.equal(kc[:, :, 1:2].squeeze(2)[0], k[0, :, 0])  # the in-place cache write survived compile
+
+
+@pytest.mark.parametrize("triton_v,numpy_v,broken", [("3.6.0", "2.4.6", True), ("3.6.0", "2.3.5", False),
+                                                     ("3.8.0", "2.4.6", False), ("3.5.1", "2.4.0", True)])
+def test_triton_interpreter_numpy_incompatibility_named(monkeypatch, triton_v, numpy_v, broken):
+    import importlib.metadata
+
+    from aigc_kernels import _availability
+
+    monkeypatch.setattr(importlib.metadata, "version", {"triton": triton_v, "numpy": numpy_v}.__getitem__)
+    why = _availability._interpreter_problem()
+    assert (why is not None) == broken
+    if broken:
+        assert f"triton {triton_v}" in why and f"numpy {numpy_v}" in why and "numpy<2.4" in why
