@@ -81,8 +81,8 @@ PYEOF
                 MAX_JOBS=${MAX_JOBS:-16} $PY -m pip install -q --no-build-isolation --no-deps -e . || return 1
         fi
     fi
-    for whl in bundle/liger_kernel-*.whl; do
-        [ -e "$whl" ] && $PY -m pip install -q --no-deps --no-index "$whl" && echo "installed $whl"
+    for whl in bundle/liger_kernel-*.whl; do  # not in a dry run: that would install into the dev venv
+        [ -e "$whl" ] && [ $DRY = 0 ] && $PY -m pip install -q --no-deps --no-index "$whl" && echo "installed $whl"
     done
     $PY -m aigc_kernels.cli info
     $PY - "$OUT/ceilings.json" <<'PYEOF'
