@@ -299,3 +299,37 @@ def test_fp16_on_the_triton_backend(name):
         got = run_ours(model, name, "registered", "triton", lambda m: m(input_ids=ids, attention_mask=mask).logits)
     bound = 2 * (ref16 - ref)[keep].abs().max() + 2e-2
     assert (got.float() - ref)[keep].abs().max() <= bound
+
+
+@pytest.mark.parametrize("name", ["llama", "mistral"])
+@pytest.mark.parametrize("cache_kind", ["dynamic", "static"])
+def test_chunked_prefill_into_a_partly_filled_cache(name, cache_kind):
+    """Prompt in chunks of 5, 4 and then 1 token, left padded: every chunk after the first attends over a
+    partly filled cache (Lq < Lk; with a static cache, Lk is the cache's length). Logits of every chunk
+    equal transformers' own attention."""
+    model = tiny(name)
+    ids, mask = inputs("left", length=10)
+    chunks = [(0, 5), (5, 9), (9, 10)]
+
+    def run(impl):
+        model.set_attn_implementation(impl)
+        cache = (transformers.DynamicCache(config=model.config) if cache_kind == "dynamic"
+                 else transformers.StaticCache(config=model.config, max_cache_len=16))
+        logits = []
+        with torch.no_grad():
+            for a, b in chunks:
+                out = model(ids[:, a:b], attention_mask=mask[:, :b], cache=cache, use_cache=True,
+                            cache_position=torch.arange(a, b))
+                logits.append(out.logits)
+        assert cache.get_seq_length() == 10
+        return logits
+
+    ref = run(reference_impl(name))
+    ak.register_hf()
+    try:
+        got = run("aigc_kernels")
+    finally:
+        model.set_attn_implementation(reference_impl(name))
+    for (a, b), x, y in zip(chunks, got, ref, strict=True):
+        real = mask[:, a:b].bool()
+        torch.testing.assert_close(x[real], y[real], atol=1e-5, rtol=1e-5, msg=lambda m, a=a: f"chunk at {a}: {m}")
