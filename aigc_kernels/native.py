@@ -234,6 +234,8 @@ def attention_with_kvcache(q, k_cache, v_cache, cache_seqlens, *, k_new=None, v_
         if n > 0 and all(x == lens[0] for x in lens):
             if n < k_cache.shape[2]:
                 k_cache, v_cache = k_cache[:, :, :n], v_cache[:, :, :n]
+            if lq == 1 or not causal:  # one query row sees every valid key: plain SDPA
+                return _sdpa(q, k_cache, v_cache, None, 0.0, scale)
             return attention(q, k_cache, v_cache, causal, None, 0.0, scale)
     lengths = (cache_seqlens.to(torch.long) + lnew).view(-1, 1, 1)  # (B, 1, 1) valid keys per batch
     j = torch.arange(lmax, device=q.device).view(1, 1, lmax)

@@ -111,9 +111,10 @@ def attention_with_kvcache(
         (B, Hq, Lq, D).
     """
     validation.kvcache_args(q, k_cache, v_cache, cache_seqlens, k_new, v_new, scale)
-    args = (q, k_cache, v_cache, cache_seqlens)
-    kwargs = dict(k_new=k_new, v_new=v_new, causal=causal, scale=scale)
-    return select("attention_with_kvcache", q.device, backend, *args, **kwargs)(*args, **kwargs)
+    fn = fast("attention_with_kvcache", q, backend) or select(
+        "attention_with_kvcache", q.device, backend, q, k_cache, v_cache, cache_seqlens, k_new=k_new, v_new=v_new,
+        causal=causal, scale=scale)
+    return fn(q, k_cache, v_cache, cache_seqlens, k_new=k_new, v_new=v_new, causal=causal, scale=scale)
 
 
 def kvcache_append(
