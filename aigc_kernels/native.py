@@ -219,24 +219,23 @@ def kvcache_append(k_cache, v_cache, k_new, v_new, cache_seqlens) -> None:
 
 
 def attention_with_kvcache(q, k_cache, v_cache, cache_seqlens, *, k_new=None, v_new=None, causal=True, scale=None):
-    lq, lmax = q.shape[2], k_cache.shape[2]
     lnew = 0
     if k_new is not None:
         kvcache_append(k_cache, v_cache, k_new, v_new, cache_seqlens)
         lnew = k_new.shape[2]
-    if q.numel() == 0:
-        return torch.empty_like(q)
-    if cache_seqlens.device.type == "cpu" and not torch.compiler.is_compiling():
+    if cache_seqlens.is_cpu and not torch.compiler.is_compiling():
         # lengths on the host are free to read: one length for the whole batch (the usual decoding step)
         # is SDPA over that prefix of the caches, with no mask to build
         lens = cache_seqlens.tolist()
-        n = lens[0] + lnew if lens else 0
-        if n > 0 and all(x == lens[0] for x in lens):
+        if lens and lens.count(lens[0]) == len(lens) and (n := lens[0] + lnew) > 0 and q.numel():
             if n < k_cache.shape[2]:
                 k_cache, v_cache = k_cache[:, :, :n], v_cache[:, :, :n]
-            if lq == 1 or not causal:  # one query row sees every valid key: plain SDPA
+            if not causal or q.shape[2] == 1:  # one query row sees every valid key: plain SDPA
                 return _sdpa(q, k_cache, v_cache, None, 0.0, scale)
             return attention(q, k_cache, v_cache, causal, None, 0.0, scale)
+    if q.numel() == 0:
+        return torch.empty_like(q)
+    lq, lmax = q.shape[2], k_cache.shape[2]
     lengths = (cache_seqlens.to(torch.long) + lnew).view(-1, 1, 1)  # (B, 1, 1) valid keys per batch
     j = torch.arange(lmax, device=q.device).view(1, 1, lmax)
     keep = j < lengths
