@@ -38,6 +38,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -533,6 +534,17 @@ def _spill_stores(arch: str, ptx: str) -> int:
 
 def _worker_init() -> None:
     os.environ.pop("TRITON_INTERPRET", None)
+    # a worker whose audit was killed (a CI timeout, Ctrl-C twice) must not live on compiling: seen here,
+    # orphaned workers kept a core busy for hours. Exit when the parent is gone.
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(2.0)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="aigc-audit-parent-watch", daemon=True).start()
 
 
 def compile_records(records: list[Record], jobs: int, progress: Callable[[int, int], None] | None = None) -> None:

@@ -206,7 +206,8 @@ def _row(case: Case, provider: str, mode: str, **fields) -> dict:
 
 def _run_case(bop: BenchOp, case: Case, device: str, wanted: Iterable[str] | None, modes: list[str],
               ceilings: dict | None, cpu_reps: int) -> list[dict]:
-    rows = []
+    rows: list[dict | None] = []
+    pending = []  # (row index, provider, mode, fn, fields): set up and checked, to be timed
     wanted = set(wanted) if wanted else None
     for prov in bop.providers():
         if wanted is not None and prov.name not in wanted:
@@ -219,7 +220,22 @@ def _run_case(bop: BenchOp, case: Case, device: str, wanted: Iterable[str] | Non
         for mode in modes:
             if mode not in bop.modes:
                 continue
-            rows.append(_run_one(bop, case, prov, mode, device, ceilings, cpu_reps))
+            got = _prepare(bop, case, prov, mode, device)
+            if isinstance(got, dict):
+                rows.append(got)
+            else:
+                pending.append((len(rows), prov, mode, *got))
+                rows.append(None)
+    if device == "cuda":  # CUDA events and a cleared L2 per run: one provider after another
+        for i, prov, mode, fn, fields, leaves in pending:
+            rows[i] = _time_and_finish(bop, case, prov, mode, fn, fields, leaves, device, ceilings, cpu_reps)
+    else:  # host clocks drift (turbo, the other core's load): the providers' runs interleaved
+        timings = _time_interleaved([fn for _, _, _, fn, _, _ in pending], getattr(bop, "wall_clock", False),
+                                    cpu_reps)
+        for (i, prov, mode, fn, fields, leaves), timing in zip(pending, timings, strict=True):
+            rows[i] = _time_and_finish(bop, case, prov, mode, fn, fields, leaves, device, ceilings, cpu_reps,
+                                       timing=timing)
+    rows = [r for r in rows if r is not None]
     # speedup vs PyTorch's own implementation ("eager"; the reference where PyTorch has none)
     for mode in modes:
         timed = {r["provider"]: r for r in rows if r["mode"] == mode and r["median_ms"]}
@@ -233,7 +249,47 @@ def _run_case(bop: BenchOp, case: Case, device: str, wanted: Iterable[str] | Non
     return rows
 
 
-def _run_one(bop: BenchOp, case: Case, prov, mode: str, device: str, ceilings: dict | None, cpu_reps: int) -> dict:
+def _time_interleaved(fns: list[Callable], wall_clock: bool, reps: int) -> list[tuple | Exception]:
+    """CPU timings of several callables, their samples taken in turns (the order rotating each round),
+    so a slow stretch of the machine lands on all of them alike. Per callable: (median, p20, p80) in
+    ms, or the exception it raised. wall_clock: each sample is the mean of 200 back-to-back calls."""
+    calls = 200 if wall_clock else 1
+    rounds = 7 if wall_clock else reps
+    samples: list[list[float]] = [[] for _ in fns]
+    failed: dict[int, Exception] = {}
+    for i, fn in enumerate(fns):  # warm-up
+        try:
+            fn()
+        except Exception as exc:
+            failed[i] = exc
+    live = [i for i in range(len(fns)) if i not in failed]
+    for r in range(rounds):
+        shift = r % len(live) if live else 0
+        for i in live[shift:] + live[:shift]:
+            if i in failed:
+                continue
+            fn = fns[i]
+            try:
+                t0 = time.perf_counter()
+                for _ in range(calls):
+                    fn()
+                samples[i].append((time.perf_counter() - t0) * 1e3 / calls)
+            except Exception as exc:
+                failed[i] = exc
+    out: list[tuple | Exception] = []
+    for i in range(len(fns)):
+        if i in failed:
+            out.append(failed[i])
+            continue
+        xs = samples[i]
+        q = statistics.quantiles(xs, n=10) if len(xs) >= 2 else xs * 9
+        out.append((statistics.median(xs), q[1], q[7]))
+    return out
+
+
+def _prepare(bop: BenchOp, case: Case, prov, mode: str, device: str):
+    """Set a provider up and check its output: a finished row (skipped, error, out of memory), or
+    (the callable to time, the row's fields so far, the gradient leaves)."""
     needs_grad = mode != "fwd"
     try:
         inputs = bop.inputs(case, device, requires_grad=needs_grad)
@@ -252,7 +308,22 @@ def _run_one(bop: BenchOp, case: Case, prov, mode: str, device: str, ceilings: d
         del out
         leaves = [t for t in inputs.values() if isinstance(t, torch.Tensor) and t.requires_grad]
         fn = fwd if whole else timed_fn(fwd, mode, leaves)
-        if device == "cuda":
+    except torch.cuda.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        return _row(case, prov.name, mode, status="error", note="out of memory", **fields)
+    except Exception as exc:
+        return _row(case, prov.name, mode, status="error", note=f"{type(exc).__name__}: {exc}"[:300], **fields)
+    return fn, fields, leaves
+
+
+def _time_and_finish(bop: BenchOp, case: Case, prov, mode: str, fn: Callable, fields: dict, leaves: list,
+                     device: str, ceilings: dict | None, cpu_reps: int, timing=None) -> dict:
+    try:
+        if isinstance(timing, Exception):
+            raise timing
+        if timing is not None:
+            med, p20, p80 = timing
+        elif device == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             base_mem = torch.cuda.memory_allocated()
