@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import datetime
 import platform
+import random
 import statistics
 import subprocess
 import time
@@ -250,30 +251,37 @@ def _run_case(bop: BenchOp, case: Case, device: str, wanted: Iterable[str] | Non
 
 
 def _time_interleaved(fns: list[Callable], wall_clock: bool, reps: int) -> list[tuple | Exception]:
-    """CPU timings of several callables, their samples taken in turns (the order rotating each round),
-    so a slow stretch of the machine lands on all of them alike. Per callable: (median, p20, p80) in
-    ms, or the exception it raised. wall_clock: each sample is the mean of 200 back-to-back calls."""
-    calls = 200 if wall_clock else 1
-    rounds = 7 if wall_clock else reps
+    """CPU timings of several callables, their samples taken in turns (in a new random order each round)
+    so a slow stretch of the machine lands on all of them alike. A sample is the mean of back-to-back
+    calls filling about 2 ms (200 calls for the wall_clock overhead op), so what ran just before -- a
+    cache-thrashing neighbour such as the naive reference -- touches only its first call. Per callable:
+    (median, p20, p80) in ms, or the exception it raised."""
     samples: list[list[float]] = [[] for _ in fns]
+    calls: list[int] = [1] * len(fns)
     failed: dict[int, Exception] = {}
-    for i, fn in enumerate(fns):  # warm-up
+    for i, fn in enumerate(fns):  # warm-up, and how many calls make a sample
         try:
             fn()
+            t0 = time.perf_counter()
+            fn()
+            once = time.perf_counter() - t0
+            calls[i] = 200 if wall_clock else max(1, min(1000, int(2e-3 / max(once, 1e-7))))
         except Exception as exc:
             failed[i] = exc
     live = [i for i in range(len(fns)) if i not in failed]
-    for r in range(rounds):
-        shift = r % len(live) if live else 0
-        for i in live[shift:] + live[:shift]:
+    order = random.Random(0)
+    for _ in range(7 if wall_clock else reps):
+        # a fresh order each round: in a rotation each callable would always follow the same one
+        order.shuffle(live)
+        for i in list(live):
             if i in failed:
                 continue
-            fn = fns[i]
+            fn, n = fns[i], calls[i]
             try:
                 t0 = time.perf_counter()
-                for _ in range(calls):
+                for _ in range(n):
                     fn()
-                samples[i].append((time.perf_counter() - t0) * 1e3 / calls)
+                samples[i].append((time.perf_counter() - t0) * 1e3 / n)
             except Exception as exc:
                 failed[i] = exc
     out: list[tuple | Exception] = []
