@@ -55,6 +55,21 @@ class Timer:
         self.seconds += time.perf_counter() - self._t0
 
 
+def train_steps(opt: torch.optim.Optimizer, batches: list, loss_of, device: str,
+                what: str) -> tuple[list[float], float]:
+    """One optimizer step per batch (loss_of(batch) -> loss), with a progress bar; returns the losses
+    and the seconds spent in the steps (device-synchronized)."""
+    losses, timer = [], Timer(device)
+    for i in steps(len(batches), what):
+        with timer:
+            loss = loss_of(batches[i])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        losses.append(loss.item())
+    return losses, timer.seconds
+
+
 def show_backends(report) -> None:
     """One line per op family: which backend ak.patch set for it (and the report's notes)."""
     console.print("[bold]aigc_kernels.patch:[/] " + ", ".join(f"{op} on '{b}'" for op, b in report.op_backends.items())

@@ -17,7 +17,7 @@ import copy
 
 import torch
 import transformers
-from _common import Timer, base_parser, console, show_backends, steps
+from _common import base_parser, console, show_backends, train_steps
 from torch import nn
 
 import aigc_kernels as ak
@@ -50,16 +50,8 @@ class Classifier(nn.Module):
 
 def train(model, batches, device: str, label: str):
     opt = torch.optim.AdamW(model.parameters(), lr=3e-5)
-    losses, timer = [], Timer(device)
-    for i in steps(len(batches), f"fine-tuning ({label})"):
-        ids, mask, y = batches[i]
-        with timer:
-            loss = nn.functional.cross_entropy(model(ids, mask), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        losses.append(loss.item())
-    return losses, timer.seconds
+    return train_steps(opt, batches, lambda b: nn.functional.cross_entropy(model(b[0], b[1]), b[2]), device,
+                       f"fine-tuning ({label})")
 
 
 def main(argv=None) -> int:

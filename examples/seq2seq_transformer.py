@@ -21,7 +21,7 @@ import string
 import warnings
 
 import torch
-from _common import Timer, base_parser, console, show_backends, steps
+from _common import base_parser, console, show_backends, train_steps
 from torch import nn
 
 import aigc_kernels as ak
@@ -74,17 +74,13 @@ class Seq2Seq(nn.Module):
 def train(model, batches, lr: float, device: str, label: str):
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     loss_fn = nn.CrossEntropyLoss(ignore_index=PAD)
-    losses, timer = [], Timer(device)
-    for i in steps(len(batches), f"training ({label})"):
-        src, tgt_in, tgt_out = batches[i]
-        with timer:
-            logits = model(src, tgt_in)
-            loss = loss_fn(logits.reshape(-1, logits.shape[-1]), tgt_out.reshape(-1))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        losses.append(loss.item())
-    return losses, timer.seconds
+
+    def loss_of(batch):
+        src, tgt_in, tgt_out = batch
+        logits = model(src, tgt_in)
+        return loss_fn(logits.reshape(-1, logits.shape[-1]), tgt_out.reshape(-1))
+
+    return train_steps(opt, batches, loss_of, device, f"training ({label})")
 
 
 def main(argv=None) -> int:
