@@ -102,30 +102,17 @@ def _time_gpu(fn: Callable, grad_to_none: list | None) -> tuple[float, float, fl
     return med, p20, p80
 
 
-def _time_cpu(fn: Callable, reps: int) -> tuple[float, float, float]:
-    fn()
-    samples = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - t0) * 1e3)
-    q = statistics.quantiles(samples, n=10) if len(samples) >= 2 else samples * 9
-    return statistics.median(samples), q[1], q[7]
-
-
-def _time_wall(fn: Callable, sync: bool, calls: int = 200, reps: int = 7) -> tuple[float, float, float]:
+def _time_wall_gpu(fn: Callable, calls: int = 200, reps: int = 7) -> tuple[float, float, float]:
     """Host wall-clock per call over `calls` back-to-back calls (one synchronize at the end):
-    the eager dispatch overhead when the kernels are tiny."""
+    the eager dispatch overhead when the kernels are tiny. (On CPU, _time_interleaved does this.)"""
     fn()
     samples = []
     for _ in range(reps):
-        if sync:
-            torch.cuda.synchronize()
+        torch.cuda.synchronize()
         t0 = time.perf_counter()
         for _ in range(calls):
             fn()
-        if sync:
-            torch.cuda.synchronize()
+        torch.cuda.synchronize()
         samples.append((time.perf_counter() - t0) * 1e3 / calls)
     q = statistics.quantiles(samples, n=10)
     return statistics.median(samples), q[1], q[7]
@@ -229,13 +216,12 @@ def _run_case(bop: BenchOp, case: Case, device: str, wanted: Iterable[str] | Non
                 rows.append(None)
     if device == "cuda":  # CUDA events and a cleared L2 per run: one provider after another
         for i, prov, mode, fn, fields, leaves in pending:
-            rows[i] = _time_and_finish(bop, case, prov, mode, fn, fields, leaves, device, ceilings, cpu_reps)
+            rows[i] = _time_and_finish(bop, case, prov, mode, fn, fields, leaves, ceilings)
     else:  # host clocks drift (turbo, the other core's load): the providers' runs interleaved
         timings = _time_interleaved([fn for _, _, _, fn, _, _ in pending], getattr(bop, "wall_clock", False),
                                     cpu_reps)
         for (i, prov, mode, fn, fields, leaves), timing in zip(pending, timings, strict=True):
-            rows[i] = _time_and_finish(bop, case, prov, mode, fn, fields, leaves, device, ceilings, cpu_reps,
-                                       timing=timing)
+            rows[i] = _time_and_finish(bop, case, prov, mode, fn, fields, leaves, ceilings, timing=timing)
     rows = [r for r in rows if r is not None]
     # speedup vs PyTorch's own implementation ("eager"; the reference where PyTorch has none)
     for mode in modes:
@@ -274,8 +260,6 @@ def _time_interleaved(fns: list[Callable], wall_clock: bool, reps: int) -> list[
         # a fresh order each round: in a rotation each callable would always follow the same one
         order.shuffle(live)
         for i in list(live):
-            if i in failed:
-                continue
             fn, n = fns[i], calls[i]
             try:
                 t0 = time.perf_counter()
@@ -284,6 +268,7 @@ def _time_interleaved(fns: list[Callable], wall_clock: bool, reps: int) -> list[
                 samples[i].append((time.perf_counter() - t0) * 1e3 / n)
             except Exception as exc:
                 failed[i] = exc
+                live.remove(i)
     out: list[tuple | Exception] = []
     for i in range(len(fns)):
         if i in failed:
@@ -325,25 +310,23 @@ def _prepare(bop: BenchOp, case: Case, prov, mode: str, device: str):
 
 
 def _time_and_finish(bop: BenchOp, case: Case, prov, mode: str, fn: Callable, fields: dict, leaves: list,
-                     device: str, ceilings: dict | None, cpu_reps: int, timing=None) -> dict:
+                     ceilings: dict | None, timing=None) -> dict:
+    """The row of a prepared provider: timed here on a GPU, or with ``timing`` measured on CPU
+    (_time_interleaved's result for it)."""
     try:
         if isinstance(timing, Exception):
             raise timing
         if timing is not None:
             med, p20, p80 = timing
-        elif device == "cuda":
+        else:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             base_mem = torch.cuda.memory_allocated()
             fn()
             torch.cuda.synchronize()
             fields["peak_mem_mb"] = round((torch.cuda.max_memory_allocated() - base_mem) / 2**20, 1)
-            med, p20, p80 = (_time_wall(fn, sync=True) if getattr(bop, "wall_clock", False)
+            med, p20, p80 = (_time_wall_gpu(fn) if getattr(bop, "wall_clock", False)
                              else _time_gpu(fn, leaves or None))
-        elif getattr(bop, "wall_clock", False):
-            med, p20, p80 = _time_wall(fn, sync=False)
-        else:
-            med, p20, p80 = _time_cpu(fn, cpu_reps)
     except torch.cuda.OutOfMemoryError:
         torch.cuda.empty_cache()
         return _row(case, prov.name, mode, status="error", note="out of memory", **fields)
