@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import functools
 import importlib
+import re
 
 
-def _minor(version: str) -> str:
-    return ".".join(version.split("+")[0].split(".")[:2])
+def minor_version(version: str | None) -> str | None:
+    """'2.11.0+cu130' -> '2.11' (None stays None; a string with no X.Y is returned as it is)."""
+    if not version:
+        return None
+    m = re.match(r"(\d+)\.(\d+)", version)
+    return f"{m.group(1)}.{m.group(2)}" if m else version
 
 
 def torch_mismatch() -> str | None:
@@ -21,10 +26,11 @@ def torch_mismatch() -> str | None:
     import torch
 
     built = build_info().get("torch_version")
-    if built and _minor(built) != _minor(torch.__version__):
+    want, have = minor_version(built), minor_version(torch.__version__)
+    if built and want != have:
         return (f"aigc_kernels._C was built against torch {built}, but torch {torch.__version__} is installed: "
-                f"install torch=={_minor(built)}.* or rebuild (pip install --no-build-isolation -e ., or a wheel "
-                f"built for torch {_minor(torch.__version__)})")
+                f"install torch=={want}.* or rebuild (pip install --no-build-isolation -e ., or a wheel "
+                f"built for torch {have})")
     return None
 
 
@@ -50,7 +56,7 @@ def status() -> tuple[bool, str]:
     info = build_info()
     archs = info.get("archs", "unknown archs")
     return True, (f"aigc_kernels._C built for {archs} against torch {info.get('torch_version', '?')} "
-                  f"(requires torch=={_minor(info.get('torch_version', '?'))}.*)")
+                  f"(requires torch=={minor_version(info.get('torch_version', '?'))}.*)")
 
 
 def build_info() -> dict[str, str]:

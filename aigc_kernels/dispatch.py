@@ -30,6 +30,8 @@ from pathlib import Path
 
 import torch
 
+from ._ext import minor_version
+
 log = logging.getLogger("aigc_kernels.dispatch")
 
 TABLE_SCHEMA = 1
@@ -158,13 +160,6 @@ _KEYS = {"attention": _attention_key, "attention_varlen": _varlen_key, "attentio
 # ----------------------------------------------------------------------------------------------
 # tables
 # ----------------------------------------------------------------------------------------------
-def _minor(version: str | None) -> str | None:
-    if not version:
-        return None
-    m = re.match(r"(\d+)\.(\d+)", version)
-    return f"{m.group(1)}.{m.group(2)}" if m else version
-
-
 def current_versions() -> dict[str, str | None]:
     import importlib.metadata as md
 
@@ -181,7 +176,7 @@ def stale_reason(versions: dict, now: dict | None = None) -> str | None:
     """Why a table measured with ``versions`` does not apply now (torch/triton/library minor versions)."""
     now = now or current_versions()
     for name in ("torch", "triton", "aigc_kernels"):
-        if _minor(versions.get(name)) != _minor(now.get(name)):
+        if minor_version(versions.get(name)) != minor_version(now.get(name)):
             return f"measured with {name} {versions.get(name)}, running {now.get(name)}"
     return None
 
