@@ -22,6 +22,8 @@ The naive oracle stays ``aigc_kernels.reference`` (backend "reference"); this mo
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -34,22 +36,24 @@ _ACT = {
 
 _HAS_ENABLE_GQA = torch.torch_version.TorchVersion(torch.__version__) >= (2, 5)  # SDPA's enable_gqa
 
-_LAZY: dict = {}
+# torch.nn.attention.bias / .varlen are imported on first use: importing them pulls in torch._dynamo
+# (and triton) at ~1 s, which `import aigc_kernels` must not pay.
+@functools.cache
+def _causal_lower_right():
+    try:  # torch >= 2.3
+        from torch.nn.attention.bias import causal_lower_right
+    except ImportError:  # pragma: no cover
+        return None
+    return causal_lower_right
 
 
-def _lazy(name):
-    """torch.nn.attention.bias / .varlen, imported on first use: importing them pulls in
-    torch._dynamo (and triton) at ~1 s, which `import aigc_kernels` must not pay."""
-    if name not in _LAZY:
-        try:
-            if name == "causal_lower_right":  # torch >= 2.3
-                from torch.nn.attention.bias import causal_lower_right as fn
-            else:  # torch >= 2.10: flash varlen attention (CUDA, half types)
-                from torch.nn.attention.varlen import varlen_attn as fn
-        except ImportError:  # pragma: no cover
-            fn = None
-        _LAZY[name] = fn
-    return _LAZY[name]
+@functools.cache
+def _varlen_attn_fn():
+    try:  # torch >= 2.10: flash varlen attention (CUDA, half types)
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:  # pragma: no cover
+        return None
+    return varlen_attn
 
 
 # ----------------------------------------------------------------------------------------------
@@ -166,7 +170,7 @@ def attention(q, k, v, causal=False, attn_mask=None, dropout_p=0.0, scale=None, 
     elif causal and lq > 1:
         if lq == lk and attn_mask is None:
             return _sdpa(q, k, v, None, dropout_p, scale, is_causal=True)
-        if lq < lk and attn_mask is None and (lower_right := _lazy("causal_lower_right")) is not None:
+        if lq < lk and attn_mask is None and (lower_right := _causal_lower_right()) is not None:
             return _sdpa(q, k, v, lower_right(lq, lk), dropout_p, scale)
         band = _band(lq, lk, True, None, q.device)
     if attn_mask is None:
@@ -182,7 +186,7 @@ def attention(q, k, v, causal=False, attn_mask=None, dropout_p=0.0, scale=None, 
 def attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, causal=False, scale=None,
                      window_size=None):
     if (q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and not torch.compiler.is_compiling()
-            and (_varlen_attn := _lazy("varlen_attn")) is not None):
+            and (_varlen_attn := _varlen_attn_fn()) is not None):
         left, right = window_size if window_size is not None else (-1, -1)
         if causal:
             right = 0 if right < 0 else min(right, 0)

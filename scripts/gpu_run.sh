@@ -58,12 +58,12 @@ setup() {
         $PY - <<'PYEOF'
 import glob, re, zipfile
 import torch
+from aigc_kernels._ext import minor_version
 whl = sorted(glob.glob("bundle/aigc_kernels-*.whl"))[-1]
 with zipfile.ZipFile(whl) as z:
     info = z.read("aigc_kernels/_build_info.py").decode()
     built = re.search(r"torch_version = '([^']+)'", info).group(1)
-    minor = lambda v: v.split("+")[0].split(".")[:2]
-    if minor(built) != minor(torch.__version__):  # never replace a working _C with one for another torch
+    if minor_version(built) != minor_version(torch.__version__):  # never replace a working _C with one for another torch
         print(f"setup: the bundle's _C is for torch {built}, this is torch {torch.__version__}: not used")
     else:
         for name in z.namelist():
