@@ -31,11 +31,11 @@ from torch import nn
 from . import backend as backend_mod
 from . import nn as ak_nn
 from . import ops
+from .contracts.tables import HF_ACTIVATIONS
 
 ATTR = "_aigc_kernels_patch"  # the undo log stored on a patched model
 HF_NAME = "aigc_kernels"
-_HF_ACT = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu_fast": None, "gelu": "gelu",
-           "relu": "relu", "silu": "silu", "swish": "silu"}
+_HF_ACT = HF_ACTIVATIONS  # one map for ak.patch and the model converters
 
 
 @dataclasses.dataclass

@@ -15,6 +15,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .contracts.tables import ACTIVATIONS  # one table for every backend
+
 __all__ = [
     "ACTIVATIONS",
     "apply_activation",
@@ -29,8 +31,6 @@ __all__ = [
     "linear",
     "rms_norm",
 ]
-
-ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "silu")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..contracts.tables import HF_ACTIVATIONS
 from .bert import BERT
 from .config import TransformerConfig
 from .gpt import GPT
@@ -45,8 +46,7 @@ def load_torch_transformer(model: Transformer, ref: nn.Transformer) -> Transform
 # ----------------------------------------------------------------------------------------------
 # Hugging Face GPT-2
 # ----------------------------------------------------------------------------------------------
-_HF_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu": "relu",
-                   "silu": "silu", "swish": "silu"}
+_HF_ACTIVATIONS = HF_ACTIVATIONS
 
 
 def _activation(name: str) -> str:

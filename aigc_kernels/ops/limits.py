@@ -9,6 +9,7 @@ import functools
 import torch
 
 from .. import _device
+from ..contracts.tables import CUDA_BWD_HEAD_DIMS, CUDA_FWD_HEAD_DIMS, TRITON_HEAD_DIMS
 
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -47,9 +48,8 @@ cuda_rms_norm = functools.partial(_rms_norm, "CUDA")
 # ----------------------------------------------------------------------------------------------
 # attention
 # ----------------------------------------------------------------------------------------------
-TRITON_HEAD_DIMS = (16, 256)  # an inclusive range
-CUDA_HEAD_DIMS = (32, 64, 96, 128, 256)  # one instantiation each (csrc/attention)
-CUDA_BWD_MAX_HEAD_DIM = 128
+CUDA_HEAD_DIMS = CUDA_FWD_HEAD_DIMS  # one instantiation each (csrc/attention, generated)
+CUDA_BWD_MAX_HEAD_DIM = max(CUDA_BWD_HEAD_DIMS)
 
 
 def attention_head_dim(backend: str, head_dim: int) -> str | None:
@@ -120,7 +120,7 @@ def _cuda_attention_common(tensors, q: torch.Tensor) -> str | None:
     why = attention_head_dim("cuda", d)
     if why is not None:
         return why.replace("the cuda attention", "the CUDA attention")
-    if d > CUDA_BWD_MAX_HEAD_DIM and torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+    if d not in CUDA_BWD_HEAD_DIMS and torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return (f"the CUDA attention backward supports head dims up to {CUDA_BWD_MAX_HEAD_DIM}, got {d} "
                 "(with inputs that require grad)")
     if q.is_cuda:

@@ -44,11 +44,12 @@ except ImportError:  # pragma: no cover - older triton: the pointer kernel only
     TensorDescriptor = None
 
 from .. import _device
+from ..contracts.tables import ACTIVATION_IDS, NO_ACTIVATION_ID
 from ..ops import linear_common
 from . import _tuning
 
 INTERPRET = _tuning.INTERPRET
-ACT_IDS = {None: 0, "relu": 1, "gelu": 2, "gelu_tanh": 3, "silu": 4}
+ACT_IDS = {None: NO_ACTIVATION_ID, **ACTIVATION_IDS}  # the kernels' ACT constexpr (csrc/gemm/act_table.h too)
 # The TMA GEMM (operands by tensor descriptor): "auto" = on compute capability >= 9 for GEMMs
 # without operand prologues, "1" = whenever the call qualifies (also under the interpreter), "0" = never.
 TMA_MODE = os.environ.get("AIGC_KERNELS_TRITON_TMA", "auto")

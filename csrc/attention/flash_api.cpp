@@ -23,12 +23,14 @@
 #include <vector>
 
 #include "attention/flash.h"
+#include "attention/flash_head_dims.h"  // generated from aigc_kernels/contracts/tables.py
 
 namespace aigc_kernels {
 namespace {
 
-constexpr int kHeadDims[] = {32, 64, 96, 128, 256};
-constexpr int kMaxBwdHeadDim = 128;
+using flash::kHeadDims;
+using flash::kHeadDimsText;
+using flash::kMaxBwdHeadDim;
 
 bool supported_head_dim(int64_t d) { return std::find(std::begin(kHeadDims), std::end(kHeadDims), d) != std::end(kHeadDims); }
 
@@ -58,9 +60,9 @@ void check_common(const char* op, const at::Tensor& q, bool backward) {
   TORCH_CHECK(q.scalar_type() == at::kHalf || q.scalar_type() == at::kBFloat16, op,
               ": expected q of dtype Half or BFloat16, got ", q.scalar_type());
   const int64_t d = q.size(-1);
-  TORCH_CHECK(supported_head_dim(d), op, ": expected a head dim of 32, 64, 96, 128 or 256, got ", d);
-  TORCH_CHECK(!backward || d <= kMaxBwdHeadDim, op, ": the backward supports head dims up to ", kMaxBwdHeadDim,
-              ", got ", d);
+  TORCH_CHECK(supported_head_dim(d), op, ": expected a head dim of ", kHeadDimsText, ", got ", d);
+  TORCH_CHECK(!backward || flash::has_bwd(static_cast<int>(d)), op, ": the backward supports head dims up to ",
+              kMaxBwdHeadDim, ", got ", d);
   const auto* props = at::cuda::getDeviceProperties(q.device().index());
   TORCH_CHECK(props->major >= 8, op, ": expected a GPU of compute capability 8.0 or newer (mma.sync, cp.async), got ",
               props->major, ".", props->minor, " (", props->name, ")");
@@ -95,14 +97,8 @@ void set_strides(const at::Tensor& t, bool packed, int64_t& batch, int64_t& head
 template <typename Fn>
 void dispatch(const char* op, at::ScalarType dtype, int64_t d, Fn&& fn) {
   auto by_dim = [&](auto tag) {
-    switch (d) {
-      case 32: fn(tag, std::integral_constant<int, 32>{}); break;
-      case 64: fn(tag, std::integral_constant<int, 64>{}); break;
-      case 96: fn(tag, std::integral_constant<int, 96>{}); break;
-      case 128: fn(tag, std::integral_constant<int, 128>{}); break;
-      case 256: fn(tag, std::integral_constant<int, 256>{}); break;
-      default: TORCH_CHECK(false, op, ": no kernel for head dim ", d);
-    }
+    const bool found = flash::visit_head_dim(d, [&](auto dim) { fn(tag, dim); });
+    TORCH_CHECK(found, op, ": no kernel for head dim ", d);
   };
   if (dtype == at::kHalf) by_dim(__half{}); else by_dim(__nv_bfloat16{});
 }
@@ -278,7 +274,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> flash_bwd_cuda(
   p.total_q = static_cast<int>(packed ? q.size(0) : batch * lq);
   auto stream = at::cuda::getCurrentCUDAStream();
   dispatch(op, q.scalar_type(), q.size(-1), [&](auto t, auto d) {
-    if constexpr (decltype(d)::value <= kMaxBwdHeadDim) flash::run_bwd<decltype(t), decltype(d)::value>(p, stream);
+    if constexpr (flash::has_bwd(decltype(d)::value)) flash::run_bwd<decltype(t), decltype(d)::value>(p, stream);
   });
   return {dq, dk, dv};
 }

@@ -16,13 +16,11 @@ namespace gemm {
 
 Act parse_act(const std::optional<c10::string_view>& name) {
   if (!name.has_value()) return Act::kNone;
-  const auto& s = *name;
-  if (s == "relu") return Act::kRelu;
-  if (s == "gelu") return Act::kGelu;
-  if (s == "gelu_tanh") return Act::kGeluTanh;
-  if (s == "silu") return Act::kSilu;
-  TORCH_CHECK(false, "aigc_kernels: expected activation 'relu', 'gelu', 'gelu_tanh', 'silu' or None, got '",
-              std::string(s), "'");
+  const std::string_view s(name->data(), name->size());
+  for (const auto& entry : kActNames) {
+    if (entry.name == s) return entry.act;
+  }
+  TORCH_CHECK(false, "aigc_kernels: expected activation ", kActNamesText, ", got '", std::string(s), "'");
 }
 
 namespace {

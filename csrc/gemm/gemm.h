@@ -5,12 +5,12 @@
 
 #include <optional>
 
+#include "act_table.h"  // enum class Act, generated from aigc_kernels/contracts/tables.py
+
 namespace aigc_kernels {
 namespace gemm {
 
-enum class Act : int { kNone = 0, kRelu = 1, kGelu = 2, kGeluTanh = 3, kSilu = 4 };
-
-// Parse "relu" | "gelu" | "gelu_tanh" | "silu" | none; raises on anything else.
+// Parse an activation name of kActNames, or none; raises on anything else.
 Act parse_act(const std::optional<c10::string_view>& name);
 
 enum class Epilogue : int { kDefault = 0, kBias = 1, kGeluAux = 2, kRowSumA = 3, kDGeluAux = 4 };

@@ -1,0 +1,68 @@
+"""Generated files are up to date with their one source, and the tables agree with the code that uses them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from aigc_kernels import reference
+from aigc_kernels.contracts import tables
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("script", ["gen_tables.py", "gen_wgmma.py", "gen_dispatch_tables.py"])
+def test_generated_files_are_up_to_date(script):
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / script), "--check"], capture_output=True, text=True,
+                          cwd=ROOT, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_check_mode_catches_a_stale_and_a_left_over_file(tmp_path, monkeypatch):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gen_tables", ROOT / "scripts" / "gen_tables.py")
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    attn, gemm = tmp_path / "attention", tmp_path / "gemm"
+    attn.mkdir()
+    gemm.mkdir()
+    monkeypatch.setattr(gen, "ATTN", attn)
+    monkeypatch.setattr(gen, "GEMM", gemm)
+    assert gen.main(["--check"]) == 1  # nothing written yet
+    assert gen.main([]) == 0 and gen.main(["--check"]) == 0
+    (attn / "flash_fwd_f16_d48.cu").write_text("// a head dim the tables do not list\n")
+    assert gen.main(["--check"]) == 1
+    assert gen.main([]) == 0 and not (attn / "flash_fwd_f16_d48.cu").exists()
+    (gemm / "act_table.h").write_text("edited by hand\n")
+    assert gen.main(["--check"]) == 1
+
+
+def test_the_kernels_read_the_tables():
+    from aigc_kernels.models import convert
+    from aigc_kernels.ops import limits
+
+    assert reference.ACTIVATIONS == tables.ACTIVATIONS
+    assert limits.CUDA_HEAD_DIMS == tables.CUDA_FWD_HEAD_DIMS
+    assert limits.CUDA_BWD_MAX_HEAD_DIM == max(tables.CUDA_BWD_HEAD_DIMS)
+    assert convert._activation("gelu_fast") == "gelu_tanh"
+    header = (ROOT / "csrc" / "gemm" / "act_table.h").read_text()
+    for name, i in tables.ACTIVATION_IDS.items():
+        assert f'"{name}"' in header and f"= {i}" in header
+    if "triton" in sys.modules or __import__("importlib").util.find_spec("triton"):
+        from aigc_kernels.triton import linear as triton_linear
+
+        assert triton_linear.ACT_IDS == {None: tables.NO_ACTIVATION_ID, **tables.ACTIVATION_IDS}
+
+
+def test_every_hf_activation_is_the_function_it_maps_to():
+    acts = pytest.importorskip("transformers.activations")
+    x = torch.linspace(-8, 8, 4001, dtype=torch.float64)
+    for hf_name, ours in tables.HF_ACTIVATIONS.items():
+        assert ours in tables.ACTIVATIONS
+        torch.testing.assert_close(acts.ACT2FN[hf_name](x), reference.apply_activation(x, ours), atol=1e-9, rtol=1e-9,
+                                   msg=lambda m, hf_name=hf_name: f"{hf_name}: {m}")
