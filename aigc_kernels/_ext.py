@@ -1,8 +1,9 @@
 """Loading the compiled extension aigc_kernels._C, lazily and at most once.
 
 Importing _C runs its static TORCH_LIBRARY registrations (the schemas under
-torch.ops.aigc_kernels and their CPU/CUDA kernels); the Python side then adds the fake (meta)
-implementations in aigc_kernels.ops.cuda_ops. Nothing imports _C until an op or `info` asks.
+torch.ops.aigc_kernels and their CPU/CUDA kernels); the "cuda" backend (aigc_kernels.cuda) then adds the
+fake (meta) implementations and autograd. status() checks _C without importing that backend. Nothing
+imports _C until an op or `info` asks.
 """
 
 from __future__ import annotations
@@ -44,8 +45,7 @@ def status() -> tuple[bool, str]:
         if why is not None:
             return False, why
     try:
-        # cuda_ops imports _C, then registers the fake impls of the C++ ops.
-        importlib.import_module("aigc_kernels.ops.cuda_ops")
+        importlib.import_module("aigc_kernels._C")
     except ModuleNotFoundError as exc:
         if exc.name != "aigc_kernels._C":
             raise

@@ -260,7 +260,7 @@ def _shared_rms_norm(old: nn.Module, eps, backend: str | None) -> ak_nn.RMSNorm:
 def _fit_head_dim(backend: str, head_dim: int, where: str, report: PatchReport) -> str:
     """The backend for an attention of this head dim: the requested one, or "auto" (noted) when its
     kernel cannot take the head dim."""
-    from .ops.limits import attention_head_dim
+    from .contracts.limits import attention_head_dim
 
     why = attention_head_dim(backend, head_dim) if backend != "auto" else None
     if why is None:

@@ -19,7 +19,7 @@ import numbers
 
 import torch
 
-from .reference import ACTIVATIONS
+from .contracts.tables import ACTIVATIONS
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _FLOATS = frozenset(FLOAT_DTYPES)

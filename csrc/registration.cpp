@@ -1,7 +1,7 @@
 // The aigc_kernels op namespace: every schema is written once, here.
 //
 // Device implementations register with TORCH_LIBRARY_IMPL in api.cpp (CUDA) and cpu_ops.cpp
-// (CPU); fake (meta) implementations and autograd live in aigc_kernels/ops/cuda_ops.py.
+// (CPU); fake (meta) implementations and autograd live in aigc_kernels/cuda/<family>.py.
 #include <Python.h>
 #include <torch/library.h>
 

@@ -18,6 +18,8 @@ def main() -> int:
     print(f"_C: {why}")
     if not ok:
         return 1
+    import aigc_kernels.cuda  # noqa: F401  (the fake impls and autograd of the C++ ops)
+
     bf16 = torch.bfloat16
 
     def t(*shape, dtype=bf16):

@@ -69,7 +69,7 @@ def gen():
 
 @pytest.fixture(scope="session")
 def cuda_ops():
-    """aigc_kernels.ops.cuda_ops (the compiled extension's Python side: fake impls, autograd, entry
+    """aigc_kernels.cuda (the compiled extension's Python side: fake impls, autograd, entry
     points); a skip where the extension is not built, an error under AIGC_KERNELS_REQUIRE_EXT=1."""
     from aigc_kernels import _ext
 
@@ -78,7 +78,7 @@ def cuda_ops():
         if os.environ.get("AIGC_KERNELS_REQUIRE_EXT") == "1":
             raise RuntimeError(why)
         pytest.skip(why)
-    from aigc_kernels.ops import cuda_ops as module
+    import aigc_kernels.cuda as module
 
     return module
 

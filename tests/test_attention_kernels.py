@@ -167,6 +167,34 @@ def test_kvcache_decode(dtype, lq, causal, hq, hkv):
     assert lens.tolist() == [5, 17, 0]
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("lnew,d", [(1, 32), (7, 24), (40, 8)])
+def test_kvcache_append_kernel(dtype, lnew, d):
+    # strided caches and new rows (views), lengths at both ends of the cache: a copy, so exactly equal
+    b, h, lmax = 3, 2, 48
+    kc = rand(b, lmax, h, d, dtype=dtype, seed=1).transpose(1, 2)  # (B, H, Lmax, D) view, row stride H*D
+    vc = rand(b, h, lmax, d, dtype=dtype, seed=2)
+    kn = rand(b, lnew, h, d, dtype=dtype, seed=3).transpose(1, 2)
+    vn = rand(b, h, d, lnew, dtype=dtype, seed=4).transpose(2, 3)
+    lens = torch.tensor([0, 5, lmax - lnew], dtype=torch.int32, device=DEVICE)
+    kr, vr = kc.clone(), vc.clone()
+    ak.kvcache_append(kc, vc, kn, vn, lens, backend="triton")
+    R.kvcache_append(kr, vr, kn, vn, lens)
+    assert torch.equal(kc, kr) and torch.equal(vc, vr)
+    assert lens.tolist() == [0, 5, lmax - lnew]
+    ak.kvcache_append(kc, vc, kn[:, :, :0], vn[:, :, :0], lens, backend="triton")  # nothing new: nothing written
+    assert torch.equal(kc, kr)
+
+
+def test_kvcache_append_out_of_range_is_refused_on_the_host():
+    kc = torch.zeros(1, 1, 4, 8, device=DEVICE)
+    lens = torch.tensor([3], dtype=torch.int32)  # 3 + 2 rows > Lmax = 4
+    if DEVICE == "cpu":
+        with pytest.raises(ValueError, match="cache_seqlens"):
+            ak.kvcache_append(kc, kc.clone(), kc[:, :, :2].clone() + 1, kc[:, :, :2].clone(), lens, backend="triton")
+        assert not kc.any()
+
+
 def test_kvcache_matches_full_causal_attention():
     q = rand(2, 4, 1, 32)
     kc, vc = rand(2, 2, 48, 32, seed=1), rand(2, 2, 48, 32, seed=2)
@@ -191,6 +219,7 @@ def test_opcheck():
                                                 True, 0.25, -1, -1, 0.0, None, softcap, sk))
     lens = torch.tensor([5], dtype=torch.int32, device=DEVICE)
     torch.library.opcheck(A.attention_decode, (q[:, :, :1], k, v, lens, 0, True, 0.25))
+    torch.library.opcheck(A.kvcache_append_op, (k.clone(), v.clone(), k[:, :, :2].clone(), v[:, :, :2].clone(), lens))
 
 
 def test_compile_fullgraph():

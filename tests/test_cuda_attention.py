@@ -8,7 +8,7 @@ import torch
 
 import aigc_kernels as ak
 from aigc_kernels import reference as R
-from aigc_kernels.ops import limits
+from aigc_kernels.contracts import limits
 from aigc_kernels.testing import assert_close_to_reference, fwd_bwd
 from aigc_kernels.testing import check_fwd_bwd as check
 

@@ -25,6 +25,7 @@ if not BUILT:
     if os.environ.get("AIGC_KERNELS_REQUIRE_EXT") == "1":
         raise RuntimeError(f"AIGC_KERNELS_REQUIRE_EXT=1 but {WHY}")
     pytest.skip(WHY, allow_module_level=True)
+import aigc_kernels.cuda  # noqa: E402, F401  (the fake impls and autograd of the C++ ops)
 
 
 def make(device="cpu", dtype=torch.float32, b=2, h=3, lmax=16, lnew=2, d=8):

@@ -43,8 +43,8 @@ def test_check_mode_catches_a_stale_and_a_left_over_file(tmp_path, monkeypatch):
 
 
 def test_the_kernels_read_the_tables():
+    from aigc_kernels.contracts import limits
     from aigc_kernels.models import convert
-    from aigc_kernels.ops import limits
 
     assert reference.ACTIVATIONS == tables.ACTIVATIONS
     assert limits.CUDA_HEAD_DIMS == tables.CUDA_FWD_HEAD_DIMS
@@ -66,3 +66,31 @@ def test_every_hf_activation_is_the_function_it_maps_to():
         assert ours in tables.ACTIVATIONS
         torch.testing.assert_close(acts.ACT2FN[hf_name](x), reference.apply_activation(x, ours), atol=1e-9, rtol=1e-9,
                                    msg=lambda m, hf_name=hf_name: f"{hf_name}: {m}")
+
+
+def test_layers_only_reach_down():
+    """Kernel modules (triton/, cuda/) and the shared layer (contracts/) never import the public functions (ops/),
+    the reference or the native backend; contracts/ imports no backend."""
+    import ast
+
+    pkg = ROOT / "aigc_kernels"
+    banned = {"triton": ("ops", "reference", "native", "cuda"), "cuda": ("ops", "reference", "native", "triton"),
+              "contracts": ("ops", "reference", "native", "cuda", "triton")}
+    for layer, names in banned.items():
+        for path in sorted((pkg / layer).glob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom) and node.level:
+                    module = node.module or ""
+                    target = module.split(".")[0] if node.level == 2 else layer
+                    if node.level == 2 and not module:  # from .. import x
+                        targets = [a.name for a in node.names]
+                    else:
+                        targets = [target]
+                    bad = [t for t in targets if t in names]
+                    assert not bad, f"{path.relative_to(ROOT)}:{node.lineno} imports {bad}"
+                elif isinstance(node, ast.Import | ast.ImportFrom) and not getattr(node, "level", 0):
+                    mods = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+                    for m in mods:
+                        parts = m.split(".")
+                        assert not (parts[0] == "aigc_kernels" and len(parts) > 1 and parts[1] in names), \
+                            f"{path.relative_to(ROOT)}:{node.lineno} imports {m}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from ..reference import ACTIVATIONS
+from ..contracts.tables import ACTIVATIONS
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The functional API, one module per op family, and the backend registrations.
+"""The public functions, one module per op family, and the backend registrations.
 
 Every public function validates its arguments (aigc_kernels.validation), asks
 aigc_kernels.backend.select for the implementation, and calls it. Implementations are registered
@@ -12,7 +12,7 @@ import functools
 
 from .. import native, reference
 from ..backend import register
-from . import limits
+from ..contracts import limits
 from .attention import attention, attention_varlen, attention_with_kvcache, kvcache_append
 from .linear import ffn, linear
 from .norm import layer_norm, rms_norm
@@ -34,11 +34,29 @@ for _op in PUBLIC_OPS:
 
 
 # Kernel modules load on first use, through import statements (torch.compile executes those
-# eagerly, so a first call inside a compiled region works too).
-def _cuda_ops():
-    from . import cuda_ops
+# eagerly, so a first call inside a compiled region works too). One loader per backend x family.
+def _cuda_attention():
+    from ..cuda import attention
 
-    return cuda_ops
+    return attention
+
+
+def _cuda_kvcache():
+    from ..cuda import kvcache
+
+    return kvcache
+
+
+def _cuda_norm():
+    from ..cuda import norm
+
+    return norm
+
+
+def _cuda_linear():
+    from ..cuda import linear
+
+    return linear
 
 
 def _triton_attention():
@@ -63,18 +81,19 @@ def _attr(module_loader, name: str):
     return getattr(module_loader(), name)
 
 
-_KERNELS = [  # (backend, op, module, check of the arguments)
-    ("cuda", "attention", _cuda_ops, limits.cuda_attention),
-    ("cuda", "attention_varlen", _cuda_ops, limits.cuda_attention_varlen),
-    ("cuda", "attention_with_kvcache", _cuda_ops, limits.cuda_attention_with_kvcache),
-    ("cuda", "kvcache_append", _cuda_ops, None),
-    ("cuda", "layer_norm", _cuda_ops, limits.cuda_layer_norm),
-    ("cuda", "rms_norm", _cuda_ops, limits.cuda_rms_norm),
-    ("cuda", "linear", _cuda_ops, limits.cuda_linear),
-    ("cuda", "ffn", _cuda_ops, limits.cuda_ffn),
+_KERNELS = [  # (backend, op, module, check of the arguments: aigc_kernels.contracts.limits)
+    ("cuda", "attention", _cuda_attention, limits.cuda_attention),
+    ("cuda", "attention_varlen", _cuda_attention, limits.cuda_attention_varlen),
+    ("cuda", "attention_with_kvcache", _cuda_attention, limits.cuda_attention_with_kvcache),
+    ("cuda", "kvcache_append", _cuda_kvcache, None),
+    ("cuda", "layer_norm", _cuda_norm, limits.cuda_layer_norm),
+    ("cuda", "rms_norm", _cuda_norm, limits.cuda_rms_norm),
+    ("cuda", "linear", _cuda_linear, limits.cuda_linear),
+    ("cuda", "ffn", _cuda_linear, limits.cuda_ffn),
     ("triton", "attention", _triton_attention, limits.triton_attention),
     ("triton", "attention_varlen", _triton_attention, limits.triton_attention_varlen),
     ("triton", "attention_with_kvcache", _triton_attention, limits.triton_attention_with_kvcache),
+    ("triton", "kvcache_append", _triton_attention, None),
     ("triton", "layer_norm", _triton_norm, limits.triton_layer_norm),
     ("triton", "rms_norm", _triton_norm, limits.triton_rms_norm),
     ("triton", "linear", _triton_linear, limits.triton_linear),

@@ -38,7 +38,6 @@ hold bucketed lengths, so a new sequence length re-tunes at most once per power 
 from __future__ import annotations
 
 import functools
-import math
 import os
 
 import torch
@@ -46,6 +45,7 @@ import triton
 import triton.language as tl
 
 from .. import _device
+from ..contracts.attention import lse_like, rowmajor, softmax_scale, window_pair
 from . import _tuning
 
 try:  # host-side TMA descriptors (triton >= 3.4)
@@ -910,6 +910,40 @@ def _bwd(do, q, k, v, out, lse, attn_mask, cu_q, cu_k, max_q, max_k, causal, sca
     return dq, dk, dv, dsinks
 
 
+@triton.jit
+def _kvcache_append_kernel(KC, VC, KN, VN, LENS, H, LNEW, LMAX, D,
+                           s_kcb, s_kch, s_kcm, s_kcd, s_vcb, s_vch, s_vcm, s_vcd,
+                           s_knb, s_knh, s_knm, s_knd, s_vnb, s_vnh, s_vnm, s_vnd,
+                           BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Rows of k_new/v_new of one (batch, head) -> cache rows cache_seqlens[b] + row. A row that would land
+    outside [0, Lmax) is not written (validation refuses such lengths when they are on the host)."""
+    bh = tl.program_id(0)
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    rows = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)
+    cols = tl.arange(0, BLOCK_D)
+    dst = tl.load(LENS + b).to(tl.int64) + rows
+    ok = ((rows < LNEW) & (dst >= 0) & (dst < LMAX))[:, None] & (cols < D)[None, :]
+    r, c, t = rows.to(tl.int64)[:, None], cols.to(tl.int64)[None, :], dst[:, None]
+    k = tl.load(KN + b * s_knb + h * s_knh + r * s_knm + c * s_knd, mask=ok)
+    tl.store(KC + b * s_kcb + h * s_kch + t * s_kcm + c * s_kcd, k, mask=ok)
+    v = tl.load(VN + b * s_vnb + h * s_vnh + r * s_vnm + c * s_vnd, mask=ok)
+    tl.store(VC + b * s_vcb + h * s_vch + t * s_vcm + c * s_vcd, v, mask=ok)
+
+
+def _append(k_cache, v_cache, k_new, v_new, cache_seqlens) -> None:
+    b, h, lnew, d = k_new.shape
+    if k_new.numel() == 0:
+        return
+    block_d = triton.next_power_of_2(d)
+    block_r = max(1, min(triton.next_power_of_2(lnew), 4096 // block_d))
+    _kvcache_append_kernel[(b * h, triton.cdiv(lnew, block_r))](
+        k_cache, v_cache, k_new, v_new, cache_seqlens, h, lnew, k_cache.shape[2], d,
+        *k_cache.stride(), *v_cache.stride(), *k_new.stride(), *v_new.stride(),
+        BLOCK_R=block_r, BLOCK_D=block_d, num_warps=1 if INTERPRET else 4,
+    )
+
+
 def _decode(q, k_cache, v_cache, cache_seqlens, lnew, causal, scale):
     b, hq, lq, d = q.shape
     hkv, lmax = k_cache.shape[1], k_cache.shape[2]
@@ -972,11 +1006,7 @@ def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: 
 @attention_fwd.register_fake
 def _(q, k, v, attn_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale, window_left,
       window_right, dropout_p, seed, softcap, sinks):
-    if cu_seqlens_q is not None:
-        lse = q.new_empty(q.shape[1], q.shape[0], dtype=torch.float32)
-    else:
-        lse = q.new_empty(q.shape[0], q.shape[1], q.shape[2], dtype=torch.float32)
-    return torch.empty_like(q), lse
+    return torch.empty_like(q), lse_like(q, cu_seqlens_q is not None)
 
 
 @torch.library.custom_op("aigc_kernels::attention_bwd_triton", mutates_args=())
@@ -1018,6 +1048,18 @@ def _backward(ctx, dout, dlse):
 torch.library.register_autograd("aigc_kernels::attention_fwd_triton", _backward, setup_context=_setup_context)
 
 
+@torch.library.custom_op("aigc_kernels::kvcache_append_triton", mutates_args=("k_cache", "v_cache"))
+def kvcache_append_op(k_cache: torch.Tensor, v_cache: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor,
+                      cache_seqlens: torch.Tensor) -> None:
+    """Write k_new/v_new (B, Hkv, Lnew, D) into the caches at rows cache_seqlens[b]:+Lnew, in place."""
+    _append(k_cache, v_cache, k_new, v_new, cache_seqlens)
+
+
+@kvcache_append_op.register_fake
+def _(k_cache, v_cache, k_new, v_new, cache_seqlens) -> None:
+    return None
+
+
 @torch.library.custom_op("aigc_kernels::attention_decode_triton", mutates_args=())
 def attention_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cache_seqlens: torch.Tensor,
                      lnew: int, causal: bool, scale: float) -> torch.Tensor:
@@ -1033,11 +1075,6 @@ def _(q, k_cache, v_cache, cache_seqlens, lnew, causal, scale):
 # ----------------------------------------------------------------------------------------------
 # the "triton" backend's entry points (signatures of the public functions, minus backend=)
 # ----------------------------------------------------------------------------------------------
-def _window(causal: bool, window_size) -> tuple[int, int]:
-    left, right = window_size if window_size is not None else (-1, -1)
-    return int(left), int(right)
-
-
 def _seed(dropout_p: float) -> torch.Tensor | None:
     # Drawn from torch's CPU generator, so torch.manual_seed makes the dropout mask reproducible;
     # a tensor (not an int) so torch.compile does not specialize on it.
@@ -1046,18 +1083,14 @@ def _seed(dropout_p: float) -> torch.Tensor | None:
     return torch.randint(0, 2**30, (1,), dtype=torch.int64)
 
 
-def _rowmajor(t: torch.Tensor) -> torch.Tensor:
-    return t if t.stride(-1) == 1 else t.contiguous()
-
-
 def attention(q, k, v, causal=False, attn_mask=None, dropout_p=0.0, scale=None, window_size=None, softcap=None,
               sinks=None):
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    wl, wr = _window(causal, window_size)
+    scale = softmax_scale(q, scale)
+    wl, wr = window_pair(window_size)
     seed = _seed(dropout_p)
     if seed is not None:
         seed = seed.to(q.device)
-    out, _ = attention_fwd(_rowmajor(q), _rowmajor(k), _rowmajor(v), attn_mask, None, None, q.shape[2], k.shape[2],
+    out, _ = attention_fwd(rowmajor(q), rowmajor(k), rowmajor(v), attn_mask, None, None, q.shape[2], k.shape[2],
                            causal, scale, wl, wr, float(dropout_p), seed, float(softcap or 0.0),
                            None if sinks is None else sinks.contiguous())
     return out
@@ -1065,26 +1098,21 @@ def attention(q, k, v, causal=False, attn_mask=None, dropout_p=0.0, scale=None, 
 
 def attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, causal=False, scale=None,
                      window_size=None):
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    wl, wr = _window(causal, window_size)
-    out, _ = attention_fwd(_rowmajor(q), _rowmajor(k), _rowmajor(v), None, cu_seqlens_q, cu_seqlens_k,
+    scale = softmax_scale(q, scale)
+    wl, wr = window_pair(window_size)
+    out, _ = attention_fwd(rowmajor(q), rowmajor(k), rowmajor(v), None, cu_seqlens_q, cu_seqlens_k,
                            int(max_seqlen_q), int(max_seqlen_k), causal, scale, wl, wr, 0.0, None, 0.0, None)
     return out
 
 
-def _append(k_cache, v_cache, k_new, v_new, cache_seqlens) -> None:
-    """Write the new rows at cache_seqlens[b]:+Lnew in place: one scatter per cache, no host sync."""
-    b, h, lnew, d = k_new.shape
-    rows = cache_seqlens.to(torch.long).view(b, 1, 1, 1) + torch.arange(lnew, device=k_new.device).view(1, 1, lnew, 1)
-    index = rows.expand(b, h, lnew, d)
-    k_cache.scatter_(2, index, k_new)
-    v_cache.scatter_(2, index, v_new)
+def kvcache_append(k_cache, v_cache, k_new, v_new, cache_seqlens) -> None:
+    kvcache_append_op(k_cache, v_cache, k_new, v_new, cache_seqlens)
 
 
 def attention_with_kvcache(q, k_cache, v_cache, cache_seqlens, *, k_new=None, v_new=None, causal=True, scale=None):
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    scale = softmax_scale(q, scale)
     lnew = 0
     if k_new is not None:
-        _append(k_cache, v_cache, k_new, v_new, cache_seqlens)
+        kvcache_append_op(k_cache, v_cache, k_new, v_new, cache_seqlens)
         lnew = k_new.shape[2]
-    return attention_decode(_rowmajor(q), k_cache, v_cache, cache_seqlens, lnew, causal, scale)
+    return attention_decode(rowmajor(q), k_cache, v_cache, cache_seqlens, lnew, causal, scale)

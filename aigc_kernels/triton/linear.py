@@ -44,8 +44,9 @@ except ImportError:  # pragma: no cover - older triton: the pointer kernel only
     TensorDescriptor = None
 
 from .. import _device
+from ..contracts import linear as linear_common
+from ..contracts.linear import apply_activation
 from ..contracts.tables import ACTIVATION_IDS, NO_ACTIVATION_ID
-from ..ops import linear_common
 from . import _tuning
 
 INTERPRET = _tuning.INTERPRET
@@ -385,9 +386,9 @@ def gemm(a: torch.Tensor, b: torch.Tensor, *, out: torch.Tensor | None = None, b
             pre = zero + (bias.float() if bias is not None else 0)
             if gated:
                 pre2 = zero + (bias2.float() if bias2 is not None else 0)
-                res = _torch_act(pre2, act) * pre
+                res = apply_activation(pre2, act) * pre
             else:
-                res = _torch_act(pre, act)
+                res = apply_activation(pre, act)
             c.copy_(res)
         return c, z, z2, rs
     dummy = c
@@ -459,12 +460,6 @@ def _gemm_tma(views, bias, bias2, c, z, z2, rs, act, store_z, row_sum, progs, ga
         A_T=a_t, B_T=b_t, ACT=ACT_IDS[act], HAS_BIAS=bias is not None, STORE_Z=store_z, GATED=gated,
         ROW_SUM=row_sum, IEEE=sa.dtype == torch.float32,
     )
-
-
-def _torch_act(x, act):
-    from ..reference import apply_activation
-
-    return apply_activation(x, act)
 
 
 def _gated_grads(dh: torch.Tensor, u: torch.Tensor, g: torch.Tensor, act: str) -> torch.Tensor:

@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 
 from .. import _device
-from ..ops import norm_common
+from ..contracts import norm as norm_common
 
 MAX_FUSED_N = 16384  # widest row kept whole in registers (elements)
 LOOP_BLOCK_N = 4096  # column block of the looped path for wider rows

@@ -8,7 +8,7 @@
 
 #include <cstdint>
 
-#include "../kernels.h"
+#include "kvcache.h"
 #include "kvcache_kernels.cuh"
 
 namespace aigc_kernels {

@@ -2,7 +2,7 @@
 // csrc/emulate.h and compares them with a float64 reference. Driven by tests/test_kernel_emulation.py:
 //
 //   norm_emulate DTYPE WDTYPE ROWS COLS RMS RESIDUAL HAS_W HAS_B VEC GRID SEED
-//     DTYPE f32 | f16 | bf16;  WDTYPE same | f32;  VEC 1 or 16 / sizeof(dtype) (as csrc/api.cpp
+//     DTYPE f32 | f16 | bf16;  WDTYPE same | f32;  VEC 1 or 16 / sizeof(dtype) (as csrc/norm/norm_api.cpp
 //     picks it for aligned rows);  GRID the backward's blocks (partial rows of dw/db)
 //
 // Prints one JSON line: {name: [max abs error, max abs reference]} for y, s, mean, rstd, dx, dw, db.
@@ -121,7 +121,7 @@ int run(int64_t rows, int64_t cols, bool rms, bool residual, bool has_w, bool ha
     }
   }
   for (int64_t c = 0; c < cols; ++c) {
-    double sw = 0, sb = 0;  // csrc/api.cpp: dw_part.sum(0)
+    double sw = 0, sb = 0;  // csrc/norm/norm_api.cpp: dw_part.sum(0)
     for (int gi = 0; gi < grid; ++gi) sw += dw_part[gi * cols + c], sb += db_part[gi * cols + c];
     if (has_w) edw.add(sw, rdw[c]);
     if (has_b) edb.add(sb, rdb[c]);

@@ -1,24 +1,4 @@
-"""The "torch" backend: PyTorch's own best native call for every op, under the library's contract.
-
-Where the contract and PyTorch's function differ, the difference is bridged here, never ignored:
-
-* attention: F.scaled_dot_product_attention (its flash / cuDNN / efficient kernels on a GPU).
-  GQA through ``enable_gqa`` (or repeated heads on older torch); ``causal`` is bottom-right aligned
-  here and top-left in SDPA, so Lq == Lk passes ``is_causal``, Lq < Lk uses PyTorch's lower-right
-  causal bias, and everything else (Lq > Lk, windows, user masks with causal) becomes one bool
-  mask. A query row that sees no key returns zeros (SDPA would give NaN): such rows are given
-  every key, and their output is zeroed, so gradients stay finite and exact.
-* attention_varlen: PyTorch's flash varlen attention on a GPU where the installed torch has it
-  (half types), else one SDPA call per sequence.
-* attention_with_kvcache: an in-place scatter of the new rows, then SDPA over the cache with a
-  mask of each batch's valid (and causally visible) rows.
-* layer_norm / rms_norm: the residual add in x's dtype, then F.layer_norm / F.rms_norm (float32
-  parameters with half inputs: computed in float32).
-* linear: F.linear and the activation (``torch._addmm_activation`` fuses bias + ReLU into the GEMM
-  where it applies); ffn: the same, and ``recompute=True`` through activation checkpointing.
-
-The naive oracle stays ``aigc_kernels.reference`` (backend "reference"); this module never calls it.
-"""
+"""The "torch" backend's attention: SDPA under the library's contract (see aigc_kernels.native)."""
 
 from __future__ import annotations
 
@@ -26,13 +6,6 @@ import functools
 
 import torch
 import torch.nn.functional as F
-
-_ACT = {
-    "relu": F.relu,
-    "gelu": F.gelu,
-    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
-    "silu": F.silu,
-}
 
 _HAS_ENABLE_GQA = torch.torch_version.TorchVersion(torch.__version__) >= (2, 5)  # SDPA's enable_gqa
 
@@ -56,9 +29,6 @@ def _varlen_attn_fn():
     return varlen_attn
 
 
-# ----------------------------------------------------------------------------------------------
-# attention
-# ----------------------------------------------------------------------------------------------
 def _band(lq: int, lk: int, causal: bool, window_size, device) -> torch.Tensor | None:
     """(Lq, Lk) bool keep-mask of bottom-right causal masking and the window; None when nothing is masked."""
     left, right = window_size if window_size is not None else (-1, -1)
@@ -247,61 +217,3 @@ def attention_with_kvcache(q, k_cache, v_cache, cache_seqlens, *, k_new=None, v_
         i = torch.arange(lq, device=q.device).view(1, lq, 1)
         keep = keep & (j <= i + (lengths - lq))
     return _masked_sdpa(q, k_cache, v_cache, keep.unsqueeze(1), None, 0.0, scale)
-
-
-# ----------------------------------------------------------------------------------------------
-# normalization
-# ----------------------------------------------------------------------------------------------
-def _f32(p):
-    return None if p is None else p.float()
-
-
-def layer_norm(x, weight=None, bias=None, eps=1e-5, *, residual=None):
-    s = x if residual is None else x + residual
-    if (weight is None or weight.dtype == x.dtype) and (bias is None or bias.dtype == x.dtype):
-        y = F.layer_norm(s, (x.shape[-1],), weight, bias, eps)
-    else:  # half inputs with float32 parameters: computed in float32 (F.layer_norm wants one dtype)
-        y = F.layer_norm(s.float(), (x.shape[-1],), _f32(weight), _f32(bias), eps).to(x.dtype)
-    return y if residual is None else (y, s)
-
-
-def rms_norm(x, weight=None, eps=1e-6, *, residual=None):
-    s = x if residual is None else x + residual
-    if weight is None or weight.dtype == x.dtype:
-        y = F.rms_norm(s, (x.shape[-1],), weight, eps)
-    else:
-        y = F.rms_norm(s.float(), (x.shape[-1],), weight.float(), eps).to(x.dtype)
-    return y if residual is None else (y, s)
-
-
-# ----------------------------------------------------------------------------------------------
-# linear and feed-forward
-# ----------------------------------------------------------------------------------------------
-def _needs_grad(*tensors) -> bool:
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-
-
-def linear(x, weight, bias=None, *, activation=None):
-    if (activation == "relu" and bias is not None and x.dim() == 2 and not _needs_grad(x, weight, bias)
-            and x.shape[0] > 0 and x.shape[1] > 0):
-        # bias + ReLU in the GEMM's epilogue (cuBLASLt on a GPU); inference only (no autograd formula)
-        return torch._addmm_activation(bias, x, weight.t(), use_gelu=False)
-    y = F.linear(x, weight, bias)
-    return y if activation is None else _ACT[activation](y)
-
-
-def _ffn(x, w_in, b_in, w_out, b_out, activation, w_gate, b_gate):
-    if w_gate is None:
-        h = linear(x, w_in, b_in, activation=activation)
-    else:
-        h = _ACT[activation](F.linear(x, w_gate, b_gate)) * F.linear(x, w_in, b_in)
-    return F.linear(h, w_out, b_out)
-
-
-def ffn(x, w_in, b_in, w_out, b_out, *, activation="gelu", w_gate=None, b_gate=None, recompute=False):
-    if recompute and _needs_grad(x, w_in, b_in, w_out, b_out, w_gate, b_gate):
-        from torch.utils.checkpoint import checkpoint
-
-        # keeps x only; the hidden activations are recomputed in the backward
-        return checkpoint(_ffn, x, w_in, b_in, w_out, b_out, activation, w_gate, b_gate, use_reentrant=False)
-    return _ffn(x, w_in, b_in, w_out, b_out, activation, w_gate, b_gate)

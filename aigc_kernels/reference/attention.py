@@ -1,41 +1,12 @@
-"""Naive PyTorch for every op: the oracle of the tests, the CPU path, and the baseline.
-
-Each function is written for clarity, not speed: it materializes the full score matrix, loops
-over packed sequences, and relies on autograd for the backward. Run it in float64 to get the
-reference the kernels are judged against, or in the kernels' own low precision to measure the
-error that precision alone causes (see aigc_kernels.testing).
-
-Arguments are assumed valid: the public functions in aigc_kernels.ops check them first.
-"""
+"""Naive attention: the full score matrix, a loop over packed sequences, autograd for the backward."""
 
 from __future__ import annotations
 
 import math
 
 import torch
-import torch.nn.functional as F
-
-from .contracts.tables import ACTIVATIONS  # one table for every backend
-
-__all__ = [
-    "ACTIVATIONS",
-    "apply_activation",
-    "attention",
-    "attention_mask",
-    "band_mask",
-    "attention_varlen",
-    "attention_with_kvcache",
-    "ffn",
-    "kvcache_append",
-    "layer_norm",
-    "linear",
-    "rms_norm",
-]
 
 
-# ----------------------------------------------------------------------------------------------
-# attention
-# ----------------------------------------------------------------------------------------------
 def band_mask(
     qpos: torch.Tensor,
     kpos: torch.Tensor,
@@ -236,110 +207,3 @@ def attention_with_kvcache(
         i = torch.arange(lq, device=q.device).view(1, lq, 1)
         keep = keep & band_mask(i, j, lengths - lq, causal=True)  # (B, Lq, Lmax)
     return attention(q, k_cache, v_cache, attn_mask=keep.unsqueeze(1), scale=scale)
-
-
-# ----------------------------------------------------------------------------------------------
-# normalization
-# ----------------------------------------------------------------------------------------------
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Statistics are kept in float32 for half precisions, in float64 for float64."""
-    return torch.promote_types(dtype, torch.float32)
-
-
-def layer_norm(
-    x: torch.Tensor,
-    weight: torch.Tensor | None = None,
-    bias: torch.Tensor | None = None,
-    eps: float = 1e-5,
-    *,
-    residual: torch.Tensor | None = None,
-):
-    """LayerNorm over the last dim; with residual, returns (LN(x + residual), x + residual).
-
-    The sum and the statistics are computed in float32 (float64 for float64 input); the outputs
-    are rounded to x's dtype.
-    """
-    cdt = _compute_dtype(x.dtype)
-    s = x.to(cdt) if residual is None else x.to(cdt) + residual.to(cdt)
-    mean = s.mean(dim=-1, keepdim=True)
-    var = (s - mean).pow(2).mean(dim=-1, keepdim=True)
-    y = (s - mean) * torch.rsqrt(var + eps)
-    if weight is not None:
-        y = y * weight.to(cdt)
-    if bias is not None:
-        y = y + bias.to(cdt)
-    y = y.to(x.dtype)
-    return y if residual is None else (y, s.to(x.dtype))
-
-
-def rms_norm(
-    x: torch.Tensor,
-    weight: torch.Tensor | None = None,
-    eps: float = 1e-6,
-    *,
-    residual: torch.Tensor | None = None,
-):
-    """RMSNorm over the last dim: x / sqrt(mean(x^2) + eps) * weight; residual as in layer_norm."""
-    cdt = _compute_dtype(x.dtype)
-    s = x.to(cdt) if residual is None else x.to(cdt) + residual.to(cdt)
-    y = s * torch.rsqrt(s.pow(2).mean(dim=-1, keepdim=True) + eps)
-    if weight is not None:
-        y = y * weight.to(cdt)
-    y = y.to(x.dtype)
-    return y if residual is None else (y, s.to(x.dtype))
-
-
-# ----------------------------------------------------------------------------------------------
-# linear and feed-forward
-# ----------------------------------------------------------------------------------------------
-def apply_activation(x: torch.Tensor, name: str | None) -> torch.Tensor:
-    """relu | gelu (erf) | gelu_tanh | silu | None (identity)."""
-    if name is None:
-        return x
-    if name == "relu":
-        return F.relu(x)
-    if name == "gelu":
-        return F.gelu(x)
-    if name == "gelu_tanh":
-        return F.gelu(x, approximate="tanh")
-    if name == "silu":
-        return F.silu(x)
-    raise ValueError(f"unknown activation {name!r}; expected one of {ACTIVATIONS} or None")
-
-
-def linear(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None = None,
-    *,
-    activation: str | None = None,
-) -> torch.Tensor:
-    """act(x @ weight.T + bias) for x (..., K), weight (N, K), bias (N,)."""
-    return apply_activation(F.linear(x, weight, bias), activation)
-
-
-def ffn(
-    x: torch.Tensor,
-    w_in: torch.Tensor,
-    b_in: torch.Tensor | None,
-    w_out: torch.Tensor,
-    b_out: torch.Tensor | None,
-    *,
-    activation: str = "gelu",
-    w_gate: torch.Tensor | None = None,
-    b_gate: torch.Tensor | None = None,
-    recompute: bool = False,
-) -> torch.Tensor:
-    """The feed-forward block.
-
-    plain: act(x W_in^T + b_in) W_out^T + b_out
-    gated: (act(x W_gate^T + b_gate) * (x W_in^T + b_in)) W_out^T + b_out  (silu: SwiGLU, gelu: GeGLU)
-
-    recompute only changes what a kernel keeps for the backward; the reference keeps whatever
-    autograd keeps, and the math is the same.
-    """
-    if w_gate is None:
-        h = linear(x, w_in, b_in, activation=activation)
-    else:
-        h = linear(x, w_gate, b_gate, activation=activation) * F.linear(x, w_in, b_in)
-    return F.linear(h, w_out, b_out)

@@ -9,7 +9,7 @@ import functools
 import torch
 
 from .. import _device
-from ..contracts.tables import CUDA_BWD_HEAD_DIMS, CUDA_FWD_HEAD_DIMS, TRITON_HEAD_DIMS
+from .tables import CUDA_BWD_HEAD_DIMS, CUDA_FWD_HEAD_DIMS, TRITON_HEAD_DIMS
 
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 

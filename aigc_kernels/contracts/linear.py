@@ -15,6 +15,28 @@ import math
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
+
+from .tables import ACTIVATIONS
+
+# The activations in PyTorch: the native backend, the reference, and the kernels' torch fallbacks.
+ACTIVATION_FNS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "relu": F.relu,
+    "gelu": F.gelu,
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "silu": F.silu,
+}
+assert tuple(ACTIVATION_FNS) == ACTIVATIONS, "contracts.tables.ACTIVATIONS and ACTIVATION_FNS disagree"
+
+
+def apply_activation(x: torch.Tensor, name: str | None) -> torch.Tensor:
+    """relu | gelu (erf) | gelu_tanh | silu | None (identity)."""
+    if name is None:
+        return x
+    fn = ACTIVATION_FNS.get(name)
+    if fn is None:
+        raise ValueError(f"unknown activation {name!r}; expected one of {ACTIVATIONS} or None")
+    return fn(x)
 
 
 def fake_linear_fwd(x, weight, bias, activation):

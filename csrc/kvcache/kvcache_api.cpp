@@ -1,12 +1,22 @@
-// CPU implementations of the small ops, so the schema, the fake impl and opcheck are exercised
-// end to end on machines without a GPU. The kernels that matter are the CUDA ones.
+// Host side of kvcache_append: checks, device guard, the launcher (CUDA); and a CPU implementation,
+// so the schema, the fake impl and opcheck run end to end on machines without a GPU.
 #include <ATen/ATen.h>
+#include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
-#include "checks.h"
+#include "kvcache/kvcache.h"
 
 namespace aigc_kernels {
 namespace {
+
+void kvcache_append_cuda(at::Tensor k_cache, at::Tensor v_cache, const at::Tensor& k_new,
+                         const at::Tensor& v_new, const at::Tensor& cache_seqlens) {
+  check_kvcache_append_args(k_cache, v_cache, k_new, v_new, cache_seqlens);
+  TORCH_CHECK(k_cache.is_cuda(), "aigc_kernels::kvcache_append: expected CUDA tensors, got ", k_cache.device());
+  const c10::cuda::CUDAGuard guard(k_cache.device());
+  if (k_new.numel() == 0) return;
+  kvcache_append_launch(k_cache, v_cache, k_new, v_new, cache_seqlens);
+}
 
 void kvcache_append_cpu(at::Tensor k_cache, at::Tensor v_cache, const at::Tensor& k_new,
                         const at::Tensor& v_new, const at::Tensor& cache_seqlens) {
@@ -25,6 +35,7 @@ void kvcache_append_cpu(at::Tensor k_cache, at::Tensor v_cache, const at::Tensor
 
 }  // namespace
 
+TORCH_LIBRARY_IMPL(aigc_kernels, CUDA, m) { m.impl("kvcache_append", &kvcache_append_cuda); }
 TORCH_LIBRARY_IMPL(aigc_kernels, CPU, m) { m.impl("kvcache_append", &kvcache_append_cpu); }
 
 }  // namespace aigc_kernels

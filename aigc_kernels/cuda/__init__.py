@@ -1,0 +1,31 @@
+"""The "cuda" backend: the Python side of the ops compiled into aigc_kernels._C (csrc/).
+
+Importing this package loads _C (its TORCH_LIBRARY registrations define the schemas under
+torch.ops.aigc_kernels and their CPU/CUDA kernels), then each op family's module registers its fake
+(meta) implementations and autograd and defines the backend's entry points, with the signatures of
+the public functions (minus ``backend=``). One module per family, beside csrc/<family>/:
+
+    attention  flash attention forward/backward and split-K decoding   (csrc/attention)
+    norm       LayerNorm / RMSNorm with the fused residual                (csrc/norm)
+    linear     linear and FFN: cuBLASLt GEMMs + activation kernels       (csrc/gemm)
+    kvcache    the in-place KV cache append                              (csrc/kvcache)
+
+aigc_kernels._ext says whether _C loads without importing this package.
+"""
+
+from __future__ import annotations
+
+from aigc_kernels import _ext
+
+if (_why := _ext.torch_mismatch()) is not None:  # name both versions, not an undefined symbol
+    raise ImportError(_why)
+
+from aigc_kernels import _C  # noqa: E402, F401  (runs the TORCH_LIBRARY registrations)
+
+from .attention import attention, attention_varlen, attention_with_kvcache  # noqa: E402
+from .kvcache import kvcache_append  # noqa: E402
+from .linear import ffn, linear  # noqa: E402
+from .norm import layer_norm, rms_norm  # noqa: E402
+
+__all__ = ["attention", "attention_varlen", "attention_with_kvcache", "ffn", "kvcache_append", "layer_norm", "linear",
+           "rms_norm"]

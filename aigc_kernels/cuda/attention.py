@@ -1,0 +1,84 @@
+"""The "cuda" flash attention (csrc/attention): mma.sync forward/backward (a wgmma forward on sm_90a),
+split-K decoding. Fake impls, autograd, and the entry points of ak.attention, ak.attention_varlen and
+ak.attention_with_kvcache."""
+
+from __future__ import annotations
+
+import torch
+
+from ..contracts.attention import lse_like, softmax_scale, window_pair
+from ..contracts.limits import flash_ready
+
+
+def _contiguous_like(t: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(t, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("aigc_kernels::flash_fwd")
+def _flash_fwd_fake(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale, causal, window_left,
+                    window_right):
+    torch._check(q.dtype in (torch.float16, torch.bfloat16), lambda: f"flash_fwd: q must be fp16/bf16, got {q.dtype}")
+    torch._check(k.shape == v.shape, lambda: f"flash_fwd: k and v shapes differ: {k.shape}, {v.shape}")
+    return _contiguous_like(q), lse_like(q, cu_seqlens_q is not None)
+
+
+@torch.library.register_fake("aigc_kernels::flash_bwd")
+def _flash_bwd_fake(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale, causal,
+                    window_left, window_right):
+    return _contiguous_like(q), _contiguous_like(k), _contiguous_like(v)
+
+
+@torch.library.register_fake("aigc_kernels::flash_decode")
+def _flash_decode_fake(q, k_cache, v_cache, cache_seqlens, lnew, causal, scale, num_splits):
+    return _contiguous_like(q)
+
+
+def _flash_setup_context(ctx, inputs, output):
+    q, k, v, cu_q, cu_k, max_q, max_k, scale, causal, wl, wr = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, cu_q, cu_k)
+    ctx.args = (max_q, max_k, scale, causal, wl, wr)
+
+
+def _flash_backward(ctx, dout, dlse):
+    q, k, v, out, lse, cu_q, cu_k = ctx.saved_tensors
+    max_q, max_k, scale, causal, wl, wr = ctx.args
+    # the gradient of a sum arrives expanded (stride 0 along the head dim): copy what the kernel cannot read
+    dq, dk, dv = torch.ops.aigc_kernels.flash_bwd(_flash_operand(dout), q, k, v, out, lse, cu_q, cu_k, max_q, max_k,
+                                                  scale, causal, wl, wr)
+    return dq, dk, dv, None, None, None, None, None, None, None, None
+
+
+torch.library.register_autograd("aigc_kernels::flash_fwd", _flash_backward, setup_context=_flash_setup_context)
+
+
+def _flash_operand(t: torch.Tensor) -> torch.Tensor:
+    return t if flash_ready(t) else t.contiguous()
+
+
+# The "cuda" backend's entry points, with the signatures of the public functions (minus backend=);
+# aigc_kernels.contracts.limits has already turned away what the kernels do not take (masks, dropout).
+def attention(q, k, v, causal=False, attn_mask=None, dropout_p=0.0, scale=None, window_size=None, softcap=None,
+              sinks=None):
+    wl, wr = window_pair(window_size)
+    out, _ = torch.ops.aigc_kernels.flash_fwd(_flash_operand(q), _flash_operand(k), _flash_operand(v), None, None,
+                                              q.shape[2], k.shape[2], softmax_scale(q, scale), causal, wl, wr)
+    return out
+
+
+def attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, causal=False, scale=None,
+                     window_size=None):
+    wl, wr = window_pair(window_size)
+    out, _ = torch.ops.aigc_kernels.flash_fwd(_flash_operand(q), _flash_operand(k), _flash_operand(v), cu_seqlens_q,
+                                              cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k),
+                                              softmax_scale(q, scale), causal, wl, wr)
+    return out
+
+
+def attention_with_kvcache(q, k_cache, v_cache, cache_seqlens, *, k_new=None, v_new=None, causal=True, scale=None):
+    lnew = 0
+    if k_new is not None:
+        torch.ops.aigc_kernels.kvcache_append(k_cache, v_cache, k_new, v_new, cache_seqlens)  # in place
+        lnew = k_new.shape[2]
+    return torch.ops.aigc_kernels.flash_decode(_flash_operand(q), k_cache, v_cache, cache_seqlens, lnew, causal,
+                                               softmax_scale(q, scale), 0)

@@ -1,0 +1,19 @@
+"""The "cuda" KV cache append (csrc/kvcache): fake impl and entry point."""
+
+from __future__ import annotations
+
+import torch
+
+
+@torch.library.register_fake("aigc_kernels::kvcache_append")
+def _kvcache_append_fake(k_cache, v_cache, k_new, v_new, cache_seqlens) -> None:
+    torch._check(k_cache.dim() == 4 and v_cache.shape == k_cache.shape,
+                 lambda: f"kvcache_append: caches must be (B, Hkv, Lmax, D), got {k_cache.shape}, {v_cache.shape}")
+    torch._check(k_new.dim() == 4 and v_new.shape == k_new.shape,
+                 lambda: f"kvcache_append: k_new/v_new must be (B, Hkv, Lnew, D), got {k_new.shape}, {v_new.shape}")
+    torch._check(cache_seqlens.dtype == torch.int32, lambda: "kvcache_append: cache_seqlens must be int32")
+    return None
+
+
+def kvcache_append(k_cache, v_cache, k_new, v_new, cache_seqlens) -> None:
+    torch.ops.aigc_kernels.kvcache_append(k_cache, v_cache, k_new, v_new, cache_seqlens)

@@ -1,0 +1,41 @@
+// The KV cache append (decoding): the argument checks shared by the CPU and CUDA implementations,
+// and the CUDA launcher (kvcache_append.cu), which assumes checked arguments and runs on the
+// current stream.
+#pragma once
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
+namespace aigc_kernels {
+
+inline void check_kvcache_append_args(const at::Tensor& k_cache, const at::Tensor& v_cache,
+                                      const at::Tensor& k_new, const at::Tensor& v_new,
+                                      const at::Tensor& cache_seqlens) {
+  const char* op = "aigc_kernels::kvcache_append";
+  TORCH_CHECK(k_cache.dim() == 4, op, ": expected k_cache of shape (B, Hkv, Lmax, D), got ", k_cache.sizes());
+  TORCH_CHECK(v_cache.sizes() == k_cache.sizes(), op, ": expected v_cache of the same shape as k_cache ",
+              k_cache.sizes(), ", got ", v_cache.sizes());
+  const int64_t B = k_cache.size(0), H = k_cache.size(1), D = k_cache.size(3);
+  TORCH_CHECK(k_new.dim() == 4 && k_new.size(0) == B && k_new.size(1) == H && k_new.size(3) == D, op,
+              ": expected k_new of shape (", B, ", ", H, ", Lnew, ", D, "), got ", k_new.sizes());
+  TORCH_CHECK(v_new.sizes() == k_new.sizes(), op, ": expected v_new of the same shape as k_new ",
+              k_new.sizes(), ", got ", v_new.sizes());
+  TORCH_CHECK(k_new.size(2) <= k_cache.size(2), op, ": Lnew = ", k_new.size(2),
+              " new rows do not fit a cache of Lmax = ", k_cache.size(2));
+  for (const at::Tensor* t : {&v_cache, &k_new, &v_new}) {
+    TORCH_CHECK(t->scalar_type() == k_cache.scalar_type(), op, ": expected every tensor in dtype ",
+                k_cache.scalar_type(), " (k_cache's), got ", t->scalar_type());
+    TORCH_CHECK(t->device() == k_cache.device(), op, ": expected every tensor on ", k_cache.device(),
+                " (k_cache's device), got ", t->device());
+  }
+  TORCH_CHECK(cache_seqlens.dim() == 1 && cache_seqlens.size(0) == B, op,
+              ": expected cache_seqlens of shape (", B, ",), got ", cache_seqlens.sizes());
+  TORCH_CHECK(cache_seqlens.scalar_type() == at::kInt, op, ": expected cache_seqlens of dtype int32, got ",
+              cache_seqlens.scalar_type());
+  TORCH_CHECK(cache_seqlens.device() == k_cache.device(), op, ": expected cache_seqlens on ",
+              k_cache.device(), ", got ", cache_seqlens.device());
+}
+
+void kvcache_append_launch(at::Tensor& k_cache, at::Tensor& v_cache, const at::Tensor& k_new,
+                           const at::Tensor& v_new, const at::Tensor& cache_seqlens);
+
+}  // namespace aigc_kernels
