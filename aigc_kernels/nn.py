@@ -13,7 +13,6 @@ norms accept ``residual=`` in forward for the fused residual add.
 from __future__ import annotations
 
 import math
-import numbers
 
 import torch
 from torch import nn
@@ -23,14 +22,9 @@ from . import ops
 __all__ = ["FeedForward", "LayerNorm", "MultiheadAttention", "RMSNorm", "set_backend"]
 
 
-def _shape_tuple(normalized_shape) -> tuple[int, ...]:
-    if isinstance(normalized_shape, numbers.Integral):
-        return (int(normalized_shape),)
-    return tuple(int(s) for s in normalized_shape)
-
-
-class _Norm(nn.Module):
-    """Shared by LayerNorm and RMSNorm: flattens a multi-dim normalized_shape onto the last dim."""
+class _Norm:
+    """Shared by LayerNorm and RMSNorm (a mixin before the torch.nn class): flattens a multi-dim
+    normalized_shape onto the last dim and calls the library's op with the module's backend."""
 
     def _flat(self, x: torch.Tensor) -> tuple[torch.Tensor, int]:
         n = len(self.normalized_shape)
@@ -54,58 +48,29 @@ class _Norm(nn.Module):
             residual = self._flat(residual)[0]
         return self._unflat(op(flat, *params, residual=residual, backend=self.backend), x.shape)
 
-    def extra_repr(self) -> str:
-        return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
 
-
-class LayerNorm(_Norm):
-    """torch.nn.LayerNorm with the library's kernel; ``forward(x, residual=r)`` returns (LN(x + r), x + r)."""
+class LayerNorm(_Norm, nn.LayerNorm):
+    """torch.nn.LayerNorm (a subclass: same constructor, parameters, state_dict and init) running the library's
+    kernel; ``forward(x, residual=r)`` returns (LN(x + r), x + r)."""
 
     def __init__(self, normalized_shape, eps: float = 1e-5, elementwise_affine: bool = True, bias: bool = True,
                  device=None, dtype=None, *, backend: str | None = None) -> None:
-        super().__init__()
-        self.normalized_shape = _shape_tuple(normalized_shape)
-        self.eps = eps
-        self.elementwise_affine = elementwise_affine
+        super().__init__(normalized_shape, eps=eps, elementwise_affine=elementwise_affine, bias=bias, device=device,
+                         dtype=dtype)
         self.backend = backend
-        factory = dict(device=device, dtype=dtype)
-        if elementwise_affine:
-            self.weight = nn.Parameter(torch.empty(self.normalized_shape, **factory))
-            self.bias = nn.Parameter(torch.empty(self.normalized_shape, **factory)) if bias else None
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        if self.weight is not None:
-            nn.init.ones_(self.weight)
-        if self.bias is not None:
-            nn.init.zeros_(self.bias)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
         return self._normalize(ops.layer_norm, x, residual, self._param(self.weight), self._param(self.bias), self.eps)
 
 
-class RMSNorm(_Norm):
-    """torch.nn.RMSNorm with the library's kernel (eps=None means torch.finfo(x.dtype).eps, as torch)."""
+class RMSNorm(_Norm, nn.RMSNorm):
+    """torch.nn.RMSNorm (a subclass) running the library's kernel (eps=None means torch.finfo(x.dtype).eps, as
+    torch); ``forward(x, residual=r)`` returns (RMSNorm(x + r), x + r)."""
 
     def __init__(self, normalized_shape, eps: float | None = None, elementwise_affine: bool = True,
                  device=None, dtype=None, *, backend: str | None = None) -> None:
-        super().__init__()
-        self.normalized_shape = _shape_tuple(normalized_shape)
-        self.eps = eps
-        self.elementwise_affine = elementwise_affine
+        super().__init__(normalized_shape, eps=eps, elementwise_affine=elementwise_affine, device=device, dtype=dtype)
         self.backend = backend
-        if elementwise_affine:
-            self.weight = nn.Parameter(torch.empty(self.normalized_shape, device=device, dtype=dtype))
-        else:
-            self.register_parameter("weight", None)
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        if self.weight is not None:
-            nn.init.ones_(self.weight)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
         eps = torch.finfo(x.dtype).eps if self.eps is None else self.eps

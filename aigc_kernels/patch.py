@@ -12,6 +12,11 @@ Works on
   ``ak.linear`` calls on the same weights, and BERT's "dense + dropout + LayerNorm(h + input)"
   blocks fused into ``ak.layer_norm(..., residual=...)``.
 
+What is replaced is data: ``RULES`` (a module predicate -> its replacement, first match wins, each turned
+on by patch()'s attention / layer_norm / ffn flags) and ``HF_MODEL_TYPES`` (the Hugging Face model types
+patch is tested on, and where their configs name the activation; another model type is patched by the
+same rules, and the report notes that it is untested).
+
 Replacement modules share the original Parameters (an optimizer built before patching keeps
 working) and ``ak.unpatch(model)`` puts every original module back. The returned report lists
 every module replaced and every one left alone, with the reason, and for each op family which
@@ -24,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import types
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -35,7 +41,6 @@ from .contracts.tables import HF_ACTIVATIONS
 
 ATTR = "_aigc_kernels_patch"  # the undo log stored on a patched model
 HF_NAME = "aigc_kernels"
-_HF_ACT = HF_ACTIVATIONS  # one map for ak.patch and the model converters
 
 
 @dataclasses.dataclass
@@ -281,6 +286,96 @@ def _shared_mha(old: nn.MultiheadAttention, backend: str | None) -> ak_nn.Multih
 
 
 # ----------------------------------------------------------------------------------------------
+# what patch replaces: rules over modules, and the Hugging Face model types it was tested on
+# ----------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class _Context:
+    is_hf: bool
+    hf_act: str | None  # the model's activation, in transformers' name
+    act: str | None  # ours (aigc_kernels.contracts.tables.HF_ACTIVATIONS), None when it has no kernel
+    report: PatchReport
+    backends: dict[str, str]  # op family -> the backend it runs on
+    enabled: dict[str, bool]  # patch()'s attention / layer_norm / ffn flags
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """Replace a child module that ``matches`` with ``make(child, qualified name, ctx)``: a module sharing the
+    child's Parameters, or a string saying why the child is left alone. The first matching rule wins; it runs
+    when any of ``families`` (patch()'s flags) is on."""
+
+    what: str
+    families: tuple[str, ...]
+    matches: Callable[[nn.Module, _Context], bool]
+    make: Callable[[nn.Module, str, _Context], nn.Module | str]
+
+
+def _is_rms_norm(child: nn.Module, ctx: _Context) -> bool:
+    return isinstance(child, nn.RMSNorm) or (type(child).__name__.endswith("RMSNorm")
+                                             and hasattr(child, "variance_epsilon"))  # Llama-style HF RMSNorm
+
+
+def _with_act(ctx: _Context, make: Callable[[str], nn.Module]) -> nn.Module | str:
+    return make(ctx.act) if ctx.act else f"activation {ctx.hf_act!r} has no kernel"
+
+
+def _hf_class(*names: str) -> Callable[[nn.Module, _Context], bool]:
+    return lambda child, ctx: ctx.is_hf and type(child).__name__ in names
+
+
+RULES: tuple[Rule, ...] = (
+    Rule("torch.nn.LayerNorm", ("layer_norm",), lambda c, ctx: isinstance(c, nn.LayerNorm),
+         lambda c, full, ctx: _shared_layer_norm(c, ctx.backends["layer_norm"])),
+    Rule("torch.nn.RMSNorm and Llama-style RMSNorm", ("layer_norm",), _is_rms_norm,
+         lambda c, full, ctx: _shared_rms_norm(c, c.eps if isinstance(c, nn.RMSNorm) else c.variance_epsilon,
+                                               ctx.backends["layer_norm"])),
+    # e.g. Gemma's RMSNorm scales by (1 + weight): not the kernels' formula
+    Rule("another Hugging Face norm", ("layer_norm",),
+         lambda c, ctx: ctx.is_hf and type(c).__name__.endswith(("RMSNorm", "LayerNorm")),
+         lambda c, full, ctx: "a norm whose formula the kernels do not implement"),
+    Rule("torch.nn.MultiheadAttention", ("attention",), lambda c, ctx: isinstance(c, nn.MultiheadAttention),
+         lambda c, full, ctx: _shared_mha(c, _fit_head_dim(ctx.backends["attention"], c.head_dim, full, ctx.report))),
+    Rule("GPT-2 MLP (Conv1D)", ("ffn",), _hf_class("GPT2MLP"),
+         lambda c, full, ctx: _with_act(ctx, lambda act: _FFNFromConv1D(c, act, ctx.backends["ffn"]))),
+    Rule("gated MLP (gate_proj, up_proj, down_proj)", ("ffn",),
+         lambda c, ctx: ctx.is_hf and all(hasattr(c, a) for a in ("gate_proj", "up_proj", "down_proj")),
+         lambda c, full, ctx: _with_act(ctx, lambda act: _GatedFFN(c, act, ctx.backends["ffn"]))),
+    Rule("BERT intermediate (dense + activation)", ("ffn",), _hf_class("BertIntermediate"),
+         lambda c, full, ctx: _with_act(ctx, lambda act: _LinearAct(c, act, ctx.backends["linear"]))),
+    Rule("BERT output (dense + dropout + LayerNorm(h + input))", ("layer_norm", "ffn"),
+         _hf_class("BertOutput", "BertSelfOutput"),
+         lambda c, full, ctx: _DenseResidualNorm(c, ctx.backends["linear"], ctx.backends["layer_norm"])),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class HFModelType:
+    """A Hugging Face model type ak.patch is tested on (tests/test_hf_parity.py): where its config names the MLP
+    activation, and what stays transformers' own."""
+
+    activation_attr: str | None
+    left_alone: str = ""
+
+
+HF_MODEL_TYPES: dict[str, HFModelType] = {
+    "gpt2": HFModelType("activation_function"),
+    "bert": HFModelType("hidden_act"),
+    "llama": HFModelType("hidden_act"),
+    "mistral": HFModelType("hidden_act"),
+    "gemma2": HFModelType("hidden_activation", "its RMSNorm (scales by 1 + weight)"),
+    "gpt_oss": HFModelType(None, "the mixture-of-experts MLP"),
+}
+
+
+def _hf_activation_name(hf_config) -> str | None:
+    known = HF_MODEL_TYPES.get(getattr(hf_config, "model_type", None))
+    attrs = ("activation_function", "hidden_act", "hidden_activation")
+    if known is not None and known.activation_attr:
+        attrs = (known.activation_attr, *attrs)
+    return next((v for a in attrs if isinstance(v := getattr(hf_config, a, None), str)), None)
+
+
+# ----------------------------------------------------------------------------------------------
 # patch / unpatch
 # ----------------------------------------------------------------------------------------------
 def _op_backend(op: str, requested: str, report: PatchReport) -> str:
@@ -317,8 +412,11 @@ def patch(model: nn.Module, *, backend: str | None = None, attention: bool | str
     log = {"modules": [], "attrs": [], "hf_attn": None}
     hf_config = getattr(model, "config", None)
     is_hf = hf_config is not None and hasattr(hf_config, "model_type") and hasattr(model, "set_attn_implementation")
-    act_name = _HF_ACT.get(getattr(hf_config, "activation_function", None) or getattr(hf_config, "hidden_act", None)
-                           or getattr(hf_config, "hidden_activation", ""))
+    hf_act = _hf_activation_name(hf_config) if is_hf else None
+    if is_hf and hf_config.model_type not in HF_MODEL_TYPES:
+        report.notes.append(f"model_type {hf_config.model_type!r} is not in aigc_kernels.patch.HF_MODEL_TYPES (the "
+                            "tested ones): attention goes through transformers' registry and modules by the generic "
+                            "rules; check its outputs against the unpatched model")
 
     # "eager" is the user's choice only where transformers offers sdpa too (Gemma-2, GPT-OSS: eager is all there is)
     user_eager = getattr(hf_config, "_attn_implementation", None) == "eager" and getattr(model, "_supports_sdpa", False)
@@ -341,6 +439,9 @@ def patch(model: nn.Module, *, backend: str | None = None, attention: bool | str
     elif is_hf and not attention:
         report.left_alone.append(("", "attention", "attention=False"))
 
+    ctx = _Context(is_hf, hf_act, HF_ACTIVATIONS.get(hf_act) if hf_act else None, report,
+                   {"attention": be_attn, "layer_norm": be_norm, "ffn": be_ffn, "linear": be_lin},
+                   {"attention": bool(attention), "layer_norm": layer_norm, "ffn": ffn})
     seen_children: set[int] = set()
 
     def swap(parent: nn.Module, attr: str, new: nn.Module, name: str, old: nn.Module) -> None:
@@ -378,45 +479,21 @@ def patch(model: nn.Module, *, backend: str | None = None, attention: bool | str
         if isinstance(module, (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)):
             _patch_torch_layer(module, name, be_ffn, ffn, report, set_attr)
         for child_name, child in list(module.named_children()):
+            if type(child).__module__.startswith("aigc_kernels."):
+                continue  # the library's own modules: their backend is set above, where the walk reaches them
             full = f"{name}.{child_name}" if name else child_name
-            ccls = type(child).__name__
-            if isinstance(child, nn.LayerNorm):
-                if layer_norm:
-                    swap(module, child_name, _shared_layer_norm(child, be_norm), full, child)
-                else:
-                    report.left_alone.append((full, ccls, "layer_norm=False"))
-            elif isinstance(child, nn.RMSNorm) or (ccls.endswith("RMSNorm") and hasattr(child, "variance_epsilon")):
-                if layer_norm:
-                    eps = child.eps if isinstance(child, nn.RMSNorm) else child.variance_epsilon
-                    swap(module, child_name, _shared_rms_norm(child, eps, be_norm), full, child)
-                else:
-                    report.left_alone.append((full, ccls, "layer_norm=False"))
-            elif ccls.endswith(("RMSNorm", "LayerNorm")) and is_hf and not isinstance(child, ak_nn.RMSNorm):
-                # e.g. Gemma's RMSNorm scales by (1 + weight): not the kernel's formula
-                report.left_alone.append((full, ccls, "a norm whose formula the kernels do not implement"))
-            elif isinstance(child, nn.MultiheadAttention):
-                if not attention:
-                    report.left_alone.append((full, ccls, "attention=False"))
-                    continue
-                new = _shared_mha(child, _fit_head_dim(be_attn, child.head_dim, full, report))
-                if isinstance(new, str):
-                    report.left_alone.append((full, ccls, new))
-                else:
-                    swap(module, child_name, new, full, child)
-            elif is_hf and ccls == "GPT2MLP":
-                _swap_ffn(swap, module, child_name, full, child, ffn, report,
-                          lambda c: _FFNFromConv1D(c, act_name, be_ffn) if act_name else None, act_name)
-            elif is_hf and hasattr(child, "gate_proj") and hasattr(child, "up_proj") and hasattr(child, "down_proj"):
-                _swap_ffn(swap, module, child_name, full, child, ffn, report,
-                          lambda c: _GatedFFN(c, act_name, be_ffn) if act_name else None, act_name)
-            elif is_hf and ccls == "BertIntermediate":
-                _swap_ffn(swap, module, child_name, full, child, ffn, report,
-                          lambda c: _LinearAct(c, act_name, be_lin) if act_name else None, act_name)
-            elif is_hf and ccls in ("BertOutput", "BertSelfOutput"):
-                if layer_norm or ffn:
-                    swap(module, child_name, _DenseResidualNorm(child, be_lin, be_norm), full, child)
-                else:
-                    report.left_alone.append((full, ccls, "layer_norm=False and ffn=False"))
+            rule = next((r for r in RULES if r.matches(child, ctx)), None)
+            if rule is None:
+                continue
+            if not any(ctx.enabled[f] for f in rule.families):
+                report.left_alone.append((full, type(child).__name__,
+                                          " and ".join(f"{f}=False" for f in rule.families)))
+                continue
+            new = rule.make(child, full, ctx)
+            if isinstance(new, str):
+                report.left_alone.append((full, type(child).__name__, new))
+            else:
+                swap(module, child_name, new, full, child)
     if is_hf and attention:
         for name, module in model.named_modules():
             if hasattr(module, "is_causal") and type(module).__module__.startswith("transformers."):
@@ -435,17 +512,6 @@ def _qualname(module: nn.Module) -> str:
     elif path.startswith("transformers."):
         path = "transformers"
     return f"{path}.{cls.__qualname__}"
-
-
-def _swap_ffn(swap, parent, attr, full, child, enabled, report, make, act):
-    if not enabled:
-        report.left_alone.append((full, type(child).__name__, "ffn=False"))
-        return
-    new = make(child)
-    if new is None:
-        report.left_alone.append((full, type(child).__name__, f"activation {act!r} has no kernel"))
-        return
-    swap(parent, attr, new, full, child)
 
 
 def _patch_torch_layer(layer, name, be_ffn, ffn, report, set_attr) -> None:

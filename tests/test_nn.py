@@ -40,6 +40,17 @@ def test_rms_norm_drop_in_and_residual():
     torch.testing.assert_close(y, ref(x + r))
 
 
+def test_norms_are_torch_subclasses():
+    # isinstance checks in user code and in transformers' _init_weights see the torch class; repr and init are torch's
+    ln, rms = ak.nn.LayerNorm(8, backend="torch"), ak.nn.RMSNorm(8, eps=1e-6)
+    assert isinstance(ln, nn.LayerNorm) and isinstance(rms, nn.RMSNorm)
+    assert repr(ln) == repr(nn.LayerNorm(8)) and repr(rms) == repr(nn.RMSNorm(8, eps=1e-6))
+    assert ln.backend == "torch" and rms.backend is None
+    assert torch.equal(ln.weight, torch.ones(8)) and torch.equal(ln.bias, torch.zeros(8))
+    no_affine = ak.nn.LayerNorm((2, 4), elementwise_affine=False)
+    assert no_affine.weight is None and no_affine.bias is None and no_affine.normalized_shape == (2, 4)
+
+
 def test_norm_wrong_trailing_shape():
     with pytest.raises(ValueError, match=r"expected input ending in normalized_shape \(16,\), got shape \(2, 8\)"):
         ak.nn.LayerNorm(16)(torch.randn(2, 8))

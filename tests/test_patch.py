@@ -230,3 +230,31 @@ def test_import_after_transformers_registers_the_attention_name():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "True"
+
+
+def test_rules_and_model_types_drive_the_patch():
+    import importlib
+
+    P = importlib.import_module("aigc_kernels.patch")  # (ak.patch is the function)
+    # gelu_fast is gelu_tanh (one activation table): its MLP is replaced, and the output is unchanged
+    model = gpt2(activation_function="gelu_fast")
+    ids = torch.randint(0, 64, (2, 9), device=DEVICE)
+    want = model(ids).logits
+    report = ak.patch(model, backend="torch")
+    assert any(new.endswith("_FFNFromConv1D") for _, _, new in report.replaced), report
+    torch.testing.assert_close(model(ids).logits, want, atol=1e-5, rtol=1e-5)
+    ak.unpatch(model)
+    # an activation without a kernel is left alone, named as transformers names it
+    report = ak.patch(gpt2(activation_function="quick_gelu"), backend="torch")
+    assert any("activation 'quick_gelu' has no kernel" in why for _, _, why in report.left_alone), report
+    # flags turn whole rules off, with the flag as the reason
+    report = ak.patch(gpt2(), backend="torch", layer_norm=False)
+    assert any(why == "layer_norm=False" for _, kind, why in report.left_alone if kind == "LayerNorm"), report
+    # a model type outside the tested table is patched by the generic rules, and the report says it is untested
+    assert "gpt2" in P.HF_MODEL_TYPES and all(r.families for r in P.RULES)
+    cfg = transformers.GPTNeoConfig(hidden_size=32, num_layers=2, num_heads=2, vocab_size=64,
+                                    max_position_embeddings=32, attention_types=[[["global"], 2]])
+    neo = transformers.GPTNeoForCausalLM(cfg).to(DEVICE).eval()
+    report = ak.patch(neo, backend="torch")
+    assert any("'gpt_neo' is not in aigc_kernels.patch.HF_MODEL_TYPES" in n for n in report.notes), report.notes
+    ak.unpatch(neo)
