@@ -31,6 +31,8 @@ from collections.abc import Callable, Iterator
 
 import torch
 
+from .contracts.calls import Call
+
 __all__ = [
     "AUTO_CANDIDATES",
     "BACKENDS",
@@ -173,17 +175,17 @@ def available_backends() -> list[str]:
 class Implementation:
     """One backend's implementation of one op.
 
-    ``load`` returns the function that runs the op (same signature as the public function minus
-    ``backend``, its arguments positional-or-keyword in that order: the public functions may pass them
-    positionally); it imports the kernel module with an import statement, which torch.compile
-    executes eagerly, so the first call may happen inside a compiled region. ``check`` returns
-    None when the implementation accepts the arguments, else the reason it does not.
+    ``load`` returns the function that runs the op: it takes the op's normalized call unpacked,
+    ``fn(*call)`` (aigc_kernels.contracts.calls: the public function's parameters in order, minus
+    ``backend``); it imports the kernel module with an import statement, which torch.compile executes
+    eagerly, so the first call may happen inside a compiled region. ``check(call)`` returns None when the
+    implementation accepts the call, else the reason it does not.
     """
 
     op: str
     backend: str
     load: Callable[[], Callable]
-    check: Callable[..., str | None] | None = None
+    check: Callable[[Call], str | None] | None = None
     _fn: Callable | None = dataclasses.field(default=None, repr=False)
 
     def fn(self) -> Callable:
@@ -191,15 +193,15 @@ class Implementation:
             self._fn = self.load()
         return self._fn
 
-    def why_not(self, *args, **kwargs) -> str | None:
-        return None if self.check is None else self.check(*args, **kwargs)
+    def why_not(self, call: Call) -> str | None:
+        return None if self.check is None else self.check(call)
 
 
 _REGISTRY: dict[str, dict[str, Implementation]] = {}
 
 
 def register(op: str, backend: str, load: Callable[[], Callable],
-             check: Callable[..., str | None] | None = None) -> None:
+             check: Callable[[Call], str | None] | None = None) -> None:
     """Declare that ``backend`` implements the public op ``op`` (see Implementation)."""
     if backend not in BACKENDS:
         raise ValueError(f"register: expected a backend in {BACKENDS}, got {backend!r}")
@@ -226,12 +228,12 @@ def _device_reason(backend: str, device: torch.device) -> str | None:
     return None
 
 
-def _why_not(impl: Implementation, device: torch.device, args, kwargs) -> str | None:
-    reason = _device_reason(impl.backend, device)
+def _why_not(impl: Implementation, call: Call) -> str | None:
+    reason = _device_reason(impl.backend, call[0].device)
     if reason is None and not _available(impl.backend):
         reason = f"the '{impl.backend}' backend is not available here: {backend_status()[impl.backend][1]}"
     if reason is None:
-        reason = impl.why_not(*args, **kwargs)
+        reason = impl.why_not(call)
     return reason
 
 
@@ -290,8 +292,9 @@ def fast(op: str, t: torch.Tensor, backend: str | None) -> Callable | None:
     return impl._fn if impl._fn is not None else impl.fn()
 
 
-def select(op: str, device: torch.device, backend: str | None, *args, **kwargs) -> Callable:
-    """The function that runs ``op`` for these arguments (see the module docstring for the rules)."""
+def select(call: Call, backend: str | None) -> Callable:
+    """The function that runs this call (``fn(*call)``; see the module docstring for the rules)."""
+    op, device = call.op, call[0].device
     name = get_backend() if backend is None else _normalize(backend, f"ak.{op}(backend=...)")
     if name == "auto" and device.type != "cuda" and not _explaining:
         # the fast path: CPU tensors run PyTorch's own call
@@ -306,17 +309,17 @@ def select(op: str, device: torch.device, backend: str | None, *args, **kwargs) 
             raise BackendError(f"ak.{op}: the '{name}' backend has no implementation of {op}; "
                                f"backends that implement it: {have}. Pass backend='auto' or one of those.")
         if name != "torch" and name != "reference":
-            reason = _why_not(impl, device, args, kwargs)
+            reason = _why_not(impl, call)
             if reason is not None:
                 raise BackendError(f"ak.{op}(backend='{name}'): {reason}. "
                                    "Use backend='auto' to let the library choose one that can.")
         if _explaining:
             raise _Explained(Explanation(op, name, name, "asked for by name, and it accepts these inputs"))
         return impl.fn()
-    return _auto(op, impls, device, args, kwargs)
+    return _auto(op, impls, device, call)
 
 
-def _auto(op, impls, device, args, kwargs) -> Callable:
+def _auto(op, impls, device, call) -> Callable:
     def done(backend: str, reason: str, **extra) -> Callable:
         if _explaining:
             raise _Explained(Explanation(op, "auto", backend, reason, **extra))
@@ -331,14 +334,14 @@ def _auto(op, impls, device, args, kwargs) -> Callable:
     table = dispatch.table_for(device)
     if table is None:
         return done("torch", "no dispatch table for this GPU (run `aigc-kernels tune`): PyTorch's own call")
-    key = dispatch.key(op, *args, **kwargs)
+    key = dispatch.key(call)
     entry = table.lookup(key)
     if entry is None:
         return done("torch", f"the dispatch table ({table.source}) has no entry for this call", key=str(key))
     extra = dict(key=str(key), timings_ms=entry.ms)
     if entry.best == "torch" or entry.best not in impls or entry.best not in AUTO_CANDIDATES:
         return done("torch", f"measured fastest at {entry.key} ({table.source})", **extra)
-    reason = _why_not(impls[entry.best], device, args, kwargs)
+    reason = _why_not(impls[entry.best], call)
     if reason is not None:
         return done("torch", f"'{entry.best}' was measured fastest at {entry.key} but cannot run this call: {reason}",
                     **extra)

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from ._ext import minor_version
+from .contracts.calls import Call
 
 log = logging.getLogger("aigc_kernels.dispatch")
 
@@ -73,12 +74,12 @@ def _grad(*tensors) -> list[str]:
     return ["grad"] if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors) else []
 
 
-def key(op: str, *args, **kwargs) -> Key:
-    """The dispatch key of a call of public op ``op`` (arguments as the public function takes them)."""
-    return _KEYS[op](*args, **kwargs)
+def key(call: Call) -> Key:
+    """The dispatch key of a normalized call (aigc_kernels.validation.make_call)."""
+    return _KEYS[call.op](*call)
 
 
-def _attention_key(q, k, v, *, causal=False, attn_mask=None, dropout_p=0.0, scale=None, window_size=None,
+def _attention_key(q, k, v, causal=False, attn_mask=None, dropout_p=0.0, scale=None, window_size=None,
                    softcap=None, sinks=None):
     feats = [_dt(q)]
     if softcap is not None:
@@ -100,7 +101,7 @@ def _attention_key(q, k, v, *, causal=False, attn_mask=None, dropout_p=0.0, scal
                                            ("bh", bucket(q.shape[0] * q.shape[1]))))
 
 
-def _varlen_key(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, causal=False, scale=None,
+def _varlen_key(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal=False, scale=None,
                 window_size=None):
     feats = [_dt(q)] + (["causal"] if causal else [])
     if window_size is not None and tuple(window_size) != (-1, -1):
@@ -112,7 +113,7 @@ def _varlen_key(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                                                   ("tokens", bucket(q.shape[0] * q.shape[1]))))
 
 
-def _kvcache_key(q, k_cache, v_cache, cache_seqlens, *, k_new=None, v_new=None, causal=True, scale=None):
+def _kvcache_key(q, k_cache, v_cache, cache_seqlens, k_new=None, v_new=None, causal=True, scale=None):
     feats = [_dt(q)] + (["causal"] if causal else []) + (["append"] if k_new is not None else [])
     if q.shape[1] != k_cache.shape[1]:
         feats.append("gqa")
@@ -129,23 +130,23 @@ def _rows(x: torch.Tensor) -> int:
     return x.numel() // max(1, x.shape[-1])
 
 
-def _layer_norm_key(x, weight=None, bias=None, eps=1e-5, *, residual=None):
+def _layer_norm_key(x, weight=None, bias=None, eps=1e-5, residual=None):
     feats = [_dt(x)] + (["residual"] if residual is not None else []) + _grad(x, weight, bias, residual)
     return Key("layer_norm", tuple(feats), (("n", bucket(x.shape[-1])), ("rows", bucket(_rows(x)))))
 
 
-def _rms_norm_key(x, weight=None, eps=1e-6, *, residual=None):
+def _rms_norm_key(x, weight=None, eps=1e-6, residual=None):
     feats = [_dt(x)] + (["residual"] if residual is not None else []) + _grad(x, weight, residual)
     return Key("rms_norm", tuple(feats), (("n", bucket(x.shape[-1])), ("rows", bucket(_rows(x)))))
 
 
-def _linear_key(x, weight, bias=None, *, activation=None):
+def _linear_key(x, weight, bias=None, activation=None):
     feats = [_dt(x), f"act_{activation}"] + (["bias"] if bias is not None else []) + _grad(x, weight, bias)
     return Key("linear", tuple(feats), (("m", bucket(_rows(x))), ("n", bucket(weight.shape[0])),
                                         ("k", bucket(weight.shape[1]))))
 
 
-def _ffn_key(x, w_in, b_in, w_out, b_out, *, activation="gelu", w_gate=None, b_gate=None, recompute=False):
+def _ffn_key(x, w_in, b_in, w_out, b_out, activation="gelu", w_gate=None, b_gate=None, recompute=False):
     feats = [_dt(x), f"act_{activation}"] + (["gated"] if w_gate is not None else [])
     feats += (["recompute"] if recompute else []) + _grad(x, w_in, w_out, w_gate)
     return Key("ffn", tuple(feats), (("m", bucket(_rows(x))), ("d", bucket(w_in.shape[1])),

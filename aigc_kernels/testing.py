@@ -16,6 +16,7 @@ import torch
 from . import backend as backend_registry
 from . import reference
 from .backend import use_backend
+from .validation import make_call
 
 # Absolute floors added to the bound: what one rounding of an O(1) value costs, roughly.
 ATOL = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
@@ -230,7 +231,7 @@ def check_case(op: str, backend: str, case: Case, dtype: torch.dtype, factor: fl
     result = CheckResult(op, backend, str(dtype).removeprefix("torch."), case.name, float("nan"), 0.0, None, None)
     if fn is None:  # a case outside what this backend's kernel takes (e.g. masks on "cuda") is not a failure
         impl = backend_registry.implementation(op, backend)
-        why = impl.why_not(*case.args.values(), **case.kwargs) if impl is not None else None
+        why = impl.why_not(make_call(op, *case.args.values(), **case.kwargs)) if impl is not None else None
         if why is not None:
             result.unsupported = why
             return result

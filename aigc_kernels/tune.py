@@ -24,6 +24,7 @@ import torch
 
 from . import dispatch
 from .backend import AUTO_CANDIDATES, BackendError, _available, _why_not, implementation
+from .validation import make_call
 
 TUNE_OPS = ("attention", "attention_with_kvcache", "layer_norm", "rms_norm", "linear", "ffn")
 
@@ -145,14 +146,14 @@ def _callable(op: str, backend: str, args: tuple, kwargs: dict, grad: bool) -> C
     return step
 
 
-def candidates(op: str, device: torch.device, args, kwargs) -> list[str]:
-    """The backends "auto" may choose that can run this call here."""
+def candidates(call) -> list[str]:
+    """The backends "auto" may choose that can run this normalized call here."""
     out = []
     for name in AUTO_CANDIDATES:
-        impl = implementation(op, name)
+        impl = implementation(call.op, name)
         if impl is None or not _available(name):
             continue
-        if name == "torch" or _why_not(impl, device, args, kwargs) is None:
+        if name == "torch" or _why_not(impl, call) is None:
             out.append(name)
     return out
 
@@ -170,9 +171,10 @@ def run(ops: Iterable[str] = TUNE_OPS, dtypes: Iterable[torch.dtype] = (torch.bf
             progress(f"{case.op} {str(dt).removeprefix('torch.')} {case.label}", i, len(work))
         args, kwargs = case.make(device, dt)
         with torch.set_grad_enabled(case.grad):
-            key = dispatch.key(case.op, *args, **kwargs)
+            call = make_call(case.op, *args, **kwargs)
+            key = dispatch.key(call)
         ms: dict[str, float] = {}
-        for name in candidates(case.op, device, args, kwargs):
+        for name in candidates(call):
             try:
                 ms[name] = round(timer(_callable(case.op, name, args, kwargs, case.grad), device), 5)
             except (BackendError, RuntimeError, torch.cuda.OutOfMemoryError) as exc:  # recorded as not timed

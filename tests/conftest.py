@@ -69,8 +69,9 @@ def gen():
 
 @pytest.fixture(scope="session")
 def cuda_ops():
-    """aigc_kernels.cuda (the compiled extension's Python side: fake impls, autograd, entry
-    points); a skip where the extension is not built, an error under AIGC_KERNELS_REQUIRE_EXT=1."""
+    """The "cuda" backend's entry points (aigc_kernels.cuda.<family>.<op>: the compiled extension's Python
+    side, with its fake impls and autograd registered); a skip where the extension is not built, an error
+    under AIGC_KERNELS_REQUIRE_EXT=1."""
     from aigc_kernels import _ext
 
     ok, why = _ext.status()
@@ -78,9 +79,13 @@ def cuda_ops():
         if os.environ.get("AIGC_KERNELS_REQUIRE_EXT") == "1":
             raise RuntimeError(why)
         pytest.skip(why)
-    import aigc_kernels.cuda as module
+    import types
 
-    return module
+    from aigc_kernels.cuda import attention, kvcache, linear, norm
+
+    return types.SimpleNamespace(**{name: getattr(module, name) for module, names in (
+        (attention, ("attention", "attention_varlen", "attention_with_kvcache")), (kvcache, ("kvcache_append",)),
+        (linear, ("linear", "ffn")), (norm, ("layer_norm", "rms_norm"))) for name in names})
 
 
 @pytest.fixture

@@ -120,12 +120,12 @@ def test_registered_implementation_is_used_and_checked(monkeypatch):
     """A kernel registered for a backend runs when named, and its check's reason is reported."""
     calls = []
 
-    def fake_rms(x, weight, eps, *, residual=None):
+    def fake_rms(x, weight, eps, residual):  # fn(*call): the normalized call's fields, in order
         calls.append(x.shape)
         return R.rms_norm(x, weight, eps, residual=residual)
 
-    def only_even(x, weight, eps, *, residual=None):
-        return None if x.shape[-1] % 2 == 0 else f"hidden size {x.shape[-1]} is odd"
+    def only_even(call):  # the check takes the normalized call
+        return None if call.x.shape[-1] % 2 == 0 else f"hidden size {call.x.shape[-1]} is odd"
 
     monkeypatch.setitem(B._REGISTRY, "rms_norm", dict(B._REGISTRY["rms_norm"]))
     B.register("rms_norm", "triton", lambda: fake_rms, only_even)
@@ -274,3 +274,42 @@ def test_triton_interpreter_numpy_incompatibility_named(monkeypatch, triton_v, n
     assert (why is not None) == broken
     if broken:
         assert f"triton {triton_v}" in why and f"numpy {numpy_v}" in why and "numpy<2.4" in why
+
+
+def test_every_implementation_takes_the_normalized_call_in_order():
+    """impl(*call): each backend's function has the call's fields as its positional parameters, in order."""
+    import importlib.util
+    import inspect
+
+    from aigc_kernels import _ext
+    from aigc_kernels.contracts.calls import CALLS
+
+    loadable = {"torch", "reference"}
+    if importlib.util.find_spec("triton") is not None:
+        loadable.add("triton")
+    if _ext.status()[0]:
+        loadable.add("cuda")
+    checked = 0
+    for op, call_type in CALLS.items():
+        for backend in ak.backend.implementations(op)[op]:
+            if backend not in loadable:
+                continue
+            fn = B.implementation(op, backend).fn()
+            params = [p for p in inspect.signature(fn).parameters.values()
+                      if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+            assert tuple(p.name for p in params) == call_type._fields, (op, backend)
+            checked += 1
+    assert checked >= 16  # at least torch and reference for all eight ops
+
+
+def test_make_call_resolves_and_checks():
+    from aigc_kernels.validation import make_call
+
+    q = torch.randn(1, 2, 3, 16)
+    call = make_call("attention", q, q, q, dropout_p=0)
+    assert call.scale == 0.25 and call.dropout_p == 0.0 and isinstance(call.dropout_p, float) and call.op == "attention"
+    assert make_call("attention", q, q, q, scale=2).scale == 2.0
+    with pytest.raises(TypeError, match="expected causal to be a bool"):
+        make_call("attention_with_kvcache", q, q, q, torch.zeros(1, dtype=torch.int32), causal=1)
+    with pytest.raises(ValueError, match="expected an op in"):
+        make_call("softmax", q)

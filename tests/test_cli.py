@@ -42,7 +42,7 @@ def test_check_passes_and_writes_json(capsys, tmp_path):
 def test_check_fails_on_a_wrong_kernel(monkeypatch, capsys):
     """A planted bug (an off-by-1e-2 layer norm on the 'triton' backend) must turn check red."""
 
-    def wrong(x, weight=None, bias=None, eps=1e-5, *, residual=None):
+    def wrong(x, weight=None, bias=None, eps=1e-5, residual=None):
         out = R.layer_norm(x, weight, bias, eps, residual=residual)
         return (out[0] + 1e-2, out[1]) if isinstance(out, tuple) else out + 1e-2
 

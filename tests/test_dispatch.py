@@ -13,6 +13,7 @@ import torch
 import aigc_kernels as ak
 from aigc_kernels import backend as B
 from aigc_kernels import dispatch, tune
+from aigc_kernels.validation import make_call
 
 NAME, CAP = "NVIDIA H200", (9, 0)
 
@@ -39,16 +40,17 @@ def qkv(lq=64, lk=64, d=32, hkv=4, grad=False):
 
 def test_keys_bucket_sizes_and_name_features():
     q, k, v = qkv(lq=100, lk=300, hkv=2)
-    key = dispatch.key("attention", q, k, v, causal=True, attn_mask=torch.ones(100, 300, dtype=torch.bool))
+    key = dispatch.key(make_call("attention", q, k, v, causal=True, attn_mask=torch.ones(100, 300, dtype=torch.bool)))
     assert key.features == ("float32", "causal", "mask_bool", "gqa")
     assert dict(key.sizes) == {"d": 32, "lq": 128, "lk": 512, "bh": 8}
     assert dispatch.Key.parse(str(key)) == key
     x = torch.randn(3, 5, 1000, requires_grad=True)
-    assert str(dispatch.key("layer_norm", x, residual=x)) == "layer_norm|float32|residual|grad|n=1024|rows=16"
+    want = "layer_norm|float32|residual|grad|n=1024|rows=16"
+    assert str(dispatch.key(make_call("layer_norm", x, residual=x))) == want
     with torch.no_grad():
-        assert "grad" not in dispatch.key("layer_norm", x).features
+        assert "grad" not in dispatch.key(make_call("layer_norm", x)).features
     w = torch.randn(64, 1000)
-    assert dispatch.key("ffn", x, w, None, w.T, None, activation="silu", w_gate=w).features == \
+    assert dispatch.key(make_call("ffn", x, w, None, w.T, None, activation="silu", w_gate=w)).features == \
         ("float32", "act_silu", "gated", "grad")
 
 
@@ -97,7 +99,7 @@ def _auto_with(monkeypatch, entries, op, *args, **kwargs):
     monkeypatch.setattr(dispatch, "table_for", lambda device: table)
     B._explaining.append(True)
     try:
-        B._auto(op, B._REGISTRY[op], torch.device("cuda"), args, kwargs)
+        B._auto(op, B._REGISTRY[op], torch.device("cuda"), make_call(op, *args, **kwargs))
     except B._Explained as done:
         return done.explanation
     finally:
@@ -107,7 +109,7 @@ def _auto_with(monkeypatch, entries, op, *args, **kwargs):
 
 def test_auto_follows_the_table_but_never_the_reference(monkeypatch):
     x = torch.randn(4096, 1024)
-    key = str(dispatch.key("rms_norm", x))
+    key = str(dispatch.key(make_call("rms_norm", x)))
     monkeypatch.setattr(B, "_available", lambda name: True)
     monkeypatch.setattr(B, "_device_reason", lambda backend, device: None)
     chosen = _auto_with(monkeypatch, [(key, "triton", {"triton": 1.0, "torch": 2.0})], "rms_norm", x)
@@ -123,7 +125,7 @@ def test_auto_skips_a_winner_that_cannot_take_the_call(monkeypatch):
     monkeypatch.setattr(B, "_available", lambda name: True)
     monkeypatch.setattr(B, "_device_reason", lambda backend, device: None)
     q, k, v = qkv(d=8)  # head dim 8: the Triton kernel takes 16..256
-    key = str(dispatch.key("attention", q, k, v))
+    key = str(dispatch.key(make_call("attention", q, k, v)))
     chosen = _auto_with(monkeypatch, [(key, "triton", {"triton": 1.0, "torch": 3.0})], "attention", q, k, v)
     assert chosen.backend == "torch" and "cannot run this call" in chosen.reason and "head dims" in chosen.reason
 
@@ -132,7 +134,8 @@ def test_no_table_means_torch_on_gpu(monkeypatch):
     monkeypatch.setattr(dispatch, "table_for", lambda device: None)
     B._explaining.append(True)
     try:
-        B._auto("layer_norm", B._REGISTRY["layer_norm"], torch.device("cuda"), (torch.randn(2, 8),), {})
+        call = make_call("layer_norm", torch.randn(2, 8))
+        B._auto("layer_norm", B._REGISTRY["layer_norm"], torch.device("cuda"), call)
     except B._Explained as done:
         assert done.explanation.backend == "torch" and "aigc-kernels tune" in done.explanation.reason
     finally:
@@ -161,7 +164,7 @@ def test_tune_writes_a_table_auto_can_read(cache, monkeypatch):
     its entries are what the timings say."""
     calls = []
 
-    def fast_rms(x, weight=None, eps=1e-6, *, residual=None):
+    def fast_rms(x, weight=None, eps=1e-6, residual=None):
         calls.append(1)
         return torch.nn.functional.rms_norm(x, (x.shape[-1],), weight, eps)
 
@@ -169,7 +172,7 @@ def test_tune_writes_a_table_auto_can_read(cache, monkeypatch):
     B.register("rms_norm", "triton", lambda: fast_rms, None)
     monkeypatch.setattr(B, "_available", lambda name: True)
     monkeypatch.setattr(tune, "_available", lambda name: True)
-    monkeypatch.setattr(tune, "_why_not", lambda impl, device, args, kwargs: None)
+    monkeypatch.setattr(tune, "_why_not", lambda impl, call: None)
 
     def timer(fn, device):
         n = len(calls)

@@ -10,6 +10,7 @@ import torch
 
 import aigc_kernels as ak
 from aigc_kernels import reference as R
+from aigc_kernels.validation import make_call
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 KERNELS = [b for b in ("triton", "cuda") if b in ak.available_backends()]
@@ -27,7 +28,7 @@ def attention_backends(q):
     out = []
     for b in KERNELS:
         impl = ak.backend.implementation("attention", b)
-        if impl is not None and impl.why_not(q, q, q) is None:
+        if impl is not None and impl.why_not(make_call("attention", q, q, q)) is None:
             out.append(b)
     return out
 

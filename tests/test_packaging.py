@@ -66,8 +66,9 @@ def test_wheel_contents(wheel):
     shipped = {f"aigc_kernels/dispatch_tables/{p.name}"
                for p in (ROOT / "aigc_kernels" / "dispatch_tables").glob("*.json")} | {PLANTED}
     assert tables == shipped, f"dispatch tables in the wheel {sorted(tables)} != in the source {sorted(shipped)}"
-    for needed in ("aigc_kernels/__init__.py", "aigc_kernels/triton/attention.py", "aigc_kernels/native.py",
-                   "aigc_kernels/cli.py", "aigc_kernels/bench/runner.py"):
+    for needed in ("aigc_kernels/__init__.py", "aigc_kernels/triton/attention.py", "aigc_kernels/native/attention.py",
+                   "aigc_kernels/reference/norm.py", "aigc_kernels/cuda/kvcache.py", "aigc_kernels/contracts/calls.py",
+                   "aigc_kernels/contracts/tables.py", "aigc_kernels/cli.py", "aigc_kernels/bench/runner.py"):
         assert needed in names, needed
     assert not any(n.startswith(("tests/", "csrc/", "examples/")) for n in names)
     sos = [n for n in names if n.endswith(".so")]

@@ -15,6 +15,7 @@ import torch
 import aigc_kernels as ak
 from aigc_kernels import reference as R
 from aigc_kernels.testing import assert_close_to_reference
+from aigc_kernels.validation import make_call
 
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, assume, given, settings  # noqa: E402
@@ -46,7 +47,7 @@ def tensor(shape, dtype, seed, *, transpose_last=False, scale=1.0):
 
 def supported(op, backend, *args, **kwargs) -> bool:
     return backend in ak.backend.implementations(op)[op] and \
-        ak.backend._REGISTRY[op][backend].why_not(*args, **kwargs) is None
+        ak.backend._REGISTRY[op][backend].why_not(make_call(op, *args, **kwargs)) is None
 
 
 def compare(op_fn, ref_fn, tensors, dtype, grads=True):

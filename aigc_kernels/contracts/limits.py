@@ -1,6 +1,6 @@
 """What each kernel backend accepts, checked without importing triton or the extension (the
-backend registry calls these before loading a kernel module). Each check returns None, or the
-reason the kernel cannot run these arguments."""
+backend registry calls these before loading a kernel module). Each check takes the op's normalized
+call (aigc_kernels.contracts.calls) and returns None, or the reason the kernel cannot run it."""
 
 from __future__ import annotations
 
@@ -9,6 +9,15 @@ import functools
 import torch
 
 from .. import _device
+from .calls import (
+    AttentionCall,
+    AttentionVarlenCall,
+    FFNCall,
+    KVCacheCall,
+    LayerNormCall,
+    LinearCall,
+    RMSNormCall,
+)
 from .tables import CUDA_BWD_HEAD_DIMS, CUDA_FWD_HEAD_DIMS, TRITON_HEAD_DIMS
 
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -31,12 +40,12 @@ def _norm(kernel: str, x: torch.Tensor, weight: torch.Tensor | None, bias: torch
     return None
 
 
-def _layer_norm(kernel, x, weight=None, bias=None, eps=1e-5, *, residual=None) -> str | None:
-    return _norm(kernel, x, weight, bias)
+def _layer_norm(kernel, call: LayerNormCall) -> str | None:
+    return _norm(kernel, call.x, call.weight, call.bias)
 
 
-def _rms_norm(kernel, x, weight=None, eps=1e-6, *, residual=None) -> str | None:
-    return _norm(kernel, x, weight, None)
+def _rms_norm(kernel, call: RMSNormCall) -> str | None:
+    return _norm(kernel, call.x, call.weight, None)
 
 
 triton_layer_norm = functools.partial(_layer_norm, "Triton")
@@ -96,21 +105,20 @@ def _triton_grad(tensors, q) -> str | None:
     return None
 
 
-def triton_attention(q, k, v, *, causal=False, attn_mask=None, dropout_p=0.0, scale=None, window_size=None,
-                     softcap=None, sinks=None):
-    if attn_mask is not None and attn_mask.requires_grad:
+def triton_attention(call: AttentionCall) -> str | None:
+    if call.attn_mask is not None and call.attn_mask.requires_grad:
         return "the Triton attention does not compute the gradient of attn_mask (it requires grad)"
-    return _attention_common("Triton", q, TRITON_HEAD_DIMS) or _triton_grad((q, k, v, sinks), q)
+    q = call.q
+    return _attention_common("Triton", q, TRITON_HEAD_DIMS) or _triton_grad((q, call.k, call.v, call.sinks), q)
 
 
-def triton_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, causal=False,
-                            scale=None, window_size=None):
-    return _attention_common("Triton", q, TRITON_HEAD_DIMS) or _triton_grad((q, k, v), q)
+def triton_attention_varlen(call: AttentionVarlenCall) -> str | None:
+    q = call.q
+    return _attention_common("Triton", q, TRITON_HEAD_DIMS) or _triton_grad((q, call.k, call.v), q)
 
 
-def triton_attention_with_kvcache(q, k_cache, v_cache, cache_seqlens, *, k_new=None, v_new=None, causal=True,
-                                  scale=None):
-    return _attention_common("Triton", q, TRITON_HEAD_DIMS)
+def triton_attention_with_kvcache(call: KVCacheCall) -> str | None:
+    return _attention_common("Triton", call.q, TRITON_HEAD_DIMS)
 
 
 def _cuda_attention_common(tensors, q: torch.Tensor) -> str | None:
@@ -135,21 +143,19 @@ def device_capability(device: torch.device) -> tuple[int, int]:
     return _device.capability(device)
 
 
-def cuda_attention(q, k, v, *, causal=False, attn_mask=None, dropout_p=0.0, scale=None, window_size=None,
-                   softcap=None, sinks=None):
-    if softcap is not None or sinks is not None:
+def cuda_attention(call: AttentionCall) -> str | None:
+    if call.softcap is not None or call.sinks is not None:
         return "the CUDA attention has no softcap and no attention sinks; the triton and torch backends do"
-    if attn_mask is not None:
+    if call.attn_mask is not None:
         return ("the CUDA attention takes no attn_mask (causal, window_size, and key padding through "
                 "attention_varlen cover its masks); the triton and torch backends take bool/float masks")
-    if dropout_p > 0:
+    if call.dropout_p > 0:
         return "the CUDA attention has no dropout; the triton and torch backends do"
-    return _cuda_attention_common((q, k, v), q)
+    return _cuda_attention_common((call.q, call.k, call.v), call.q)
 
 
-def cuda_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, causal=False,
-                          scale=None, window_size=None):
-    return _cuda_attention_common((q, k, v), q)
+def cuda_attention_varlen(call: AttentionVarlenCall) -> str | None:
+    return _cuda_attention_common((call.q, call.k, call.v), call.q)
 
 
 def flash_ready(t: torch.Tensor) -> bool:
@@ -158,13 +164,12 @@ def flash_ready(t: torch.Tensor) -> bool:
     return t.stride(-1) == 1 and all(s % 8 == 0 for s in t.stride()[:-1]) and t.storage_offset() % 8 == 0
 
 
-def cuda_attention_with_kvcache(q, k_cache, v_cache, cache_seqlens, *, k_new=None, v_new=None, causal=True,
-                                scale=None):
-    for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
+def cuda_attention_with_kvcache(call: KVCacheCall) -> str | None:
+    for name, t in (("k_cache", call.k_cache), ("v_cache", call.v_cache)):
         if not flash_ready(t):
             return (f"the CUDA decoding kernel reads {name} in place and needs unit stride along the head dim, "
                     f"other strides multiples of 8 elements; got strides {tuple(t.stride())}")
-    return _cuda_attention_common((q,), q)
+    return _cuda_attention_common((call.q,), call.q)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -178,19 +183,13 @@ def _gemm_dtype(kernel: str, x: torch.Tensor) -> str | None:
     return None
 
 
-def triton_linear(x, weight, bias=None, *, activation=None) -> str | None:
-    return _gemm_dtype("Triton", x)
+def triton_gemm(call: LinearCall | FFNCall) -> str | None:
+    return _gemm_dtype("Triton", call.x)
 
 
-def triton_ffn(x, w_in, b_in, w_out, b_out, *, activation="gelu", w_gate=None, b_gate=None,
-               recompute=False) -> str | None:
-    return _gemm_dtype("Triton", x)
+def cuda_gemm(call: LinearCall | FFNCall) -> str | None:
+    return _gemm_dtype("CUDA", call.x)
 
 
-def cuda_linear(x, weight, bias=None, *, activation=None) -> str | None:
-    return _gemm_dtype("CUDA", x)
-
-
-def cuda_ffn(x, w_in, b_in, w_out, b_out, *, activation="gelu", w_gate=None, b_gate=None,
-             recompute=False) -> str | None:
-    return _gemm_dtype("CUDA", x)
+triton_linear = triton_ffn = triton_gemm
+cuda_linear = cuda_ffn = cuda_gemm

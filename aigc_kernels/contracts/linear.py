@@ -102,11 +102,11 @@ def rows(x: torch.Tensor) -> torch.Tensor:
 def entry_points(linear_fwd: Callable, ffn_fwd: Callable) -> tuple[Callable, Callable]:
     """(linear, ffn) with the signatures of ak.linear / ak.ffn (minus backend=), running these ops."""
 
-    def linear(x, weight, bias=None, *, activation=None):
+    def linear(x, weight, bias=None, activation=None):
         y, _ = linear_fwd(rows(x), weight, bias, activation)
         return y.view(*x.shape[:-1], weight.shape[0])
 
-    def ffn(x, w_in, b_in, w_out, b_out, *, activation="gelu", w_gate=None, b_gate=None, recompute=False):
+    def ffn(x, w_in, b_in, w_out, b_out, activation="gelu", w_gate=None, b_gate=None, recompute=False):
         out, _, _ = ffn_fwd(rows(x), w_in, b_in, w_out, b_out, activation, w_gate, b_gate, not recompute)
         return out.view(*x.shape[:-1], w_out.shape[0])
 

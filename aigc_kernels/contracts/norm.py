@@ -80,10 +80,10 @@ def entry_points(fwd_op: Callable) -> tuple[Callable, Callable]:
         y = y.view(x.shape)
         return y if residual is None else (y, s.view(x.shape))
 
-    def layer_norm(x, weight=None, bias=None, eps=1e-5, *, residual=None):
+    def layer_norm(x, weight=None, bias=None, eps=1e-5, residual=None):
         return run(x, weight, bias, eps, residual, False)
 
-    def rms_norm(x, weight=None, eps=1e-6, *, residual=None):
+    def rms_norm(x, weight=None, eps=1e-6, residual=None):
         return run(x, weight, None, eps, residual, True)
 
     return layer_norm, rms_norm

@@ -22,10 +22,6 @@ if (_why := _ext.torch_mismatch()) is not None:  # name both versions, not an un
 
 from aigc_kernels import _C  # noqa: E402, F401  (runs the TORCH_LIBRARY registrations)
 
-from .attention import attention, attention_varlen, attention_with_kvcache  # noqa: E402
-from .kvcache import kvcache_append  # noqa: E402
-from .linear import ffn, linear  # noqa: E402
-from .norm import layer_norm, rms_norm  # noqa: E402
-
-__all__ = ["attention", "attention_varlen", "attention_with_kvcache", "ffn", "kvcache_append", "layer_norm", "linear",
-           "rms_norm"]
+# Every family's fake impls and autograd, so torch.ops.aigc_kernels.* trace wherever _C is loaded through
+# this package. The entry points stay in their modules (aigc_kernels.cuda.attention.attention, ...).
+from . import attention, kvcache, linear, norm  # noqa: E402, F401

@@ -12,7 +12,7 @@ def _needs_grad(*tensors) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-def linear(x, weight, bias=None, *, activation=None):
+def linear(x, weight, bias=None, activation=None):
     if (activation == "relu" and bias is not None and x.dim() == 2 and not _needs_grad(x, weight, bias)
             and x.shape[0] > 0 and x.shape[1] > 0):
         # bias + ReLU in the GEMM's epilogue (cuBLASLt on a GPU); inference only (no autograd formula)
@@ -29,7 +29,7 @@ def _ffn(x, w_in, b_in, w_out, b_out, activation, w_gate, b_gate):
     return F.linear(h, w_out, b_out)
 
 
-def ffn(x, w_in, b_in, w_out, b_out, *, activation="gelu", w_gate=None, b_gate=None, recompute=False):
+def ffn(x, w_in, b_in, w_out, b_out, activation="gelu", w_gate=None, b_gate=None, recompute=False):
     if recompute and _needs_grad(x, w_in, b_in, w_out, b_out, w_gate, b_gate):
         from torch.utils.checkpoint import checkpoint
 

@@ -9,7 +9,7 @@ def _f32(p):
     return None if p is None else p.float()
 
 
-def layer_norm(x, weight=None, bias=None, eps=1e-5, *, residual=None):
+def layer_norm(x, weight=None, bias=None, eps=1e-5, residual=None):
     s = x if residual is None else x + residual
     if (weight is None or weight.dtype == x.dtype) and (bias is None or bias.dtype == x.dtype):
         y = F.layer_norm(s, (x.shape[-1],), weight, bias, eps)
@@ -18,7 +18,7 @@ def layer_norm(x, weight=None, bias=None, eps=1e-5, *, residual=None):
     return y if residual is None else (y, s)
 
 
-def rms_norm(x, weight=None, eps=1e-6, *, residual=None):
+def rms_norm(x, weight=None, eps=1e-6, residual=None):
     s = x if residual is None else x + residual
     if weight is None or weight.dtype == x.dtype:
         y = F.rms_norm(s, (x.shape[-1],), weight, eps)

@@ -41,16 +41,8 @@ def attention(
     Returns:
         (B, Hq, Lq, D) in q's dtype. A query row that sees no key gives zeros.
     """
-    window_size = validation.attention_args(q, k, v, attn_mask, dropout_p, scale, window_size, causal, softcap,
-                                            sinks)
-    if type(dropout_p) is not float:
-        dropout_p = float(dropout_p)
-    fn = fast("attention", q, backend) or select("attention", q.device, backend, q, k, v, causal=causal,
-                                                 attn_mask=attn_mask, dropout_p=dropout_p, scale=scale,
-                                                 window_size=window_size, softcap=softcap, sinks=sinks)
-    # positionally, in the public signature's order (every backend's attention takes them so): keywords
-    # cost ~50 ns each on a call that a decoding step makes per layer
-    return fn(q, k, v, causal, attn_mask, dropout_p, scale, window_size, softcap, sinks)
+    call = validation.attention_call(q, k, v, causal, attn_mask, dropout_p, scale, window_size, softcap, sinks)
+    return (fast("attention", q, backend) or select(call, backend))(*call)
 
 
 def attention_varlen(
@@ -79,11 +71,9 @@ def attention_varlen(
     Returns:
         (total_q, Hq, D).
     """
-    window_size = validation.attention_varlen_args(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
-                                                   max_seqlen_k, scale, window_size)
-    args = (q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
-    kwargs = dict(causal=causal, scale=scale, window_size=window_size)
-    return select("attention_varlen", q.device, backend, *args, **kwargs)(*args, **kwargs)
+    call = validation.attention_varlen_call(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal,
+                                            scale, window_size)
+    return select(call, backend)(*call)
 
 
 def attention_with_kvcache(
@@ -110,11 +100,8 @@ def attention_with_kvcache(
     Returns:
         (B, Hq, Lq, D).
     """
-    validation.kvcache_args(q, k_cache, v_cache, cache_seqlens, k_new, v_new, scale)
-    fn = fast("attention_with_kvcache", q, backend) or select(
-        "attention_with_kvcache", q.device, backend, q, k_cache, v_cache, cache_seqlens, k_new=k_new, v_new=v_new,
-        causal=causal, scale=scale)
-    return fn(q, k_cache, v_cache, cache_seqlens, k_new=k_new, v_new=v_new, causal=causal, scale=scale)
+    call = validation.kvcache_call(q, k_cache, v_cache, cache_seqlens, k_new, v_new, causal, scale)
+    return (fast("attention_with_kvcache", q, backend) or select(call, backend))(*call)
 
 
 def kvcache_append(
@@ -132,6 +119,5 @@ def kvcache_append(
     cache_seqlens (int32, (B,)) is not modified. On a GPU an out-of-range write is caught by a
     device-side assert; with CPU-resident cache_seqlens it is a ValueError before any write.
     """
-    validation.kvcache_append_args(k_cache, v_cache, k_new, v_new, cache_seqlens)
-    args = (k_cache, v_cache, k_new, v_new, cache_seqlens)
-    select("kvcache_append", k_cache.device, backend, *args)(*args)
+    call = validation.kvcache_append_call(k_cache, v_cache, k_new, v_new, cache_seqlens)
+    (fast("kvcache_append", k_cache, backend) or select(call, backend))(*call)

@@ -28,9 +28,8 @@ def linear(
     Returns:
         (..., N) in x's dtype.
     """
-    validation.linear_args(x, weight, bias, activation)
-    fn = fast("linear", x, backend) or select("linear", x.device, backend, x, weight, bias, activation=activation)
-    return fn(x, weight, bias, activation=activation)
+    call = validation.linear_call(x, weight, bias, activation)
+    return (fast("linear", x, backend) or select(call, backend))(*call)
 
 
 def ffn(
@@ -63,10 +62,5 @@ def ffn(
     Returns:
         (..., D) in x's dtype.
     """
-    validation.ffn_args(x, w_in, b_in, w_out, b_out, activation, w_gate, b_gate)
-    args = (x, w_in, b_in, w_out, b_out)
-    if not isinstance(recompute, bool):
-        raise TypeError(f"ak.ffn: expected recompute to be a bool, got {type(recompute).__name__}")
-    kwargs = dict(activation=activation, w_gate=w_gate, b_gate=b_gate, recompute=recompute)
-    fn = fast("ffn", x, backend) or select("ffn", x.device, backend, *args, **kwargs)
-    return fn(*args, **kwargs)
+    call = validation.ffn_call(x, w_in, b_in, w_out, b_out, activation, w_gate, b_gate, recompute)
+    return (fast("ffn", x, backend) or select(call, backend))(*call)

@@ -30,10 +30,8 @@ def layer_norm(
     Returns:
         y, or (y, s) with residual; both in x's dtype. Statistics are computed in float32.
     """
-    validation.norm_args("ak.layer_norm", x, weight, bias, eps, residual)
-    fn = fast("layer_norm", x, backend) or select("layer_norm", x.device, backend, x, weight, bias, eps,
-                                                  residual=residual)
-    return fn(x, weight, bias, eps, residual=residual)
+    call = validation.layer_norm_call(x, weight, bias, eps, residual)
+    return (fast("layer_norm", x, backend) or select(call, backend))(*call)
 
 
 def rms_norm(
@@ -45,6 +43,5 @@ def rms_norm(
     backend: str | None = None,
 ):
     """RMSNorm over the last dim: x / sqrt(mean(x^2) + eps) * weight. Arguments as in layer_norm."""
-    validation.norm_args("ak.rms_norm", x, weight, None, eps, residual)
-    fn = fast("rms_norm", x, backend) or select("rms_norm", x.device, backend, x, weight, eps, residual=residual)
-    return fn(x, weight, eps, residual=residual)
+    call = validation.rms_norm_call(x, weight, eps, residual)
+    return (fast("rms_norm", x, backend) or select(call, backend))(*call)

@@ -12,7 +12,6 @@ def linear(
     x: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor | None = None,
-    *,
     activation: str | None = None,
 ) -> torch.Tensor:
     """act(x @ weight.T + bias) for x (..., K), weight (N, K), bias (N,)."""
@@ -25,7 +24,6 @@ def ffn(
     b_in: torch.Tensor | None,
     w_out: torch.Tensor,
     b_out: torch.Tensor | None,
-    *,
     activation: str = "gelu",
     w_gate: torch.Tensor | None = None,
     b_gate: torch.Tensor | None = None,

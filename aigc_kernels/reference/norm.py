@@ -15,7 +15,6 @@ def layer_norm(
     weight: torch.Tensor | None = None,
     bias: torch.Tensor | None = None,
     eps: float = 1e-5,
-    *,
     residual: torch.Tensor | None = None,
 ):
     """LayerNorm over the last dim; with residual, returns (LN(x + residual), x + residual).
@@ -40,7 +39,6 @@ def rms_norm(
     x: torch.Tensor,
     weight: torch.Tensor | None = None,
     eps: float = 1e-6,
-    *,
     residual: torch.Tensor | None = None,
 ):
     """RMSNorm over the last dim: x / sqrt(mean(x^2) + eps) * weight; residual as in layer_norm."""

@@ -1096,7 +1096,7 @@ def attention(q, k, v, causal=False, attn_mask=None, dropout_p=0.0, scale=None, 
     return out
 
 
-def attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, causal=False, scale=None,
+def attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal=False, scale=None,
                      window_size=None):
     scale = softmax_scale(q, scale)
     wl, wr = window_pair(window_size)
@@ -1109,7 +1109,7 @@ def kvcache_append(k_cache, v_cache, k_new, v_new, cache_seqlens) -> None:
     kvcache_append_op(k_cache, v_cache, k_new, v_new, cache_seqlens)
 
 
-def attention_with_kvcache(q, k_cache, v_cache, cache_seqlens, *, k_new=None, v_new=None, causal=True, scale=None):
+def attention_with_kvcache(q, k_cache, v_cache, cache_seqlens, k_new=None, v_new=None, causal=True, scale=None):
     scale = softmax_scale(q, scale)
     lnew = 0
     if k_new is not None:

@@ -1,0 +1,116 @@
+"""One normalized call per op: what the public function's checks (aigc_kernels.validation) return, and what
+every backend's ``why_not`` check (aigc_kernels.contracts.limits), the dispatch key and the implementation
+take. Fields are the public function's parameters in its order (minus ``backend``), with the scale and the
+window resolved, so ``impl(*call)`` runs any backend's implementation.
+
+They are tuples (NamedTuple): building one costs ~0.2 us, which a decoding step pays ~150 times per token.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+Tensor = torch.Tensor
+
+
+class AttentionCall(NamedTuple):
+    q: Tensor
+    k: Tensor
+    v: Tensor
+    causal: bool
+    attn_mask: Tensor | None
+    dropout_p: float
+    scale: float  # resolved: 1 / sqrt(D) unless given
+    window_size: tuple[int, int] | None
+    softcap: float | None
+    sinks: Tensor | None
+
+    op = "attention"
+
+
+class AttentionVarlenCall(NamedTuple):
+    q: Tensor
+    k: Tensor
+    v: Tensor
+    cu_seqlens_q: Tensor
+    cu_seqlens_k: Tensor
+    max_seqlen_q: int
+    max_seqlen_k: int
+    causal: bool
+    scale: float
+    window_size: tuple[int, int] | None
+
+    op = "attention_varlen"
+
+
+class KVCacheCall(NamedTuple):
+    q: Tensor
+    k_cache: Tensor
+    v_cache: Tensor
+    cache_seqlens: Tensor
+    k_new: Tensor | None
+    v_new: Tensor | None
+    causal: bool
+    scale: float
+
+    op = "attention_with_kvcache"
+
+
+class KVCacheAppendCall(NamedTuple):
+    k_cache: Tensor
+    v_cache: Tensor
+    k_new: Tensor
+    v_new: Tensor
+    cache_seqlens: Tensor
+
+    op = "kvcache_append"
+
+
+class LayerNormCall(NamedTuple):
+    x: Tensor
+    weight: Tensor | None
+    bias: Tensor | None
+    eps: float
+    residual: Tensor | None
+
+    op = "layer_norm"
+
+
+class RMSNormCall(NamedTuple):
+    x: Tensor
+    weight: Tensor | None
+    eps: float
+    residual: Tensor | None
+
+    op = "rms_norm"
+
+
+class LinearCall(NamedTuple):
+    x: Tensor
+    weight: Tensor
+    bias: Tensor | None
+    activation: str | None
+
+    op = "linear"
+
+
+class FFNCall(NamedTuple):
+    x: Tensor
+    w_in: Tensor
+    b_in: Tensor | None
+    w_out: Tensor
+    b_out: Tensor | None
+    activation: str | None
+    w_gate: Tensor | None
+    b_gate: Tensor | None
+    recompute: bool
+
+    op = "ffn"
+
+
+Call = (AttentionCall | AttentionVarlenCall | KVCacheCall | KVCacheAppendCall | LayerNormCall | RMSNormCall
+        | LinearCall | FFNCall)
+CALLS = {c.op: c for c in (AttentionCall, AttentionVarlenCall, KVCacheCall, KVCacheAppendCall, LayerNormCall,
+                           RMSNormCall, LinearCall, FFNCall)}
