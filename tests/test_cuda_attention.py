@@ -11,6 +11,7 @@ from aigc_kernels import reference as R
 from aigc_kernels.contracts import limits
 from aigc_kernels.testing import assert_close_to_reference, fwd_bwd
 from aigc_kernels.testing import check_fwd_bwd as check
+from aigc_kernels.validation import make_call
 
 HAS_GPU = torch.cuda.is_available()
 
@@ -87,30 +88,39 @@ def test_compile_fullgraph_traces_the_cuda_entry_point(cuda_ops):
 ])
 def test_limits_turn_away_masks_and_dropout(kwargs, match):
     q, k = torch.randn(1, 2, 5, 64, dtype=torch.float16), torch.randn(1, 2, 7, 64, dtype=torch.float16)
-    assert match in limits.cuda_attention(q, k, k, **kwargs)
+    assert match in cuda_check(q, k, k, **kwargs)
+
+
+def cuda_check(*args, **kwargs):
+    """What the CUDA attention's check says of this call."""
+    return limits.cuda_attention(make_call("attention", *args, **kwargs))
 
 
 def test_limits_dtype_and_head_dims():
     k = torch.randn(1, 2, 7, 64, dtype=torch.float16)
-    assert "float16 or bfloat16, got float32" in limits.cuda_attention(k.float(), k.float(), k.float())
+    assert "float16 or bfloat16, got float32" in cuda_check(k.float(), k.float(), k.float())
     q48 = torch.randn(1, 2, 5, 48, dtype=torch.bfloat16)
-    assert "head dims 32, 64, 96, 128, 256, got 48" in limits.cuda_attention(q48, q48, q48)
+    assert "head dims 32, 64, 96, 128, 256, got 48" in cuda_check(q48, q48, q48)
     for d in limits.CUDA_HEAD_DIMS:
         q = torch.randn(1, 2, 5, d, dtype=torch.bfloat16)
-        assert limits.cuda_attention(q, q, q, causal=True, window_size=(3, 0)) is None
+        assert cuda_check(q, q, q, causal=True, window_size=(3, 0)) is None
     q256 = torch.randn(1, 2, 5, 256, dtype=torch.bfloat16, requires_grad=True)
-    assert "backward supports head dims up to 128, got 256" in limits.cuda_attention(q256, q256, q256)
+    assert "backward supports head dims up to 128, got 256" in cuda_check(q256, q256, q256)
     with torch.no_grad():
-        assert limits.cuda_attention(q256, q256, q256) is None  # inference at d = 256 is fine
+        assert cuda_check(q256, q256, q256) is None  # inference at d = 256 is fine
 
 
 def test_limits_kvcache_needs_caches_it_can_read_in_place():
     q = torch.randn(2, 4, 1, 64, dtype=torch.float16)
     cache = torch.randn(2, 32, 2, 64, dtype=torch.float16).transpose(1, 2)  # row stride 128: fine
     lens = torch.zeros(2, dtype=torch.int32)
-    assert limits.cuda_attention_with_kvcache(q, cache, cache, lens) is None
+
+    def check(k, v):
+        return limits.cuda_attention_with_kvcache(make_call("attention_with_kvcache", q, k, v, lens))
+
+    assert check(cache, cache) is None
     odd = torch.randn(2, 2, 32, 65, dtype=torch.float16)[..., :64]  # row stride 65
-    assert "multiples of 8" in limits.cuda_attention_with_kvcache(q, odd, odd, lens)
+    assert "multiples of 8" in check(odd, odd)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -44,7 +44,7 @@ except ImportError:  # pragma: no cover - older triton: the pointer kernel only
     TensorDescriptor = None
 
 from .. import _device
-from ..contracts import linear as linear_common
+from ..contracts import linear as contract
 from ..contracts.linear import apply_activation
 from ..contracts.tables import ACTIVATION_IDS, NO_ACTIVATION_ID
 from . import _tuning
@@ -488,7 +488,7 @@ def linear_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     return y, (z if z is not None else _empty(x))
 
 
-linear_fwd.register_fake(linear_common.fake_linear_fwd)
+linear_fwd.register_fake(contract.fake_linear_fwd)
 
 
 @torch.library.custom_op("aigc_kernels::linear_bwd_triton", mutates_args=())
@@ -503,10 +503,10 @@ def linear_bwd(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, z: torch
     return dx, dw, (db if db is not None else x.new_empty(0, dtype=torch.float32))
 
 
-linear_bwd.register_fake(linear_common.fake_linear_bwd)
+linear_bwd.register_fake(contract.fake_linear_bwd)
 
 
-linear_common.register_linear_autograd("aigc_kernels::linear_fwd_triton", linear_bwd)
+contract.register_linear_autograd("aigc_kernels::linear_fwd_triton", linear_bwd)
 
 
 @torch.library.custom_op("aigc_kernels::ffn_fwd_triton", mutates_args=())
@@ -563,10 +563,10 @@ def ffn_bwd(dout: torch.Tensor, x: torch.Tensor, w_in: torch.Tensor, b_in: torch
     return [dx, dw_in, or_empty(db_in), dw_out, or_empty(db_out), dw_gate, or_empty(db_gate)]
 
 
-ffn_bwd.register_fake(linear_common.fake_ffn_bwd)
+ffn_bwd.register_fake(contract.fake_ffn_bwd)
 
 
-linear_common.register_ffn_autograd("aigc_kernels::ffn_fwd_triton", ffn_bwd)
+contract.register_ffn_autograd("aigc_kernels::ffn_fwd_triton", ffn_bwd)
 
 # The "triton" backend's entry points, with the signatures of ak.linear / ak.ffn.
-linear, ffn = linear_common.entry_points(linear_fwd, ffn_fwd)
+linear, ffn = contract.entry_points(linear_fwd, ffn_fwd)

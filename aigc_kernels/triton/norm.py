@@ -1,7 +1,8 @@
 """LayerNorm and RMSNorm in Triton: forward (with fused residual add) and backward.
 
 Layers, as in every op file: kernels -> launchers -> torch.library ops (with fake impls and
-autograd) -> the "triton" backend's entry points ``layer_norm`` / ``rms_norm`` / ``norm_why_not``.
+autograd, from aigc_kernels.contracts.norm) -> the "triton" backend's entry points ``layer_norm`` /
+``rms_norm`` (what they accept: aigc_kernels.contracts.limits).
 
 Math. With s = x (+ residual), per row of N elements, in float32:
     LayerNorm: mean = sum(s)/N, rstd = 1/sqrt(sum((s-mean)^2)/N + eps), xhat = (s-mean)*rstd
@@ -27,7 +28,7 @@ import triton
 import triton.language as tl
 
 from .. import _device
-from ..contracts import norm as norm_common
+from ..contracts import norm as contract
 
 MAX_FUSED_N = 16384  # widest row kept whole in registers (elements)
 LOOP_BLOCK_N = 4096  # column block of the looped path for wider rows
@@ -290,7 +291,7 @@ def norm_fwd(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | 
     return _fwd(x, weight, bias, residual, eps, is_rms, residual is not None)
 
 
-norm_fwd.register_fake(norm_common.fake_fwd)
+norm_fwd.register_fake(contract.fake_fwd)
 
 
 @torch.library.custom_op("aigc_kernels::norm_bwd_triton", mutates_args=())
@@ -301,8 +302,8 @@ def norm_bwd(dy: torch.Tensor, ds: torch.Tensor | None, xs: torch.Tensor, weight
     return _bwd(dy, ds, xs, weight, mean, rstd, has_bias, is_rms)
 
 
-norm_bwd.register_fake(norm_common.fake_bwd)
-norm_common.register_autograd("aigc_kernels::norm_fwd_triton", norm_bwd)
+norm_bwd.register_fake(contract.fake_bwd)
+contract.register_autograd("aigc_kernels::norm_fwd_triton", norm_bwd)
 
 # The "triton" backend's entry points, with the signatures of ak.layer_norm / ak.rms_norm.
-layer_norm, rms_norm = norm_common.entry_points(norm_fwd)
+layer_norm, rms_norm = contract.entry_points(norm_fwd)
