@@ -232,3 +232,25 @@ def test_sinks_take_probability_mass():
     out = ak.attention(q, k, v, sinks=torch.tensor([0.0, 50.0]), backend="torch")
     assert torch.all(out[0, 0] < 1) and torch.all(out[0, 0] > 0)  # the sink takes part of the mass
     assert torch.allclose(out[0, 1], torch.zeros(3, 8), atol=1e-6)  # a huge sink takes (almost) all of it
+
+
+@pytest.mark.parametrize("lens", [[5, 5, 5], [0, 7, 12], [12, 12, 12]])
+@pytest.mark.parametrize("lnew", [1, 4])
+def test_kvcache_append_paths_equal_the_reference(lens, lnew):
+    # equal host lengths take one slice copy per cache; unequal (or device-resident) ones a scatter
+    b, h, lmax, d = 3, 2, 16, 8
+    kc, vc = rand(b, h, lmax, d, seed=1), rand(b, h, lmax, d, seed=2)
+    kn, vn = rand(b, h, lnew, d, seed=3), rand(b, h, lnew, d, seed=4)
+    q = rand(b, 4, lnew, d, seed=5)
+    seqlens = torch.tensor(lens, dtype=torch.int32)
+    got, want = (kc.clone(), vc.clone()), (kc.clone(), vc.clone())
+    ak.kvcache_append(*got, kn, vn, seqlens, backend="torch")
+    R.kvcache_append(*want, kn, vn, seqlens)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    got, want = (kc.clone(), vc.clone()), (kc.clone(), vc.clone())
+    out = ak.attention_with_kvcache(q, *got, seqlens, k_new=kn, v_new=vn, backend="torch")
+    ref = R.attention_with_kvcache(q.double(), want[0].double(), want[1].double(), seqlens, k_new=kn.double(),
+                                   v_new=vn.double())
+    R.kvcache_append(*want, kn, vn, seqlens)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])  # appended once, exactly
+    torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=1e-5)

@@ -47,10 +47,20 @@ def _band(lq: int, lk: int, causal: bool, window_size, device) -> torch.Tensor |
     return keep
 
 
+def _default_scale(q, scale):
+    """None where ``scale`` is SDPA's own default, bit for bit (1 / sqrt(D) in double): passing a scale
+    costs ~0.5 us a call, and validation resolves every call's scale to a number."""
+    return None if scale is not None and scale == 1.0 / math.sqrt(q.shape[-1]) else scale
+
+
 def _sdpa(q, k, v, mask, dropout_p, scale, is_causal=False):
+    scale = _default_scale(q, scale)
     groups = q.shape[1] // k.shape[1]
-    if groups == 1 and mask is None and dropout_p == 0.0 and not is_causal and scale is None:
-        return F.scaled_dot_product_attention(q, k, v)  # (parsing the keywords costs ~0.5 us per call)
+    if mask is None and dropout_p == 0.0 and not is_causal and scale is None:  # each keyword costs ~0.3 us
+        if groups == 1:
+            return F.scaled_dot_product_attention(q, k, v)
+        if _HAS_ENABLE_GQA:
+            return F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
     if groups > 1:
         if _HAS_ENABLE_GQA:
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal,
@@ -121,8 +131,7 @@ def attention(q, k, v, causal=False, attn_mask=None, dropout_p=0.0, scale=None, 
               sinks=None):
     qs, ks = q.shape, k.shape
     lq, lk = qs[2], ks[2]
-    if scale is not None and scale == 1.0 / math.sqrt(qs[3]):
-        scale = None  # SDPA's own default, bit for bit (1 / sqrt(D) in double); passing it costs ~0.5 us a call
+    scale = _default_scale(q, scale)
     if (attn_mask is None and window_size is None and softcap is None and sinks is None and lk > 0
             and (not causal or lq == 1)):  # the common calls, decoding steps included: SDPA as is
         if qs[1] == ks[1] and dropout_p == 0.0 and scale is None and lq > 0 and qs[0] > 0:
@@ -185,31 +194,48 @@ def attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seql
     return torch.cat(parts) if parts else q.new_zeros(q.shape)
 
 
-def kvcache_append(k_cache, v_cache, k_new, v_new, cache_seqlens) -> None:
-    b, h, lnew, d = k_new.shape
+def _host_length(cache_seqlens) -> int | None:
+    """The one length of every batch entry when the lengths live on the host (reading them is free there)
+    and are all equal -- the usual decoding step -- else None."""
+    if cache_seqlens.is_cpu and not torch.compiler.is_compiling():
+        lens = cache_seqlens.tolist()
+        if lens and lens.count(lens[0]) == len(lens):
+            return lens[0]
+    return None
+
+
+def _append(k_cache, v_cache, k_new, v_new, cache_seqlens, start: int | None) -> None:
+    lnew = k_new.shape[2]
     if k_new.numel() == 0:
         return
+    if start is not None:  # one slice per cache (validation has checked start + Lnew <= Lmax)
+        k_cache[:, :, start:start + lnew].copy_(k_new)
+        v_cache[:, :, start:start + lnew].copy_(v_new)
+        return
+    b, h, _, d = k_new.shape
     rows = cache_seqlens.to(torch.long).view(b, 1, 1, 1) + torch.arange(lnew, device=k_new.device).view(1, 1, lnew, 1)
     index = rows.expand(b, h, lnew, d)
     k_cache.scatter_(2, index, k_new)
     v_cache.scatter_(2, index, v_new)
 
 
+def kvcache_append(k_cache, v_cache, k_new, v_new, cache_seqlens) -> None:
+    _append(k_cache, v_cache, k_new, v_new, cache_seqlens, _host_length(cache_seqlens))
+
+
 def attention_with_kvcache(q, k_cache, v_cache, cache_seqlens, k_new=None, v_new=None, causal=True, scale=None):
+    start = _host_length(cache_seqlens)  # one read of the lengths for the append and the attention
     lnew = 0
     if k_new is not None:
-        kvcache_append(k_cache, v_cache, k_new, v_new, cache_seqlens)
+        _append(k_cache, v_cache, k_new, v_new, cache_seqlens, start)
         lnew = k_new.shape[2]
-    if cache_seqlens.is_cpu and not torch.compiler.is_compiling():
-        # lengths on the host are free to read: one length for the whole batch (the usual decoding step)
-        # is SDPA over that prefix of the caches, with no mask to build
-        lens = cache_seqlens.tolist()
-        if lens and lens.count(lens[0]) == len(lens) and (n := lens[0] + lnew) > 0 and q.numel():
-            if n < k_cache.shape[2]:
-                k_cache, v_cache = k_cache[:, :, :n], v_cache[:, :, :n]
-            if not causal or q.shape[2] == 1:  # one query row sees every valid key: plain SDPA
-                return _sdpa(q, k_cache, v_cache, None, 0.0, scale)
-            return attention(q, k_cache, v_cache, causal, None, 0.0, scale)
+    if start is not None and (n := start + lnew) > 0 and q.numel():
+        # one length for the whole batch: SDPA over that prefix of the caches, with no mask to build
+        if n < k_cache.shape[2]:
+            k_cache, v_cache = k_cache[:, :, :n], v_cache[:, :, :n]
+        if not causal or q.shape[2] == 1:  # one query row sees every valid key: plain SDPA
+            return _sdpa(q, k_cache, v_cache, None, 0.0, scale)
+        return attention(q, k_cache, v_cache, causal, None, 0.0, scale)
     if q.numel() == 0:
         return torch.empty_like(q)
     lq, lmax = q.shape[2], k_cache.shape[2]
