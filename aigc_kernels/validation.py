@@ -17,7 +17,6 @@ to the full check, which raises the precise error (or accepts a valid but less c
 from __future__ import annotations
 
 import numbers
-from math import sqrt as _sqrt
 
 import torch
 
@@ -337,8 +336,8 @@ def _param(p, n: int, x: torch.Tensor) -> bool:
 _new = tuple.__new__  # a NamedTuple without its Python-level __new__ (~0.1 us instead of ~0.4)
 
 
-def _scale(q, scale) -> float:
-    return 1.0 / _sqrt(q.shape[-1]) if scale is None else float(scale)
+def _scale(scale) -> float | None:
+    return None if scale is None else float(scale)  # None: 1 / sqrt(D) (see contracts.calls)
 
 
 def attention_call(q, k, v, causal=False, attn_mask=None, dropout_p=0.0, scale=None, window_size=None, softcap=None,
@@ -352,10 +351,9 @@ def attention_call(q, k, v, causal=False, attn_mask=None, dropout_p=0.0, scale=N
         if (len(qs) == 4 and len(ks) == 4 and dt in _FLOATS and k.dtype is dt and v.dtype is dt and ks == v.shape
                 and qs[0] == ks[0] and qs[3] == ks[3] and ks[1] > 0 and qs[1] % ks[1] == 0
                 and k.device == q.device and v.device == q.device):
-            return _new(AttentionCall, (q, k, v, causal, None, float(dropout_p),
-                                        1.0 / _sqrt(qs[3]) if scale is None else scale, None, None, None))
+            return _new(AttentionCall, (q, k, v, causal, None, float(dropout_p), scale, None, None, None))
     window_size = _attention_args_full(q, k, v, attn_mask, dropout_p, scale, window_size, causal, softcap, sinks)
-    return _new(AttentionCall, (q, k, v, causal, attn_mask, float(dropout_p), _scale(q, scale), window_size,
+    return _new(AttentionCall, (q, k, v, causal, attn_mask, float(dropout_p), _scale(scale), window_size,
                                 None if softcap is None else float(softcap), sinks))
 
 
@@ -371,7 +369,7 @@ def attention_varlen_call(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max
                                               window_size)
     _flag("ak.attention_varlen", "causal", causal)
     return _new(AttentionVarlenCall, (q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal,
-                                      _scale(q, scale), window_size))
+                                      _scale(scale), window_size))
 
 
 def kvcache_call(q, k_cache, v_cache, cache_seqlens, k_new=None, v_new=None, causal=True, scale=None) -> KVCacheCall:
@@ -383,7 +381,7 @@ def kvcache_call(q, k_cache, v_cache, cache_seqlens, k_new=None, v_new=None, cau
                 and k_cache.device == q.device and v_cache.device == q.device
                 and cache_seqlens.dtype is torch.int32 and cache_seqlens.shape == (qs[0],)
                 and cache_seqlens.device == q.device):
-            call = _new(KVCacheCall, (q, k_cache, v_cache, cache_seqlens, None, None, causal, _scale(q, None)))
+            call = _new(KVCacheCall, (q, k_cache, v_cache, cache_seqlens, None, None, causal, None))
             if not cache_seqlens.is_cpu or torch.compiler.is_compiling():
                 return call  # on a GPU the kernels assert on the device: reading the lengths would synchronize
             values = cache_seqlens.tolist()
@@ -391,7 +389,7 @@ def kvcache_call(q, k_cache, v_cache, cache_seqlens, k_new=None, v_new=None, cau
                 return call
     _kvcache_args_full(q, k_cache, v_cache, cache_seqlens, k_new, v_new, scale)
     _flag("ak.attention_with_kvcache", "causal", causal)
-    return _new(KVCacheCall, (q, k_cache, v_cache, cache_seqlens, k_new, v_new, causal, _scale(q, scale)))
+    return _new(KVCacheCall, (q, k_cache, v_cache, cache_seqlens, k_new, v_new, causal, _scale(scale)))
 
 
 def kvcache_append_call(k_cache, v_cache, k_new, v_new, cache_seqlens) -> KVCacheAppendCall:
@@ -407,15 +405,17 @@ def _norm_ok(x, weight, bias, eps, residual) -> bool:
 
 
 def layer_norm_call(x, weight=None, bias=None, eps=1e-5, residual=None) -> LayerNormCall:
-    if not _norm_ok(x, weight, bias, eps, residual):
+    if not _norm_ok(x, weight, bias, eps, residual):  # (it accepts a float eps only)
         _norm_args_full("ak.layer_norm", x, weight, bias, eps, residual)
-    return _new(LayerNormCall, (x, weight, bias, float(eps), residual))
+        eps = float(eps)
+    return _new(LayerNormCall, (x, weight, bias, eps, residual))
 
 
 def rms_norm_call(x, weight=None, eps=1e-6, residual=None) -> RMSNormCall:
     if not _norm_ok(x, weight, None, eps, residual):
         _norm_args_full("ak.rms_norm", x, weight, None, eps, residual)
-    return _new(RMSNormCall, (x, weight, float(eps), residual))
+        eps = float(eps)
+    return _new(RMSNormCall, (x, weight, eps, residual))
 
 
 def linear_call(x, weight, bias=None, activation=None) -> LinearCall:

@@ -307,8 +307,11 @@ def test_make_call_resolves_and_checks():
 
     q = torch.randn(1, 2, 3, 16)
     call = make_call("attention", q, q, q, dropout_p=0)
-    assert call.scale == 0.25 and call.dropout_p == 0.0 and isinstance(call.dropout_p, float) and call.op == "attention"
-    assert make_call("attention", q, q, q, scale=2).scale == 2.0
+    assert call.scale is None and call.softmax_scale == 0.25 and call.op == "attention"
+    assert call.dropout_p == 0.0 and isinstance(call.dropout_p, float)
+    given = make_call("attention", q, q, q, scale=2)
+    assert given.scale == 2.0 and isinstance(given.scale, float) and given.softmax_scale == 2.0
+    assert isinstance(make_call("layer_norm", q, eps=0).eps, float)
     with pytest.raises(TypeError, match="expected causal to be a bool"):
         make_call("attention_with_kvcache", q, q, q, torch.zeros(1, dtype=torch.int32), causal=1)
     with pytest.raises(ValueError, match="expected an op in"):

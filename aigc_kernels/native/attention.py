@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import math
 
 import torch
 import torch.nn.functional as F
@@ -47,14 +46,7 @@ def _band(lq: int, lk: int, causal: bool, window_size, device) -> torch.Tensor |
     return keep
 
 
-def _default_scale(q, scale):
-    """None where ``scale`` is SDPA's own default, bit for bit (1 / sqrt(D) in double): passing a scale
-    costs ~0.5 us a call, and validation resolves every call's scale to a number."""
-    return None if scale is not None and scale == 1.0 / math.sqrt(q.shape[-1]) else scale
-
-
 def _sdpa(q, k, v, mask, dropout_p, scale, is_causal=False):
-    scale = _default_scale(q, scale)
     groups = q.shape[1] // k.shape[1]
     if mask is None and dropout_p == 0.0 and not is_causal and scale is None:  # each keyword costs ~0.3 us
         if groups == 1:
@@ -131,7 +123,6 @@ def attention(q, k, v, causal=False, attn_mask=None, dropout_p=0.0, scale=None, 
               sinks=None):
     qs, ks = q.shape, k.shape
     lq, lk = qs[2], ks[2]
-    scale = _default_scale(q, scale)
     if (attn_mask is None and window_size is None and softcap is None and sinks is None and lk > 0
             and (not causal or lq == 1)):  # the common calls, decoding steps included: SDPA as is
         if qs[1] == ks[1] and dropout_p == 0.0 and scale is None and lq > 0 and qs[0] > 0:
