@@ -205,6 +205,15 @@ def bad_other_calls():
     yield (lambda: ak.attention_with_kvcache(q, kc, kc, lens[:1])), ValueError, r"cache_seqlens of shape \(2,\)"
     yield (lambda: ak.attention_with_kvcache(q, kc, kc, lens + 1, k_new=new, v_new=new)), ValueError, \
         r"0 <= cache_seqlens <= Lmax - Lnew = 5 .*got values in \[3, 6\]"
+    # the decoding step's fast path (with the append) hands anything it does not recognise to the full check
+    yield (lambda: ak.attention_with_kvcache(q, kc, kc, lens, k_new=new, v_new=new[:, :1])), ValueError, \
+        "v_new of shape"
+    yield (lambda: ak.attention_with_kvcache(q, kc, kc, lens, k_new=new.double(), v_new=new.double())), TypeError, \
+        "k_new to have the dtype of q"
+    yield (lambda: ak.attention_with_kvcache(q, kc, kc, lens, k_new=new[:1], v_new=new[:1])), ValueError, \
+        "k_new of shape"
+    yield (lambda: ak.attention_with_kvcache(q, kc, kc, lens, k_new=new, v_new=new, scale=float("nan"))), \
+        ValueError, "scale"
     yield (lambda: ak.kvcache_append(kc, kc, torch.randn(2, 2, 7, 8), torch.randn(2, 2, 7, 8), lens * 0)), \
         ValueError, "7 new rows do not fit a cache of Lmax=6"
 

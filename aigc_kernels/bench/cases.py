@@ -399,7 +399,8 @@ class AttentionBench(BenchOp):
 
 
 class DecodeBench(BenchOp):
-    """attention_with_kvcache at Lq = 1: a memory-bound read of the KV cache."""
+    """attention_with_kvcache at Lq = 1: a memory-bound read of the KV cache; the "append" cases write the
+    step's new key/value row first, as a decoding loop does (PyTorch's own: a slice copy, then SDPA)."""
 
     name = "attention_decode"
     modes = ("fwd",)
@@ -415,18 +416,27 @@ class DecodeBench(BenchOp):
         else:
             grid = [(b, c) for b in (1, 8, 32, 64) for c in (1024, 4096, 16384, 32768) if b * c <= 64 * 16384]
         heads, kv_heads, d = (32, 8, 128) if device == "cuda" else (8, 2, 64)
-        return [Case(self.name, f"batch={b} cache={c}", {"batch": b, "heads": heads, "kv_heads": kv_heads,
-                                                           "cache": c, "head_dim": d}, dtype)
-                for dtype in dtypes for b, c in grid]
+        cases = [Case(self.name, f"batch={b} cache={c}", {"batch": b, "heads": heads, "kv_heads": kv_heads,
+                                                            "cache": c, "head_dim": d}, dtype)
+                 for dtype in dtypes for b, c in grid]
+        b, c = grid[0]
+        return cases + [Case(self.name, f"batch={b} cache={c} append", {"batch": b, "heads": heads,
+                                                                         "kv_heads": kv_heads, "cache": c,
+                                                                         "head_dim": d, "append": 1}, dtype)
+                        for dtype in dtypes]
 
     def inputs(self, case, device, requires_grad):
         g = torch.Generator().manual_seed(0)
         s = case.shape
         b, h, hk, c, d = s["batch"], s["heads"], s["kv_heads"], s["cache"], s["head_dim"]
-        return {"q": _rand((b, h, 1, d), case.dtype, device, False, gen=g),
-                "k_cache": _rand((b, hk, c, d), case.dtype, device, False, gen=g),
-                "v_cache": _rand((b, hk, c, d), case.dtype, device, False, gen=g),
-                "cache_seqlens": torch.full((b,), c, dtype=torch.int32, device=device)}
+        inp = {"q": _rand((b, h, 1, d), case.dtype, device, False, gen=g),
+               "k_cache": _rand((b, hk, c, d), case.dtype, device, False, gen=g),
+               "v_cache": _rand((b, hk, c, d), case.dtype, device, False, gen=g),
+               "cache_seqlens": torch.full((b,), c - s.get("append", 0), dtype=torch.int32, device=device)}
+        if s.get("append"):  # every call writes the same last row: repeated calls are the same step
+            inp["k_new"] = _rand((b, hk, 1, d), case.dtype, device, False, gen=g)
+            inp["v_new"] = _rand((b, hk, 1, d), case.dtype, device, False, gen=g)
+        return inp
 
     def bytes(self, case, mode):
         s = case.shape
@@ -435,16 +445,26 @@ class DecodeBench(BenchOp):
     def providers(self):
         def ours(inp, name):
             return ops.attention_with_kvcache(inp["q"], inp["k_cache"], inp["v_cache"], inp["cache_seqlens"],
-                                              backend=name)
+                                              k_new=inp.get("k_new"), v_new=inp.get("v_new"), backend=name)
 
         def eager(case, inp, mode):
             groups = case.shape["heads"] // case.shape["kv_heads"]
-            return lambda: F.scaled_dot_product_attention(inp["q"], inp["k_cache"], inp["v_cache"],
-                                                          enable_gqa=groups > 1)
+            q, kc, vc = inp["q"], inp["k_cache"], inp["v_cache"]
+            if "k_new" not in inp:
+                return lambda: F.scaled_dot_product_attention(q, kc, vc, enable_gqa=groups > 1)
+            kn, vn, row = inp["k_new"], inp["v_new"], kc.shape[2] - 1
+
+            def step():  # the lengths are one for the batch here, as a decoding loop's usually are
+                kc[:, :, row:].copy_(kn)
+                vc[:, :, row:].copy_(vn)
+                return F.scaled_dot_product_attention(q, kc, vc, enable_gqa=groups > 1)
+
+            return step
 
         def torch_ref(case, inp, mode):
             return lambda: reference.attention_with_kvcache(inp["q"], inp["k_cache"], inp["v_cache"],
-                                                            inp["cache_seqlens"], causal=True)
+                                                            inp["cache_seqlens"], k_new=inp.get("k_new"),
+                                                            v_new=inp.get("v_new"), causal=True)
 
         return [*_api_providers("attention_with_kvcache", ours), Provider("eager", eager, needs_gpu=False),
                 Provider("reference", torch_ref, needs_gpu=False)]
@@ -452,8 +472,11 @@ class DecodeBench(BenchOp):
     def check(self, case, inputs, out):
         q, kc, vc = inputs["q"][:1], inputs["k_cache"][:1], inputs["v_cache"][:1]
         lens = inputs["cache_seqlens"][:1]
-        ref64 = reference.attention_with_kvcache(q.double(), kc.double(), vc.double(), lens)
-        lowp = reference.attention_with_kvcache(q, kc, vc, lens)
+        # the append cases' caches already hold the new row (same row, same values): appending it again is exact
+        new = {k: inputs[k][:1] for k in ("k_new", "v_new") if k in inputs}
+        ref64 = reference.attention_with_kvcache(q.double(), kc.double(), vc.double(), lens,
+                                                 **{k: t.double() for k, t in new.items()})
+        lowp = reference.attention_with_kvcache(q, kc.clone(), vc.clone(), lens, **new)
         return _bound(lowp, out[:1], ref64, case.dtype)
 
 
