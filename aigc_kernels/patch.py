@@ -294,7 +294,7 @@ class _Context:
     hf_act: str | None  # the model's activation, in transformers' name
     act: str | None  # ours (aigc_kernels.contracts.tables.HF_ACTIVATIONS), None when it has no kernel
     report: PatchReport
-    backends: dict[str, str]  # op family -> the backend it runs on
+    backends: dict[str, str]  # op family -> the backend it runs on (the report's op_backends)
     enabled: dict[str, bool]  # patch()'s attention / layer_norm / ffn flags
 
 
@@ -439,8 +439,7 @@ def patch(model: nn.Module, *, backend: str | None = None, attention: bool | str
     elif is_hf and not attention:
         report.left_alone.append(("", "attention", "attention=False"))
 
-    ctx = _Context(is_hf, hf_act, HF_ACTIVATIONS.get(hf_act) if hf_act else None, report,
-                   {"attention": be_attn, "layer_norm": be_norm, "ffn": be_ffn, "linear": be_lin},
+    ctx = _Context(is_hf, hf_act, HF_ACTIVATIONS.get(hf_act) if hf_act else None, report, report.op_backends,
                    {"attention": bool(attention), "layer_norm": layer_norm, "ffn": ffn})
     seen_children: set[int] = set()
 

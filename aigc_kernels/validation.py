@@ -8,10 +8,11 @@ None of these checks reads tensor data, so they cost no device synchronization a
 cleanly under torch.compile -- except where noted for CPU-resident index tensors.
 
 Each per-op builder (``attention_call``, ..., ``make_call(op, ...)``) returns the op's normalized
-call (aigc_kernels.contracts.calls): the arguments checked, the scale and window resolved. It first
-runs a fast path: plain boolean tests of the common, valid call (a decoding step makes ~150 such
-calls per token, so the cost of getting to the kernel matters). Anything it does not recognise goes
-to the full check, which raises the precise error (or accepts a valid but less common call).
+call (aigc_kernels.contracts.calls): the arguments checked and normalized (the window; scale, eps and
+dropout as floats, a scale of None kept for 1/sqrt(D)). It first runs a fast path: plain boolean
+tests of the common, valid call (a decoding step makes ~150 such calls per token, so the cost of
+getting to the kernel matters). Anything it does not recognise goes to the full check, which raises
+the precise error (or accepts a valid but less common call).
 """
 
 from __future__ import annotations
@@ -115,6 +116,12 @@ def window(op: str, window_size) -> tuple[int, int] | None:
     return (left, right)
 
 
+def _flag(op: str, name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{op}: expected {name} to be a bool, got {type(value).__name__}")
+    return value
+
+
 def activation(op: str, name, *, allow_none: bool = True) -> None:
     if name is None and allow_none:
         return
@@ -153,8 +160,7 @@ def _attention_args_full(q, k, v, attn_mask, dropout_p, scale, window_size, caus
     number(op, "dropout_p", dropout_p, low=0.0, high=1.0, high_open=True)
     if scale is not None:
         number(op, "scale", scale)
-    if not isinstance(causal, bool):
-        raise TypeError(f"{op}: expected causal to be a bool, got {type(causal).__name__}")
+    _flag(op, "causal", causal)
     if softcap is not None:
         number(op, "softcap", softcap, low=0.0, low_open=True)
     if sinks is not None:
@@ -336,6 +342,12 @@ def _param(p, n: int, x: torch.Tensor) -> bool:
 _new = tuple.__new__  # a NamedTuple without its Python-level __new__ (~0.1 us instead of ~0.4)
 
 
+def _same_device(q: torch.Tensor, *others: torch.Tensor) -> bool:
+    if q.is_cpu:  # the common CPU case without building device objects (~0.1 us each)
+        return all(t.is_cpu for t in others)
+    return all(t.device == q.device for t in others)
+
+
 def _scale(scale) -> float | None:
     return None if scale is None else float(scale)  # None: 1 / sqrt(D) (see contracts.calls)
 
@@ -350,17 +362,11 @@ def attention_call(q, k, v, causal=False, attn_mask=None, dropout_p=0.0, scale=N
         qs, ks, dt = q.shape, k.shape, q.dtype
         if (len(qs) == 4 and len(ks) == 4 and dt in _FLOATS and k.dtype is dt and v.dtype is dt and ks == v.shape
                 and qs[0] == ks[0] and qs[3] == ks[3] and ks[1] > 0 and qs[1] % ks[1] == 0
-                and k.device == q.device and v.device == q.device):
+                and _same_device(q, k, v)):
             return _new(AttentionCall, (q, k, v, causal, None, float(dropout_p), scale, None, None, None))
     window_size = _attention_args_full(q, k, v, attn_mask, dropout_p, scale, window_size, causal, softcap, sinks)
     return _new(AttentionCall, (q, k, v, causal, attn_mask, float(dropout_p), _scale(scale), window_size,
                                 None if softcap is None else float(softcap), sinks))
-
-
-def _flag(op: str, name: str, value) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{op}: expected {name} to be a bool, got {type(value).__name__}")
-    return value
 
 
 def attention_varlen_call(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal=False, scale=None,
@@ -370,12 +376,6 @@ def attention_varlen_call(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max
     _flag("ak.attention_varlen", "causal", causal)
     return _new(AttentionVarlenCall, (q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal,
                                       _scale(scale), window_size))
-
-
-def _same_device(q: torch.Tensor, *others: torch.Tensor) -> bool:
-    if q.is_cpu:  # the common CPU case without building device objects (~0.1 us each)
-        return all(t.is_cpu for t in others)
-    return all(t.device == q.device for t in others)
 
 
 def _kvcache_new_ok(q, qs, ks, k_new, v_new) -> bool:

@@ -1,7 +1,7 @@
 """One normalized call per op: what the public function's checks (aigc_kernels.validation) return, and what
 every backend's ``why_not`` check (aigc_kernels.contracts.limits), the dispatch key and the implementation
-take. Fields are the public function's parameters in its order (minus ``backend``), with the scale and the
-window resolved, so ``impl(*call)`` runs any backend's implementation.
+take. Fields are the public function's parameters in its order (minus ``backend``), checked, with the window
+resolved, so ``impl(*call)`` runs any backend's implementation.
 
 The attention calls keep ``scale=None`` for the default 1/sqrt(D) (``call.softmax_scale`` is the number):
 handing SDPA a scale it would compute itself costs ~0.5 us a call, and the "torch" backend passes None on.
@@ -11,17 +11,18 @@ They are tuples (NamedTuple): building one costs ~0.2 us, which a decoding step 
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import torch
+
+from .attention import softmax_scale
 
 Tensor = torch.Tensor
 
 
 def _softmax_scale(call) -> float:
     """The scale of q k^T: 1 / sqrt(D) where the call has None."""
-    return 1.0 / math.sqrt(call[0].shape[-1]) if call.scale is None else call.scale
+    return softmax_scale(call[0], call.scale)
 
 
 class AttentionCall(NamedTuple):

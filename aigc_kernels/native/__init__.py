@@ -10,8 +10,9 @@ Where the contract and PyTorch's function differ, the difference is bridged here
   every key, and their output is zeroed, so gradients stay finite and exact.
 * attention_varlen: PyTorch's flash varlen attention on a GPU where the installed torch has it
   (half types), else one SDPA call per sequence.
-* attention_with_kvcache: an in-place scatter of the new rows, then SDPA over the cache with a
-  mask of each batch's valid (and causally visible) rows.
+* attention_with_kvcache: the new rows written in place (one slice copy per cache when the lengths
+  are on the host and equal, the usual decoding step, else a scatter), then SDPA over that prefix of
+  the caches, or over the whole caches with a mask of each batch's valid (and causally visible) rows.
 * layer_norm / rms_norm: the residual add in x's dtype, then F.layer_norm / F.rms_norm (float32
   parameters with half inputs: computed in float32).
 * linear: F.linear and the activation (``torch._addmm_activation`` fuses bias + ReLU into the GEMM
