@@ -254,3 +254,55 @@ def test_kvcache_append_paths_equal_the_reference(lens, lnew):
     R.kvcache_append(*want, kn, vn, seqlens)
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])  # appended once, exactly
     torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kw,packed", [
+    (dict(), True),                                                   # non-causal GQA, Lq > 1
+    (dict(causal=True), False),                                       # rows differ by position: SDPA's GQA
+    (dict(attn_mask="keys"), True),                                   # (B, 1, 1, Lk): one mask for every row
+    (dict(attn_mask="keys_float"), True),
+    (dict(attn_mask="rows"), False),                                  # (B, 1, Lq, Lk) with Lq > 1
+    (dict(attn_mask="heads"), False),                                 # a mask per head
+    (dict(scale=0.3), True),
+])
+@pytest.mark.parametrize("transposed", [False, True])
+def test_gqa_packs_query_heads_into_rows(monkeypatch, kw, packed, transposed):
+    """On CPU, GQA without a causal or per-row mask runs as one SDPA per key head over the packed query
+    rows: the same values and gradients as the float64 reference, for (B, H, L, D) and (B, L, H, D)
+    layouts; the mask shapes that would differ per row or head take SDPA's own GQA."""
+    nat = __import__("sys").modules["aigc_kernels.native.attention"]
+    calls = []
+    real = nat._sdpa_packed
+    monkeypatch.setattr(nat, "_sdpa_packed", lambda *a: calls.append(1) or real(*a))
+    b, hq, hk, lq, lk, d = 2, 6, 2, 5, 9, 16
+    q = rand(b, lq, hq, d).transpose(1, 2) if transposed else rand(b, hq, lq, d)
+    k, v = rand(b, hk, lk, d, seed=1), rand(b, hk, lk, d, seed=2)
+    kw = dict(kw)
+    g = torch.Generator().manual_seed(7)
+    masks = {"keys": lambda: torch.rand(b, 1, 1, lk, generator=g) > 0.3,
+             "keys_float": lambda: torch.randn(b, 1, 1, lk, generator=g),
+             "rows": lambda: torch.rand(b, 1, lq, lk, generator=g) > 0.3,
+             "heads": lambda: torch.rand(b, hq, 1, lk, generator=g) > 0.3}
+    if "attn_mask" in kw:
+        kw["attn_mask"] = masks[kw["attn_mask"]]()
+    check_fwd_bwd(*attn(**kw), [q, k, v], torch.float32)
+    assert bool(calls) == packed, (kw, calls)
+
+
+def test_gqa_decoding_step_packs_with_equal_and_unequal_lengths(monkeypatch):
+    nat = __import__("sys").modules["aigc_kernels.native.attention"]
+    calls = []
+    real = nat._sdpa_packed
+    monkeypatch.setattr(nat, "_sdpa_packed", lambda *a: calls.append(1) or real(*a))
+    b, hq, hk, lmax, d = 3, 8, 2, 20, 16
+    q = rand(b, hq, 1, d)
+    kc, vc = rand(b, hk, lmax, d, seed=1), rand(b, hk, lmax, d, seed=2)
+    kn, vn = rand(b, hk, 1, d, seed=3), rand(b, hk, 1, d, seed=4)
+    for lens in ([11, 11, 11], [0, 4, 19]):
+        seqlens = torch.tensor(lens, dtype=torch.int32)
+        got, want = (kc.clone(), vc.clone()), (kc.clone(), vc.clone())
+        out = ak.attention_with_kvcache(q, *got, seqlens, k_new=kn, v_new=vn, backend="torch")
+        ref = R.attention_with_kvcache(q.double(), want[0].double(), want[1].double(), seqlens, k_new=kn.double(),
+                                       v_new=vn.double())
+        torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=1e-5)
+    assert len(calls) == 2

@@ -46,8 +46,37 @@ def _band(lq: int, lk: int, causal: bool, window_size, device) -> torch.Tensor |
     return keep
 
 
+def _packs(q, mask, groups: int, is_causal: bool) -> bool:
+    """Whether GQA runs as one SDPA over the query rows of each key head (see _sdpa_packed)."""
+    if groups == 1 or is_causal or not q.is_cpu:
+        return False
+    if mask is None:
+        return True
+    # the mask must be the same for every head and (with Lq > 1) every query row: it then broadcasts
+    # over the packed rows
+    return (mask.dim() < 3 or mask.shape[-3] == 1) and (q.shape[2] == 1 or mask.shape[-2] == 1)
+
+
+def _sdpa_packed(q, k, v, mask, dropout_p, scale):
+    """GQA without repeating the keys: the Hq/Hkv query heads that share key head h become Hq/Hkv * Lq
+    query rows of one head, (B, Hq, Lq, D) -> (B, Hkv, Hq/Hkv * Lq, D) (a view of a contiguous q). Exact
+    when no row's mask depends on its head or position (no causal mask). Measured on CPU (fp32, Lq = 1,
+    2 -> 8 heads over 1024 keys): 27 us against 50 us for SDPA's enable_gqa. CPU only: on a GPU
+    SDPA's own GQA path is what runs until a recorded run says otherwise."""
+    b, hq, lq, _ = q.shape
+    hk = k.shape[1]
+    qp = q.reshape(b, hk, (hq // hk) * lq, q.shape[3])
+    if mask is None and dropout_p == 0.0 and scale is None:
+        out = F.scaled_dot_product_attention(qp, k, v)
+    else:
+        out = F.scaled_dot_product_attention(qp, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
+    return out.reshape(b, hq, lq, v.shape[3])
+
+
 def _sdpa(q, k, v, mask, dropout_p, scale, is_causal=False):
     groups = q.shape[1] // k.shape[1]
+    if groups > 1 and _packs(q, mask, groups, is_causal):
+        return _sdpa_packed(q, k, v, mask, dropout_p, scale)
     if mask is None and dropout_p == 0.0 and not is_causal and scale is None:  # each keyword costs ~0.3 us
         if groups == 1:
             return F.scaled_dot_product_attention(q, k, v)
