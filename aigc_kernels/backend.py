@@ -320,6 +320,23 @@ def select(call: Call, backend: str | None) -> Callable:
 
 
 def _auto(op, impls, device, call) -> Callable:
+    if device.type == "cuda" and not _explaining and (torch.compiler.is_compiling() or not log.isEnabledFor(_DEBUG)):
+        # what a GPU call pays each time: the table's entry memoized by the call's signature, the winner's
+        # check (it reads strides and grad mode, which the signature does not), no explanation built
+        from . import dispatch
+
+        table = dispatch.table_for(device)
+        entry = None if table is None else table.entry_for(call)
+        if entry is not None and entry.best != "torch" and entry.best in AUTO_CANDIDATES and entry.best in impls:
+            impl = impls[entry.best]
+            if _why_not(impl, call) is None:
+                return impl.fn()
+        return impls["torch"].fn()
+    return _auto_explained(op, impls, device, call)
+
+
+def _auto_explained(op, impls, device, call) -> Callable:
+    """_auto's choice, with the reason (for ak.explain and the debug log)."""
     def done(backend: str, reason: str, **extra) -> Callable:
         if _explaining:
             raise _Explained(Explanation(op, "auto", backend, reason, **extra))

@@ -153,6 +153,70 @@ def _ffn_key(x, w_in, b_in, w_out, b_out, activation="gelu", w_gate=None, b_gate
                                      ("h", bucket(w_in.shape[0]))))
 
 
+# ----------------------------------------------------------------------------------------------
+# signatures: what a key depends on, read off the call without bucketing or building a Key. A table
+# memoizes signature -> entry, so a repeated call (~150 per decoded token) costs one tuple and one
+# dict lookup instead of a Key (~2 us). Two calls with one signature always have one key (tested).
+# ----------------------------------------------------------------------------------------------
+def _g(*tensors) -> bool:
+    if not torch.is_grad_enabled():
+        return False
+    for t in tensors:
+        if t is not None and t.requires_grad:
+            return True
+    return False
+
+
+def _window(window_size) -> bool:
+    return window_size is not None and tuple(window_size) != (-1, -1)
+
+
+def _attention_sig(q, k, v, causal=False, attn_mask=None, dropout_p=0.0, scale=None, window_size=None,
+                   softcap=None, sinks=None):
+    return ("attention", q.dtype, q.shape, k.shape, causal, None if attn_mask is None else attn_mask.dtype,
+            dropout_p > 0, _window(window_size), softcap is None, sinks is None, _g(q, k, v))
+
+
+def _varlen_sig(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal=False, scale=None,
+                window_size=None):
+    return ("attention_varlen", q.dtype, q.shape, k.shape[1], max_seqlen_q, causal, _window(window_size),
+            _g(q, k, v))
+
+
+def _kvcache_sig(q, k_cache, v_cache, cache_seqlens, k_new=None, v_new=None, causal=True, scale=None):
+    return ("attention_with_kvcache", q.dtype, q.shape, k_cache.shape, causal, k_new is None)
+
+
+def _append_sig(k_cache, v_cache, k_new, v_new, cache_seqlens):
+    return ("kvcache_append", k_cache.dtype, k_new.shape)
+
+
+def _layer_norm_sig(x, weight=None, bias=None, eps=1e-5, residual=None):
+    return ("layer_norm", x.dtype, x.shape, residual is None, _g(x, weight, bias, residual))
+
+
+def _rms_norm_sig(x, weight=None, eps=1e-6, residual=None):
+    return ("rms_norm", x.dtype, x.shape, residual is None, _g(x, weight, residual))
+
+
+def _linear_sig(x, weight, bias=None, activation=None):
+    return ("linear", x.dtype, x.shape, weight.shape, bias is None, activation, _g(x, weight, bias))
+
+
+def _ffn_sig(x, w_in, b_in, w_out, b_out, activation="gelu", w_gate=None, b_gate=None, recompute=False):
+    return ("ffn", x.dtype, x.shape, w_in.shape, activation, w_gate is None, recompute, _g(x, w_in, w_out, w_gate))
+
+
+_SIGS = {"attention": _attention_sig, "attention_varlen": _varlen_sig, "attention_with_kvcache": _kvcache_sig,
+         "kvcache_append": _append_sig, "layer_norm": _layer_norm_sig, "rms_norm": _rms_norm_sig,
+         "linear": _linear_sig, "ffn": _ffn_sig}
+
+
+def signature(call: Call) -> tuple:
+    """A hashable summary of the call that determines its key (exact sizes, not buckets)."""
+    return _SIGS[call.op](*call)
+
+
 _KEYS = {"attention": _attention_key, "attention_varlen": _varlen_key, "attention_with_kvcache": _kvcache_key,
          "kvcache_append": _append_key, "layer_norm": _layer_norm_key, "rms_norm": _rms_norm_key,
          "linear": _linear_key, "ffn": _ffn_key}
@@ -202,6 +266,22 @@ class Table:
         for e in self.entries:
             self._by_group.setdefault((e.key.op, e.key.features), []).append(e)
         self._memo: dict[Key, Entry | None] = {}
+        self._by_signature: dict[tuple, Entry | None] = {}
+
+    _MAX_SIGNATURES = 1 << 16  # a long decode meets one new length per step: the memo is then cleared
+
+    def entry_for(self, call: Call) -> Entry | None:
+        """``lookup(key(call))``, memoized by the call's signature (what "auto" runs per call)."""
+        sig = signature(call)
+        try:
+            return self._by_signature[sig]
+        except KeyError:
+            pass
+        entry = self.lookup(key(call))
+        if len(self._by_signature) >= self._MAX_SIGNATURES:
+            self._by_signature.clear()
+        self._by_signature[sig] = entry
+        return entry
 
     def lookup(self, k: Key) -> Entry | None:
         """The entry for this key: exact, else the same op and features at the nearest sizes."""

@@ -142,6 +142,86 @@ def test_no_table_means_torch_on_gpu(monkeypatch):
         B._explaining.pop()
 
 
+def _calls():
+    """Calls that differ in every field a key reads, each with grad on and off."""
+    out = []
+    for grad in (False, True):
+        for lq, lk, hkv, d in ((1, 16, 4, 32), (3, 16, 4, 32), (3, 17, 4, 32), (3, 40, 2, 32), (5, 40, 2, 64)):
+            q, k, v = qkv(lq=lq, lk=lk, d=d, hkv=hkv, grad=grad)
+            out += [make_call("attention", q, k, v), make_call("attention", q, k, v, causal=True),
+                    make_call("attention", q, k, v, attn_mask=torch.ones(lq, lk, dtype=torch.bool)),
+                    make_call("attention", q, k, v, attn_mask=torch.zeros(lq, lk)),
+                    make_call("attention", q, k, v, window_size=(2, 0)), make_call("attention", q, k, v, softcap=3.0),
+                    make_call("attention", q.half(), k.half(), v.half()),
+                    make_call("attention", q, k, v, dropout_p=0.1)]
+            kc = torch.zeros(2, hkv, lk + 8, d)
+            lens = torch.full((2,), 3, dtype=torch.int32)
+            out += [make_call("attention_with_kvcache", q.detach(), kc, kc, lens),
+                    make_call("attention_with_kvcache", q.detach(), kc, kc, lens, causal=False),
+                    make_call("attention_with_kvcache", q.detach(), kc, kc, lens, k_new=kc[:, :, :lq],
+                              v_new=kc[:, :, :lq]),
+                    make_call("kvcache_append", kc, kc, kc[:, :, :lq], kc[:, :, :lq], lens)]
+            cu = torch.tensor([0, lq, 2 * lq], dtype=torch.int32)
+            packed = [t.transpose(1, 2)[:, :lq].reshape(2 * lq, t.shape[1], d) for t in (q, k, v)]
+            out.append(make_call("attention_varlen", *packed, cu, cu, lq, lq, causal=lq > 3))
+        for rows, n in ((4, 64), (5, 64), (4, 65), (300, 64)):
+            x, w = torch.randn(rows, n, requires_grad=grad), torch.randn(n)
+            out += [make_call("layer_norm", x, w, w), make_call("layer_norm", x, w, w, residual=x),
+                    make_call("rms_norm", x, w), make_call("rms_norm", x.detach(), w, residual=x.detach()),
+                    make_call("linear", x, torch.randn(n, n)),
+                    make_call("linear", x, torch.randn(2 * n, n), torch.randn(2 * n), "gelu"),
+                    make_call("ffn", x, torch.randn(4 * n, n), None, torch.randn(n, 4 * n), None, "silu",
+                              torch.randn(4 * n, n)),
+                    make_call("ffn", x, torch.randn(4 * n, n), None, torch.randn(n, 4 * n), None, "gelu",
+                              recompute=True)]
+    return out
+
+
+def test_a_signature_determines_the_key():
+    """auto memoizes the table's entry by the call's signature: two calls with one signature must have
+    one key (and the signatures must not be so coarse that different keys share one)."""
+    calls = _calls()
+    by_sig = {}
+    for call in calls:
+        by_sig.setdefault(dispatch.signature(call), set()).add(dispatch.key(call))
+    assert all(len(keys) == 1 for keys in by_sig.values()), [k for k in by_sig.values() if len(k) > 1]
+    assert len(by_sig) > len(calls) // 2  # and they tell most of these calls apart
+
+
+def test_auto_without_explaining_chooses_what_explain_says(monkeypatch):
+    """The per-call path of auto on a GPU (memoized by signature, no reasons built) picks what the
+    explained path picks: the winner when it takes the call, else torch; the key is built once."""
+    monkeypatch.setattr(B, "_available", lambda name: True)
+    monkeypatch.setattr(B, "_device_reason", lambda backend, device: None)
+    calls = _calls()
+    winners = ("triton", "cuda", "reference", "torch", "nobody")
+    entries = [(str(dispatch.key(c)), winners[i % len(winners)], {}) for i, c in enumerate(calls) if i % 7]
+    table = dispatch.Table(NAME, CAP, dispatch.current_versions(),
+                           [dispatch.Entry(dispatch.Key.parse(k), best, ms) for k, best, ms in entries], "test table")
+    monkeypatch.setattr(dispatch, "table_for", lambda device: table)
+    built = []
+    real_key = dispatch.key
+    monkeypatch.setattr(dispatch, "key", lambda call: built.append(1) or real_key(call))
+    cuda = torch.device("cuda")
+    picked = set()
+    for _ in range(2):
+        for call in calls:
+            impls = B._REGISTRY[call.op]
+            B._explaining.append(True)
+            try:
+                B._auto(call.op, impls, cuda, call)
+            except B._Explained as done:
+                want = done.explanation.backend
+            finally:
+                B._explaining.pop()
+            got = B._auto(call.op, impls, cuda, call)
+            assert got is impls[want].fn(), (call.op, want)
+            picked.add(want)
+    assert {"triton", "cuda", "torch"} <= picked
+    sigs = {dispatch.signature(c) for c in calls}
+    assert len(built) == 2 * len(calls) + len(sigs)  # explain builds a key each time; auto once per signature
+
+
 def test_explain_names_backend_and_reason_and_checks_arguments():
     x = torch.randn(3, 8)
     assert ak.explain("layer_norm", x, backend="reference").backend == "reference"
