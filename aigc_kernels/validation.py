@@ -333,10 +333,10 @@ def _ffn_args_full(x, w_in, b_in, w_out, b_out, activation_name, w_gate, b_gate)
 # ----------------------------------------------------------------------------------------------
 # fast paths (see the module docstring): True only for calls the full check would accept
 # ----------------------------------------------------------------------------------------------
-def _param(p, n: int, x: torch.Tensor) -> bool:
-    """None, or a (N,) floating tensor on x's device."""
-    return p is None or (isinstance(p, _T) and p.dim() == 1 and p.shape[0] == n and p.dtype in _FLOATS
-                         and p.device == x.device)
+def _param(p, n1: tuple[int], cpu: bool, x: torch.Tensor) -> bool:
+    """None, or a floating tensor of shape n1 = (N,) on x's device (cpu: x.is_cpu)."""
+    return p is None or (isinstance(p, _T) and p.shape == n1 and p.dtype in _FLOATS
+                         and (p.is_cpu if cpu else p.device == x.device))
 
 
 _new = tuple.__new__  # a NamedTuple without its Python-level __new__ (~0.1 us instead of ~0.4)
@@ -416,10 +416,15 @@ def kvcache_append_call(k_cache, v_cache, k_new, v_new, cache_seqlens) -> KVCach
 
 
 def _norm_ok(x, weight, bias, eps, residual) -> bool:
-    return (isinstance(x, _T) and x.dim() >= 1 and x.dtype in _FLOATS and type(eps) is float and eps >= 0.0
-            and _param(weight, x.shape[-1], x) and _param(bias, x.shape[-1], x)
-            and (residual is None or (isinstance(residual, _T) and residual.shape == x.shape
-                                      and residual.dtype == x.dtype and residual.device == x.device)))
+    if not (isinstance(x, _T) and type(eps) is float and eps >= 0.0):
+        return False
+    xs = x.shape
+    if not xs or x.dtype not in _FLOATS:
+        return False
+    n1, cpu = (xs[-1],), x.is_cpu
+    return (_param(weight, n1, cpu, x) and _param(bias, n1, cpu, x)
+            and (residual is None or (isinstance(residual, _T) and residual.shape == xs and residual.dtype == x.dtype
+                                      and (residual.is_cpu if cpu else residual.device == x.device))))
 
 
 def layer_norm_call(x, weight=None, bias=None, eps=1e-5, residual=None) -> LayerNormCall:
