@@ -344,8 +344,15 @@ _new = tuple.__new__  # a NamedTuple without its Python-level __new__ (~0.1 us i
 
 def _same_device(q: torch.Tensor, *others: torch.Tensor) -> bool:
     if q.is_cpu:  # the common CPU case without building device objects (~0.1 us each)
-        return all(t.is_cpu for t in others)
-    return all(t.device == q.device for t in others)
+        for t in others:  # (a loop, not all(<generator>): ~0.2 us less)
+            if not t.is_cpu:
+                return False
+        return True
+    device = q.device
+    for t in others:
+        if t.device != device:
+            return False
+    return True
 
 
 def _scale(scale) -> float | None:
@@ -444,21 +451,22 @@ def rms_norm_call(x, weight=None, eps=1e-6, residual=None) -> RMSNormCall:
 def linear_call(x, weight, bias=None, activation=None) -> LinearCall:
     if not (isinstance(x, _T) and isinstance(weight, _T) and x.dim() >= 1 and weight.dim() == 2
             and x.dtype in _FLOATS and weight.dtype == x.dtype and weight.shape[1] == x.shape[-1]
-            and weight.device == x.device and (activation is None or activation in _ACTS)
-            and (bias is None or (isinstance(bias, _T) and bias.dim() == 1 and bias.shape[0] == weight.shape[0]
-                                  and bias.dtype == x.dtype and bias.device == x.device))):
+            and (activation is None or activation in _ACTS)
+            and (_same_device(x, weight) if bias is None else
+                 (isinstance(bias, _T) and bias.dim() == 1 and bias.shape[0] == weight.shape[0]
+                  and bias.dtype == x.dtype and _same_device(x, weight, bias)))):
         _linear_args_full(x, weight, bias, activation)
     return _new(LinearCall, (x, weight, bias, activation))
 
 
 def _vec(b, n: int, x: torch.Tensor) -> bool:
     return b is None or (isinstance(b, _T) and b.dim() == 1 and b.shape[0] == n and b.dtype == x.dtype
-                         and b.device == x.device)
+                         and _same_device(x, b))
 
 
 def _mat(w, rows: int, cols: int, x: torch.Tensor) -> bool:
     return (isinstance(w, _T) and w.dim() == 2 and w.shape[0] == rows and w.shape[1] == cols and w.dtype == x.dtype
-            and w.device == x.device)
+            and _same_device(x, w))
 
 
 def _ffn_ok(x, w_in, b_in, w_out, b_out, activation_name, w_gate, b_gate) -> bool:

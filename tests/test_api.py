@@ -236,6 +236,40 @@ def test_device_mismatch_message():
             ak.attention(q.cuda(), k, v)
 
 
+def _mixed_device_calls():
+    """Every tensor argument of every op in turn on the meta device (and x on meta with the rest on the
+    CPU): the fast paths of validation must send each to the full check's device error."""
+    def m(t):
+        return t.to("meta")
+
+    x, w, b = torch.randn(3, 8), torch.randn(8), torch.randn(8)
+    w_in, w_out = torch.randn(16, 8), torch.randn(8, 16)
+    q, kc, lens = torch.randn(2, 4, 1, 8), torch.randn(2, 2, 6, 8), torch.tensor([2, 3], dtype=torch.int32)
+    kn = torch.randn(2, 2, 1, 8)
+    yield "layer_norm weight", lambda: ak.layer_norm(x, m(w), b)
+    yield "layer_norm bias", lambda: ak.layer_norm(x, w, m(b))
+    yield "layer_norm residual", lambda: ak.layer_norm(x, w, b, residual=m(x))
+    yield "layer_norm x", lambda: ak.layer_norm(m(x), w, b)
+    yield "rms_norm weight", lambda: ak.rms_norm(x, m(w))
+    yield "rms_norm residual", lambda: ak.rms_norm(x, w, residual=m(x))
+    yield "linear weight", lambda: ak.linear(x, m(w_in))
+    yield "linear bias", lambda: ak.linear(x, w_in, m(torch.randn(16)))
+    yield "linear x", lambda: ak.linear(m(x), w_in, torch.randn(16))
+    yield "ffn w_in", lambda: ak.ffn(x, m(w_in), None, w_out, None)
+    yield "ffn b_out", lambda: ak.ffn(x, w_in, None, w_out, m(b))
+    yield "ffn w_gate", lambda: ak.ffn(x, w_in, None, w_out, None, activation="silu", w_gate=m(w_in))
+    yield "kvcache k_cache", lambda: ak.attention_with_kvcache(q, m(kc), kc, lens)
+    yield "kvcache seqlens", lambda: ak.attention_with_kvcache(q, kc, kc, m(lens))
+    yield "kvcache k_new", lambda: ak.attention_with_kvcache(q, kc, kc, lens, k_new=m(kn), v_new=kn)
+    yield "kvcache_append v_new", lambda: ak.kvcache_append(kc, kc, kn, m(kn), lens)
+
+
+@pytest.mark.parametrize("name,call", list(_mixed_device_calls()), ids=[n for n, _ in _mixed_device_calls()])
+def test_every_op_refuses_mixed_devices(name, call):
+    with pytest.raises(ValueError, match="device|on cpu, got meta"):
+        call()
+
+
 # ----------------------------------------------------------------------------------------------
 # empty inputs and torch.compile
 # ----------------------------------------------------------------------------------------------
