@@ -359,18 +359,35 @@ def _scale(scale) -> float | None:
     return None if scale is None else float(scale)  # None: 1 / sqrt(D) (see contracts.calls)
 
 
+def _mask_ok(mask, qs, lk: int) -> bool:
+    """A bool or float mask that broadcasts to (B, Hq, Lq, Lk) (q of shape qs): each of its dims 1 or the
+    target's (what torch.broadcast_shapes would accept, at a tenth of its cost). Its device is checked
+    with the others."""
+    if not (isinstance(mask, _T) and (mask.dtype is torch.bool or mask.dtype in _FLOATS)):
+        return False
+    ms = mask.shape
+    n = len(ms)
+    if n > 4:
+        return False
+    for m, t in zip(ms, (qs[0], qs[1], qs[2], lk)[4 - n:], strict=True):
+        if m != 1 and m != t:
+            return False
+    return True
+
+
 def attention_call(q, k, v, causal=False, attn_mask=None, dropout_p=0.0, scale=None, window_size=None, softcap=None,
                    sinks=None) -> AttentionCall:
     """ak.attention's arguments checked (raises naming what was expected and given) and normalized."""
-    if (attn_mask is None and window_size is None and softcap is None and sinks is None and type(causal) is bool
+    if (window_size is None and softcap is None and sinks is None and type(causal) is bool
             and (scale is None or (type(scale) is float and scale == scale))
             and (dropout_p == 0.0 or (type(dropout_p) is float and 0.0 < dropout_p < 1.0))
             and isinstance(q, _T) and isinstance(k, _T) and isinstance(v, _T)):
         qs, ks, dt = q.shape, k.shape, q.dtype
         if (len(qs) == 4 and len(ks) == 4 and dt in _FLOATS and k.dtype is dt and v.dtype is dt and ks == v.shape
                 and qs[0] == ks[0] and qs[3] == ks[3] and ks[1] > 0 and qs[1] % ks[1] == 0
-                and _same_device(q, k, v)):
-            return _new(AttentionCall, (q, k, v, causal, None, float(dropout_p), scale, None, None, None))
+                and (_same_device(q, k, v) if attn_mask is None else
+                     (_mask_ok(attn_mask, qs, ks[2]) and _same_device(q, k, v, attn_mask)))):
+            return _new(AttentionCall, (q, k, v, causal, attn_mask, float(dropout_p), scale, None, None, None))
     window_size = _attention_args_full(q, k, v, attn_mask, dropout_p, scale, window_size, causal, softcap, sinks)
     return _new(AttentionCall, (q, k, v, causal, attn_mask, float(dropout_p), _scale(scale), window_size,
                                 None if softcap is None else float(softcap), sinks))

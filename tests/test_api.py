@@ -236,6 +236,30 @@ def test_device_mismatch_message():
             ak.attention(q.cuda(), k, v)
 
 
+@pytest.mark.parametrize("mask_shape", [(5, 7), (1, 7), (5, 1), (7,), (1,), (), (2, 1, 1, 7), (1, 4, 5, 7),
+                                        (2, 4, 5, 7), (4, 1, 1), (1, 1, 1, 1, 7), (3, 7), (5, 6), (2, 2, 5, 7),
+                                        (3, 1, 5, 7), (0, 7), (8,)])
+@pytest.mark.parametrize("dtype", [torch.bool, torch.float32, torch.float16])
+def test_mask_fast_path_accepts_what_broadcasting_accepts(mask_shape, dtype):
+    """validation's fast path for masked calls takes exactly the masks torch.broadcast_shapes says fit
+    (B, Hq, Lq, Lk) = (2, 4, 5, 7), in every dtype the full check takes; the rest raise its error."""
+    from aigc_kernels import validation
+
+    q, k, v = qkv(hq=4, hkv=2, lq=5, lk=7)
+    mask = torch.ones(mask_shape, dtype=dtype) if dtype == torch.bool else torch.zeros(mask_shape, dtype=dtype)
+    try:
+        fits = torch.broadcast_shapes(mask_shape, (2, 4, 5, 7)) == (2, 4, 5, 7)
+    except RuntimeError:
+        fits = False
+    if fits:
+        call = validation.attention_call(q, k, v, False, mask)
+        assert call.attn_mask is mask
+        torch.testing.assert_close(ak.attention(q, k, v, attn_mask=mask), ak.attention(q, k, v), atol=1e-6, rtol=1e-6)
+    else:
+        with pytest.raises(ValueError, match="broadcastable"):
+            ak.attention(q, k, v, attn_mask=mask)
+
+
 def _mixed_device_calls():
     """Every tensor argument of every op in turn on the meta device (and x on meta with the rest on the
     CPU): the fast paths of validation must send each to the full check's device error."""

@@ -306,3 +306,30 @@ def test_gqa_decoding_step_packs_with_equal_and_unequal_lengths(monkeypatch):
                                        v_new=vn.double())
         torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=1e-5)
     assert len(calls) == 2
+
+
+@pytest.mark.parametrize("kind", ["bool", "float"])
+def test_mask_rows_memo_follows_in_place_writes(monkeypatch, kind):
+    """On CPU a mask whose rows all see a key is read once, not once per call (transformers hands one
+    mask to every layer); writing to it in place (its version changes) makes the next call read it
+    again, so a row emptied then gives 0 whatever SDPA itself does with such rows."""
+    nat = __import__("sys").modules["aigc_kernels.native.attention"]
+    name = "_empty_bool_rows" if kind == "bool" else "_empty_float_rows"
+    reads = []
+    real = getattr(nat, name)
+    monkeypatch.setattr(nat, name, lambda m: reads.append(1) or real(m))
+    q, k, v = rand(2, 2, 4, 8), rand(2, 2, 6, 8, seed=1), rand(2, 2, 6, 8, seed=2)
+    mask = torch.ones(2, 1, 4, 6, dtype=torch.bool) if kind == "bool" else torch.zeros(2, 1, 4, 6)
+    for _ in range(3):
+        out = ak.attention(q, k, v, attn_mask=mask, backend="torch")
+    assert len(reads) == 1
+    torch.testing.assert_close(out, ak.attention(q, k, v, backend="torch"))
+    if kind == "bool":
+        mask[1, 0, 2] = False
+    else:
+        mask[1, 0, 2] = float("-inf")
+    out = ak.attention(q, k, v, attn_mask=mask, backend="torch")
+    assert len(reads) > 1
+    assert torch.equal(out[1, :, 2], torch.zeros_like(out[1, :, 2]))
+    ref = R.attention(q.double(), k.double(), v.double(), attn_mask=mask if kind == "bool" else mask.double())
+    torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=1e-5)

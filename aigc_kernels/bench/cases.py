@@ -242,10 +242,13 @@ def _sdpa_provider(name: str, backend_name: str) -> Provider:
 
         be = getattr(SDPBackend, backend_name)
         causal = case.shape["causal"]
+        mask = inp.get("attn_mask")
+        if mask is not None and backend_name == "FLASH_ATTENTION":
+            raise NotImplementedError("SDPA's flash kernel takes no attn_mask")
 
         def run():
             with sdpa_kernel(be):
-                return F.scaled_dot_product_attention(inp["q"], inp["k"], inp["v"], is_causal=causal)
+                return F.scaled_dot_product_attention(inp["q"], inp["k"], inp["v"], attn_mask=mask, is_causal=causal)
 
         return run
 
@@ -276,13 +279,28 @@ class AttentionBench(BenchOp):
                 for causal in (False, True):
                     shape = {"batch": batch, "heads": heads, "seq": seq, "head_dim": d, "causal": causal}
                     out.append(Case(self.name, f"d={d} seq={seq}{' causal' if causal else ''}", shape, dtype))
+                if quick != "headline" and (device != "cuda" or not quick):
+                    # an encoder's padded batch, as transformers' sdpa passes it: a (B, 1, L, L) bool keep-mask
+                    shape = {"batch": max(2, batch), "heads": heads, "seq": seq, "head_dim": d, "causal": False,
+                             "padded": True}
+                    out.append(Case(self.name, f"d={d} seq={seq} padding mask", shape, dtype))
         return out
+
+    @staticmethod
+    def padding_mask(batch: int, seq: int, device) -> torch.Tensor:
+        """(B, 1, L, L) bool: batch b keeps its first L - b * L // (2 B) keys (every row sees a key)."""
+        lens = torch.tensor([seq - b * seq // (2 * batch) for b in range(batch)], device=device)
+        keep = torch.arange(seq, device=device)[None, :] < lens[:, None]
+        return keep[:, None, None, :].expand(batch, 1, seq, seq).contiguous()
 
     def inputs(self, case, device, requires_grad):
         g = torch.Generator().manual_seed(0)
         s = case.shape
         shape = (s["batch"], s["heads"], s["seq"], s["head_dim"])
-        return {n: _rand(shape, case.dtype, device, requires_grad, gen=g) for n in ("q", "k", "v")}
+        inp = {n: _rand(shape, case.dtype, device, requires_grad, gen=g) for n in ("q", "k", "v")}
+        if s.get("padded"):
+            inp["attn_mask"] = self.padding_mask(s["batch"], s["seq"], device)
+        return inp
 
     def flops(self, case, mode):
         s = case.shape
@@ -290,12 +308,15 @@ class AttentionBench(BenchOp):
         return {"fwd": fwd, "bwd": 2.5 * fwd, "fwd+bwd": 3.5 * fwd}[mode]
 
     def _ours(self, inp, backend, causal):
-        return ops.attention(inp["q"], inp["k"], inp["v"], causal=causal, backend=backend)
+        return ops.attention(inp["q"], inp["k"], inp["v"], causal=causal, attn_mask=inp.get("attn_mask"),
+                             backend=backend)
 
     def providers(self):
         provs = []
         for name in API_BACKENDS:
             def make(case, inp, mode, name=name):
+                if name == "cuda" and case.shape.get("padded"):
+                    raise NotImplementedError("the cuda attention takes no attn_mask ('auto' routes masked calls)")
                 return lambda: self._ours(inp, name, case.shape["causal"])
 
             provs.append(Provider(name, make, needs_gpu=name in ("cuda", "triton")))
@@ -321,8 +342,8 @@ class AttentionBench(BenchOp):
             # the sm_90a wgmma forward of the CUDA backend (opt-in: AIGC_KERNELS_CUDA_WGMMA=1)
             if not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0):
                 raise NotImplementedError("the wgmma forward runs on compute capability 9.0")
-            if case.shape["head_dim"] not in (64, 128):
-                raise NotImplementedError("the wgmma forward covers head dims 64 and 128")
+            if case.shape["head_dim"] not in (64, 128) or case.shape.get("padded"):
+                raise NotImplementedError("the wgmma forward covers head dims 64 and 128, without a mask")
 
             def run():
                 saved = os.environ.get("AIGC_KERNELS_CUDA_WGMMA")
@@ -339,7 +360,8 @@ class AttentionBench(BenchOp):
 
         provs.append(Provider("cuda_wgmma", cuda_wgmma))
         provs.append(Provider("eager", lambda case, inp, mode: lambda: F.scaled_dot_product_attention(
-            inp["q"], inp["k"], inp["v"], is_causal=case.shape["causal"]), needs_gpu=False))
+            inp["q"], inp["k"], inp["v"], attn_mask=inp.get("attn_mask"), is_causal=case.shape["causal"]),
+            needs_gpu=False))
         provs += [_sdpa_provider("sdpa_flash", "FLASH_ATTENTION"),
                   _sdpa_provider("sdpa_efficient", "EFFICIENT_ATTENTION"),
                   _sdpa_provider("sdpa_cudnn", "CUDNN_ATTENTION")]
@@ -348,7 +370,8 @@ class AttentionBench(BenchOp):
             s = case.shape
             if s["batch"] * s["heads"] * s["seq"] ** 2 * 4 > 8 * 2**30:
                 raise NotImplementedError("the naive reference would materialize > 8 GiB of scores")
-            return lambda: reference.attention(inp["q"], inp["k"], inp["v"], causal=case.shape["causal"])
+            return lambda: reference.attention(inp["q"], inp["k"], inp["v"], causal=case.shape["causal"],
+                                               attn_mask=inp.get("attn_mask"))
 
         provs.append(Provider("reference", torch_ref, needs_gpu=False))
 
@@ -357,7 +380,7 @@ class AttentionBench(BenchOp):
             if s["batch"] * s["heads"] * s["seq"] ** 2 * 4 > 8 * 2**30:
                 raise NotImplementedError("the compiled reference would materialize > 8 GiB of scores")
             fn = _compiled(functools.partial(reference.attention, causal=case.shape["causal"]))
-            return lambda: fn(inp["q"], inp["k"], inp["v"])
+            return lambda: fn(inp["q"], inp["k"], inp["v"], attn_mask=inp.get("attn_mask"))
 
         provs.append(Provider("torch_compile", compiled))
 
@@ -365,6 +388,8 @@ class AttentionBench(BenchOp):
             from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
             s = case.shape
+            if s.get("padded"):
+                raise NotImplementedError("not set up here: a padding mask would be a block mask over the lengths")
             fn = _compiled(flex_attention)
             mask = None
             if s["causal"]:
@@ -379,6 +404,8 @@ class AttentionBench(BenchOp):
                 raise NotImplementedError("flash-attn is not installed")
             from flash_attn import flash_attn_func
 
+            if case.shape.get("padded"):
+                raise NotImplementedError("flash_attn_func takes no mask (padding goes through its varlen API)")
             q, k, v = (t.transpose(1, 2) for t in (inp["q"], inp["k"], inp["v"]))
             return lambda: flash_attn_func(q, k, v, causal=case.shape["causal"])
 
@@ -393,8 +420,10 @@ class AttentionBench(BenchOp):
             out = out.transpose(1, 2)
         tail = slice(max(0, q.shape[2] - 128), q.shape[2])
         causal = case.shape["causal"]
-        ref64 = reference.attention(q[:, :, tail].double(), k.double(), v.double(), causal=causal)
-        lowp = reference.attention(q[:, :, tail], k, v, causal=causal)
+        mask = inputs.get("attn_mask")
+        mask = None if mask is None else mask[:1, :, tail]
+        ref64 = reference.attention(q[:, :, tail].double(), k.double(), v.double(), causal=causal, attn_mask=mask)
+        lowp = reference.attention(q[:, :, tail], k, v, causal=causal, attn_mask=mask)
         return _bound(lowp, out[:1, :1, tail], ref64, case.dtype)
 
 

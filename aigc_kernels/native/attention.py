@@ -6,6 +6,7 @@ import functools
 
 import torch
 import torch.nn.functional as F
+from torch.utils.weak import WeakIdKeyDictionary
 
 _HAS_ENABLE_GQA = torch.torch_version.TorchVersion(torch.__version__) >= (2, 5)  # SDPA's enable_gqa
 
@@ -54,7 +55,8 @@ def _packs(q, mask, groups: int, is_causal: bool) -> bool:
         return True
     # the mask must be the same for every head and (with Lq > 1) every query row: it then broadcasts
     # over the packed rows
-    return (mask.dim() < 3 or mask.shape[-3] == 1) and (q.shape[2] == 1 or mask.shape[-2] == 1)
+    nd = mask.dim()
+    return (nd < 3 or mask.shape[-3] == 1) and (nd < 2 or q.shape[2] == 1 or mask.shape[-2] == 1)
 
 
 def _sdpa_packed(q, k, v, mask, dropout_p, scale):
@@ -91,24 +93,53 @@ def _sdpa(q, k, v, mask, dropout_p, scale, is_causal=False):
                                           scale=scale)
 
 
+# CPU masks known to leave no row empty, with the version they had then (transformers hands one mask to
+# every layer of a forward: its rows are read once, not once per layer). Weak, by identity.
+_FULL_ROWS = WeakIdKeyDictionary()
+
+
+def _no_row_is_empty(mask: torch.Tensor, empty_rows) -> bool:
+    """True when the host can see that no row of ``mask`` is empty (``empty_rows(mask)``: a bool (.., Lq, 1)
+    tensor), memoized per mask tensor until it is written to. CPU tensors only, outside torch.compile: on
+    a GPU reading it would synchronize, so the rows are fixed up unconditionally there."""
+    if not mask.is_cpu or torch.compiler.is_compiling():
+        return False
+    if _FULL_ROWS.get(mask) == mask._version:
+        return True
+    if bool(empty_rows(mask).any()):
+        return False
+    _FULL_ROWS[mask] = mask._version
+    return True
+
+
+def _empty_bool_rows(keep: torch.Tensor) -> torch.Tensor:
+    # a bool mask read as uint8: its max is ~10x faster than Tensor.any on CPU
+    return keep.view(torch.uint8).amax(dim=-1, keepdim=True) == 0
+
+
+def _empty_float_rows(mask: torch.Tensor) -> torch.Tensor:
+    return mask.amax(dim=-1, keepdim=True) == float("-inf")
+
+
 def _masked_sdpa(q, k, v, keep, additive, dropout_p, scale):
     """SDPA with a bool keep-mask (and an optional additive float mask on top); rows with no visible
-    key get every key (a finite, harmless softmax) and a zero output."""
+    key get every key (a finite, harmless softmax) and a zero output. Where the host sees that no row
+    is empty (CPU), the mask goes to SDPA as it is and the output is not touched again."""
     empty = None
-    if keep is not None:
-        empty = ~keep.any(dim=-1, keepdim=True)  # rows that see no key
-        keep = keep | empty
     if additive is not None:
-        allneg = torch.isneginf(additive)
+        mask = additive.to(q.dtype)
         if keep is not None:
-            allneg = allneg | ~keep
-        row_empty = allneg.all(dim=-1, keepdim=True)
-        empty = row_empty if empty is None else (empty | row_empty)
-        mask = additive.to(q.dtype).masked_fill(row_empty, 0.0)
-        if keep is not None:
-            mask = mask.masked_fill(~(keep | row_empty), float("-inf"))
-    else:
+            mask = mask.masked_fill(~keep, float("-inf"))
+        if not _no_row_is_empty(mask, _empty_float_rows):
+            empty = _empty_float_rows(mask)
+            mask = mask.masked_fill(empty, 0.0)
+    elif keep is not None:
         mask = keep
+        if not _no_row_is_empty(keep, _empty_bool_rows):
+            empty = _empty_bool_rows(keep)
+            mask = keep | empty
+    else:
+        mask = None
     out = _sdpa(q, k, v, mask, dropout_p, scale)
     if empty is not None:
         # empty broadcasts like the mask: (.., Lq, 1) -> zero those query rows.
@@ -179,6 +210,8 @@ def attention(q, k, v, causal=False, attn_mask=None, dropout_p=0.0, scale=None, 
         if band is None:
             return _sdpa(q, k, v, None, dropout_p, scale)
         return _masked_sdpa(q, k, v, band, None, dropout_p, scale)
+    if attn_mask.dim() < 2:  # (Lk,) or a scalar broadcasts by the contract; SDPA wants >= 2 dims
+        attn_mask = attn_mask.reshape((1,) * (2 - attn_mask.dim()) + tuple(attn_mask.shape))
     if attn_mask.dtype == torch.bool:
         keep = attn_mask if band is None else (attn_mask & band)
         return _masked_sdpa(q, k, v, keep, None, dropout_p, scale)
