@@ -131,3 +131,39 @@ def test_end_to_end_model_cases():
     assert all(r["tokens_per_s"] > 0 and r["correct"] for r in timed)
     providers = {r["provider"] for r in res["results"]}
     assert {"torch", "torch_compile", "hf_sdpa", "hf_patched_triton", "triton", "cuda"} <= providers
+
+
+def test_cpu_ratios_are_paired_per_round_and_the_allocator_is_steadied(quick_norm):
+    from aigc_kernels.bench import runner
+
+    # machine drift (each round slower than the last) moves both samples of a round alike
+    base = [1.0, 2.0, 4.0, 8.0, 16.0]
+    assert runner._paired(base, [b * 1.25 for b in base], lambda b, x: b / x) == pytest.approx(0.8)
+    assert runner._paired(base, [b + 0.5 for b in base], lambda b, x: x - b) == pytest.approx(0.5)
+    if not torch.cuda.is_available():
+        assert "host_malloc" in quick_norm["env"]
+        eager = {(r["op"], r["label"], r["mode"]) for r in quick_norm["results"] if r["provider"] == "eager"}
+        timed = [r for r in quick_norm["results"] if r["median_ms"] and (r["op"], r["label"], r["mode"]) in eager]
+        assert timed and all(r["speedup_vs_eager"] > 0 for r in timed)
+
+
+def _gap_report(auto_ms, torch_ms, eager_ms, speedups=None):
+    rows = []
+    for prov, ms in (("auto", auto_ms), ("torch", torch_ms), ("eager", eager_ms), ("reference", eager_ms / 10)):
+        row = {"op": "layer_norm", "label": "x", "dtype": "float32", "mode": "fwd", "provider": prov,
+               "median_ms": ms, "correct": True}
+        if speedups:
+            row["speedup_vs_eager"] = speedups[prov]
+        rows.append(row)
+    return {"results": rows}
+
+
+def test_auto_gaps_flag_only_a_slower_auto():
+    assert report.auto_gaps(_gap_report(1.0, 1.0, 1.02), 5) == []
+    gaps = report.auto_gaps(_gap_report(1.2, 1.0, 1.05), 5)  # the reference never counts as a rival
+    assert len(gaps) == 1 and gaps[0]["best"] == "torch" and gaps[0]["ratio"] == pytest.approx(1.2)
+    # with per-round (paired) speedups the comparison uses them, not the medians
+    paired = {"auto": 0.99, "torch": 1.0, "eager": 1.0, "reference": 0.1}
+    assert report.auto_gaps(_gap_report(1.2, 1.0, 1.05, paired), 5) == []
+    paired["auto"] = 0.9
+    assert report.auto_gaps(_gap_report(1.0, 1.0, 1.0, paired), 5)[0]["ratio"] == pytest.approx(1 / 0.9, rel=1e-3)

@@ -156,6 +156,8 @@ def run(op_names: Iterable[str] | None = None, providers: Iterable[str] | None =
         raise ValueError(f"bench: unknown mode(s) {bad_modes}; expected some of {list(MODES)}")
     ceilings = measure_ceilings() if gpu else None
     report = {"schema": SCHEMA_VERSION, "env": environment(ceilings), "results": []}
+    if not gpu:
+        report["env"]["host_malloc"] = _steady_host_allocator()
     work = [(all_ops[n], case) for n in names for case in all_ops[n].cases(quick, device)]
     for i, (bop, case) in enumerate(work):
         if progress:
@@ -166,6 +168,25 @@ def run(op_names: Iterable[str] | None = None, providers: Iterable[str] | None =
     if progress:
         progress(len(work), len(work), "done")
     return report
+
+
+def _steady_host_allocator() -> str:
+    """glibc serves large blocks (a CPU op's output: megabytes) with mmap and hands them back on free,
+    so a call pays page faults or not depending on what the calls before it left in the heap -- the
+    providers of one case differed by up to 15 % that way. With the mmap threshold at its maximum and
+    no trimming, freed blocks are reused and every provider runs on warm memory. Returns what was set."""
+    import ctypes
+    import ctypes.util
+
+    if platform.system() != "Linux":
+        return "unchanged (not Linux)"
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        ok = libc.mallopt(m_mmap_threshold, 32 << 20) and libc.mallopt(m_trim_threshold, 1 << 30)
+    except (OSError, AttributeError):
+        return "unchanged (no glibc mallopt)"
+    return "glibc mmap threshold 32 MiB, trim threshold 1 GiB" if ok else "unchanged (mallopt refused)"
 
 
 def _write_atomically(path: str | Path, report: dict) -> None:
@@ -196,6 +217,7 @@ def _run_case(bop: BenchOp, case: Case, device: str, wanted: Iterable[str] | Non
               ceilings: dict | None, cpu_reps: int) -> list[dict]:
     rows: list[dict | None] = []
     pending = []  # (row index, provider, mode, fn, fields): set up and checked, to be timed
+    samples: dict[int, list[float]] = {}  # row index -> its CPU samples, one per round
     wanted = set(wanted) if wanted else None
     for prov in bop.providers():
         if wanted is not None and prov.name not in wanted:
@@ -221,26 +243,37 @@ def _run_case(bop: BenchOp, case: Case, device: str, wanted: Iterable[str] | Non
         timings = _time_interleaved([fn for _, _, _, fn, _, _ in pending], getattr(bop, "wall_clock", False),
                                     cpu_reps)
         for (i, prov, mode, fn, fields, leaves), timing in zip(pending, timings, strict=True):
+            if not isinstance(timing, Exception):
+                samples[i] = timing[3]
+                timing = timing[:3]
             rows[i] = _time_and_finish(bop, case, prov, mode, fn, fields, leaves, ceilings, timing=timing)
+    per_row = {id(r): samples.get(i) for i, r in enumerate(rows) if r is not None}
     rows = [r for r in rows if r is not None]
-    # speedup vs PyTorch's own implementation ("eager"; the reference where PyTorch has none)
+    # speedup vs PyTorch's own implementation ("eager"; the reference where PyTorch has none). On CPU it
+    # is the median of the per-round ratios (see _paired), not the ratio of the medians.
     for mode in modes:
         timed = {r["provider"]: r for r in rows if r["mode"] == mode and r["median_ms"]}
         # PyTorch's own call; for the model cases transformers' own model (hf_sdpa)
         base = timed.get("eager") or timed.get("hf_sdpa") or timed.get("torch")
         for r in rows:
             if base and r["mode"] == mode and r["median_ms"]:
-                r["speedup_vs_eager"] = round(base["median_ms"] / r["median_ms"], 3)
+                xs, bs = per_row.get(id(r)), per_row.get(id(base))
+                if xs is not None and bs is not None:
+                    r["speedup_vs_eager"] = round(_paired(bs, xs, lambda b, x: b / x), 3)
+                else:
+                    r["speedup_vs_eager"] = round(base["median_ms"] / r["median_ms"], 3)
                 if getattr(bop, "wall_clock", False):  # per-call overhead over PyTorch's own call
-                    r["overhead_us"] = round((r["median_ms"] - base["median_ms"]) * 1e3, 2)
+                    r["overhead_us"] = round(_paired(bs, xs, lambda b, x: (x - b) * 1e3) if xs and bs else
+                                             (r["median_ms"] - base["median_ms"]) * 1e3, 2)
     return rows
 
 
 def _time_interleaved(fns: list[Callable], wall_clock: bool, reps: int) -> list[tuple | Exception]:
     """CPU timings of several callables, their samples taken in turns (in a new random order each round)
     so a slow stretch of the machine lands on all of them alike. A sample is the mean of back-to-back
-    calls filling about 2 ms (200 calls for the wall_clock overhead op), so what ran just before -- a
-    cache-thrashing neighbour such as the naive reference -- touches only its first call. Per callable:
+    calls filling about 2 ms (200 calls for the wall_clock overhead op), after one untimed call: what ran
+    just before -- a cache-thrashing neighbour such as the naive reference -- would otherwise land on
+    the first timed call, which is the whole sample for calls of 2 ms or more. Per callable:
     (median, p20, p80) in ms, or the exception it raised."""
     samples: list[list[float]] = [[] for _ in fns]
     calls: list[int] = [1] * len(fns)
@@ -262,6 +295,7 @@ def _time_interleaved(fns: list[Callable], wall_clock: bool, reps: int) -> list[
         for i in list(live):
             fn, n = fns[i], calls[i]
             try:
+                fn()  # untimed: takes the cold caches and allocator state the previous callable left
                 t0 = time.perf_counter()
                 for _ in range(n):
                     fn()
@@ -276,8 +310,14 @@ def _time_interleaved(fns: list[Callable], wall_clock: bool, reps: int) -> list[
             continue
         xs = samples[i]
         q = statistics.quantiles(xs, n=10) if len(xs) >= 2 else xs * 9
-        out.append((statistics.median(xs), q[1], q[7]))
+        out.append((statistics.median(xs), q[1], q[7], xs))
     return out
+
+
+def _paired(base: list[float], xs: list[float], fn: Callable[[float, float], float]) -> float:
+    """The median over rounds of fn(base sample, sample): two callables sampled within milliseconds of
+    each other in each round share the machine's slow and fast stretches, which cancel in the pair."""
+    return statistics.median(fn(b, x) for b, x in zip(base, xs, strict=True))
 
 
 def _prepare(bop: BenchOp, case: Case, prov, mode: str, device: str):
