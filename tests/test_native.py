@@ -333,3 +333,45 @@ def test_mask_rows_memo_follows_in_place_writes(monkeypatch, kind):
     assert torch.equal(out[1, :, 2], torch.zeros_like(out[1, :, 2]))
     ref = R.attention(q.double(), k.double(), v.double(), attn_mask=mask if kind == "bool" else mask.double())
     torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["bool", "float"])
+def test_masks_made_under_inference_mode(kind):
+    """Inference tensors have no version counter: their rows are read on every call (no memo), and a row
+    emptied in place between calls still gives 0."""
+    with torch.inference_mode():
+        q, k, v = rand(2, 4, 4, 8), rand(2, 2, 6, 8, seed=1), rand(2, 2, 6, 8, seed=2)
+        mask = torch.ones(2, 1, 4, 6, dtype=torch.bool) if kind == "bool" else torch.zeros(2, 1, 4, 6)
+        torch.testing.assert_close(ak.attention(q, k, v, attn_mask=mask, backend="torch"),
+                                   ak.attention(q, k, v, backend="torch"))
+        if kind == "bool":
+            mask[0, 0, 1] = False
+        else:
+            mask[0, 0, 1] = float("-inf")
+        out = ak.attention(q, k, v, attn_mask=mask, backend="torch")
+        ref = R.attention(q.double(), k.double(), v.double(), attn_mask=mask if kind == "bool" else mask.double())
+    assert torch.equal(out[0, :, 1], torch.zeros_like(out[0, :, 1]))
+    torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("op", PUBLIC_OPS)
+def test_every_reference_case_under_inference_mode(op):
+    """The forward of every case with inference tensors (transformers' pipelines run under
+    torch.inference_mode): no version counters, no autograd; the same outputs as the reference."""
+    import copy
+
+    ref = getattr(R, op)
+    for case in testing.cases(op, torch.float32, "cpu", seed=5):
+        with torch.inference_mode():
+            args = {n: (t.clone() if isinstance(t, torch.Tensor) else t) for n, t in case.args.items()}
+            want_args = copy.deepcopy(case.args)
+            out = getattr(ak, op)(*args.values(), backend="torch", **case.kwargs)
+            want = ref(*want_args.values(), **case.kwargs)
+        got, expect = (out, want) if isinstance(out, tuple) else ((out,), (want,))
+        for g, w in zip(got, expect, strict=True):
+            if g is None:
+                assert w is None
+                continue
+            torch.testing.assert_close(g, w, atol=2e-5, rtol=2e-5, msg=lambda m, c=case: f"{op} {c.name}: {m}")
+        for name in case.mutates:
+            torch.testing.assert_close(args[name], want_args[name], msg=lambda m, n=name: f"{op} {n}: {m}")

@@ -100,10 +100,13 @@ _FULL_ROWS = WeakIdKeyDictionary()
 
 def _no_row_is_empty(mask: torch.Tensor, empty_rows) -> bool:
     """True when the host can see that no row of ``mask`` is empty (``empty_rows(mask)``: a bool (.., Lq, 1)
-    tensor), memoized per mask tensor until it is written to. CPU tensors only, outside torch.compile: on
-    a GPU reading it would synchronize, so the rows are fixed up unconditionally there."""
+    tensor), memoized per mask tensor until it is written to (inference tensors have no version counter:
+    read each time). CPU tensors only, outside torch.compile: on a GPU reading it would synchronize, so
+    the rows are fixed up unconditionally there."""
     if not mask.is_cpu or torch.compiler.is_compiling():
         return False
+    if mask.is_inference():  # no version counter to tell a write: read it each time
+        return not bool(empty_rows(mask).any())
     if _FULL_ROWS.get(mask) == mask._version:
         return True
     if bool(empty_rows(mask).any()):
