@@ -320,9 +320,12 @@ def select(call: Call, backend: str | None) -> Callable:
 
 
 def _auto(op, impls, device, call) -> Callable:
-    if device.type == "cuda" and not _explaining and (torch.compiler.is_compiling() or not log.isEnabledFor(_DEBUG)):
-        # what a GPU call pays each time: the table's entry memoized by the call's signature, the winner's
-        # check (it reads strides and grad mode, which the signature does not), no explanation built
+    if (device.type == "cuda" and not _explaining and not torch.compiler.is_compiling()
+            and not log.isEnabledFor(_DEBUG)):
+        # what an eager GPU call pays each time: the table's entry memoized by the call's signature, the
+        # winner's check (it reads strides and grad mode, which the signature does not), no explanation
+        # built. Under torch.compile the choice is made once, while tracing, through the path below
+        # (sizes bucketed to ints there; a signature would hash symbolic sizes).
         from . import dispatch
 
         table = dispatch.table_for(device)
