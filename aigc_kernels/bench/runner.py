@@ -274,7 +274,7 @@ def _time_interleaved(fns: list[Callable], wall_clock: bool, reps: int) -> list[
     calls filling about 2 ms (200 calls for the wall_clock overhead op), after one untimed call: what ran
     just before -- a cache-thrashing neighbour such as the naive reference -- would otherwise land on
     the first timed call, which is the whole sample for calls of 2 ms or more. Per callable:
-    (median, p20, p80) in ms, or the exception it raised."""
+    (median, p20, p80, samples) in ms -- samples[r] taken in round r -- or the exception it raised."""
     samples: list[list[float]] = [[] for _ in fns]
     calls: list[int] = [1] * len(fns)
     failed: dict[int, Exception] = {}
