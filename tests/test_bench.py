@@ -36,7 +36,9 @@ def test_cpu_times_only_the_cpu_path_and_checks_it(quick_norm):
         pytest.skip("CPU behaviour")
     timed = [r for r in quick_norm["results"] if r["median_ms"] is not None]
     # the public API on "torch" and "auto", PyTorch's own call, and the naive reference: no kernel timings
-    assert timed and {r["provider"] for r in timed} == {"torch", "auto", "eager", "reference"}
+    # (and, for decoding, SDPA over GQA heads packed as rows: PyTorch's call arranged as the backend does)
+    assert timed and {r["provider"] for r in timed} == {"torch", "auto", "eager", "reference", "sdpa_packed_gqa"}
+    assert {r["op"] for r in timed if r["provider"] == "sdpa_packed_gqa"} == {"attention_decode"}
     assert all(r["correct"] is True for r in timed)
     skipped = [r for r in quick_norm["results"] if r["provider"] in ("cuda", "triton")]
     assert skipped and all(r["status"] == "skipped" and "CUDA GPU" in r["note"] for r in skipped)
