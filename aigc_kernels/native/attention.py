@@ -98,21 +98,22 @@ def _sdpa(q, k, v, mask, dropout_p, scale, is_causal=False):
 _FULL_ROWS = WeakIdKeyDictionary()
 
 
-def _no_row_is_empty(mask: torch.Tensor, empty_rows) -> bool:
-    """True when the host can see that no row of ``mask`` is empty (``empty_rows(mask)``: a bool (.., Lq, 1)
-    tensor), memoized per mask tensor until it is written to (inference tensors have no version counter:
-    read each time). CPU tensors only, outside torch.compile: on a GPU reading it would synchronize, so
-    the rows are fixed up unconditionally there."""
+def _empty_rows(mask: torch.Tensor, find) -> torch.Tensor | None:
+    """The (.., Lq, 1) bool tensor of the mask's rows that see no key (``find(mask)``), or None when the
+    host can see there is none -- CPU tensors outside torch.compile, memoized per mask tensor until it is
+    written to (inference tensors have no version counter: read each time). On a GPU reading it would
+    synchronize, so there the rows are always fixed up."""
     if not mask.is_cpu or torch.compiler.is_compiling():
-        return False
-    if mask.is_inference():  # no version counter to tell a write: read it each time
-        return not bool(empty_rows(mask).any())
-    if _FULL_ROWS.get(mask) == mask._version:
-        return True
-    if bool(empty_rows(mask).any()):
-        return False
-    _FULL_ROWS[mask] = mask._version
-    return True
+        return find(mask)
+    inference = mask.is_inference()
+    if not inference and _FULL_ROWS.get(mask) == mask._version:
+        return None
+    empty = find(mask)
+    if bool(empty.any()):
+        return empty
+    if not inference:
+        _FULL_ROWS[mask] = mask._version
+    return None
 
 
 def _empty_bool_rows(keep: torch.Tensor) -> torch.Tensor:
@@ -133,13 +134,13 @@ def _masked_sdpa(q, k, v, keep, additive, dropout_p, scale):
         mask = additive.to(q.dtype)
         if keep is not None:
             mask = mask.masked_fill(~keep, float("-inf"))
-        if not _no_row_is_empty(mask, _empty_float_rows):
-            empty = _empty_float_rows(mask)
+        empty = _empty_rows(mask, _empty_float_rows)
+        if empty is not None:
             mask = mask.masked_fill(empty, 0.0)
     elif keep is not None:
         mask = keep
-        if not _no_row_is_empty(keep, _empty_bool_rows):
-            empty = _empty_bool_rows(keep)
+        empty = _empty_rows(keep, _empty_bool_rows)
+        if empty is not None:
             mask = keep | empty
     else:
         mask = None
