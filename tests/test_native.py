@@ -274,6 +274,7 @@ def test_gqa_packs_query_heads_into_rows(monkeypatch, kw, packed, transposed):
     calls = []
     real = nat._sdpa_packed
     monkeypatch.setattr(nat, "_sdpa_packed", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(nat, "_PACK_MIN_REPEATED", 0)  # small shapes: packing is timed only from 32k repeats
     b, hq, hk, lq, lk, d = 2, 6, 2, 5, 9, 16
     q = rand(b, lq, hq, d).transpose(1, 2) if transposed else rand(b, hq, lq, d)
     k, v = rand(b, hk, lk, d, seed=1), rand(b, hk, lk, d, seed=2)
@@ -294,6 +295,7 @@ def test_gqa_decoding_step_packs_with_equal_and_unequal_lengths(monkeypatch):
     calls = []
     real = nat._sdpa_packed
     monkeypatch.setattr(nat, "_sdpa_packed", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(nat, "_PACK_MIN_REPEATED", 0)
     b, hq, hk, lmax, d = 3, 8, 2, 20, 16
     q = rand(b, hq, 1, d)
     kc, vc = rand(b, hk, lmax, d, seed=1), rand(b, hk, lmax, d, seed=2)
@@ -375,3 +377,18 @@ def test_every_reference_case_under_inference_mode(op):
             torch.testing.assert_close(g, w, atol=2e-5, rtol=2e-5, msg=lambda m, c=case: f"{op} {c.name}: {m}")
         for name in case.mutates:
             torch.testing.assert_close(args[name], want_args[name], msg=lambda m, n=name: f"{op} {n}: {m}")
+
+
+def test_gqa_packs_only_where_the_repeat_it_saves_is_large(monkeypatch):
+    """Packing costs two views (~2 us); it runs only when SDPA's enable_gqa would copy >= 32k elements."""
+    nat = __import__("sys").modules["aigc_kernels.native.attention"]
+    calls = []
+    real = nat._sdpa_packed
+    monkeypatch.setattr(nat, "_sdpa_packed", lambda *a: calls.append(1) or real(*a))
+    for lk, packs in ((16, False), (128, True)):  # (8/2 heads - 1) x 2 x lk x 64: 6k and 49k elements
+        q, k, v = rand(1, 8, 1, 64), rand(1, 2, lk, 64, seed=1), rand(1, 2, lk, 64, seed=2)
+        calls.clear()
+        out = ak.attention(q, k, v, backend="torch")
+        assert bool(calls) == packs, lk
+        torch.testing.assert_close(out.double(), R.attention(q.double(), k.double(), v.double()), atol=1e-5,
+                                   rtol=1e-5)

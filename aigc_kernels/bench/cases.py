@@ -884,6 +884,9 @@ class DispatchBench(BenchOp):
                 Case(self.name, "rms_norm 4x64", {"op": "rms_norm", "rows": 4, "hidden": 64}, dtype),
                 Case(self.name, "attention decode 1x2x1x32, 16 keys",
                      {"op": "attention", "heads": 2, "seq_q": 1, "seq_k": 16, "head_dim": 32}, dtype),
+                Case(self.name, "kv-cache step 1x4/2x1x32 + append, 16 keys",
+                     {"op": "attention_with_kvcache", "heads": 4, "kv_heads": 2, "seq_k": 16, "head_dim": 32},
+                     dtype),
                 Case(self.name, "linear 4x64x64 gelu", {"op": "linear", "rows": 4, "hidden": 64}, dtype)]
 
     def inputs(self, case, device, requires_grad):
@@ -894,6 +897,12 @@ class DispatchBench(BenchOp):
             return {"x": _rand((s["rows"], n), case.dtype, device, False, gen=g),
                     "weight": _rand((n, n) if s["op"] == "linear" else (n,), case.dtype, device, False, gen=g),
                     "bias": _rand((n,), case.dtype, device, False, gen=g)}
+        if s["op"] == "attention_with_kvcache":  # every call writes the same last row: repeated calls are one step
+            hk, lk, d = s["kv_heads"], s["seq_k"], s["head_dim"]
+            return {"q": _rand((1, s["heads"], 1, d), case.dtype, device, False, gen=g),
+                    **{n: _rand((1, hk, lk, d), case.dtype, device, False, gen=g) for n in ("k_cache", "v_cache")},
+                    **{n: _rand((1, hk, 1, d), case.dtype, device, False, gen=g) for n in ("k_new", "v_new")},
+                    "cache_seqlens": torch.full((1,), lk - 1, dtype=torch.int32, device=device)}
         return {"q": _rand((1, s["heads"], s["seq_q"], s["head_dim"]), case.dtype, device, False, gen=g),
                 **{n: _rand((1, s["heads"], s["seq_k"], s["head_dim"]), case.dtype, device, False, gen=g)
                    for n in ("k", "v")}}
@@ -907,6 +916,9 @@ class DispatchBench(BenchOp):
             return lambda: module.rms_norm(inp["x"], inp["weight"], 1e-6, **kw)
         if op == "linear":
             return lambda: module.linear(inp["x"], inp["weight"], inp["bias"], activation="gelu", **kw)
+        if op == "attention_with_kvcache":
+            return lambda: module.attention_with_kvcache(inp["q"], inp["k_cache"], inp["v_cache"], inp["cache_seqlens"],
+                                                         k_new=inp["k_new"], v_new=inp["v_new"], **kw)
         return lambda: module.attention(inp["q"], inp["k"], inp["v"], causal=True, **kw)
 
     def providers(self):
@@ -926,6 +938,14 @@ class DispatchBench(BenchOp):
                                                                None, 1e-5, rms)
             if op == "linear":
                 return lambda: torch.ops.aigc_kernels.linear_fwd(inp["x"], inp["weight"], inp["bias"], "gelu")
+            if op == "attention_with_kvcache":
+                q, kc, vc, lens = inp["q"], inp["k_cache"], inp["v_cache"], inp["cache_seqlens"]
+
+                def step():
+                    torch.ops.aigc_kernels.kvcache_append(kc, vc, inp["k_new"], inp["v_new"], lens)
+                    return torch.ops.aigc_kernels.flash_decode(q, kc, vc, lens, 1, True, q.shape[-1] ** -0.5, 0)
+
+                return step
             q = inp["q"]
             return lambda: torch.ops.aigc_kernels.flash_fwd(q, inp["k"], inp["v"], None, None, q.shape[2],
                                                             inp["k"].shape[2], q.shape[-1] ** -0.5, True, -1, -1)
@@ -939,6 +959,15 @@ class DispatchBench(BenchOp):
                 return lambda: F.rms_norm(inp["x"], (n,), inp["weight"], 1e-6)
             if op == "linear":
                 return lambda: F.gelu(F.linear(inp["x"], inp["weight"], inp["bias"]))
+            if op == "attention_with_kvcache":  # PyTorch's own step: the new row written, then SDPA over the cache
+                kc, vc, row = inp["k_cache"], inp["v_cache"], inp["k_cache"].shape[2] - 1
+
+                def step():
+                    kc[:, :, row:].copy_(inp["k_new"])
+                    vc[:, :, row:].copy_(inp["v_new"])
+                    return F.scaled_dot_product_attention(inp["q"], kc, vc, enable_gqa=True)
+
+                return step
             # decoding: one query sees every key (bottom-right causal), which is SDPA without a mask
             return lambda: F.scaled_dot_product_attention(inp["q"], inp["k"], inp["v"])
 
@@ -947,8 +976,12 @@ class DispatchBench(BenchOp):
                 Provider("eager", eager, needs_gpu=False)]
 
     def check(self, case, inputs, out):
-        ref = self._call(case, {k: v.detach() for k, v in inputs.items()}, reference)
-        ref64 = self._call(case, {k: v.detach().double() for k, v in inputs.items()}, reference)
+        def copy(t, dtype=None):  # copies: the KV-cache step writes into its caches
+            t = t.detach().clone()
+            return t.to(dtype) if dtype is not None and t.is_floating_point() else t
+
+        ref = self._call(case, {k: copy(v) for k, v in inputs.items()}, reference)
+        ref64 = self._call(case, {k: copy(v, torch.float64) for k, v in inputs.items()}, reference)
         return _bound(ref(), out, ref64(), case.dtype)
 
 
