@@ -271,9 +271,9 @@ def _append(k_cache, v_cache, k_new, v_new, cache_seqlens, start: int | None) ->
     lnew = k_new.shape[2]
     if k_new.numel() == 0:
         return
-    if start is not None:  # one slice per cache (validation has checked start + Lnew <= Lmax)
-        k_cache[:, :, start:start + lnew].copy_(k_new)
-        v_cache[:, :, start:start + lnew].copy_(v_new)
+    if start is not None:  # one slice per cache (validation has checked start + Lnew <= Lmax); narrow
+        k_cache.narrow(2, start, lnew).copy_(k_new)  # is ~0.3 us cheaper than [:, :, a:b]
+        v_cache.narrow(2, start, lnew).copy_(v_new)
         return
     b, h, _, d = k_new.shape
     rows = cache_seqlens.to(torch.long).view(b, 1, 1, 1) + torch.arange(lnew, device=k_new.device).view(1, 1, lnew, 1)
@@ -295,7 +295,7 @@ def attention_with_kvcache(q, k_cache, v_cache, cache_seqlens, k_new=None, v_new
     if start is not None and (n := start + lnew) > 0 and q.numel():
         # one length for the whole batch: SDPA over that prefix of the caches, with no mask to build
         if n < k_cache.shape[2]:
-            k_cache, v_cache = k_cache[:, :, :n], v_cache[:, :, :n]
+            k_cache, v_cache = k_cache.narrow(2, 0, n), v_cache.narrow(2, 0, n)
         if not causal or q.shape[2] == 1:  # one query row sees every valid key: plain SDPA
             return _sdpa(q, k_cache, v_cache, None, 0.0, scale)
         return attention(q, k_cache, v_cache, causal, None, 0.0, scale)
