@@ -402,16 +402,21 @@ def attention_varlen_call(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max
                                       _scale(scale), window_size))
 
 
-def _kvcache_new_ok(q, qs, ks, k_new, v_new) -> bool:
-    """k_new/v_new (B, Hkv, Lnew, D) like the cache, in q's dtype and on its device (or both absent)."""
+def _kvcache_lnew(qs, ks, dt, k_new, v_new) -> int:
+    """Lnew when k_new/v_new are (B, Hkv, Lnew, D) like the cache (Lnew <= Lmax) in q's dtype, 0 when both
+    are absent, -1 for anything else (the full check then says what). Devices are checked by the caller."""
     if k_new is None or v_new is None:
-        return k_new is None and v_new is None
+        return 0 if k_new is None and v_new is None else -1
     if not (isinstance(k_new, _T) and isinstance(v_new, _T)):
-        return False
+        return -1
     ns = k_new.shape
-    return (len(ns) == 4 and ns[0] == qs[0] and ns[1] == ks[1] and ns[3] == qs[3] and ns[2] <= ks[2]
-            and v_new.shape == ns and k_new.dtype is q.dtype and v_new.dtype is q.dtype
-            and _same_device(q, k_new, v_new))
+    if (len(ns) == 4 and ns[0] == qs[0] and ns[1] == ks[1] and ns[3] == qs[3] and ns[2] <= ks[2]
+            and v_new.shape == ns and k_new.dtype is dt and v_new.dtype is dt):
+        return ns[2]
+    return -1
+
+
+_I32 = torch.int32
 
 
 def kvcache_call(q, k_cache, v_cache, cache_seqlens, k_new=None, v_new=None, causal=True, scale=None) -> KVCacheCall:
@@ -421,13 +426,15 @@ def kvcache_call(q, k_cache, v_cache, cache_seqlens, k_new=None, v_new=None, cau
         qs, ks, dt = q.shape, k_cache.shape, q.dtype
         if (len(qs) == 4 and len(ks) == 4 and dt in _FLOATS and k_cache.dtype is dt and v_cache.dtype is dt
                 and ks == v_cache.shape and qs[0] == ks[0] and qs[3] == ks[3] and ks[1] > 0 and qs[1] % ks[1] == 0
-                and cache_seqlens.dtype is torch.int32 and cache_seqlens.dim() == 1 and cache_seqlens.shape[0] == qs[0]
-                and _same_device(q, k_cache, v_cache, cache_seqlens) and _kvcache_new_ok(q, qs, ks, k_new, v_new)):
+                and cache_seqlens.dtype is _I32 and cache_seqlens.dim() == 1 and cache_seqlens.shape[0] == qs[0]
+                and (lnew := _kvcache_lnew(qs, ks, dt, k_new, v_new)) >= 0
+                and (_same_device(q, k_cache, v_cache, cache_seqlens) if k_new is None else
+                     _same_device(q, k_cache, v_cache, cache_seqlens, k_new, v_new))):
             call = _new(KVCacheCall, (q, k_cache, v_cache, cache_seqlens, k_new, v_new, causal, scale))
             if not cache_seqlens.is_cpu or torch.compiler.is_compiling():
                 return call  # on a GPU the kernels assert on the device: reading the lengths would synchronize
             values = cache_seqlens.tolist()
-            if not values or (min(values) >= 0 and max(values) + (0 if k_new is None else k_new.shape[2]) <= ks[2]):
+            if not values or (min(values) >= 0 and max(values) + lnew <= ks[2]):
                 return call
     _kvcache_args_full(q, k_cache, v_cache, cache_seqlens, k_new, v_new, scale)
     _flag("ak.attention_with_kvcache", "causal", causal)
