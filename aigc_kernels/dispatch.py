@@ -70,8 +70,23 @@ def _dt(t: torch.Tensor) -> str:
     return str(t.dtype).removeprefix("torch.")
 
 
+def _g(*tensors) -> bool:
+    """Whether autograd will record the call: grad mode on and an input that requires grad."""
+    if not torch.is_grad_enabled():
+        return False
+    for t in tensors:
+        if t is not None and t.requires_grad:
+            return True
+    return False
+
+
 def _grad(*tensors) -> list[str]:
-    return ["grad"] if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors) else []
+    return ["grad"] if _g(*tensors) else []
+
+
+def _window(window_size) -> bool:
+    """Whether a (normalized) window masks anything."""
+    return window_size is not None and tuple(window_size) != (-1, -1)
 
 
 def key(call: Call) -> Key:
@@ -88,7 +103,7 @@ def _attention_key(q, k, v, causal=False, attn_mask=None, dropout_p=0.0, scale=N
         feats.append("sinks")
     if causal:
         feats.append("causal")
-    if window_size is not None and tuple(window_size) != (-1, -1):
+    if _window(window_size):
         feats.append("window")
     if attn_mask is not None:
         feats.append("mask_bool" if attn_mask.dtype == torch.bool else "mask_float")
@@ -104,7 +119,7 @@ def _attention_key(q, k, v, causal=False, attn_mask=None, dropout_p=0.0, scale=N
 def _varlen_key(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal=False, scale=None,
                 window_size=None):
     feats = [_dt(q)] + (["causal"] if causal else [])
-    if window_size is not None and tuple(window_size) != (-1, -1):
+    if _window(window_size):
         feats.append("window")
     if q.shape[1] != k.shape[1]:
         feats.append("gqa")
@@ -158,19 +173,6 @@ def _ffn_key(x, w_in, b_in, w_out, b_out, activation="gelu", w_gate=None, b_gate
 # memoizes signature -> entry, so a repeated call (~150 per decoded token) costs one tuple and one
 # dict lookup instead of a Key (~2 us). Two calls with one signature always have one key (tested).
 # ----------------------------------------------------------------------------------------------
-def _g(*tensors) -> bool:
-    if not torch.is_grad_enabled():
-        return False
-    for t in tensors:
-        if t is not None and t.requires_grad:
-            return True
-    return False
-
-
-def _window(window_size) -> bool:
-    return window_size is not None and tuple(window_size) != (-1, -1)
-
-
 def _attention_sig(q, k, v, causal=False, attn_mask=None, dropout_p=0.0, scale=None, window_size=None,
                    softcap=None, sinks=None):
     return ("attention", q.dtype, q.shape, k.shape, causal, None if attn_mask is None else attn_mask.dtype,
