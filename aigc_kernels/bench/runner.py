@@ -217,7 +217,7 @@ def _run_case(bop: BenchOp, case: Case, device: str, wanted: Iterable[str] | Non
               ceilings: dict | None, cpu_reps: int) -> list[dict]:
     rows: list[dict | None] = []
     pending = []  # (row index, provider, mode, fn, fields): set up and checked, to be timed
-    samples: dict[int, list[float]] = {}  # row index -> its CPU samples, one per round
+    samples: dict[int, list[float]] = {}  # id(row) -> its CPU samples, one per round
     wanted = set(wanted) if wanted else None
     for prov in bop.providers():
         if wanted is not None and prov.name not in wanted:
@@ -243,11 +243,12 @@ def _run_case(bop: BenchOp, case: Case, device: str, wanted: Iterable[str] | Non
         timings = _time_interleaved([fn for _, _, _, fn, _, _ in pending], getattr(bop, "wall_clock", False),
                                     cpu_reps)
         for (i, prov, mode, fn, fields, leaves), timing in zip(pending, timings, strict=True):
+            xs = None
             if not isinstance(timing, Exception):
-                samples[i] = timing[3]
-                timing = timing[:3]
+                timing, xs = timing[:3], timing[3]
             rows[i] = _time_and_finish(bop, case, prov, mode, fn, fields, leaves, ceilings, timing=timing)
-    per_row = {id(r): samples.get(i) for i, r in enumerate(rows) if r is not None}
+            if xs is not None:
+                samples[id(rows[i])] = xs
     rows = [r for r in rows if r is not None]
     # speedup vs PyTorch's own implementation ("eager"; the reference where PyTorch has none). On CPU it
     # is the median of the per-round ratios (see _paired), not the ratio of the medians.
@@ -257,13 +258,12 @@ def _run_case(bop: BenchOp, case: Case, device: str, wanted: Iterable[str] | Non
         base = timed.get("eager") or timed.get("hf_sdpa") or timed.get("torch")
         for r in rows:
             if base and r["mode"] == mode and r["median_ms"]:
-                xs, bs = per_row.get(id(r)), per_row.get(id(base))
-                if xs is not None and bs is not None:
-                    r["speedup_vs_eager"] = round(_paired(bs, xs, lambda b, x: b / x), 3)
-                else:
-                    r["speedup_vs_eager"] = round(base["median_ms"] / r["median_ms"], 3)
+                xs, bs = samples.get(id(r)), samples.get(id(base))
+                paired = xs is not None and bs is not None
+                r["speedup_vs_eager"] = round(_paired(bs, xs, lambda b, x: b / x) if paired else
+                                              base["median_ms"] / r["median_ms"], 3)
                 if getattr(bop, "wall_clock", False):  # per-call overhead over PyTorch's own call
-                    r["overhead_us"] = round(_paired(bs, xs, lambda b, x: (x - b) * 1e3) if xs and bs else
+                    r["overhead_us"] = round(_paired(bs, xs, lambda b, x: (x - b) * 1e3) if paired else
                                              (r["median_ms"] - base["median_ms"]) * 1e3, 2)
     return rows
 
