@@ -126,6 +126,23 @@ def _bound(out_lowp_ref, out, ref64, dtype) -> tuple[float, float]:
     return max_abs_err(out, ref64), 2.0 * max_abs_err(out_lowp_ref, ref64) + ATOL[dtype]
 
 
+def _pytorch_decode_step(inp: dict, attend: Callable) -> Callable:
+    """PyTorch's own decoding step: ``attend()`` over the caches, after writing k_new/v_new into their last
+    row when the inputs have them (the lengths are one for the batch, as a decoding loop's usually are;
+    every call writes the same row, so repeated calls are one step)."""
+    if "k_new" not in inp:
+        return attend
+    kc, vc, kn, vn = inp["k_cache"], inp["v_cache"], inp["k_new"], inp["v_new"]
+    row = kc.shape[2] - 1
+
+    def step():
+        kc[:, :, row:].copy_(kn)
+        vc[:, :, row:].copy_(vn)
+        return attend()
+
+    return step
+
+
 # ----------------------------------------------------------------------------------------------
 # layer_norm / rms_norm
 # ----------------------------------------------------------------------------------------------
@@ -479,16 +496,7 @@ class DecodeBench(BenchOp):
         def eager(case, inp, mode):
             groups = case.shape["heads"] // case.shape["kv_heads"]
             q, kc, vc = inp["q"], inp["k_cache"], inp["v_cache"]
-            if "k_new" not in inp:
-                return lambda: F.scaled_dot_product_attention(q, kc, vc, enable_gqa=groups > 1)
-            kn, vn, row = inp["k_new"], inp["v_new"], kc.shape[2] - 1
-
-            def step():  # the lengths are one for the batch here, as a decoding loop's usually are
-                kc[:, :, row:].copy_(kn)
-                vc[:, :, row:].copy_(vn)
-                return F.scaled_dot_product_attention(q, kc, vc, enable_gqa=groups > 1)
-
-            return step
+            return _pytorch_decode_step(inp, lambda: F.scaled_dot_product_attention(q, kc, vc, enable_gqa=groups > 1))
 
         def packed(case, inp, mode):
             # SDPA over the query heads of each key head packed as rows (what the torch backend does on
@@ -503,16 +511,7 @@ class DecodeBench(BenchOp):
             def attend():  # the packing (two views) inside the timed call, as the backend pays it
                 return F.scaled_dot_product_attention(q.reshape(b, hk, groups, d), kc, vc).reshape(b, h, 1, d)
 
-            if "k_new" not in inp:
-                return attend
-            kn, vn, row = inp["k_new"], inp["v_new"], kc.shape[2] - 1
-
-            def step():
-                kc[:, :, row:].copy_(kn)
-                vc[:, :, row:].copy_(vn)
-                return attend()
-
-            return step
+            return _pytorch_decode_step(inp, attend)
 
         def torch_ref(case, inp, mode):
             return lambda: reference.attention_with_kvcache(inp["q"], inp["k_cache"], inp["v_cache"],
@@ -960,14 +959,8 @@ class DispatchBench(BenchOp):
             if op == "linear":
                 return lambda: F.gelu(F.linear(inp["x"], inp["weight"], inp["bias"]))
             if op == "attention_with_kvcache":  # PyTorch's own step: the new row written, then SDPA over the cache
-                kc, vc, row = inp["k_cache"], inp["v_cache"], inp["k_cache"].shape[2] - 1
-
-                def step():
-                    kc[:, :, row:].copy_(inp["k_new"])
-                    vc[:, :, row:].copy_(inp["v_new"])
-                    return F.scaled_dot_product_attention(inp["q"], kc, vc, enable_gqa=True)
-
-                return step
+                return _pytorch_decode_step(inp, lambda: F.scaled_dot_product_attention(
+                    inp["q"], inp["k_cache"], inp["v_cache"], enable_gqa=True))
             # decoding: one query sees every key (bottom-right causal), which is SDPA without a mask
             return lambda: F.scaled_dot_product_attention(inp["q"], inp["k"], inp["v"])
 
