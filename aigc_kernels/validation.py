@@ -385,7 +385,7 @@ def attention_call(q, k, v, causal=False, attn_mask=None, dropout_p=0.0, scale=N
         qs, ks, dt = q.shape, k.shape, q.dtype
         if (len(qs) == 4 and len(ks) == 4 and dt in _FLOATS and k.dtype is dt and v.dtype is dt and ks == v.shape
                 and qs[0] == ks[0] and qs[3] == ks[3] and ks[1] > 0 and qs[1] % ks[1] == 0
-                and (_same_device(q, k, v) if attn_mask is None else
+                and (((q.is_cpu and k.is_cpu and v.is_cpu) or _same_device(q, k, v)) if attn_mask is None else
                      (_mask_ok(attn_mask, qs, ks[2]) and _same_device(q, k, v, attn_mask)))):
             return _new(AttentionCall, (q, k, v, causal, attn_mask, float(dropout_p), scale, None, None, None))
     window_size = _attention_args_full(q, k, v, attn_mask, dropout_p, scale, window_size, causal, softcap, sinks)
@@ -402,46 +402,58 @@ def attention_varlen_call(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max
                                       _scale(scale), window_size))
 
 
-def _kvcache_lnew(qs, ks, dt, k_new, v_new) -> int:
-    """Lnew when k_new/v_new are (B, Hkv, Lnew, D) like the cache (Lnew <= Lmax) in q's dtype, 0 when both
-    are absent, -1 for anything else (the full check then says what). Devices are checked by the caller."""
-    if k_new is None or v_new is None:
-        return 0 if k_new is None and v_new is None else -1
-    if not (isinstance(k_new, _T) and isinstance(v_new, _T)):
-        return -1
-    ns = k_new.shape
-    if (len(ns) == 4 and ns[0] == qs[0] and ns[1] == ks[1] and ns[3] == qs[3] and ns[2] <= ks[2]
-            and v_new.shape == ns and k_new.dtype is dt and v_new.dtype is dt):
-        return ns[2]
-    return -1
-
-
 _I32 = torch.int32
 
 
+def _lengths_fit(cache_seqlens: torch.Tensor, lnew: int, lmax: int) -> bool:
+    """Host lengths (B,) all in [0, Lmax - Lnew] (reading them is free on the host)."""
+    values = cache_seqlens.tolist()
+    if len(values) == 1:  # (batch 1: no min/max)
+        return 0 <= values[0] <= lmax - lnew
+    return not values or (min(values) >= 0 and max(values) <= lmax - lnew)
+
+
 def kvcache_call(q, k_cache, v_cache, cache_seqlens, k_new=None, v_new=None, causal=True, scale=None) -> KVCacheCall:
-    # the fast path covers a decoding step's call, the append included (~150 such calls per token)
+    # the fast path covers a decoding step's call, the append included (~150 such calls per token); every
+    # tensor attribute costs ~0.06-0.12 us, so each is read once (the full check below says what is wrong)
     if ((scale is None or (type(scale) is float and scale == scale)) and type(causal) is bool and isinstance(q, _T)
             and isinstance(k_cache, _T) and isinstance(v_cache, _T) and isinstance(cache_seqlens, _T)):
-        qs, ks, dt = q.shape, k_cache.shape, q.dtype
-        if (len(qs) == 4 and len(ks) == 4 and dt in _FLOATS and k_cache.dtype is dt and v_cache.dtype is dt
-                and ks == v_cache.shape and qs[0] == ks[0] and qs[3] == ks[3] and ks[1] > 0 and qs[1] % ks[1] == 0
-                and cache_seqlens.dtype is _I32 and cache_seqlens.dim() == 1 and cache_seqlens.shape[0] == qs[0]
-                and (lnew := _kvcache_lnew(qs, ks, dt, k_new, v_new)) >= 0
-                and (_same_device(q, k_cache, v_cache, cache_seqlens) if k_new is None else
-                     _same_device(q, k_cache, v_cache, cache_seqlens, k_new, v_new))):
-            call = _new(KVCacheCall, (q, k_cache, v_cache, cache_seqlens, k_new, v_new, causal, scale))
-            if not cache_seqlens.is_cpu or torch.compiler.is_compiling():
-                return call  # on a GPU the kernels assert on the device: reading the lengths would synchronize
-            values = cache_seqlens.tolist()
-            if not values or (min(values) >= 0 and max(values) + lnew <= ks[2]):
-                return call
+        qs, ks, dt, cpu = q.shape, k_cache.shape, q.dtype, q.is_cpu
+        if k_new is None:
+            lnew = 0 if v_new is None else -1
+        elif (isinstance(k_new, _T) and isinstance(v_new, _T) and (ns := k_new.shape) == v_new.shape
+              and len(ns) == 4 and ns[0] == qs[0] and ns[1] == ks[1] and ns[3] == qs[3] and ns[2] <= ks[2]
+              and k_new.dtype is dt and v_new.dtype is dt):
+            lnew = ns[2]
+        else:
+            lnew = -1
+        if (lnew >= 0 and len(qs) == 4 and len(ks) == 4 and dt in _FLOATS and k_cache.dtype is dt
+                and v_cache.dtype is dt and ks == v_cache.shape and qs[0] == ks[0] and qs[3] == ks[3] and ks[1] > 0
+                and qs[1] % ks[1] == 0 and cache_seqlens.dtype is _I32 and cache_seqlens.shape == (qs[0],)
+                and ((k_cache.is_cpu and v_cache.is_cpu and cache_seqlens.is_cpu
+                      and (k_new is None or (k_new.is_cpu and v_new.is_cpu))) if cpu else
+                     (_same_device(q, k_cache, v_cache, cache_seqlens) if k_new is None else
+                      _same_device(q, k_cache, v_cache, cache_seqlens, k_new, v_new)))):
+            # (on a GPU the kernels assert on the device: reading the lengths would synchronize)
+            if not cpu or torch.compiler.is_compiling() or _lengths_fit(cache_seqlens, lnew, ks[2]):
+                return _new(KVCacheCall, (q, k_cache, v_cache, cache_seqlens, k_new, v_new, causal, scale))
     _kvcache_args_full(q, k_cache, v_cache, cache_seqlens, k_new, v_new, scale)
     _flag("ak.attention_with_kvcache", "causal", causal)
     return _new(KVCacheCall, (q, k_cache, v_cache, cache_seqlens, k_new, v_new, causal, _scale(scale)))
 
 
 def kvcache_append_call(k_cache, v_cache, k_new, v_new, cache_seqlens) -> KVCacheAppendCall:
+    if (isinstance(k_cache, _T) and isinstance(v_cache, _T) and isinstance(k_new, _T) and isinstance(v_new, _T)
+            and isinstance(cache_seqlens, _T)):
+        ks, ns, dt, cpu = k_cache.shape, k_new.shape, k_cache.dtype, k_cache.is_cpu
+        if (len(ks) == 4 and len(ns) == 4 and ks == v_cache.shape and ns == v_new.shape and ns[0] == ks[0]
+                and ns[1] == ks[1] and ns[3] == ks[3] and ns[2] <= ks[2] and dt in _FLOATS and v_cache.dtype is dt
+                and k_new.dtype is dt and v_new.dtype is dt and cache_seqlens.dtype is _I32
+                and cache_seqlens.shape == (ks[0],)
+                and ((v_cache.is_cpu and k_new.is_cpu and v_new.is_cpu and cache_seqlens.is_cpu) if cpu else
+                     _same_device(k_cache, v_cache, k_new, v_new, cache_seqlens))
+                and (not cpu or torch.compiler.is_compiling() or _lengths_fit(cache_seqlens, ns[2], ks[2]))):
+            return _new(KVCacheAppendCall, (k_cache, v_cache, k_new, v_new, cache_seqlens))
     _kvcache_append_args_full(k_cache, v_cache, k_new, v_new, cache_seqlens)
     return _new(KVCacheAppendCall, (k_cache, v_cache, k_new, v_new, cache_seqlens))
 
@@ -473,13 +485,15 @@ def rms_norm_call(x, weight=None, eps=1e-6, residual=None) -> RMSNormCall:
 
 
 def linear_call(x, weight, bias=None, activation=None) -> LinearCall:
-    if not (isinstance(x, _T) and isinstance(weight, _T) and x.dim() >= 1 and weight.dim() == 2
-            and x.dtype in _FLOATS and weight.dtype == x.dtype and weight.shape[1] == x.shape[-1]
-            and (activation is None or activation in _ACTS)
-            and (_same_device(x, weight) if bias is None else
-                 (isinstance(bias, _T) and bias.dim() == 1 and bias.shape[0] == weight.shape[0]
-                  and bias.dtype == x.dtype and _same_device(x, weight, bias)))):
-        _linear_args_full(x, weight, bias, activation)
+    if isinstance(x, _T) and isinstance(weight, _T) and (activation is None or activation in _ACTS):
+        xs, ws, dt = x.shape, weight.shape, x.dtype  # (each attribute read once: ~0.06-0.12 us apiece)
+        if (xs and len(ws) == 2 and ws[1] == xs[-1] and dt in _FLOATS and weight.dtype is dt
+                and (((x.is_cpu and weight.is_cpu) or _same_device(x, weight)) if bias is None else
+                     (isinstance(bias, _T) and (bs := bias.shape) and len(bs) == 1 and bs[0] == ws[0]
+                      and bias.dtype is dt and ((x.is_cpu and weight.is_cpu and bias.is_cpu)
+                                                or _same_device(x, weight, bias))))):
+            return _new(LinearCall, (x, weight, bias, activation))
+    _linear_args_full(x, weight, bias, activation)
     return _new(LinearCall, (x, weight, bias, activation))
 
 

@@ -216,6 +216,22 @@ def bad_other_calls():
         ValueError, "scale"
     yield (lambda: ak.kvcache_append(kc, kc, torch.randn(2, 2, 7, 8), torch.randn(2, 2, 7, 8), lens * 0)), \
         ValueError, "7 new rows do not fit a cache of Lmax=6"
+    # the append's fast path, likewise
+    yield (lambda: ak.kvcache_append(kc, kc, new, new.double(), lens)), TypeError, \
+        "v_new to have the dtype of k_cache"
+    yield (lambda: ak.kvcache_append(kc, kc, new, new[:, :1], lens)), ValueError, "v_new of shape"
+    yield (lambda: ak.kvcache_append(kc, kc[:, :1], new, new, lens)), ValueError, "v_cache of shape"
+    yield (lambda: ak.kvcache_append(kc, kc, new[..., :4], new[..., :4], lens)), ValueError, "k_new of shape"
+    yield (lambda: ak.kvcache_append(kc, kc, new, new, lens.long())), TypeError, "cache_seqlens of dtype int32"
+    yield (lambda: ak.kvcache_append(kc, kc, new, new, lens[:1])), ValueError, r"cache_seqlens of shape \(2,\)"
+    yield (lambda: ak.kvcache_append(kc[:1], kc[:1], new[:1], new[:1], lens[1:] + 1)), ValueError, \
+        r"got values in \[6, 6\]"
+    yield (lambda: ak.kvcache_append(kc, kc, new, new, lens - 3)), ValueError, r"got values in \[-1, 2\]"
+    # batch 1 (the fast path's one-length branch): past the end and negative
+    yield (lambda: ak.attention_with_kvcache(q[:1], kc[:1], kc[:1], lens[1:] + 1, k_new=new[:1], v_new=new[:1])), \
+        ValueError, r"0 <= cache_seqlens <= Lmax - Lnew = 5 .*got values in \[6, 6\]"
+    yield (lambda: ak.attention_with_kvcache(q[:1], kc[:1], kc[:1], lens[1:] - 6)), ValueError, \
+        r"got values in \[-1, -1\]"
 
 
 @pytest.mark.parametrize("call,exc,pattern", [*bad_attention_calls(), *bad_other_calls()])
@@ -285,7 +301,11 @@ def _mixed_device_calls():
     yield "kvcache k_cache", lambda: ak.attention_with_kvcache(q, m(kc), kc, lens)
     yield "kvcache seqlens", lambda: ak.attention_with_kvcache(q, kc, kc, m(lens))
     yield "kvcache k_new", lambda: ak.attention_with_kvcache(q, kc, kc, lens, k_new=m(kn), v_new=kn)
+    yield "kvcache empty v_new", lambda: ak.attention_with_kvcache(q, kc, kc, lens, k_new=kn[:, :, :0],
+                                                                    v_new=m(kn[:, :, :0]))
     yield "kvcache_append v_new", lambda: ak.kvcache_append(kc, kc, kn, m(kn), lens)
+    yield "kvcache_append k_cache", lambda: ak.kvcache_append(m(kc), kc, kn, kn, lens)
+    yield "kvcache_append seqlens", lambda: ak.kvcache_append(kc, kc, kn, kn, m(lens))
 
 
 @pytest.mark.parametrize("name,call", list(_mixed_device_calls()), ids=[n for n, _ in _mixed_device_calls()])

@@ -169,3 +169,19 @@ def test_auto_gaps_flag_only_a_slower_auto():
     assert report.auto_gaps(_gap_report(1.2, 1.0, 1.05, paired), 5) == []
     paired["auto"] = 0.9
     assert report.auto_gaps(_gap_report(1.0, 1.0, 1.0, paired), 5)[0]["ratio"] == pytest.approx(1 / 0.9, rel=1e-3)
+
+
+def test_dispatch_op_checks_what_each_call_did(monkeypatch):
+    """The per-call overhead cases check their outputs too: the KV-cache append case compares both caches
+    after the write, so an append that writes nothing is reported wrong, not timed as fast."""
+    from aigc_kernels.bench import cases
+
+    res = run(["dispatch"], quick=True, cpu_reps=1)
+    timed = [r for r in res["results"] if r["median_ms"] is not None]
+    assert {r["label"].split()[0] for r in timed} >= {"layer_norm", "rms_norm", "attention", "kv-cache", "linear"}
+    assert all(r["correct"] is True for r in timed)
+    monkeypatch.setattr(cases.ops, "kvcache_append", lambda *args, **kwargs: None)
+    res = run(["dispatch"], quick=True, cpu_reps=1)
+    append = [r for r in res["results"] if r["label"].startswith("kv-cache append")]
+    assert {r["status"] for r in append if r["provider"] in ("torch", "auto")} == {"wrong"}
+    assert all(r["correct"] is True for r in append if r["provider"] in ("eager", "reference"))

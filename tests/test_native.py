@@ -235,10 +235,11 @@ def test_sinks_take_probability_mass():
 
 
 @pytest.mark.parametrize("lens", [[5, 5, 5], [0, 7, 12], [12, 12, 12]])
-@pytest.mark.parametrize("lnew", [1, 4])
+@pytest.mark.parametrize("lnew", [1, 4, 48])
 def test_kvcache_append_paths_equal_the_reference(lens, lnew):
-    # equal host lengths take one slice copy per cache; unequal (or device-resident) ones a scatter
-    b, h, lmax, d = 3, 2, 16, 8
+    # equal host lengths take one index_copy_ (small writes) or slice copy (from 2k elements: lnew=48) per
+    # cache; unequal (or device-resident) ones a scatter
+    b, h, lmax, d = 3, 2, 16 + lnew, 8
     kc, vc = rand(b, h, lmax, d, seed=1), rand(b, h, lmax, d, seed=2)
     kn, vn = rand(b, h, lnew, d, seed=3), rand(b, h, lnew, d, seed=4)
     q = rand(b, 4, lnew, d, seed=5)
@@ -254,6 +255,28 @@ def test_kvcache_append_paths_equal_the_reference(lens, lnew):
     R.kvcache_append(*want, kn, vn, seqlens)
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])  # appended once, exactly
     torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_kvcache_decoding_loop_reuses_the_rows_of_a_step_only():
+    """A decoding loop over three layers' caches, token steps and then a chunk of 3 at the same start: the
+    row index made for a step's first layer serves its other layers, never another start or length."""
+    nat = __import__("sys").modules["aigc_kernels.native.attention"]
+    b, hq, hk, lmax, d, layers = 2, 4, 2, 12, 8, 3
+    caches = [(rand(b, hk, lmax, d, seed=10 + i), rand(b, hk, lmax, d, seed=20 + i)) for i in range(layers)]
+    want = [(kc.clone(), vc.clone()) for kc, vc in caches]
+    seed = 100
+    for start, lnew in [(0, 1), (1, 1), (2, 1), (2, 3), (5, 1)]:  # (2, 3): a chunk at a start seen before
+        lens = torch.full((b,), start, dtype=torch.int32)
+        for (kc, vc), (kw, vw) in zip(caches, want):
+            q, kn, vn = (rand(b, n, lnew, d, seed=(seed := seed + 1)) for n in (hq, hk, hk))
+            out = ak.attention_with_kvcache(q, kc, vc, lens, k_new=kn, v_new=vn, backend="torch")
+            ref = R.attention_with_kvcache(q.double(), kw.double(), vw.double(), lens, k_new=kn.double(),
+                                           v_new=vn.double())
+            R.kvcache_append(kw, vw, kn, vn, lens)
+            assert torch.equal(kc, kw) and torch.equal(vc, vw)
+            torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=1e-5)
+            assert nat._last_rows[:2] == (start, lnew)
+            assert nat._last_rows[2].tolist() == list(range(start, start + lnew))
 
 
 @pytest.mark.parametrize("kw,packed", [

@@ -886,6 +886,8 @@ class DispatchBench(BenchOp):
                 Case(self.name, "kv-cache step 1x4/2x1x32 + append, 16 keys",
                      {"op": "attention_with_kvcache", "heads": 4, "kv_heads": 2, "seq_k": 16, "head_dim": 32},
                      dtype),
+                Case(self.name, "kv-cache append 1x2x1x32 into 16 rows",
+                     {"op": "kvcache_append", "heads": 2, "kv_heads": 2, "seq_k": 16, "head_dim": 32}, dtype),
                 Case(self.name, "linear 4x64x64 gelu", {"op": "linear", "rows": 4, "hidden": 64}, dtype)]
 
     def inputs(self, case, device, requires_grad):
@@ -896,7 +898,8 @@ class DispatchBench(BenchOp):
             return {"x": _rand((s["rows"], n), case.dtype, device, False, gen=g),
                     "weight": _rand((n, n) if s["op"] == "linear" else (n,), case.dtype, device, False, gen=g),
                     "bias": _rand((n,), case.dtype, device, False, gen=g)}
-        if s["op"] == "attention_with_kvcache":  # every call writes the same last row: repeated calls are one step
+        if s["op"] in ("attention_with_kvcache", "kvcache_append"):  # every call writes the same last row:
+            # repeated calls are one step
             hk, lk, d = s["kv_heads"], s["seq_k"], s["head_dim"]
             return {"q": _rand((1, s["heads"], 1, d), case.dtype, device, False, gen=g),
                     **{n: _rand((1, hk, lk, d), case.dtype, device, False, gen=g) for n in ("k_cache", "v_cache")},
@@ -918,6 +921,13 @@ class DispatchBench(BenchOp):
         if op == "attention_with_kvcache":
             return lambda: module.attention_with_kvcache(inp["q"], inp["k_cache"], inp["v_cache"], inp["cache_seqlens"],
                                                          k_new=inp["k_new"], v_new=inp["v_new"], **kw)
+        if op == "kvcache_append":
+            def append():  # (returns the caches, which the correctness check compares)
+                module.kvcache_append(inp["k_cache"], inp["v_cache"], inp["k_new"], inp["v_new"], inp["cache_seqlens"],
+                                      **kw)
+                return inp["k_cache"], inp["v_cache"]
+
+            return append
         return lambda: module.attention(inp["q"], inp["k"], inp["v"], causal=True, **kw)
 
     def providers(self):
@@ -937,6 +947,13 @@ class DispatchBench(BenchOp):
                                                                None, 1e-5, rms)
             if op == "linear":
                 return lambda: torch.ops.aigc_kernels.linear_fwd(inp["x"], inp["weight"], inp["bias"], "gelu")
+            if op == "kvcache_append":
+                def append():
+                    torch.ops.aigc_kernels.kvcache_append(inp["k_cache"], inp["v_cache"], inp["k_new"], inp["v_new"],
+                                                          inp["cache_seqlens"])
+                    return inp["k_cache"], inp["v_cache"]
+
+                return append
             if op == "attention_with_kvcache":
                 q, kc, vc, lens = inp["q"], inp["k_cache"], inp["v_cache"], inp["cache_seqlens"]
 
@@ -958,6 +975,8 @@ class DispatchBench(BenchOp):
                 return lambda: F.rms_norm(inp["x"], (n,), inp["weight"], 1e-6)
             if op == "linear":
                 return lambda: F.gelu(F.linear(inp["x"], inp["weight"], inp["bias"]))
+            if op == "kvcache_append":  # PyTorch's own write: a slice copy per cache
+                return _pytorch_decode_step(inp, lambda: (inp["k_cache"], inp["v_cache"]))
             if op == "attention_with_kvcache":  # PyTorch's own step: the new row written, then SDPA over the cache
                 return _pytorch_decode_step(inp, lambda: F.scaled_dot_product_attention(
                     inp["q"], inp["k_cache"], inp["v_cache"], enable_gqa=True))
@@ -975,6 +994,8 @@ class DispatchBench(BenchOp):
 
         ref = self._call(case, {k: copy(v) for k, v in inputs.items()}, reference)
         ref64 = self._call(case, {k: copy(v, torch.float64) for k, v in inputs.items()}, reference)
+        if case.shape["op"] == "kvcache_append":  # what counts is both caches after the write (the runner hands
+            out = (inputs["k_cache"], inputs["v_cache"])  # over the first output only)
         return _bound(ref(), out, ref64(), case.dtype)
 
 
