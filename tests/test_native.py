@@ -279,6 +279,21 @@ def test_kvcache_decoding_loop_reuses_the_rows_of_a_step_only():
             assert nat._last_rows[2].tolist() == list(range(start, start + lnew))
 
 
+def test_kvcache_row_index_made_under_inference_mode_serves_autograd_later(monkeypatch):
+    """The memoized row index is a normal tensor even when an inference-mode step made it: a later append
+    at the same rows that autograd records (new rows that require grad) still works and backpropagates."""
+    monkeypatch.setattr(__import__("sys").modules["aigc_kernels.native.attention"], "_last_rows", (-1, 0, None))
+    lens = torch.tensor([3], dtype=torch.int32)
+    with torch.inference_mode():
+        ak.kvcache_append(torch.zeros(1, 2, 8, 4), torch.zeros(1, 2, 8, 4), rand(1, 2, 1, 4), rand(1, 2, 1, 4), lens,
+                          backend="torch")
+    w = rand(1, 2, 1, 4, seed=1).requires_grad_()
+    kc, vc = torch.zeros(1, 2, 8, 4) * 1.0, torch.zeros(1, 2, 8, 4)
+    ak.kvcache_append(kc, vc, w * 2, rand(1, 2, 1, 4), lens, backend="torch")
+    kc.sum().backward()
+    assert torch.equal(w.grad, torch.full_like(w, 2.0))
+
+
 @pytest.mark.parametrize("kw,packed", [
     (dict(), True),                                                   # non-causal GQA, Lq > 1
     (dict(causal=True), False),                                       # rows differ by position: SDPA's GQA

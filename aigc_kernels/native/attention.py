@@ -286,7 +286,9 @@ def _append(k_cache, v_cache, k_new, v_new, cache_seqlens, start: int | None) ->
         if ns[0] * ns[1] * lnew * ns[3] <= _INDEX_COPY_MAX:
             rows = _last_rows
             if rows[0] != start or rows[1] != lnew:
-                rows = _last_rows = (start, lnew, torch.arange(start, start + lnew))
+                with torch.inference_mode(False):  # a normal tensor: autograd may save it (an index_copy_ of a
+                    # cache that requires grad) after a step under inference mode made it
+                    rows = _last_rows = (start, lnew, torch.arange(start, start + lnew))
             k_cache.index_copy_(2, rows[2], k_new)
             v_cache.index_copy_(2, rows[2], v_new)
         else:
