@@ -419,7 +419,9 @@ def kvcache_call(q, k_cache, v_cache, cache_seqlens, k_new=None, v_new=None, cau
     if ((scale is None or (type(scale) is float and scale == scale)) and type(causal) is bool and isinstance(q, _T)
             and isinstance(k_cache, _T) and isinstance(v_cache, _T) and isinstance(cache_seqlens, _T)):
         qs, ks, dt, cpu = q.shape, k_cache.shape, q.dtype, q.is_cpu
-        if k_new is None:
+        if len(qs) != 4 or len(ks) != 4:
+            lnew = -1
+        elif k_new is None:
             lnew = 0 if v_new is None else -1
         elif (isinstance(k_new, _T) and isinstance(v_new, _T) and (ns := k_new.shape) == v_new.shape
               and len(ns) == 4 and ns[0] == qs[0] and ns[1] == ks[1] and ns[3] == qs[3] and ns[2] <= ks[2]
@@ -427,7 +429,7 @@ def kvcache_call(q, k_cache, v_cache, cache_seqlens, k_new=None, v_new=None, cau
             lnew = ns[2]
         else:
             lnew = -1
-        if (lnew >= 0 and len(qs) == 4 and len(ks) == 4 and dt in _FLOATS and k_cache.dtype is dt
+        if (lnew >= 0 and dt in _FLOATS and k_cache.dtype is dt
                 and v_cache.dtype is dt and ks == v_cache.shape and qs[0] == ks[0] and qs[3] == ks[3] and ks[1] > 0
                 and qs[1] % ks[1] == 0 and cache_seqlens.dtype is _I32 and cache_seqlens.shape == (qs[0],)
                 and ((k_cache.is_cpu and v_cache.is_cpu and cache_seqlens.is_cpu

@@ -227,6 +227,14 @@ def bad_other_calls():
     yield (lambda: ak.kvcache_append(kc[:1], kc[:1], new[:1], new[:1], lens[1:] + 1)), ValueError, \
         r"got values in \[6, 6\]"
     yield (lambda: ak.kvcache_append(kc, kc, new, new, lens - 3)), ValueError, r"got values in \[-1, 2\]"
+    # q or the cache of the wrong rank, with the new rows given (the fast path reads them after the ranks)
+    yield (lambda: ak.attention_with_kvcache(torch.randn(()), kc, kc, lens, k_new=new, v_new=new)), ValueError, \
+        r"expected q to be 4-D"
+    yield (lambda: ak.attention_with_kvcache(q[0], kc, kc, lens, k_new=new, v_new=new)), ValueError, \
+        r"expected q to be 4-D"
+    yield (lambda: ak.attention_with_kvcache(q, kc[0, 0], kc[0, 0], lens, k_new=new, v_new=new)), ValueError, \
+        r"expected k_cache to be 4-D"
+    yield (lambda: ak.kvcache_append(kc[0], kc[0], new, new, lens)), ValueError, r"expected k_cache to be 4-D"
     # batch 1 (the fast path's one-length branch): past the end and negative
     yield (lambda: ak.attention_with_kvcache(q[:1], kc[:1], kc[:1], lens[1:] + 1, k_new=new[:1], v_new=new[:1])), \
         ValueError, r"0 <= cache_seqlens <= Lmax - Lnew = 5 .*got values in \[6, 6\]"
