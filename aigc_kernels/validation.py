@@ -333,12 +333,6 @@ def _ffn_args_full(x, w_in, b_in, w_out, b_out, activation_name, w_gate, b_gate)
 # ----------------------------------------------------------------------------------------------
 # fast paths (see the module docstring): True only for calls the full check would accept
 # ----------------------------------------------------------------------------------------------
-def _param(p, n1: tuple[int], cpu: bool, x: torch.Tensor) -> bool:
-    """None, or a floating tensor of shape n1 = (N,) on x's device (cpu: x.is_cpu)."""
-    return p is None or (isinstance(p, _T) and p.shape == n1 and p.dtype in _FLOATS
-                         and (p.is_cpu if cpu else p.device == x.device))
-
-
 _new = tuple.__new__  # a NamedTuple without its Python-level __new__ (~0.1 us instead of ~0.4)
 
 
@@ -460,30 +454,35 @@ def kvcache_append_call(k_cache, v_cache, k_new, v_new, cache_seqlens) -> KVCach
     return _new(KVCacheAppendCall, (k_cache, v_cache, k_new, v_new, cache_seqlens))
 
 
-def _norm_ok(x, weight, bias, eps, residual) -> bool:
-    if not (isinstance(x, _T) and type(eps) is float and eps >= 0.0):
-        return False
-    xs = x.shape
-    if not xs or x.dtype not in _FLOATS:
-        return False
-    n1, cpu = (xs[-1],), x.is_cpu
-    return (_param(weight, n1, cpu, x) and _param(bias, n1, cpu, x)
-            and (residual is None or (isinstance(residual, _T) and residual.shape == xs and residual.dtype == x.dtype
-                                      and (residual.is_cpu if cpu else residual.device == x.device))))
-
-
+# The norms' fast paths are written out in each function (no helper calls): after a kernel has streamed
+# its tensors through the caches, every Python function and object touched is a cache miss, and the
+# in-situ cost of a check is several times its cost in a tight loop (~2.5 us vs ~0.7 us at 512x768).
 def layer_norm_call(x, weight=None, bias=None, eps=1e-5, residual=None) -> LayerNormCall:
-    if not _norm_ok(x, weight, bias, eps, residual):  # (it accepts a float eps only)
-        _norm_args_full("ak.layer_norm", x, weight, bias, eps, residual)
-        eps = float(eps)
-    return _new(LayerNormCall, (x, weight, bias, eps, residual))
+    if isinstance(x, _T) and type(eps) is float and eps >= 0.0 and (xs := x.shape) and (dt := x.dtype) in _FLOATS:
+        n, cpu = xs[-1], x.is_cpu
+        if ((weight is None or (isinstance(weight, _T) and (ws := weight.shape) and len(ws) == 1 and ws[0] == n
+                                and weight.dtype in _FLOATS
+                                and (weight.is_cpu if cpu else weight.device == x.device)))
+                and (bias is None or (isinstance(bias, _T) and (bs := bias.shape) and len(bs) == 1 and bs[0] == n
+                                      and bias.dtype in _FLOATS and (bias.is_cpu if cpu else bias.device == x.device)))
+                and (residual is None or (isinstance(residual, _T) and residual.shape == xs and residual.dtype is dt
+                                          and (residual.is_cpu if cpu else residual.device == x.device)))):
+            return _new(LayerNormCall, (x, weight, bias, eps, residual))
+    _norm_args_full("ak.layer_norm", x, weight, bias, eps, residual)  # (the fast path takes a float eps only)
+    return _new(LayerNormCall, (x, weight, bias, float(eps), residual))
 
 
 def rms_norm_call(x, weight=None, eps=1e-6, residual=None) -> RMSNormCall:
-    if not _norm_ok(x, weight, None, eps, residual):
-        _norm_args_full("ak.rms_norm", x, weight, None, eps, residual)
-        eps = float(eps)
-    return _new(RMSNormCall, (x, weight, eps, residual))
+    if isinstance(x, _T) and type(eps) is float and eps >= 0.0 and (xs := x.shape) and (dt := x.dtype) in _FLOATS:
+        cpu = x.is_cpu
+        if ((weight is None or (isinstance(weight, _T) and (ws := weight.shape) and len(ws) == 1 and ws[0] == xs[-1]
+                                and weight.dtype in _FLOATS
+                                and (weight.is_cpu if cpu else weight.device == x.device)))
+                and (residual is None or (isinstance(residual, _T) and residual.shape == xs and residual.dtype is dt
+                                          and (residual.is_cpu if cpu else residual.device == x.device)))):
+            return _new(RMSNormCall, (x, weight, eps, residual))
+    _norm_args_full("ak.rms_norm", x, weight, None, eps, residual)
+    return _new(RMSNormCall, (x, weight, float(eps), residual))
 
 
 def linear_call(x, weight, bias=None, activation=None) -> LinearCall:

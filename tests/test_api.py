@@ -103,14 +103,17 @@ def test_cuda_backend_on_cpu_tensors_names_the_reason():
                           torch.zeros(1, dtype=torch.int32), backend="cuda")
 
 
-def test_auto_uses_torch_on_cpu_and_logs_why(caplog):
+def test_auto_uses_torch_on_cpu_and_logs_why(caplog, monkeypatch):
     x = torch.randn(4, 8)
+    monkeypatch.setattr(B, "_CPU_AUTO", {})  # (a fresh process: no op has run on CPU yet)
     with caplog.at_level("DEBUG", logger="aigc_kernels.backend"):
         kc = torch.zeros(1, 1, 4, 8)
-        ak.kvcache_append(kc, kc.clone(), torch.ones(1, 1, 1, 8), torch.ones(1, 1, 1, 8),
-                          torch.zeros(1, dtype=torch.int32), backend="auto")
+        for _ in range(3):
+            ak.kvcache_append(kc, kc.clone(), torch.ones(1, 1, 1, 8), torch.ones(1, 1, 1, 8),
+                              torch.zeros(1, dtype=torch.int32), backend="auto")
     assert kc[0, 0, 0].eq(1).all()
     assert "auto chose 'torch'" in caplog.text and "tensors on cpu" in caplog.text
+    assert caplog.text.count("ak.kvcache_append: auto chose") == 1  # once per op, not per call
     torch.testing.assert_close(ak.layer_norm(x, backend="auto"), R.layer_norm(x))
     why = ak.explain("layer_norm", x)
     assert why.backend == "torch" and "tensors on cpu" in why.reason
