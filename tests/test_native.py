@@ -267,7 +267,7 @@ def test_kvcache_decoding_loop_reuses_the_rows_of_a_step_only():
     seed = 100
     for start, lnew in [(0, 1), (1, 1), (2, 1), (2, 3), (5, 1)]:  # (2, 3): a chunk at a start seen before
         lens = torch.full((b,), start, dtype=torch.int32)
-        for (kc, vc), (kw, vw) in zip(caches, want):
+        for (kc, vc), (kw, vw) in zip(caches, want, strict=True):
             q, kn, vn = (rand(b, n, lnew, d, seed=(seed := seed + 1)) for n in (hq, hk, hk))
             out = ak.attention_with_kvcache(q, kc, vc, lens, k_new=kn, v_new=vn, backend="torch")
             ref = R.attention_with_kvcache(q.double(), kw.double(), vw.double(), lens, k_new=kn.double(),
