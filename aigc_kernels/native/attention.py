@@ -295,11 +295,10 @@ def _append(k_cache, v_cache, k_new, v_new, cache_seqlens, start: int | None) ->
             k_cache.narrow(2, start, lnew).copy_(k_new)  # (narrow is ~0.3 us cheaper than [:, :, a:b])
             v_cache.narrow(2, start, lnew).copy_(v_new)
         return lnew
-    if k_new.numel():
+    if k_new.numel():  # per-batch rows: one scatter per cache
         b, h, _, d = ns
-        rows = cache_seqlens.to(torch.long).view(b, 1, 1, 1) + torch.arange(lnew, device=k_new.device).view(1, 1, lnew,
-                                                                                                           1)
-        index = rows.expand(b, h, lnew, d)
+        offsets = torch.arange(lnew, device=k_new.device).view(1, 1, lnew, 1)
+        index = (cache_seqlens.to(torch.long).view(b, 1, 1, 1) + offsets).expand(b, h, lnew, d)
         k_cache.scatter_(2, index, k_new)
         v_cache.scatter_(2, index, v_new)
     return lnew
