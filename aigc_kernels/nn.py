@@ -60,6 +60,10 @@ class LayerNorm(_Norm, nn.LayerNorm):
         self.backend = backend
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
+        ns = self.normalized_shape
+        if len(ns) == 1 and isinstance(x, torch.Tensor) and x.dim() and x.shape[-1] == ns[0]:
+            # one normalized dim (nearly every model): the op as it is, with no reshapes (~3 us a call)
+            return ops.layer_norm(x, self.weight, self.bias, self.eps, residual=residual, backend=self.backend)
         return self._normalize(ops.layer_norm, x, residual, self._param(self.weight), self._param(self.bias), self.eps)
 
 
@@ -74,6 +78,9 @@ class RMSNorm(_Norm, nn.RMSNorm):
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
         eps = torch.finfo(x.dtype).eps if self.eps is None else self.eps
+        ns = self.normalized_shape
+        if len(ns) == 1 and isinstance(x, torch.Tensor) and x.dim() and x.shape[-1] == ns[0]:  # (as LayerNorm)
+            return ops.rms_norm(x, self.weight, eps, residual=residual, backend=self.backend)
         return self._normalize(ops.rms_norm, x, residual, self._param(self.weight), eps)
 
 

@@ -81,12 +81,19 @@ def _weights_requested(kwargs: dict) -> bool:
     record the attention modules' second output instead)."""
     if kwargs.pop("output_attentions", False):
         return True
-    try:
-        from transformers.utils.output_capturing import _active_collector
-    except ImportError:  # pragma: no cover - other transformers versions
+    global _collector
+    if _collector is None:  # (looked up once: an import statement costs ~1 us a call)
+        try:
+            from transformers.utils.output_capturing import _active_collector as _collector
+        except ImportError:  # pragma: no cover - other transformers versions
+            _collector = False
+    if _collector is False:  # pragma: no cover - other transformers versions
         return False
-    collected = _active_collector.get()
+    collected = _collector.get()
     return bool(collected) and ("attentions" in collected or "cross_attentions" in collected)
+
+
+_collector = None  # transformers' output collector (a ContextVar), False where this transformers has none
 
 
 def hf_attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,

@@ -54,6 +54,33 @@ def test_norms_are_torch_subclasses():
 def test_norm_wrong_trailing_shape():
     with pytest.raises(ValueError, match=r"expected input ending in normalized_shape \(16,\), got shape \(2, 8\)"):
         ak.nn.LayerNorm(16)(torch.randn(2, 8))
+    for norm in (ak.nn.LayerNorm(16, elementwise_affine=False), ak.nn.RMSNorm(16), ak.nn.RMSNorm(16, eps=1e-6)):
+        with pytest.raises(ValueError, match=r"normalized_shape \(16,\), got shape \(2, 8\)"):
+            norm(torch.randn(2, 8))
+        with pytest.raises(ValueError, match=r"normalized_shape \(16,\), got shape \(\)"):
+            norm(torch.randn(()))
+
+
+def test_one_dim_norms_call_the_op_as_is(monkeypatch):
+    """A 1-D normalized_shape (nearly every model) reaches the op with no flatten/reshape round trip, with
+    and without the fused residual; the multi-dim shapes still take it."""
+    from aigc_kernels.nn import _Norm
+
+    real, used = _Norm._normalize, []
+    monkeypatch.setattr(_Norm, "_normalize", lambda self, *a: used.append(a) or real(self, *a))
+    x, r = torch.randn(3, 5, 16, dtype=f64), torch.randn(3, 5, 16, dtype=f64)
+    ln, ref = ak.nn.LayerNorm(16, dtype=f64), nn.LayerNorm(16, dtype=f64)
+    with torch.no_grad():
+        ln.weight.normal_(), ln.bias.normal_()
+    ref.load_state_dict(ln.state_dict())
+    torch.testing.assert_close(ln(x), ref(x))
+    y, s = ln(x, residual=r)
+    torch.testing.assert_close(y, ref(x + r))
+    torch.testing.assert_close(s, x + r)
+    torch.testing.assert_close(ak.nn.RMSNorm(16, dtype=f64)(x), nn.RMSNorm(16, dtype=f64)(x))
+    assert not used
+    ak.nn.LayerNorm((5, 16), dtype=f64)(x)
+    assert len(used) == 1
 
 
 def mha_pair(batch_first=True, bias=True):
