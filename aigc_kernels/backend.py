@@ -206,6 +206,7 @@ def register(op: str, backend: str, load: Callable[[], Callable],
     if backend not in BACKENDS:
         raise ValueError(f"register: expected a backend in {BACKENDS}, got {backend!r}")
     _REGISTRY.setdefault(op, {})[backend] = Implementation(op, backend, load, check)
+    _CPU_AUTO.pop(op, None)  # (auto on CPU memoizes the op's "torch" implementation)
 
 
 def implementation(op: str, backend: str) -> Implementation | None:

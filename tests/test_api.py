@@ -117,6 +117,11 @@ def test_auto_uses_torch_on_cpu_and_logs_why(caplog, monkeypatch):
     torch.testing.assert_close(ak.layer_norm(x, backend="auto"), R.layer_norm(x))
     why = ak.explain("layer_norm", x)
     assert why.backend == "torch" and "tensors on cpu" in why.reason
+    # a "torch" implementation registered later is what auto runs on CPU from then on
+    monkeypatch.setitem(B._REGISTRY, "layer_norm", dict(B._REGISTRY["layer_norm"]))
+    ak.layer_norm(x, backend="auto")
+    B.register("layer_norm", "torch", lambda: lambda *call: "registered")
+    assert ak.layer_norm(x, backend="auto") == "registered"
 
 
 def test_registered_implementation_is_used_and_checked(monkeypatch):
