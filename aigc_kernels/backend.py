@@ -322,10 +322,8 @@ def select(call: Call, backend: str | None) -> Callable:
     op, device = call.op, call[0].device
     name = get_backend() if backend is None else _normalize(backend, f"ak.{op}(backend=...)")
     if name == "auto" and device.type != "cuda" and not _explaining:
-        # the fast path: CPU tensors run PyTorch's own call
-        if not torch.compiler.is_compiling() and log.isEnabledFor(logging.DEBUG):
-            log.debug("ak.%s: auto chose 'torch' (PyTorch's own call): tensors on %s", op, device)
-        return _REGISTRY[op]["torch"].fn()
+        # CPU tensors run PyTorch's own call (as fast() picks it: memoized, said once per op)
+        return _CPU_AUTO.get(op) or _first_cpu_auto(op, call[0])
     impls = _REGISTRY[op]
     if name != "auto":
         impl = impls.get(name)

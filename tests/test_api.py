@@ -108,9 +108,9 @@ def test_auto_uses_torch_on_cpu_and_logs_why(caplog, monkeypatch):
     monkeypatch.setattr(B, "_CPU_AUTO", {})  # (a fresh process: no op has run on CPU yet)
     with caplog.at_level("DEBUG", logger="aigc_kernels.backend"):
         kc = torch.zeros(1, 1, 4, 8)
-        for _ in range(3):
+        for name in ("auto", "auto", "AUTO"):  # ("AUTO" goes through select(): the same memo)
             ak.kvcache_append(kc, kc.clone(), torch.ones(1, 1, 1, 8), torch.ones(1, 1, 1, 8),
-                              torch.zeros(1, dtype=torch.int32), backend="auto")
+                              torch.zeros(1, dtype=torch.int32), backend=name)
     assert kc[0, 0, 0].eq(1).all()
     assert "auto chose 'torch'" in caplog.text and "tensors on cpu" in caplog.text
     assert caplog.text.count("ak.kvcache_append: auto chose") == 1  # once per op, not per call
