@@ -156,6 +156,95 @@ def test_norms_with_float32_params_and_residual(dtype):
                                       R.rms_norm(x, w, residual=r)[0], dtype=dtype)
 
 
+@pytest.fixture
+def vector_norm_calls(monkeypatch):
+    """How often the native rms_norm took its CPU composite (one vector_norm a call)."""
+    from aigc_kernels.native import norm as native_norm
+    calls = []
+    real = native_norm._vector_norm
+
+    def spy(*a, **k):
+        calls.append(a[0].shape)
+        return real(*a, **k)
+
+    monkeypatch.setattr(native_norm, "_vector_norm", spy)
+    return calls
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+@pytest.mark.parametrize("wdtype", ["x's", "float32", None])
+@pytest.mark.parametrize("with_residual", [False, True])
+def test_rms_norm_cpu_composite(dtype, wdtype, with_residual, vector_norm_calls):
+    """Without autograd, a CPU rms_norm of >= 32k elements runs the one-reduction composite: the same
+    result as the float64 reference (rank 3, float32 weights, residual), its inputs left untouched."""
+    x, r = rand(3, 41, 300, dtype=dtype, scale=3.0), rand(3, 41, 300, dtype=dtype, seed=1)
+    w = None if wdtype is None else rand(300, seed=2, dtype=dtype if wdtype == "x's" else torch.float32)
+    x0, r0 = x.clone(), r.clone()
+    res = r if with_residual else None
+    with torch.no_grad():
+        out = ak.rms_norm(x, w, residual=res, backend="torch")
+    assert len(vector_norm_calls) == 1
+    assert torch.equal(x, x0) and torch.equal(r, r0)
+    y = out[0] if with_residual else out
+    assert y.dtype == dtype and y.shape == x.shape
+    w64 = None if w is None else w.double()
+    r64 = r.double() if with_residual else None
+    y64, ylp = R.rms_norm(x.double(), w64, residual=r64), R.rms_norm(x, w, residual=res)
+    testing.assert_close_to_reference(y, y64[0] if with_residual else y64, ylp[0] if with_residual else ylp,
+                                      dtype=dtype)
+    if with_residual:
+        assert torch.equal(out[1], x + r)
+
+
+def test_rms_norm_cpu_composite_when_it_runs(vector_norm_calls):
+    """The composite runs only where it was measured faster and as exact: no autograd (grad mode with an
+    input that needs a gradient runs torch.rms_norm), >= 32k elements, rows of at most 16384."""
+    from aigc_kernels.native.norm import _CPU_COMPOSITE_MAX_ROW, _CPU_COMPOSITE_MIN
+    big, w = rand(64, 768), rand(768, seed=1)
+    ak.rms_norm(big, w, backend="torch")                      # grad mode, nothing needs a gradient
+    with torch.inference_mode():
+        ak.rms_norm(big, w)                                   # auto on CPU is the same function
+    assert len(vector_norm_calls) == 2
+    ak.rms_norm(rand(_CPU_COMPOSITE_MIN // 768 - 1, 768), w, backend="torch")   # below the floor
+    ak.rms_norm(rand(2, 2 * _CPU_COMPOSITE_MAX_ROW), backend="torch")            # rows too long
+    wg = w.clone().requires_grad_()
+    y = ak.rms_norm(big, wg, backend="torch")                  # a weight that needs its gradient
+    assert y.requires_grad and len(vector_norm_calls) == 2
+    with torch.no_grad():
+        assert not ak.rms_norm(big, wg, backend="torch").requires_grad
+        assert len(vector_norm_calls) == 3
+
+        class Sub(torch.Tensor):  # a subclass keeps the one torch.rms_norm call its __torch_function__ sees
+            pass
+
+        y = ak.rms_norm(big.as_subclass(Sub), w, backend="torch")
+    assert type(y) is Sub and len(vector_norm_calls) == 3
+    # autograd through torch.rms_norm: gradients as the float64 reference's
+    check_fwd_bwd(lambda a, b: ak.rms_norm(a, b, backend="torch"), R.rms_norm, [big, w], torch.float32,
+                  names=("out", "dx", "dw"))
+    assert len(vector_norm_calls) == 3
+
+
+def test_rms_norm_cpu_composite_layouts(vector_norm_calls):
+    """A transposed (non-contiguous) input, the widest row it takes, rows of zeros (eps keeps them finite),
+    and the ak.nn module under no_grad."""
+    with torch.no_grad():
+        xt = rand(768, 64, scale=2.0).t()
+        y = ak.rms_norm(xt, backend="torch")
+        testing.assert_close_to_reference(y, R.rms_norm(xt.double()), R.rms_norm(xt), dtype=torch.float32)
+        wide = rand(2, 16384, scale=3.0) + 1
+        testing.assert_close_to_reference(ak.rms_norm(wide, backend="torch"), R.rms_norm(wide.double()),
+                                          R.rms_norm(wide), dtype=torch.float32)
+        zeros = torch.zeros(64, 768)
+        assert torch.equal(ak.rms_norm(zeros, backend="torch"), zeros)
+        m = ak.nn.RMSNorm(768)
+        torch.nn.init.normal_(m.weight)
+        x = rand(4, 16, 768)
+        testing.assert_close_to_reference(m(x), R.rms_norm(x.double(), m.weight.double()),
+                                          R.rms_norm(x, m.weight), dtype=torch.float32)
+    assert len(vector_norm_calls) == 4
+
+
 def test_ffn_recompute_keeps_only_x():
     """recompute=True through activation checkpointing: the (M, H) hidden activations are not saved."""
     x = rand(64, 32).requires_grad_()
