@@ -419,3 +419,80 @@ def test_make_call_resolves_and_checks():
         make_call("attention_with_kvcache", q, q, q, torch.zeros(1, dtype=torch.int32), causal=1)
     with pytest.raises(ValueError, match="expected an op in"):
         make_call("softmax", q)
+
+
+def _norm_calls():
+    """Good and bad norm arguments for the one-frame CPU auto path and the general one."""
+    x, w, b = torch.randn(3, 8), torch.randn(8), torch.randn(8)
+    m = torch.device("meta")
+    good = [dict(), dict(weight=w), dict(weight=w, bias=b), dict(residual=torch.randn(3, 8)),
+            dict(weight=w.double()), dict(x=x.bfloat16(), weight=w, bias=b), dict(x=torch.randn(2, 3, 8), weight=w)]
+    bad = [dict(weight=torch.ones(7)), dict(weight=w.view(2, 4)), dict(weight=w.long()), dict(weight=w.to(m)),
+           dict(bias=b.to(m)), dict(bias=[1.0]), dict(residual=torch.randn(3, 9)), dict(residual=x.half()),
+           dict(residual=x.to(m)), dict(eps=-1.0), dict(eps="1"), dict(eps=1), dict(x=torch.tensor(1.0)),
+           dict(x=x.long()), dict(x=x.to(m)), dict(x=[1.0]), dict(eps=float("nan"))]
+    for kw in good + bad:  # (eps=1 is good, but an int: the general path converts it)
+        inline = any(kw is g for g in good)
+        kw = {"x": x, **kw}
+        yield "layer_norm", kw, inline
+        if "bias" not in kw:
+            yield "rms_norm", kw, inline
+
+
+@pytest.mark.parametrize("op, kw, inline", list(_norm_calls()), ids=lambda v: v if isinstance(v, str) else None)
+def test_norms_one_frame_cpu_path_as_the_general_one(op, kw, inline, monkeypatch):
+    """ak.layer_norm / ak.rms_norm under auto on CPU take a one-frame path (no validation or selection
+    calls) for plain arguments: it gives what the general path gives, and anything else -- every argument
+    the general path refuses -- goes to that path and its error."""
+    from aigc_kernels import validation
+    fn = getattr(ak, op)
+    getattr(ak, op)(torch.randn(2, 4))  # (the op's first CPU call memoizes auto's choice)
+    builder = getattr(validation, f"{op}_call")
+    seen = []
+
+    def spy(*a, **k):
+        seen.append(1)
+        return builder(*a, **k)
+
+    monkeypatch.setattr(validation, f"{op}_call", spy)
+    kw = dict(kw)
+    x = kw.pop("x")
+
+    def outcome(**extra):
+        try:
+            return fn(x, **kw, **extra)
+        except Exception as exc:  # noqa: BLE001 (compared below)
+            return exc
+    one = outcome()
+    assert len(seen) == (0 if inline else 1)  # plain arguments: no validation call
+    general = outcome(backend="auto")
+    if isinstance(general, Exception):
+        assert type(one) is type(general) and str(one) == str(general)
+    else:
+        torch.testing.assert_close(one, general, rtol=0, atol=0)
+
+
+def test_norms_one_frame_path_honours_backend_state(monkeypatch):
+    """Every way to choose a backend still reaches the general path: backend=, a scoped or global
+    backend, the environment variable, ak.explain, and a first call (memo empty: the DEBUG line)."""
+    from aigc_kernels import validation
+    x = torch.randn(3, 8)
+    ak.layer_norm(x)
+    seen = []
+    real = validation.layer_norm_call
+    monkeypatch.setattr(validation, "layer_norm_call", lambda *a, **k: seen.append(1) or real(*a, **k))
+    ak.layer_norm(x)
+    assert seen == []
+    ak.layer_norm(x, backend="torch")
+    with ak.use_backend("reference"):
+        ak.layer_norm(x)
+    monkeypatch.setenv(B.ENV_VAR, "auto")
+    ak.layer_norm(x)
+    monkeypatch.delenv(B.ENV_VAR)
+    ak.explain("layer_norm", x)
+    monkeypatch.setattr(B, "_global_backend", "torch")
+    ak.layer_norm(x)
+    monkeypatch.setattr(B, "_global_backend", None)
+    monkeypatch.setitem(B._CPU_AUTO, "layer_norm", None)
+    ak.layer_norm(x)
+    assert len(seen) == 6
