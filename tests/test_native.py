@@ -245,6 +245,28 @@ def test_rms_norm_cpu_composite_layouts(vector_norm_calls):
     assert len(vector_norm_calls) == 4
 
 
+def test_rms_norm_cpu_composite_under_torch_func(vector_norm_calls):
+    """vmap (with no fallback warning: every op has a batching rule) and jvp (forward AD) through the
+    composite give torch.rms_norm's answers."""
+    import warnings
+    w = rand(768, seed=1)
+
+    def ours(a):
+        return ak.rms_norm(a, w, backend="torch")
+
+    def theirs(a):
+        return torch.rms_norm(a, (768,), w, 1e-6)
+
+    xb = rand(3, 64, 768)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        torch.testing.assert_close(torch.func.vmap(ours)(xb), theirs(xb))
+    x, t = rand(64, 768, seed=2), rand(64, 768, seed=3)
+    for a, b in zip(torch.func.jvp(ours, (x,), (t,)), torch.func.jvp(theirs, (x,), (t,)), strict=True):
+        torch.testing.assert_close(a, b)
+    assert len(vector_norm_calls) == 2
+
+
 def test_ffn_recompute_keeps_only_x():
     """recompute=True through activation checkpointing: the (M, H) hidden activations are not saved."""
     x = rand(64, 32).requires_grad_()

@@ -43,7 +43,7 @@ def layer_norm(x, weight=None, bias=None, eps=1e-5, residual=None):
 def _rms_norm_cpu(s, weight, eps, dtype):
     """RMSNorm of s in its compute dtype (float32, or float64 for float64), rounded once to dtype."""
     sf = s.double() if s.dtype == torch.float64 else s.float()
-    r = _vector_norm(sf, 2, -1, True).square_().div_(s.shape[-1]).add_(eps).rsqrt_()
+    r = _vector_norm(sf, 2, -1, True).square().div_(s.shape[-1]).add_(eps).rsqrt_()  # (square_ has no vmap rule)
     y = sf.mul_(r) if sf is not s else sf * r  # (a copy made by the upcast is reused)
     if weight is not None:
         y.mul_(weight)  # (a float32 weight, or one of x's dtype promoted: the product stays float32)
