@@ -438,6 +438,40 @@ def kvcache_call(q, k_cache, v_cache, cache_seqlens, k_new=None, v_new=None, cau
     return _new(KVCacheCall, (q, k_cache, v_cache, cache_seqlens, k_new, v_new, causal, _scale(scale)))
 
 
+def kvcache_host_start(q, k_cache, v_cache, cache_seqlens, k_new=None, v_new=None, causal=True, scale=None):
+    """For ops.attention_with_kvcache's one-frame CPU path: the one length of every batch entry of a CPU
+    decoding step whose arguments pass kvcache_call's fast path (its checks restricted to host tensors),
+    with the new rows fitting -- the lengths read once, here -- else None (then kvcache_call decides and
+    says what is wrong)."""
+    if not ((scale is None or (type(scale) is float and scale == scale)) and type(causal) is bool
+            and isinstance(q, _T) and isinstance(k_cache, _T) and isinstance(v_cache, _T)
+            and isinstance(cache_seqlens, _T) and q.is_cpu):
+        return None
+    qs, ks, dt = q.shape, k_cache.shape, q.dtype
+    if len(qs) != 4 or len(ks) != 4:
+        return None
+    if k_new is None:
+        if v_new is not None:
+            return None
+        lnew = 0
+    elif (isinstance(k_new, _T) and isinstance(v_new, _T) and (ns := k_new.shape) == v_new.shape and len(ns) == 4
+          and ns[0] == qs[0] and ns[1] == ks[1] and ns[3] == qs[3] and ns[2] <= ks[2] and k_new.dtype is dt
+          and v_new.dtype is dt and k_new.is_cpu and v_new.is_cpu):
+        lnew = ns[2]
+    else:
+        return None
+    if not (dt in _FLOATS and k_cache.dtype is dt and v_cache.dtype is dt and ks == v_cache.shape and qs[0] == ks[0]
+            and qs[3] == ks[3] and ks[1] > 0 and qs[1] % ks[1] == 0 and cache_seqlens.dtype is _I32
+            and cache_seqlens.shape == (qs[0],) and k_cache.is_cpu and v_cache.is_cpu and cache_seqlens.is_cpu
+            and qs[0] > 0) or torch.compiler.is_compiling():
+        return None
+    lens = cache_seqlens.tolist()
+    start = lens[0]
+    if len(lens) != 1 and lens.count(start) != len(lens):
+        return None
+    return start if 0 <= start <= ks[2] - lnew else None
+
+
 def kvcache_append_call(k_cache, v_cache, k_new, v_new, cache_seqlens) -> KVCacheAppendCall:
     if (isinstance(k_cache, _T) and isinstance(v_cache, _T) and isinstance(k_new, _T) and isinstance(v_new, _T)
             and isinstance(cache_seqlens, _T)):

@@ -465,7 +465,7 @@ def test_norms_one_frame_cpu_path_as_the_general_one(op, kw, inline, monkeypatch
             return exc
     one = outcome()
     assert len(seen) == (0 if inline else 1)  # plain arguments: no validation call
-    general = outcome(backend="auto")
+    general = outcome(backend="AUTO")  # (normalized in select: the general path)
     if isinstance(general, Exception):
         assert type(one) is type(general) and str(one) == str(general)
     else:
@@ -482,6 +482,8 @@ def test_norms_one_frame_path_honours_backend_state(monkeypatch):
     real = validation.layer_norm_call
     monkeypatch.setattr(validation, "layer_norm_call", lambda *a, **k: seen.append(1) or real(*a, **k))
     ak.layer_norm(x)
+    with ak.use_backend("reference"):
+        ak.layer_norm(x, backend="auto")  # (an explicit "auto" -- patched modules pass it -- wins over the scope)
     assert seen == []
     ak.layer_norm(x, backend="torch")
     with ak.use_backend("reference"):
@@ -495,4 +497,114 @@ def test_norms_one_frame_path_honours_backend_state(monkeypatch):
     monkeypatch.setattr(B, "_global_backend", None)
     monkeypatch.setitem(B._CPU_AUTO, "layer_norm", None)
     ak.layer_norm(x)
+    assert len(seen) == 6
+
+
+def _kv_calls():
+    """Decoding-step arguments, good and bad, for the KV step's one-frame CPU path and the general one:
+    (name, kwargs, whether the one-frame path takes them)."""
+    g = torch.Generator().manual_seed(0)
+
+    def r(*shape, dtype=torch.float32):
+        return torch.randn(*shape, generator=g).to(dtype)
+
+    q, kc, vc, kn, vn = r(2, 4, 1, 8), r(2, 2, 6, 8), r(2, 2, 6, 8), r(2, 2, 1, 8), r(2, 2, 1, 8)
+    lens = torch.tensor([3, 3], dtype=torch.int32)
+    base = dict(q=q, k_cache=kc, v_cache=vc, k_new=kn, v_new=vn)
+    m = torch.device("meta")
+    yield "step", {}, True
+    yield "no append", dict(k_new=None, v_new=None), True
+    yield "scale", dict(scale=0.3), True
+    yield "not causal", dict(causal=False), True
+    yield "two new rows", dict(k_new=r(2, 2, 2, 8), v_new=r(2, 2, 2, 8)), True
+    yield "two queries", dict(q=r(2, 4, 2, 8)), True
+    yield "last rows", dict(cache_seqlens=torch.tensor([5, 5], dtype=torch.int32)), True
+    yield "MHA", dict(q=r(2, 2, 1, 8)), True
+    yield "bf16", {n: t.bfloat16() for n, t in base.items()}, True
+    yield "unequal lengths", dict(cache_seqlens=torch.tensor([1, 4], dtype=torch.int32)), False
+    yield "int scale", dict(scale=1), False
+    yield "past the end", dict(cache_seqlens=torch.tensor([6, 6], dtype=torch.int32)), False
+    yield "negative", dict(cache_seqlens=torch.tensor([-1, -1], dtype=torch.int32)), False
+    yield "int64 lengths", dict(cache_seqlens=lens.long()), False
+    yield "lengths shape", dict(cache_seqlens=lens[:1]), False
+    yield "k_new only", dict(v_new=None), False
+    yield "new rows shape", dict(k_new=r(2, 2, 1, 4), v_new=r(2, 2, 1, 4)), False
+    yield "new rows dtype", dict(k_new=kn.double(), v_new=vn.double()), False
+    yield "cache dtype", dict(v_cache=vc.double()), False
+    yield "cache shape", dict(v_cache=r(2, 2, 5, 8)), False
+    yield "heads", dict(q=r(2, 3, 1, 8)), False
+    yield "head dim", dict(q=r(2, 4, 1, 4)), False
+    yield "rank", dict(q=r(4, 1, 8)), False
+    yield "meta cache", dict(k_cache=kc.to(m)), False
+    yield "meta lengths", dict(cache_seqlens=lens.to(m)), False
+    yield "meta new rows", dict(k_new=kn.to(m)), False
+    yield "causal int", dict(causal=1), False
+    yield "nan scale", dict(scale=float("nan")), False
+    yield "list q", dict(q=[1.0]), False
+
+
+@pytest.mark.parametrize("name, kw, inline", list(_kv_calls()), ids=[c[0] for c in _kv_calls()])
+def test_kv_step_one_frame_cpu_path_as_the_general_one(name, kw, inline, monkeypatch):
+    """ak.attention_with_kvcache under auto on CPU takes a one-frame path (no kvcache_call, the lengths read
+    once) for a plain step with equal host lengths: the same output and caches as the general path, and
+    every other call -- each argument the general path refuses -- goes to that path and its error."""
+    from aigc_kernels import validation
+    g = torch.Generator().manual_seed(1)
+    args = {n: torch.randn(*shape, generator=g) for n, shape in
+            (("q", (2, 4, 1, 8)), ("k_cache", (2, 2, 6, 8)), ("v_cache", (2, 2, 6, 8)), ("k_new", (2, 2, 1, 8)),
+             ("v_new", (2, 2, 1, 8)))}
+    args["cache_seqlens"] = torch.tensor([3, 3], dtype=torch.int32)
+    args.update(kw)
+    ak.attention_with_kvcache(torch.zeros(1, 1, 1, 4), torch.zeros(1, 1, 2, 4), torch.zeros(1, 1, 2, 4),
+                              torch.zeros(1, dtype=torch.int32))  # (the op's first CPU call memoizes auto)
+    real, seen = validation.kvcache_call, []
+    monkeypatch.setattr(validation, "kvcache_call", lambda *a, **k: seen.append(1) or real(*a, **k))
+
+    def outcome(**extra):
+        a = {n: (t.clone() if isinstance(t, torch.Tensor) and n in ("k_cache", "v_cache") else t)
+             for n, t in args.items()}
+        q = a.pop("q")
+        k_cache, v_cache, lens = a.pop("k_cache"), a.pop("v_cache"), a.pop("cache_seqlens")
+        try:
+            out = ak.attention_with_kvcache(q, k_cache, v_cache, lens, **a, **extra)
+        except Exception as exc:  # noqa: BLE001 (compared below)
+            return exc
+        return out, k_cache, v_cache
+    one = outcome()
+    assert len(seen) == (0 if inline else 1)
+    general = outcome(backend="AUTO")  # (normalized in select: the general path)
+    if isinstance(general, Exception):
+        assert type(one) is type(general) and str(one) == str(general)
+    else:
+        for a, b in zip(one, general, strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_kv_step_one_frame_path_honours_backend_state(monkeypatch):
+    """backend=, a scoped or global backend, the environment variable, and a "torch" implementation
+    registered in place of the native one all reach the general path."""
+    from aigc_kernels import validation
+    monkeypatch.setattr(B, "_CPU_AUTO", dict(B._CPU_AUTO))  # (the registration below must not outlive the test)
+    q, kc = torch.randn(1, 2, 1, 4), torch.zeros(1, 1, 3, 4)
+    lens = torch.zeros(1, dtype=torch.int32)
+    ak.attention_with_kvcache(q, kc, kc.clone(), lens)
+    real, seen = validation.kvcache_call, []
+    monkeypatch.setattr(validation, "kvcache_call", lambda *a, **k: seen.append(1) or real(*a, **k))
+    ak.attention_with_kvcache(q, kc, kc.clone(), lens)
+    with ak.use_backend("reference"):
+        ak.attention_with_kvcache(q, kc, kc.clone(), lens, backend="auto")
+    assert seen == []
+    ak.attention_with_kvcache(q, kc, kc.clone(), lens, backend="torch")
+    with ak.use_backend("reference"):
+        ak.attention_with_kvcache(q, kc, kc.clone(), lens)
+    monkeypatch.setenv(B.ENV_VAR, "auto")
+    ak.attention_with_kvcache(q, kc, kc.clone(), lens)
+    monkeypatch.delenv(B.ENV_VAR)
+    monkeypatch.setattr(B, "_global_backend", "torch")
+    ak.attention_with_kvcache(q, kc, kc.clone(), lens)
+    monkeypatch.setattr(B, "_global_backend", None)
+    monkeypatch.setitem(B._REGISTRY, "attention_with_kvcache", dict(B._REGISTRY["attention_with_kvcache"]))
+    B.register("attention_with_kvcache", "torch", lambda: lambda *call: "registered")
+    assert ak.attention_with_kvcache(q, kc, kc.clone(), lens) == "registered"
+    assert ak.attention_with_kvcache(q, kc, kc.clone(), lens) == "registered"
     assert len(seen) == 6

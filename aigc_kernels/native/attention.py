@@ -308,8 +308,11 @@ def kvcache_append(k_cache, v_cache, k_new, v_new, cache_seqlens) -> None:
     _append(k_cache, v_cache, k_new, v_new, cache_seqlens, _host_length(cache_seqlens))
 
 
-def attention_with_kvcache(q, k_cache, v_cache, cache_seqlens, k_new=None, v_new=None, causal=True, scale=None):
-    start = _host_length(cache_seqlens)  # one read of the lengths for the append and the attention
+def attention_with_kvcache(q, k_cache, v_cache, cache_seqlens, k_new=None, v_new=None, causal=True, scale=None, *,
+                           _start=-1):
+    # one read of the lengths for the append and the attention; _start >= 0: the one host length, read
+    # and checked by the caller (ops.attention_with_kvcache's one-frame CPU path)
+    start = _host_length(cache_seqlens) if _start < 0 else _start
     lnew = 0 if k_new is None else _append(k_cache, v_cache, k_new, v_new, cache_seqlens, start)
     qs = q.shape
     if start is not None and (n := start + lnew) > 0 and qs[0] and qs[1] and qs[2] and qs[3]:

@@ -11,12 +11,13 @@ from ..backend import _ENV_DATA, _ENV_KEY, _explaining, _scoped_backends, fast, 
 _T, _FLOATS = torch.Tensor, validation._FLOATS
 
 # "auto" on CPU tensors with plain arguments -- every norm of a model on CPU -- in this one frame:
-# fast()'s backend precedence (no backend=, no scoped or global backend, no environment variable, not
-# explaining) and validation's fast-path checks written out again, then the memoized PyTorch call
-# (_CPU_AUTO, filled with its DEBUG line by the op's first call through fast()). The helper calls are
-# what costs: behind a 512x768 layer_norm they measured ~1 us of the ~1.8 us this path saves in situ (the
-# call's own ~55 us). Anything else -- including every argument validation would refuse -- takes the
-# general path below, whose checks and errors are the contract (tests compare the two paths).
+# fast()'s backend precedence (backend="auto", as patched modules pass it, or no backend= with no scoped
+# or global backend and no environment variable; not explaining) and validation's fast-path checks
+# written out again, then the memoized PyTorch call (_CPU_AUTO, filled with its DEBUG line by the op's
+# first call through fast()). The helper calls are what costs: in situ behind a 512x768 layer_norm this
+# path is ~1 us over F.layer_norm where the general one is ~1.8-2.6 us. Anything else -- including every
+# argument validation would refuse -- takes the general path below, whose checks and errors are the
+# contract (tests compare the two paths).
 
 
 def layer_norm(
@@ -41,8 +42,8 @@ def layer_norm(
     Returns:
         y, or (y, s) with residual; both in x's dtype. Statistics are computed in float32.
     """
-    if (backend is None and not _scoped_backends and _backend._global_backend is None and _ENV_DATA is not None
-            and _ENV_KEY not in _ENV_DATA and not _explaining
+    if ((backend == "auto" or (backend is None and not _scoped_backends and _backend._global_backend is None
+                               and _ENV_DATA is not None and _ENV_KEY not in _ENV_DATA)) and not _explaining
             and (fn := _backend._CPU_AUTO.get("layer_norm")) is not None
             and isinstance(x, _T) and type(eps) is float and eps >= 0.0 and (xs := x.shape) and x.is_cpu
             and (dt := x.dtype) in _FLOATS):
@@ -67,8 +68,8 @@ def rms_norm(
     backend: str | None = None,
 ):
     """RMSNorm over the last dim: x / sqrt(mean(x^2) + eps) * weight. Arguments as in layer_norm."""
-    if (backend is None and not _scoped_backends and _backend._global_backend is None and _ENV_DATA is not None
-            and _ENV_KEY not in _ENV_DATA and not _explaining
+    if ((backend == "auto" or (backend is None and not _scoped_backends and _backend._global_backend is None
+                               and _ENV_DATA is not None and _ENV_KEY not in _ENV_DATA)) and not _explaining
             and (fn := _backend._CPU_AUTO.get("rms_norm")) is not None
             and isinstance(x, _T) and type(eps) is float and eps >= 0.0 and (xs := x.shape) and x.is_cpu
             and (dt := x.dtype) in _FLOATS):  # (as layer_norm's)
