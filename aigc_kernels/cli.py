@@ -5,7 +5,7 @@
                                        every op x backend against the float64 reference; exit 1 on failure
     aigc-kernels bench [--op OP ...] [--backend P ...] [--mode M ...] [--quick] [--json F] [--csv F] [--plots DIR]
                                        time every op x provider x mode (CUDA events), check what it times
-    aigc-kernels tune [--op OP ...] [--dtype D] [--quick] [--output F]
+    aigc-kernels tune [--op OP ...] [--dtype D] [--quick] [--budget-s S] [--output F]
                                        time every backend per op and bucketed shape on this GPU; write the
                                        dispatch table "auto" reads
     aigc-kernels audit [--arch 90a,80] [--json F]
@@ -230,11 +230,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.fail_if_auto_slower is not None:
         gaps = report.auto_gaps(result, args.fail_if_auto_slower)
         for g in gaps:
+            over = "" if "overhead_us" not in g else \
+                f", {g['overhead_us']} us per call, limit {report.DISPATCH_OVERHEAD_US}"
             console.print(f"[red]auto slower[/] {g['op']} {g['label']} {g['dtype']} {g['mode']}: auto "
-                          f"{g['auto_ms']:.4g} ms vs {g['best']} {g['best_ms']:.4g} ms ({g['ratio']:.2f}x)")
+                          f"{g['auto_ms']:.4g} ms vs {g['best']} {g['best_ms']:.4g} ms ({g['ratio']:.2f}x{over})")
         if not gaps:
             console.print(f"auto is within {args.fail_if_auto_slower}% of the fastest of "
-                          f"{', '.join(report.AUTO_RIVALS)} on every case")
+                          f"{', '.join(report.AUTO_RIVALS)} on every case (and within "
+                          f"{report.DISPATCH_OVERHEAD_US} us of PyTorch's own call on the dispatch cases)")
     return 1 if wrong or gaps else 0
 
 
@@ -295,8 +298,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
         def update(what, i, n):
             progress.update(task, completed=i, total=n, description=f"tune {what}"[:90])
 
+        # --output is rewritten after every case (a run cut off keeps what it measured); the per-user table
+        # that "auto" reads is replaced only by a finished run
         table = tune.run(args.op or tune.TUNE_OPS, dtypes, quick=args.quick, device=device, margin=args.margin / 100,
-                         progress=update)
+                         progress=update, budget_s=args.budget_s,
+                         checkpoint=(lambda t: t.write(args.output)) if args.output else None)
     from rich.table import Table
 
     t = Table(title=f"dispatch table for {table.device} (sm_{table.capability[0]}{table.capability[1]}): "
@@ -306,13 +312,20 @@ def cmd_tune(args: argparse.Namespace) -> int:
     for e in table.entries:
         t.add_row(str(e.key), e.best, ", ".join(f"{b} {ms:.4g}" for b, ms in sorted(e.ms.items())))
     console.print(t)
+    m = table.meta
+    console.print(f"measured {m['cases']} of {m['of']} cases in {m['seconds']} s"
+                  + (f" ([yellow]{m['stopped']}[/]; keys not measured take the nearest measured size)"
+                     if m.get("stopped") else ""))
     path = args.output or (dispatch.user_table_path(table.device, table.capability) if device.type == "cuda" else None)
     if path is None:
         console.print("not written (CPU tables are never used); pass --output to keep it")
         return 0
     table.write(path)
     dispatch.reload()
-    console.print(f"wrote {path}; 'auto' uses it from now on (in new processes, or after dispatch.reload())")
+    if args.output:
+        console.print(f"wrote {path}; 'auto' reads it where {dispatch.ENV_TABLE} names it")
+    else:
+        console.print(f"wrote {path}; 'auto' uses it from now on (in new processes, or after dispatch.reload())")
     return 0
 
 
@@ -355,7 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--show-skipped", action="store_true", help="list skipped providers in the table")
     p.add_argument("--fail-if-auto-slower", type=float, metavar="PCT", default=None,
                    help="exit 1 when 'auto' is more than PCT %% slower than the fastest of cuda, triton, torch and "
-                        "PyTorch's own call on any case")
+                        "PyTorch's own call on any case (on the dispatch op's tiny calls: more than 3 us over "
+                        "PyTorch's own call)")
     p.set_defaults(func=cmd_bench)
     p = sub.add_parser("tune", help="measure the fastest backend per op and shape on this GPU: auto's dispatch table")
     from .tune import TUNE_OPS
@@ -365,7 +379,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dtypes to measure (default bfloat16; repeatable)")
     p.add_argument("--quick", action="store_true", help="a few keys per op")
     p.add_argument("--margin", type=float, default=3.0, help="percent a kernel must beat 'torch' by to win a key")
-    p.add_argument("--output", metavar="FILE", help="where to write the table (default: the per-user cache)")
+    p.add_argument("--output", metavar="FILE", help="where to write the table, rewritten after every case "
+                                                   "(default: the per-user cache, written when the run ends)")
+    p.add_argument("--budget-s", type=float, default=None, metavar="S",
+                   help="start no new case after S seconds: the table keeps the cases measured, the commonest "
+                        "keys of every op first")
     p.add_argument("--device", default="cuda", help=argparse.SUPPRESS)  # "cpu": exercise tune without a GPU
     p.set_defaults(func=cmd_tune)
     p = sub.add_parser("audit", help="compile every Triton kernel for GPU targets with no GPU; resources, spills")

@@ -262,6 +262,7 @@ class Table:
     versions: dict
     entries: list[Entry]
     source: str = ""  # where it was loaded from
+    meta: dict = dataclasses.field(default_factory=dict)  # how it was measured (tune: cases, seconds, budget)
 
     def __post_init__(self) -> None:
         self._by_group: dict[tuple, list[Entry]] = {}
@@ -305,6 +306,7 @@ class Table:
     def to_json(self) -> dict:
         return {"schema": TABLE_SCHEMA, "device": self.device, "capability": list(self.capability),
                 "versions": self.versions,
+                **({"measured": self.meta} if self.meta else {}),
                 "entries": [{"key": str(e.key), "best": e.best, "ms": e.ms} for e in self.entries]}
 
     @staticmethod
@@ -312,12 +314,16 @@ class Table:
         if data.get("schema") != TABLE_SCHEMA:
             raise ValueError(f"{source}: dispatch table schema {data.get('schema')!r}, expected {TABLE_SCHEMA}")
         entries = [Entry(Key.parse(e["key"]), e["best"], dict(e["ms"])) for e in data["entries"]]
-        return Table(data["device"], tuple(data["capability"]), dict(data["versions"]), entries, source)
+        return Table(data["device"], tuple(data["capability"]), dict(data["versions"]), entries, source,
+                     dict(data.get("measured") or {}))
 
     def write(self, path: str | Path) -> Path:
+        """Write the table as JSON; atomically (a reader, or a run killed mid-write, never sees half a table)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_json(), indent=1) + "\n")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(self.to_json(), indent=1) + "\n")
+        os.replace(tmp, path)
         return path
 
 

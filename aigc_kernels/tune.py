@@ -42,13 +42,21 @@ def _randn(shape, device, dtype, grad=False, scale=1.0):
 
 
 def cases(ops: Iterable[str], quick: bool = False) -> list[TuneCase]:
-    out: list[TuneCase] = []
+    """The cases to time, most valuable first: the ``quick`` keys, then (unless ``quick``) the rest of the
+    grid, each tier taking the ops in turn (one case of each op, then the next) -- so a run stopped by its
+    time budget has measured the commonest keys of every op, not every key of the first op."""
+    ops = list(ops)
     for op in ops:
         if op not in TUNE_OPS:
             raise ValueError(f"tune: expected ops among {TUNE_OPS}, got {op!r}")
-        for grad in (False, True):
-            out += _op_cases(op, quick, grad)
-    return out
+    first = [[c for grad in (False, True) for c in _op_cases(op, True, grad)] for op in ops]
+    tiers = [first]
+    if not quick:
+        seen = {(c.op, c.label) for per_op in first for c in per_op}
+        tiers.append([[c for grad in (False, True) for c in _op_cases(op, False, grad) if (c.op, c.label) not in seen]
+                      for op in ops])
+    return [per_op[i] for tier in tiers for i in range(max(map(len, tier), default=0)) for per_op in tier
+            if i < len(per_op)]
 
 
 def _op_cases(op: str, quick: bool, grad: bool) -> list[TuneCase]:
@@ -160,13 +168,37 @@ def candidates(call) -> list[str]:
 
 def run(ops: Iterable[str] = TUNE_OPS, dtypes: Iterable[torch.dtype] = (torch.bfloat16,), quick: bool = False,
         device: torch.device | None = None, margin: float = 0.03, timer: Callable | None = None,
-        progress: Callable[[str, int, int], None] | None = None) -> dispatch.Table:
-    """Time every candidate backend on every case; returns the table (not yet written)."""
+        progress: Callable[[str, int, int], None] | None = None, budget_s: float | None = None,
+        checkpoint: Callable[[dispatch.Table], None] | None = None,
+        clock: Callable[[], float] = time.monotonic) -> dispatch.Table:
+    """Time every candidate backend on every case; returns the table (not yet written).
+
+    ``budget_s``: start no new case once this many seconds have passed (the table then holds the cases
+    measured, most valuable first, and says how many were left: ``table.meta``). ``checkpoint(table)``
+    is called after every case with the table so far, so a run killed mid-way keeps what it measured."""
     device = device or torch.device("cuda", torch.cuda.current_device())
     timer = timer or _time_ms
-    work = [(c, dt) for dt in dtypes for c in cases(ops, quick)]
+    dtypes = list(dtypes)
+    work = [(c, dt) for c in cases(ops, quick) for dt in dtypes]
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    cap = torch.cuda.get_device_capability(device) if device.type == "cuda" else (0, 0)
+    versions = dispatch.current_versions()
     entries: dict[dispatch.Key, dispatch.Entry] = {}
+    start = clock()
+
+    def table(done: int, stopped: str | None = None) -> dispatch.Table:
+        meta = {"cases": done, "of": len(work), "seconds": round(clock() - start, 1), "margin": margin,
+                "dtypes": [str(dt).removeprefix("torch.") for dt in dtypes]}
+        if stopped:
+            meta["stopped"] = stopped
+        return dispatch.Table(name, tuple(cap), versions, list(entries.values()), "tuned here", meta)
+
     for i, (case, dt) in enumerate(work):
+        if budget_s is not None and clock() - start >= budget_s:
+            why = f"time budget of {budget_s:g} s spent: {len(work) - i} of {len(work)} cases not measured"
+            if progress:
+                progress(why, i, len(work))
+            return table(i, why)
         if progress:
             progress(f"{case.op} {str(dt).removeprefix('torch.')} {case.label}", i, len(work))
         args, kwargs = case.make(device, dt)
@@ -174,23 +206,23 @@ def run(ops: Iterable[str] = TUNE_OPS, dtypes: Iterable[torch.dtype] = (torch.bf
             call = make_call(case.op, *args, **kwargs)
             key = dispatch.key(call)
         ms: dict[str, float] = {}
-        for name in candidates(call):
+        for backend in candidates(call):
             try:
-                ms[name] = round(timer(_callable(case.op, name, args, kwargs, case.grad), device), 5)
+                ms[backend] = round(timer(_callable(case.op, backend, args, kwargs, case.grad), device), 5)
             except (BackendError, RuntimeError, torch.cuda.OutOfMemoryError) as exc:  # recorded as not timed
-                ms[name] = float("inf")
+                ms[backend] = float("inf")
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
                 if progress:
-                    progress(f"{case.op} {name}: {type(exc).__name__}", i, len(work))
+                    progress(f"{case.op} {backend}: {type(exc).__name__}", i, len(work))
         best = choose(ms, margin)
         entries[key] = dispatch.Entry(key, best, {k: v for k, v in ms.items() if v != float("inf")})
         del args, kwargs
+        if checkpoint:
+            checkpoint(table(i + 1))
     if progress:
         progress("done", len(work), len(work))
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    cap = torch.cuda.get_device_capability(device) if device.type == "cuda" else (0, 0)
-    return dispatch.Table(name, tuple(cap), dispatch.current_versions(), list(entries.values()), "tuned here")
+    return table(len(work))
 
 
 def choose(ms: dict[str, float], margin: float) -> str:

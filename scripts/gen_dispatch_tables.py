@@ -32,6 +32,8 @@ def recorded_tables(results: Path = RESULTS) -> list[tuple[Path, dict]]:
         except json.JSONDecodeError:
             continue
         if isinstance(data, dict) and "entries" in data and "schema" in data and "capability" in data:
+            if tuple(data["capability"]) == (0, 0):  # a CPU run of tune (a dry run): no GPU arch to ship for
+                continue
             out.append((path, data))
     return out
 

@@ -189,6 +189,20 @@ def test_auto_gaps_flag_only_a_slower_auto():
     assert report.auto_gaps(_gap_report(1.0, 1.0, 1.0, paired), 5)[0]["ratio"] == pytest.approx(1 / 0.9, rel=1e-3)
 
 
+def test_auto_gaps_hold_the_dispatch_cases_to_the_overhead_limit():
+    """The dispatch op's tiny calls are mostly overhead: a 20 % ratio there is 1 us, within the per-call
+    target; only an overhead beyond DISPATCH_OVERHEAD_US is a gap."""
+    def rows(auto_us):
+        return {"results": [{"op": "dispatch", "label": "layer_norm 4x64", "dtype": "float32", "mode": "fwd",
+                             "provider": p, "median_ms": ms / 1e3, "correct": True, "speedup_vs_eager": 5 / ms,
+                             "overhead_us": ms - 5.0}
+                            for p, ms in (("eager", 5.0), ("torch", 5.0 + auto_us), ("auto", 5.0 + auto_us))]}
+
+    assert report.auto_gaps(rows(1.0), 5) == []
+    gaps = report.auto_gaps(rows(report.DISPATCH_OVERHEAD_US + 0.5), 5)
+    assert len(gaps) == 1 and gaps[0]["overhead_us"] == pytest.approx(3.5) and gaps[0]["best"] == "eager"
+
+
 def test_dispatch_op_checks_what_each_call_did(monkeypatch):
     """The per-call overhead cases check their outputs too: the KV-cache append case compares both caches
     after the write, so an append that writes nothing is reported wrong, not timed as fast."""

@@ -267,6 +267,61 @@ def test_tune_writes_a_table_auto_can_read(cache, monkeypatch):
     assert [str(e.key) for e in loaded.entries] == [str(e.key) for e in table.entries]
 
 
+def test_tune_order_takes_the_commonest_keys_of_every_op_first():
+    quick, full = tune.cases(tune.TUNE_OPS, quick=True), tune.cases(tune.TUNE_OPS)
+    ids = [(c.op, c.label) for c in full]
+    assert len(set(ids)) == len(ids)  # the full grid measures each case once
+    assert ids[:len(quick)] == [(c.op, c.label) for c in quick]  # the quick keys come first
+    assert {c.op for c in full[:len(tune.TUNE_OPS)]} == set(tune.TUNE_OPS)  # one case of every op, then the next
+    assert {c.op for c in quick} == set(tune.TUNE_OPS) and {c.grad for c in quick} == {True, False}
+    assert len(full) > 2 * len(quick)
+    with pytest.raises(ValueError, match="expected ops among"):
+        tune.cases(["attention", "softmax"])
+
+
+def test_tune_stops_at_its_budget_and_checkpoints_every_case(cache, monkeypatch):
+    """A fake clock that advances 10 s per timing, one candidate per case: a 35 s budget starts four
+    cases (at 0, 10, 20, 30 s), every finished case is checkpointed, and the table says how many cases
+    it left."""
+    monkeypatch.setattr(tune, "candidates", lambda call: ["torch"])
+    now = [0.0]
+
+    def timer(fn, device):
+        now[0] += 10.0
+        return 1.0
+
+    seen = []
+    path = cache / "partial.json"
+
+    def checkpoint(t):
+        seen.append(len(t.entries))
+        t.write(path)
+
+    table = tune.run(["layer_norm", "rms_norm"], (torch.float32,), quick=True, device=torch.device("cpu"),
+                     timer=timer, budget_s=35, checkpoint=checkpoint, clock=lambda: now[0])
+    total = len(tune.cases(["layer_norm", "rms_norm"], quick=True))
+    assert seen == [1, 2, 3, 4] and len(table.entries) == 4
+    assert table.meta["cases"] == 4 and table.meta["of"] == total
+    assert f"{total - 4} of {total} cases not measured" in table.meta["stopped"]
+    loaded = dispatch.Table.from_json(json.loads(path.read_text()))  # the last checkpoint: 4 entries, its meta
+    assert len(loaded.entries) == 4 and loaded.meta["cases"] == 4 and "stopped" not in loaded.meta
+    assert [p.name for p in cache.iterdir()] == ["partial.json"]  # written atomically: no temporary left over
+    finished = tune.run(["rms_norm"], (torch.float32,), quick=True, device=torch.device("cpu"), timer=timer)
+    assert finished.meta["cases"] == finished.meta["of"] == len(finished.entries) and "stopped" not in finished.meta
+
+
+def test_cli_tune_budget_and_output(tmp_path, capsys):
+    from aigc_kernels import cli
+
+    out = tmp_path / "t.json"
+    assert cli.main(["tune", "--device", "cpu", "--quick", "--op", "rms_norm", "--dtype", "float32",
+                     "--budget-s", "0", "--output", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "measured 0 of 4 cases" in text and "time budget of 0 s spent" in text
+    data = json.loads(out.read_text())
+    assert data["entries"] == [] and data["measured"]["stopped"].startswith("time budget")
+
+
 def test_cli_tune_without_a_gpu_says_why(capsys):
     from aigc_kernels import cli
 
@@ -297,6 +352,8 @@ def test_shipped_tables_are_generated_from_recorded_runs(tmp_path):
                      (f"layer_norm|bfloat16|n={1024 if day.endswith('01-01') else 2048}|rows=4096", "torch", {})],
                     versions=versions)
     (tmp_path / "bench-run.json").write_text('{"schema": 1, "env": {}, "results": []}')  # not a table
+    write_table(tmp_path / "tune-cpu-2026-03-01.json", [("rms_norm|float32|n=1024|rows=4096", "torch", {})],
+                versions=versions, device="cpu", capability=(0, 0))  # a dry run's CPU table: no arch to ship
     out = gen.generate(tmp_path)
     assert list(out) == ["sm_90.json"]
     table = dispatch.Table.from_json(json.loads(out["sm_90.json"]))

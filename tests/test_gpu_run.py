@@ -20,11 +20,16 @@ def test_gpu_run_dry_run(tmp_path):
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
     stages = {s["stage"]: s for s in summary["stages"]}
-    assert list(stages) == ["setup", "check", "bench", "tests", "sanitize"]
+    assert list(stages) == ["setup", "check", "tune", "bench", "tests", "sanitize"]
     assert all(s["status"] == "ok" for s in stages.values()), stages
     assert summary["total_seconds"] < 180
-    runs = list((tmp_path / "results").glob("*.json"))
-    assert len(runs) == 1 and json.loads(runs[0].read_text())["results"]
+    runs = sorted((tmp_path / "results").glob("*.json"))
+    tables = [p for p in runs if p.name.startswith("tune-")]
+    assert len(runs) == 2 and len(tables) == 1
+    bench = json.loads(next(p for p in runs if p not in tables).read_text())
+    assert bench["results"] and isinstance(summary["auto_gaps_over_5pct"], list)
+    table = json.loads(tables[0].read_text())  # what record_run.py would copy beside the bench JSON
+    assert table["entries"] and table["measured"]["cases"] == table["measured"]["of"] == summary["tune"]["cases"]
     assert (tmp_path / "check.json").exists() and (tmp_path / "ceilings.json").exists()
 
 
