@@ -450,7 +450,40 @@ def gemm_cases() -> list[Case]:
     return cases
 
 
-FAMILIES = {"attention": attention_cases, "norm": norm_cases, "gemm": gemm_cases}
+def tune_cases() -> list[Case]:
+    """The grid ``aigc-kernels tune`` times (bf16, every key, forward and forward + backward), through the
+    Triton implementation as tune calls it: the sizes a GPU's first tune run meets (32k-key decoding
+    caches, 16k-token attention, 16k-row GEMMs) go through the launch planning and autotuning before a GPU
+    sees them. A call the implementation refuses is one tune would not time either."""
+    from . import tune
+    from .backend import implementation
+    from .validation import make_call
+
+    def empty(shape, device, dtype, grad=False, scale=1.0):  # tune's inputs, unfilled: the audit launches nothing
+        return torch.empty(shape, device=device, dtype=dtype).requires_grad_(grad)
+
+    def case(tc):
+        def run():
+            saved, tune._randn = tune._randn, empty
+            try:
+                args, kwargs = tc.make(torch.device("cpu"), torch.bfloat16)
+            finally:
+                tune._randn = saved
+            with torch.set_grad_enabled(tc.grad):
+                call = make_call(tc.op, *args, **kwargs)
+                impl = implementation(tc.op, "triton")
+                if impl is None or impl.why_not(call) is not None:
+                    return
+                out = impl.fn()(*call)
+                if tc.grad:
+                    _backward(out[0] if isinstance(out, tuple) else out)
+
+        return run
+
+    return [Case("tune", f"tune {tc.op} bf16 {tc.label}", case(tc)) for tc in tune.cases(tune.TUNE_OPS)]
+
+
+FAMILIES = {"attention": attention_cases, "norm": norm_cases, "gemm": gemm_cases, "tune": tune_cases}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -388,7 +388,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_tune)
     p = sub.add_parser("audit", help="compile every Triton kernel for GPU targets with no GPU; resources, spills")
     p.add_argument("--arch", default="90a,80", help="comma-separated targets: 90a, 80, 100a (default 90a,80)")
-    p.add_argument("--family", action="append", choices=["attention", "norm", "gemm"], help="only these kernels")
+    p.add_argument("--family", action="append", choices=["attention", "norm", "gemm", "tune"],
+                   help="only these kernels (tune: the grid `aigc-kernels tune` times)")
     p.add_argument("--jobs", type=int, default=None, help="parallel compile processes (default: the CPU count)")
     p.add_argument("--json", metavar="FILE", help="also write every record as JSON")
     p.add_argument("--verbose", action="store_true", help="list every compiled config, not only the problems")

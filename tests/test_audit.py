@@ -167,6 +167,12 @@ def test_audit_passes_for_sm90a_and_sm80(tmp_path):
     assert hopper_half and all("wgmma" in r["uses"] for r in hopper_half), \
         [(r["kernel"], r["config"]) for r in hopper_half if "wgmma" not in r["uses"]]
     assert data["extension"] or "not built" in data["extension_note"]
+    # the grid `aigc-kernels tune` times on a GPU: every case reaches a kernel on both targets
+    from aigc_kernels import tune
+
+    for arch in ("90a", "80"):
+        reached = {c for r in data["records"] if r["arch"] == arch for c in r["cases"] if c.startswith("tune ")}
+        assert reached == {f"tune {c.op} bf16 {c.label}" for c in tune.cases(tune.TUNE_OPS)}, arch
 
 
 def test_resource_usage_reads_the_extension():
