@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -138,6 +139,16 @@ def cmd_check(args: argparse.Namespace) -> int:
         table.add_column(col, justify="right" if "err" in col or col == "bound" else "left")
     results, skipped = [], []
     t0 = time.perf_counter()
+
+    def write_json() -> None:
+        payload = {"device": str(device), "versions": _versions(),
+                   "results": [dict(vars(r), passed=r.passed, status=r.status) for r in results],
+                   "skipped": [dict(op=o, backend=b, why=w) for o, b, w in skipped]}
+        tmp = f"{args.json}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(payload, f, indent=2)
+        os.replace(tmp, args.json)
+
     for op in wanted_ops:
         for name in wanted_backends:
             if name not in backend.implementations(op)[op]:
@@ -146,6 +157,9 @@ def cmd_check(args: argparse.Namespace) -> int:
             if name not in available:
                 skipped.append((op, name, status[name][1]))
                 continue
+            if args.json:  # what is checked so far: a run cut off (a time limit) keeps it
+                write_json()
+            done, t_group = len(results), time.perf_counter()
             for dtype in _check_dtypes(device, name):
                 for case in testing.cases(op, dtype, device, seed=args.seed):
                     r = testing.check_case(op, name, case, dtype)
@@ -155,6 +169,10 @@ def cmd_check(args: argparse.Namespace) -> int:
                     g = "-" if r.grad_err is None else f"{r.grad_err:.2e}"
                     gb = "-" if r.grad_bound is None else f"{r.grad_bound:.2e}"
                     table.add_row(op, name, r.dtype, r.case, f"{r.fwd_err:.2e}", f"{r.fwd_bound:.2e}", g, gb, verdict)
+            group = results[done:]
+            console.print(f"check {op} {name}: {sum(r.status == 'pass' for r in group)} pass, "
+                          f"{sum(r.failed for r in group)} failed, {sum(r.status == 'n/a' for r in group)} n/a "
+                          f"({time.perf_counter() - t_group:.1f} s)", highlight=False)
     # The compiled ops themselves, on this device's kernel (the CPU kernels exist to prove the
     # schema -> kernel -> fake impl chain on machines without a GPU).
     if _ext_loaded():
@@ -184,11 +202,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     if device.type != "cuda":
         console.print(f"[yellow]{SPEED_NOTE}[/]")
     if args.json:
-        payload = {"device": str(device), "versions": _versions(),
-                   "results": [dict(vars(r), passed=r.passed, status=r.status) for r in results],
-                   "skipped": [dict(op=o, backend=b, why=w) for o, b, w in skipped]}
-        with open(args.json, "w") as f:
-            json.dump(payload, f, indent=2)
+        write_json()
     return 1 if failed else 0
 
 

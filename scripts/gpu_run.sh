@@ -7,14 +7,19 @@
 #
 # Stages (seconds allowed, GPU; 570 in all):
 #   1 setup   (60)  _C from bundle/ (built ahead for this torch), else nvcc; info; copy + GEMM ceilings
-#   2 check   (90)  every op x backend x dtype (bf16 too) against float64, autotuning on
-#   3 tune    (150) `aigc-kernels tune` in bf16 (attention, decoding, norms, linear, FFN) under a time budget,
+#   2 warm    (60)  `aigc-kernels audit --arch 90a` with every core: compiles every Triton specialization the
+#                   later stages launch (both config modes) in parallel into Triton's cache -- the JIT and the
+#                   autotuner would compile them one at a time -- and audits them with this machine's Triton
+#   3 check   (75)  every op x backend x dtype (bf16 too) against float64 with the static configs (autotuning
+#                   off: all of it in the time; stages 4 and 5 run the autotuned configs, and the bench checks
+#                   each case it times); the JSON rewritten after every op x backend
+#   4 tune    (135) `aigc-kernels tune` in bf16 (attention, decoding, norms, linear, FFN) under a time budget,
 #                   the commonest keys of every op first, the table rewritten after every case
-#   4 bench   (180) headline benchmarks, ours beside the anchors (SDPA cudnn/flash/efficient, FlexAttention,
+#   5 bench   (165) headline benchmarks, ours beside the anchors (SDPA cudnn/flash/efficient, FlexAttention,
 #                   torch.compile, eager, cuBLAS, Liger when bundled) + a GPT-2 training step; its "auto"
-#                   reads the table stage 3 measured
-#   5 tests   (60)  the GPU-marked tests, a per-test timeout
-#   6 sanitize(30)  compute-sanitizer memcheck on a short list of CUDA-op tests
+#                   reads the table stage 4 measured
+#   6 tests   (55)  the GPU-marked tests, a per-test timeout
+#   7 sanitize(20)  compute-sanitizer memcheck on a short list of CUDA-op tests
 # then summary.json (with every case where "auto" is more than 5 % slower than the fastest of ours and
 # PyTorch's: the issue-14 promise) and a summary table. $OUT/results/<gpu>-<date>-<commit>.json is the bench
 # JSON and $OUT/results/tune-<gpu>-<date>-<commit>.json the dispatch table to record (scripts/record_run.py
@@ -31,15 +36,17 @@ PY=${PYTHON:-python3}
 T0=$(date +%s)
 if [ $DRY = 1 ]; then
     export TRITON_INTERPRET=1 AIGC_KERNELS_AUTOTUNE=0
-    LIMITS=(60 90 60 90 60 20); BENCH_SEL="--op layer_norm --op dispatch --mode fwd --quick --reps 2"
+    LIMITS=(60 60 90 60 90 60 20); BENCH_SEL="--op layer_norm --op dispatch --mode fwd --quick --reps 2"
     # tune on CPU tensors (no interpreter: "torch" is the one candidate, so the stage takes seconds)
     TUNE_SEL=(env -u TRITON_INTERPRET $PY -m aigc_kernels.cli tune --device cpu --quick --op layer_norm --op rms_norm
               --dtype float32 --budget-s 20)
+    WARM_SEL=(--family norm --jobs 2)
     TEST_SEL=(tests/test_dispatch.py -k "keys or nearest")
 else
-    LIMITS=(60 90 150 180 60 30)
+    LIMITS=(60 60 75 135 165 55 20)
     TUNE_SEL=($PY -m aigc_kernels.cli tune --op attention --op attention_with_kvcache --op layer_norm --op rms_norm
-              --op linear --op ffn --dtype bfloat16 --budget-s 125)
+              --op linear --op ffn --dtype bfloat16 --budget-s 110)
+    WARM_SEL=(--jobs "$(nproc)")
     BENCH_SEL="--headline --op attention --op attention_decode --op layer_norm --op rms_norm --op linear --op ffn --op model_train --op dispatch"
     TEST_SEL=(-m gpu)
 fi
@@ -108,10 +115,13 @@ PYEOF
 export -f setup
 export PY DRY OUT
 run_stage setup "${LIMITS[0]}" bash -c setup
+# Triton's real compiler (never the interpreter), for the target this GPU is; sm_90a unless told
+run_stage warm "${LIMITS[1]}" env -u TRITON_INTERPRET $PY -m aigc_kernels.cli audit --arch "${WARM_ARCH:-90a}" \
+    "${WARM_SEL[@]}" --json "$OUT/audit.json"
 if [ $DRY = 1 ]; then
-    run_stage check "${LIMITS[1]}" $PY -m aigc_kernels.cli check --op layer_norm --op linear --json "$OUT/check.json"
+    run_stage check "${LIMITS[2]}" $PY -m aigc_kernels.cli check --op layer_norm --op linear --json "$OUT/check.json"
 else
-    run_stage check "${LIMITS[1]}" $PY -m aigc_kernels.cli check --json "$OUT/check.json"
+    run_stage check "${LIMITS[2]}" env AIGC_KERNELS_AUTOTUNE=0 $PY -m aigc_kernels.cli check --json "$OUT/check.json"
 fi
 mkdir -p "$OUT/results"
 NAME=$($PY -c "
@@ -120,17 +130,17 @@ gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'
 commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True).stdout.strip() or 'nocommit'
 print(re.sub(r'[^a-z0-9]+', '-', gpu.lower()).strip('-') + '-' + datetime.date.today().isoformat() + '-' + commit)")
 TABLE="$OUT/results/tune-$NAME.json"
-run_stage tune "${LIMITS[2]}" "${TUNE_SEL[@]}" --output "$TABLE"
+run_stage tune "${LIMITS[3]}" "${TUNE_SEL[@]}" --output "$TABLE"
 TABLE_ENV=()
 [ -s "$TABLE" ] && TABLE_ENV=(AIGC_KERNELS_DISPATCH_TABLE="$TABLE")  # auto in the bench: the table just measured
-run_stage bench "${LIMITS[3]}" env "${TABLE_ENV[@]}" $PY -m aigc_kernels.cli bench $BENCH_SEL \
+run_stage bench "${LIMITS[4]}" env "${TABLE_ENV[@]}" $PY -m aigc_kernels.cli bench $BENCH_SEL \
     --checkpoint "$OUT/results/$NAME.json" --json "$OUT/results/$NAME.json" --plots "$OUT/results/$NAME"
-run_stage tests "${LIMITS[4]}" env AIGC_KERNELS_TEST_TIMEOUT=45 $PY -m pytest -q -p no:cacheprovider -x \
+run_stage tests "${LIMITS[5]}" env AIGC_KERNELS_TEST_TIMEOUT=45 $PY -m pytest -q -p no:cacheprovider -x \
     --junitxml "$OUT/tests.xml" "${TEST_SEL[@]}"
 if [ $DRY = 1 ] || ! command -v compute-sanitizer >/dev/null 2>&1; then
-    run_stage sanitize "${LIMITS[5]}" bash -c "echo 'sanitize: skipped (no compute-sanitizer or dry run)'"
+    run_stage sanitize "${LIMITS[6]}" bash -c "echo 'sanitize: skipped (no compute-sanitizer or dry run)'"
 else
-    run_stage sanitize "${LIMITS[5]}" env AIGC_KERNELS_AUTOTUNE=0 compute-sanitizer --tool memcheck \
+    run_stage sanitize "${LIMITS[6]}" env AIGC_KERNELS_AUTOTUNE=0 compute-sanitizer --tool memcheck \
         --error-exitcode 1 --print-limit 20 $PY -m pytest -q -p no:cacheprovider -m gpu tests/test_extension.py \
         -k "norm or kvcache"
 fi

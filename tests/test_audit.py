@@ -183,3 +183,52 @@ def test_resource_usage_reads_the_extension():
         pytest.skip(note)
     assert all(r["registers"] > 0 and r["arch"].startswith("sm_") for r in rows)
     assert any("flash" in r["function"] or "norm" in r["function"] for r in rows)
+
+
+def test_the_warm_stage_fills_the_cache_the_jit_reads(tmp_path):
+    """scripts/gpu_run.sh's warm stage compiles, in parallel, what the run will launch: that saves GPU time
+    only if the audit's compiles land in Triton's cache under the keys the JIT computes when the library
+    launches the same calls. Warm a fresh cache with the audit; then launch the same calls through the JIT
+    (the compile-only driver's target, compiling for real): every compile must be a cache hit."""
+    env = dict(_no_interpreter_env(), TRITON_CACHE_DIR=str(tmp_path / "cache"))
+    code = textwrap.dedent("""
+        import sys
+        from triton import knobs
+        from aigc_kernels import audit
+        from aigc_kernels.triton import _tuning
+
+        labels = {"layer_norm bf16 64x768", "linear bf16 512x1024x4096 gelu fwd+bwd",
+                  "bf16 d=128 causal L=1024 fwd+bwd"}
+        families = (audit.norm_cases, audit.gemm_cases, audit.attention_cases)
+        cases = [c for f in families for c in f() if c.label in labels]
+        assert len(cases) == 3
+        if sys.argv[1] == "warm":
+            print(len(audit.run(["90a"], cases=cases, modes=("default",), jobs=2).records))
+        else:
+            compiled = []
+
+            def compile_it(*args, **kwargs):  # the JIT goes on to triton.compile (a cache hit or a compile)
+                compiled.append(1)
+                return False
+
+            with audit.compile_only(audit.TARGETS["90a"], audit.Recorder(audit.TARGETS["90a"])):
+                knobs.runtime.jit_cache_hook = compile_it
+                _tuning.use_mode("default")
+                for case in cases:
+                    try:
+                        case.run()
+                    except Exception:  # the first launch of each call: no GPU to run on
+                        pass
+            print(len(compiled))
+    """)
+    cache = tmp_path / "cache"
+
+    def run(stage):
+        res = subprocess.run([sys.executable, "-c", code, stage], env=env, capture_output=True, text=True, timeout=600)
+        assert res.returncode == 0, res.stderr[-3000:]
+        return int(res.stdout.split()[-1])
+
+    assert run("warm") >= 3
+    warmed = set(os.listdir(cache))
+    assert run("jit") == 3  # each call's first kernel reached triton.compile ...
+    assert set(os.listdir(cache)) == warmed  # ... and found it compiled: no new cache entry

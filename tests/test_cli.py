@@ -50,7 +50,30 @@ def test_check_fails_on_a_wrong_kernel(monkeypatch, capsys):
     B.register("layer_norm", "triton", lambda: wrong)
     monkeypatch.setattr(B, "_available", lambda name: True)
     assert cli.main(["check", "--op", "layer_norm", "--backend", "triton"]) == 1
-    assert "FAIL" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "FAIL" in out and "check layer_norm triton: 0 pass" in out
+
+
+def test_check_cut_off_keeps_what_it_checked(monkeypatch, tmp_path):
+    """The GPU pass runs check under a time limit: the JSON is rewritten before each op x backend, so
+    a run killed in the second group still leaves the first group's results."""
+    from aigc_kernels import testing
+
+    real, calls = testing.check_case, []
+
+    def check_case(op, name, case, dtype, **kw):
+        if op == "rms_norm":
+            raise KeyboardInterrupt  # stands in for the stage's timeout killing the process
+        calls.append(op)
+        return real(op, name, case, dtype, **kw)
+
+    monkeypatch.setattr(testing, "check_case", check_case)
+    path = tmp_path / "check.json"
+    with pytest.raises(KeyboardInterrupt):
+        cli.main(["check", "--op", "layer_norm", "--op", "rms_norm", "--backend", "torch", "--json", str(path)])
+    data = json.loads(path.read_text())
+    assert calls and len(data["results"]) == len(calls) and {r["op"] for r in data["results"]} == {"layer_norm"}
+    assert not list(tmp_path.glob("*.tmp"))
 
 
 def test_console_script_installed():

@@ -20,7 +20,7 @@ def test_gpu_run_dry_run(tmp_path):
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
     stages = {s["stage"]: s for s in summary["stages"]}
-    assert list(stages) == ["setup", "check", "tune", "bench", "tests", "sanitize"]
+    assert list(stages) == ["setup", "warm", "check", "tune", "bench", "tests", "sanitize"]
     assert all(s["status"] == "ok" for s in stages.values()), stages
     assert summary["total_seconds"] < 180
     runs = sorted((tmp_path / "results").glob("*.json"))
