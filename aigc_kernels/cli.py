@@ -330,6 +330,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     console.print(f"measured {m['cases']} of {m['of']} cases in {m['seconds']} s"
                   + (f" ([yellow]{m['stopped']}[/]; keys not measured take the nearest measured size)"
                      if m.get("stopped") else ""))
+    for f in m.get("failures", []):
+        console.print(f"[yellow]not timed[/] {f['backend']} on {f['case']}: {f['error']}", highlight=False)
     path = args.output or (dispatch.user_table_path(table.device, table.capability) if device.type == "cuda" else None)
     if path is None:
         console.print("not written (CPU tables are never used); pass --output to keep it")

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable
 import torch
 
 from . import dispatch
-from .backend import AUTO_CANDIDATES, BackendError, _available, _why_not, implementation
+from .backend import AUTO_CANDIDATES, _available, _why_not, implementation
 from .validation import make_call
 
 TUNE_OPS = ("attention", "attention_with_kvcache", "layer_norm", "rms_norm", "linear", "ffn")
@@ -174,7 +174,8 @@ def run(ops: Iterable[str] = TUNE_OPS, dtypes: Iterable[torch.dtype] = (torch.bf
     """Time every candidate backend on every case; returns the table (not yet written).
 
     ``budget_s``: start no new case once this many seconds have passed (the table then holds the cases
-    measured, most valuable first, and says how many were left: ``table.meta``). ``checkpoint(table)``
+    measured, most valuable first, and says how many were left: ``table.meta``). A backend that raises on a
+    case is not timed there (``table.meta["failures"]`` says why) and the run goes on. ``checkpoint(table)``
     is called after every case with the table so far, so a run killed mid-way keeps what it measured."""
     device = device or torch.device("cuda", torch.cuda.current_device())
     timer = timer or _time_ms
@@ -184,6 +185,7 @@ def run(ops: Iterable[str] = TUNE_OPS, dtypes: Iterable[torch.dtype] = (torch.bf
     cap = torch.cuda.get_device_capability(device) if device.type == "cuda" else (0, 0)
     versions = dispatch.current_versions()
     entries: dict[dispatch.Key, dispatch.Entry] = {}
+    failures: list[dict] = []
     start = clock()
 
     def table(done: int, stopped: str | None = None) -> dispatch.Table:
@@ -191,6 +193,8 @@ def run(ops: Iterable[str] = TUNE_OPS, dtypes: Iterable[torch.dtype] = (torch.bf
                 "dtypes": [str(dt).removeprefix("torch.") for dt in dtypes]}
         if stopped:
             meta["stopped"] = stopped
+        if failures:
+            meta["failures"] = list(failures)
         return dispatch.Table(name, tuple(cap), versions, list(entries.values()), "tuned here", meta)
 
     for i, (case, dt) in enumerate(work):
@@ -209,8 +213,11 @@ def run(ops: Iterable[str] = TUNE_OPS, dtypes: Iterable[torch.dtype] = (torch.bf
         for backend in candidates(call):
             try:
                 ms[backend] = round(timer(_callable(case.op, backend, args, kwargs, case.grad), device), 5)
-            except (BackendError, RuntimeError, torch.cuda.OutOfMemoryError) as exc:  # recorded as not timed
+            except Exception as exc:  # noqa: BLE001 -- a backend that fails a case (a refusal, out of memory, a
+                # compile error) is not timed there, so "auto" never picks it for that key; the run goes on
                 ms[backend] = float("inf")
+                failures.append({"case": f"{case.op} {str(dt).removeprefix('torch.')} {case.label}",
+                                 "backend": backend, "error": f"{type(exc).__name__}: {exc}"[:300]})
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
                 if progress:

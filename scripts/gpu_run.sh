@@ -163,7 +163,10 @@ print(f"\n{'stage':10} {'status':22} {'s':>5}  last line")
 for s in stages:
     print(f"{s['stage']:10} {s['status']:22} {s['seconds']:>5}  {s['detail'][:90]}")
 gaps = summary["auto_gaps_over_5pct"]
-print("tune:", summary["tune"])
+tune = summary["tune"]
+if isinstance(tune, dict) and tune.get("failures"):  # the count here; each failure is in the table and tune.log
+    tune = dict(tune, failures=len(tune["failures"]))
+print("tune:", tune)
 print("auto > 5 % slower than the fastest:", gaps if isinstance(gaps, str) else f"{len(gaps)} cases")
 for g in gaps if isinstance(gaps, list) else []:
     print(f"  {g['op']} {g['label']} {g['dtype']} {g['mode']}: {g['ratio']}x of {g['best']}")

@@ -267,6 +267,26 @@ def test_tune_writes_a_table_auto_can_read(cache, monkeypatch):
     assert [str(e.key) for e in loaded.entries] == [str(e.key) for e in table.entries]
 
 
+def test_tune_survives_a_failing_backend_and_says_why(cache, monkeypatch):
+    """A kernel that raises on a case (a compile error, say) is not timed there, auto keeps 'torch' for
+    that key, the failure is in the table's meta, and the run measures the remaining cases."""
+    def broken_rms(x, weight=None, eps=1e-6, residual=None):
+        raise ValueError("planted: this config does not compile")
+
+    monkeypatch.setitem(B._REGISTRY, "rms_norm", dict(B._REGISTRY["rms_norm"]))
+    B.register("rms_norm", "triton", lambda: broken_rms, None)
+    monkeypatch.setattr(tune, "_available", lambda name: True)
+    monkeypatch.setattr(tune, "_why_not", lambda impl, call: None)
+    monkeypatch.setattr(tune, "candidates", lambda call: ["triton", "torch"])
+    table = tune.run(["rms_norm"], (torch.float32,), quick=True, device=torch.device("cpu"),
+                     timer=lambda fn, device: (fn(), 1.0)[1])
+    assert len(table.entries) == table.meta["of"] == 4
+    assert all(e.best == "torch" and e.ms == {"torch": 1.0} for e in table.entries)
+    fails = table.meta["failures"]
+    assert len(fails) == 4 and all(f["backend"] == "triton" and "planted" in f["error"] for f in fails)
+    assert dispatch.Table.from_json(table.to_json()).meta["failures"] == fails
+
+
 def test_tune_order_takes_the_commonest_keys_of_every_op_first():
     quick, full = tune.cases(tune.TUNE_OPS, quick=True), tune.cases(tune.TUNE_OPS)
     ids = [(c.op, c.label) for c in full]
