@@ -500,6 +500,23 @@ def test_norms_one_frame_path_honours_backend_state(monkeypatch):
     assert len(seen) == 6
 
 
+def test_norms_one_frame_path_calls_what_auto_memoized(monkeypatch):
+    """The one-frame layer_norm path calls torch.layer_norm itself only when auto's memo holds the native
+    implementation; any other memoized implementation (a registered 'torch' one) is what runs."""
+    x, w = torch.randn(3, 8), torch.randn(8)
+    ak.layer_norm(x)
+    native, calls = B._CPU_AUTO["layer_norm"], []
+
+    def spy(*args):
+        calls.append(1)
+        return native(*args)
+
+    monkeypatch.setitem(B._CPU_AUTO, "layer_norm", spy)
+    out = ak.layer_norm(x, w)
+    assert calls == [1]
+    torch.testing.assert_close(out, torch.nn.functional.layer_norm(x, (8,), w), rtol=0, atol=0)
+
+
 def _kv_calls():
     """Decoding-step arguments, good and bad, for the KV step's one-frame CPU path and the general one:
     (name, kwargs, whether the one-frame path takes them)."""
