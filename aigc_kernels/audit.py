@@ -31,7 +31,6 @@ import contextlib
 import dataclasses
 import importlib
 import importlib.util
-import json
 import multiprocessing
 import os
 import re
@@ -46,7 +45,7 @@ from pathlib import Path
 
 import torch
 
-from . import _device
+from . import _device, _files
 
 
 @dataclasses.dataclass(frozen=True)
@@ -805,4 +804,4 @@ def render(report: Report, console, verbose: bool = False) -> None:
 
 
 def write_json(report: Report, path: str | Path) -> None:
-    Path(path).write_text(json.dumps(report.to_json(), indent=1) + "\n")
+    _files.write_json(path, report.to_json())

@@ -18,8 +18,6 @@
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import platform
 import sys
 import time
@@ -27,6 +25,8 @@ import time
 import torch
 from rich.console import Console
 from rich.table import Table
+
+from . import _files
 
 SPEED_NOTE = ("No CUDA GPU here: kernel speed needs a CUDA GPU. Timings on this machine (the torch reference on "
               "CPU, or Triton's interpreter) say nothing about kernel speed.")
@@ -140,14 +140,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     results, skipped = [], []
     t0 = time.perf_counter()
 
-    def write_json() -> None:
-        payload = {"device": str(device), "versions": _versions(),
-                   "results": [dict(vars(r), passed=r.passed, status=r.status) for r in results],
-                   "skipped": [dict(op=o, backend=b, why=w) for o, b, w in skipped]}
-        tmp = f"{args.json}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(payload, f, indent=2)
-        os.replace(tmp, args.json)
+    def save() -> None:
+        _files.write_json(args.json, {"device": str(device), "versions": _versions(),
+                                      "results": [dict(vars(r), passed=r.passed, status=r.status) for r in results],
+                                      "skipped": [dict(op=o, backend=b, why=w) for o, b, w in skipped]}, indent=2)
 
     for op in wanted_ops:
         for name in wanted_backends:
@@ -158,7 +154,7 @@ def cmd_check(args: argparse.Namespace) -> int:
                 skipped.append((op, name, status[name][1]))
                 continue
             if args.json:  # what is checked so far: a run cut off (a time limit) keeps it
-                write_json()
+                save()
             done, t_group = len(results), time.perf_counter()
             for dtype in _check_dtypes(device, name):
                 for case in testing.cases(op, dtype, device, seed=args.seed):
@@ -202,7 +198,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     if device.type != "cuda":
         console.print(f"[yellow]{SPEED_NOTE}[/]")
     if args.json:
-        write_json()
+        save()
     return 1 if failed else 0
 
 

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from ._ext import minor_version
+from ._files import write_json
 from .contracts.calls import Call
 
 log = logging.getLogger("aigc_kernels.dispatch")
@@ -318,13 +319,10 @@ class Table:
                      dict(data.get("measured") or {}))
 
     def write(self, path: str | Path) -> Path:
-        """Write the table as JSON; atomically (a reader, or a run killed mid-write, never sees half a table)."""
+        """Write the table as JSON, atomically (a reader, or a run killed mid-write, never sees half a table)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(self.to_json(), indent=1) + "\n")
-        os.replace(tmp, path)
-        return path
+        return write_json(path, self.to_json())
 
 
 def cache_dir() -> Path:

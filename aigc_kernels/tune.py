@@ -203,8 +203,9 @@ def run(ops: Iterable[str] = TUNE_OPS, dtypes: Iterable[torch.dtype] = (torch.bf
             if progress:
                 progress(why, i, len(work))
             return table(i, why)
+        what = f"{case.op} {str(dt).removeprefix('torch.')} {case.label}"
         if progress:
-            progress(f"{case.op} {str(dt).removeprefix('torch.')} {case.label}", i, len(work))
+            progress(what, i, len(work))
         args, kwargs = case.make(device, dt)
         with torch.set_grad_enabled(case.grad):
             call = make_call(case.op, *args, **kwargs)
@@ -216,8 +217,7 @@ def run(ops: Iterable[str] = TUNE_OPS, dtypes: Iterable[torch.dtype] = (torch.bf
             except Exception as exc:  # noqa: BLE001 -- a backend that fails a case (a refusal, out of memory, a
                 # compile error) is not timed there, so "auto" never picks it for that key; the run goes on
                 ms[backend] = float("inf")
-                failures.append({"case": f"{case.op} {str(dt).removeprefix('torch.')} {case.label}",
-                                 "backend": backend, "error": f"{type(exc).__name__}: {exc}"[:300]})
+                failures.append({"case": what, "backend": backend, "error": f"{type(exc).__name__}: {exc}"[:300]})
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
                 if progress:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from rich.table import Table
 
+from .. import _files
 from .runner import SCHEMA_VERSION
 
 FIELDS = ("op", "provider", "mode", "dtype", "shape", "label", "median_ms", "p20_ms", "p80_ms", "tflops", "gbps",
@@ -46,7 +47,7 @@ def table(report: dict, show_skipped: bool = False) -> Table:
 
 
 def write_json(report: dict, path: str | Path) -> None:
-    Path(path).write_text(json.dumps(report, indent=1) + "\n")
+    _files.write_json(path, report)  # atomically: in the GPU pass this replaces the run's checkpoint file
 
 
 def write_csv(report: dict, path: str | Path) -> None:

@@ -41,6 +41,7 @@ from pathlib import Path
 
 import torch
 
+from .._files import write_json
 from .cases import MODES, BenchOp, Case, bench_ops
 
 SCHEMA_VERSION = 1
@@ -167,7 +168,7 @@ def run(op_names: Iterable[str] | None = None, providers: Iterable[str] | None =
             progress(i, len(work), f"{bop.name} {case.label}")
         report["results"] += _run_case(bop, case, device, providers, modes, ceilings, cpu_reps)
         if checkpoint is not None:
-            _write_atomically(checkpoint, report)
+            write_json(checkpoint, report)
     if progress:
         progress(len(work), len(work), "done")
     return report
@@ -190,16 +191,6 @@ def _steady_host_allocator() -> str:
     except (OSError, AttributeError):
         return "unchanged (no glibc mallopt)"
     return "glibc mmap threshold 32 MiB, trim threshold 1 GiB" if ok else "unchanged (mallopt refused)"
-
-
-def _write_atomically(path: str | Path, report: dict) -> None:
-    import json
-    import os
-
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(report, indent=1) + "\n")
-    os.replace(tmp, path)
 
 
 def _sig(x: float, digits: int = 4) -> float:

@@ -18,9 +18,8 @@ _T, _FLOATS, _torch_layer_norm = torch.Tensor, validation._FLOATS, torch.layer_n
 # first call through fast()) -- for layer_norm, torch.layer_norm itself when that memo is the native
 # implementation and the arguments need no conversion (one frame less: ~0.3 us). The helper calls are what
 # costs: this path is ~0.7-0.9 us over F.layer_norm (0.98x of it at 512x768) where the general one is
-# ~1.8-2.6 us. Anything else -- including every
-# argument validation would refuse -- takes the general path below, whose checks and errors are the
-# contract (tests compare the two paths).
+# ~1.8-2.6 us. Anything else -- including every argument validation would refuse -- takes the general path
+# below, whose checks and errors are the contract (tests compare the two paths).
 
 
 def layer_norm(
