@@ -26,8 +26,12 @@ report says so).
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import inspect
 import logging
+import sys
+import textwrap
 import types
 from collections.abc import Callable
 
@@ -37,7 +41,7 @@ from torch import nn
 from . import backend as backend_mod
 from . import nn as ak_nn
 from . import ops
-from .contracts.tables import HF_ACTIVATIONS
+from .contracts.tables import HF_ACTIVATIONS, HF_ATTENTION_KEYWORDS
 
 ATTR = "_aigc_kernels_patch"  # the undo log stored on a patched model
 HF_NAME = "aigc_kernels"
@@ -63,14 +67,137 @@ class PatchReport:
 # ----------------------------------------------------------------------------------------------
 # Hugging Face attention
 # ----------------------------------------------------------------------------------------------
-# Keywords transformers passes to attention functions that do not change the attention math
-# ("sdpa" ignores them too): output/caching bookkeeping, and position ids (used for the rotary
-# embedding before the call; flash-attention alone reads them as a packing hint).
-HF_IGNORED_KWARGS = frozenset({
-    "output_hidden_states", "output_router_logits", "use_cache", "cache_position", "position_ids",
-    "num_items_in_batch", "return_dict", "layer_idx", "past_key_values", "past_key_value", "cache",
-    "position_embeddings", "token_type_ids", "seq_idx",
-})
+# What the attention function does with each keyword transformers' attention implementations read: one table,
+# aigc_kernels.contracts.tables.HF_ATTENTION_KEYWORDS (honoured / refused / ignored). Keywords no attention
+# implementation reads (loss arguments such as shift_labels, a model's bookkeeping) pass, as they pass sdpa.
+_HF_VERDICT = {name: verdict for name, (verdict, _) in HF_ATTENTION_KEYWORDS.items()}
+# The leading positional arguments of an attention function (and of transformers' flash helpers), not keywords.
+_POSITIONAL_ARGS = frozenset({"module", "query", "key", "value", "attention_mask", "q", "k", "v", "query_states",
+                              "key_states", "value_states"})
+# transformers' helpers that its flash wrapper forwards a model's **kwargs to (their parameters are keywords too).
+_HF_FLASH_HELPERS = ("_flash_attention_forward", "_process_flash_attention_kwargs")
+
+
+def keywords_read(fn_def: ast.FunctionDef) -> set[str]:
+    """The keywords an attention function reads: its parameters after the leading (module, query, key, value,
+    attention_mask), and the names it reads from its ``**kwargs`` (``kwargs.get("x")``, ``.pop("x")``,
+    ``kwargs["x"]``, ``"x" in kwargs``)."""
+    args = fn_def.args
+    params = [a.arg for a in args.posonlyargs + args.args]
+    while params and params[0] in _POSITIONAL_ARGS:
+        params.pop(0)
+    names = set(params) | {a.arg for a in args.kwonlyargs}
+    kw = args.kwarg.arg if args.kwarg else None
+    if kw is None:
+        return names
+
+    def is_kwargs(node) -> bool:
+        return isinstance(node, ast.Name) and node.id == kw
+
+    def text(node) -> str | None:
+        return node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else None
+
+    for node in ast.walk(fn_def):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in ("get", "pop")
+                and is_kwargs(node.func.value) and node.args and text(node.args[0])):
+            names.add(text(node.args[0]))
+        elif isinstance(node, ast.Subscript) and is_kwargs(node.value) and text(node.slice):
+            names.add(text(node.slice))
+        elif (isinstance(node, ast.Compare) and len(node.ops) == 1 and isinstance(node.ops[0], (ast.In, ast.NotIn))
+              and is_kwargs(node.comparators[0]) and text(node.left)):
+            names.add(text(node.left))
+    return names
+
+
+def function_keywords(fn) -> frozenset[str]:
+    """keywords_read() of a live function: its signature, and what its source reads from **kwargs (where the
+    source is available and is this function's)."""
+    fn = inspect.unwrap(fn)
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return frozenset()
+    while params and params[0].name in _POSITIONAL_ARGS:
+        params.pop(0)
+    found = {p.name for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
+    except (OSError, TypeError, SyntaxError):
+        return frozenset(found)
+    fn_def = next((n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))), None)
+    if fn_def is not None and fn_def.name == fn.__name__:
+        found |= keywords_read(fn_def)
+    return frozenset(found)
+
+
+_hf_registry_keywords: frozenset[str] | None = None  # what transformers' registered attention functions read
+_hf_eager_keywords: dict[type, frozenset[str]] = {}  # per attention module class: what its model's eager reads
+_hf_passed_logged: set[str] = set()  # keywords passed through unread (logged once each at DEBUG)
+
+
+def _registry_keywords() -> frozenset[str]:
+    """The keywords read by transformers' own attention functions (sdpa, flash, flex, paged; their flash helpers)."""
+    global _hf_registry_keywords
+    if _hf_registry_keywords is None:
+        found: set[str] = set()
+        try:
+            from transformers import AttentionInterface
+
+            fns = list(AttentionInterface._global_mapping.values())
+        except (ImportError, AttributeError):  # pragma: no cover - other transformers versions
+            fns = []
+        try:
+            from transformers import modeling_flash_attention_utils as fa_utils
+
+            fns += [getattr(fa_utils, name) for name in _HF_FLASH_HELPERS if hasattr(fa_utils, name)]
+        except ImportError:  # pragma: no cover - other transformers versions
+            pass
+        for fn in fns:
+            if callable(fn) and getattr(fn, "__module__", "").startswith("transformers."):
+                found |= function_keywords(fn)
+        _hf_registry_keywords = frozenset(found)
+    return _hf_registry_keywords
+
+
+def _eager_keywords(module) -> frozenset[str]:
+    """The keywords read by the eager attention function of ``module``'s modeling file (none when it has none)."""
+    cls = type(module)
+    found = _hf_eager_keywords.get(cls)
+    if found is None:
+        eager = getattr(sys.modules.get(cls.__module__), "eager_attention_forward", None)
+        found = function_keywords(eager) if callable(eager) else frozenset()
+        _hf_eager_keywords[cls] = found
+    return found
+
+
+def _attention_reads(module, name: str) -> bool:
+    """Whether transformers' attention implementations (for this module's model) read keyword ``name``: one that
+    the table does not list yet, from a newer transformers, is refused rather than ignored."""
+    if torch.compiler.is_compiling():  # no source reading inside a trace: what was read before it
+        return name in (_hf_registry_keywords or ()) or name in _hf_eager_keywords.get(type(module), ())
+    return name in _registry_keywords() or name in _eager_keywords(module)
+
+
+def _check_keywords(module, kwargs: dict) -> None:
+    """Refuse the keywords that would change the result and that the library cannot honour; let the others pass."""
+    refused = []
+    for name, value in kwargs.items():
+        if value is None or value is False:  # unset: changes nothing
+            continue
+        verdict = _HF_VERDICT.get(name)
+        if verdict == "ignored":
+            continue
+        if verdict == "refused" or (verdict is None and _attention_reads(module, name)):
+            refused.append(name)
+        elif not torch.compiler.is_compiling() and name not in _hf_passed_logged:
+            _hf_passed_logged.add(name)
+            log.debug("%s: keyword %r is read by none of transformers' attention implementations; it passes, as it "
+                      "passes sdpa", type(module).__name__, name)
+    if refused:
+        raise TypeError(f"aigc_kernels attention ({type(module).__name__}): got keyword(s) {sorted(refused)} that it "
+                        "cannot honour (they change what attention computes); use attn_implementation='eager' (or "
+                        "'sdpa') for this model, or ak.unpatch(model)")
+
 
 log = logging.getLogger("aigc_kernels.patch")
 
@@ -107,8 +234,9 @@ def hf_attention_forward(module, query, key, value, attention_mask, dropout: flo
       module causal), and a prefill into an empty static cache (Lk > Lq, no mask) attends over the
       first Lq keys as sdpa does -- the library's causal is bottom-right aligned, sdpa's top-left;
     * ``softcap`` (Gemma-2), ``s_aux`` (attention sinks, GPT-OSS), ``position_bias`` (an additive
-      bias, as sdpa applies it) and ``sliding_window`` are honoured; any other keyword that could
-      change the result raises instead of being ignored;
+      bias, as sdpa applies it) and ``sliding_window`` are honoured; a keyword that transformers'
+      attention implementations read and the library cannot honour raises (``HF_ATTENTION_KEYWORDS``);
+      a keyword none of them reads (a loss argument such as ``shift_labels``) passes, as it passes sdpa;
     * ``output_attentions``: the real probabilities, from the materialized scores (slow path, logged
       at DEBUG), where "sdpa" returns None.
     """
@@ -116,15 +244,12 @@ def hf_attention_forward(module, query, key, value, attention_mask, dropout: flo
     sinks = kwargs.pop("s_aux", None)
     position_bias = kwargs.pop("position_bias", None)
     sliding_window = kwargs.pop("sliding_window", None)
-    head_mask = kwargs.pop("head_mask", None)
     want_weights = _weights_requested(kwargs)
     cu_q, cu_k = kwargs.pop("cu_seq_lens_q", None), kwargs.pop("cu_seq_lens_k", None)
     max_q, max_k = kwargs.pop("max_length_q", None), kwargs.pop("max_length_k", None)
-    unknown = sorted(k for k, v in kwargs.items() if k not in HF_IGNORED_KWARGS and v is not None and v is not False)
-    if unknown or head_mask is not None:
-        names = unknown + (["head_mask"] if head_mask is not None else [])
-        raise TypeError(f"aigc_kernels attention ({type(module).__name__}): got keyword(s) {names} that it cannot "
-                        "honour; use attn_implementation='eager' (or 'sdpa') for this model, or ak.unpatch(model)")
+    kwargs.pop("deterministic", None)  # the library's attention gradients are reproducible whatever it asks
+    if kwargs:
+        _check_keywords(module, kwargs)
     backend = getattr(module, "aigc_kernels_backend", None)
     q_len, kv_len = query.shape[2], key.shape[2]
     if cu_q is not None:  # packed sequences (transformers' flattening collator): attention within each one
@@ -425,11 +550,9 @@ def patch(model: nn.Module, *, backend: str | None = None, attention: bool | str
                             "tested ones): attention goes through transformers' registry and modules by the generic "
                             "rules; check its outputs against the unpatched model")
 
-    # "eager" is the user's choice only where transformers offers sdpa too (Gemma-2, GPT-OSS: eager is all there is)
-    user_eager = getattr(hf_config, "_attn_implementation", None) == "eager" and getattr(model, "_supports_sdpa", False)
-    if is_hf and attention and attention != "force" and user_eager:
-        report.left_alone.append(("", "attention", "the model runs attn_implementation='eager' (it returns attention "
-                                  "weights); pass attention='force' to replace it"))
+    keep_eager = _users_eager(model, hf_config, attention, report) if is_hf and attention else None
+    if keep_eager:
+        report.left_alone.append(("", "attention", keep_eager))
         attention = False
     elif is_hf and attention:
         heads = getattr(hf_config, "num_attention_heads", None) or getattr(hf_config, "n_head", None)
@@ -504,10 +627,44 @@ def patch(model: nn.Module, *, backend: str | None = None, attention: bool | str
         for name, module in model.named_modules():
             if hasattr(module, "is_causal") and type(module).__module__.startswith("transformers."):
                 set_attr(module, "aigc_kernels_backend", be_attn)
+                _attention_reads(module, "")  # read the attention keywords now, not inside a torch.compile trace
                 report.replaced.append((name, _qualname(module) + " attention function",
                                         f'aigc_kernels attention on {be_attn!r} (attn_implementation="{HF_NAME}")'))
     object.__setattr__(model, ATTR, log)
     return report
+
+
+def _users_eager(model: nn.Module, hf_config, attention: bool | str, report: PatchReport) -> str | None:
+    """Why a Hugging Face model on eager attention keeps it (None: replace it).
+
+    transformers keeps no record of whether eager was asked for or fell back to (a model without sdpa, such as
+    Gemma-2 or GPT-OSS, gets eager by default), so what tells a user's eager is what only eager can give:
+    * the model offers sdpa, its default: eager is then the user's choice, the usual way to get attention weights;
+    * ``config.output_attentions = True``: transformers returns weights by config only from eager attention
+      (and refuses any other implementation while it is set) -- the library's attention returns them per call.
+    ``attention="force"`` replaces the first; it cannot replace the second (transformers would refuse every
+    forward pass), so it raises instead.
+    """
+    if getattr(hf_config, "_attn_implementation", None) != "eager":
+        return None
+    if getattr(hf_config, "output_attentions", False):
+        if attention == "force":
+            raise ValueError("ak.patch(attention='force'): the model's config.output_attentions is True, which "
+                             "transformers serves only with attn_implementation='eager' (it refuses any other); set "
+                             "model.config.output_attentions = False first (output_attentions=True per call returns "
+                             "the real weights on the library's attention), or patch with attention=False")
+        return ("config.output_attentions=True: transformers returns attention weights by config only from "
+                "attn_implementation='eager'; set it to False (and pass output_attentions=True per call) to replace it")
+    if attention == "force":
+        return None
+    if getattr(model, "_supports_sdpa", False):
+        return ("the model runs attn_implementation='eager' where sdpa is its default: the user's choice (it returns "
+                "attention weights); pass attention='force' to replace it")
+    report.notes.append(f"attn_implementation='eager' is the only built-in attention transformers offers "
+                        f"{type(model).__name__} (no sdpa), and it records no difference between an eager asked for "
+                        "and one it fell back to: replaced by the library's attention (output_attentions=True per "
+                        "call still returns the real weights); pass attention=False to keep eager")
+    return None
 
 
 def _qualname(module: nn.Module) -> str:

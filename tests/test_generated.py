@@ -33,12 +33,21 @@ def test_check_mode_catches_a_stale_and_a_left_over_file(tmp_path, monkeypatch):
     gemm.mkdir()
     monkeypatch.setattr(gen, "ATTN", attn)
     monkeypatch.setattr(gen, "GEMM", gemm)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# title\n\n{gen.KW_BEGIN}\nstale\n{gen.KW_END}\n\nafter\n")
+    monkeypatch.setattr(gen, "README", readme)
     assert gen.main(["--check"]) == 1  # nothing written yet
     assert gen.main([]) == 0 and gen.main(["--check"]) == 0
     (attn / "flash_fwd_f16_d48.cu").write_text("// a head dim the tables do not list\n")
     assert gen.main(["--check"]) == 1
     assert gen.main([]) == 0 and not (attn / "flash_fwd_f16_d48.cu").exists()
     (gemm / "act_table.h").write_text("edited by hand\n")
+    assert gen.main(["--check"]) == 1
+    assert gen.main([]) == 0 and gen.main(["--check"]) == 0
+    text = readme.read_text()  # the keywords block regenerated in place, the rest kept
+    assert text.startswith("# title\n") and text.endswith("\nafter\n") and "stale" not in text
+    assert "| `shift_labels`" not in text and "| `softcap` | honoured |" in text and "| `head_mask` | refused |" in text
+    readme.write_text(text.replace("| `head_mask` | refused |", "| `head_mask` | ignored |"))
     assert gen.main(["--check"]) == 1
 
 

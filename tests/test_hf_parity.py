@@ -17,6 +17,7 @@ import pytest
 import torch
 
 import aigc_kernels as ak
+from aigc_kernels.patch import HF_MODEL_TYPES
 
 transformers = pytest.importorskip("transformers")
 from transformers.utils import logging as hf_logging  # noqa: E402
@@ -254,7 +255,7 @@ def test_gpt2_patched_returns_attentions():
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 
-def test_unknown_keywords_are_refused_and_known_ones_honoured():
+def test_attention_keywords_are_refused_by_name_and_known_ones_honoured():
     from aigc_kernels.patch import hf_attention_forward
 
     class M(torch.nn.Module):
@@ -265,7 +266,16 @@ def test_unknown_keywords_are_refused_and_known_ones_honoured():
         hf_attention_forward(M(), q, q, q, None, alibi_slopes=torch.ones(2))
     with pytest.raises(TypeError, match="head_mask"):
         hf_attention_forward(M(), q, q, q, None, head_mask=torch.ones(2))
-    out, _ = hf_attention_forward(M(), q, q, q, None, use_cache=True, position_ids=torch.arange(5))  # ignorable
+    with pytest.raises(TypeError, match=r"\['block_table', 'k_cache'\]"):  # paged KV: every one named
+        hf_attention_forward(M(), q, q, q, None, k_cache=q, block_table=torch.zeros(1, 1), shift_labels=q)
+    out, _ = hf_attention_forward(M(), q, q, q, None)
+    passing = (dict(use_cache=True, position_ids=torch.arange(5)),  # ignorable
+               dict(head_mask=None, block_table=None),  # refused ones, unset
+               dict(shift_labels=torch.arange(5), a_keyword_no_attention_reads=torch.ones(3)),  # read by no attention
+               dict(deterministic=True))  # honoured (always reproducible)
+    for kw in passing:
+        got, _ = hf_attention_forward(M(), q, q, q, None, **kw)
+        torch.testing.assert_close(got, out, atol=0, rtol=0)
     bias = torch.randn(1, 2, 5, 5)
     got, _ = hf_attention_forward(M(), q, q, q, None, position_bias=bias)
     ref = ak.reference.attention(q, q, q, causal=True, attn_mask=bias)
@@ -333,3 +343,216 @@ def test_chunked_prefill_into_a_partly_filled_cache(name, cache_kind):
     for (a, b), x, y in zip(chunks, got, ref, strict=True):
         real = mask[:, a:b].bool()
         torch.testing.assert_close(x[real], y[real], atol=1e-5, rtol=1e-5, msg=lambda m, a=a: f"chunk at {a}: {m}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Keywords: refused only when they change attention (tables.HF_ATTENTION_KEYWORDS); the rest pass as in sdpa
+# ----------------------------------------------------------------------------------------------
+def _with_labels(name: str):
+    """A model of type ``name`` with a loss head: causal LMs as tiny() builds them, BERT as a masked LM."""
+    if name != "bert":
+        return tiny(name)
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=V, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                  intermediate_size=128, max_position_embeddings=64)
+    return transformers.BertForMaskedLM(cfg).eval()
+
+
+@pytest.mark.parametrize("way", ["registered", "patched"])
+@pytest.mark.parametrize("name", sorted(HF_MODEL_TYPES))
+def test_loss_and_unrelated_keywords_pass_as_in_sdpa(name, way):
+    """transformers hands a model's extra keywords to every attention call: shift_labels (a loss argument, as
+    sequence-parallel training passes it) and a keyword no attention reads must pass, as sdpa lets them pass, and
+    the loss must equal transformers' own attention's."""
+    model = _with_labels(name)
+    model.set_attn_implementation(reference_impl(name))
+    ids, mask = inputs("right")  # right padding: no loss term reads a padding row (where implementations differ)
+    labels = ids.masked_fill(mask == 0, -100)
+    other = torch.randint(3, V, ids.shape, generator=torch.Generator().manual_seed(7)).masked_fill(mask == 0, -100)
+    shift = torch.cat([other[:, 1:], torch.full_like(other[:, :1], -100)], dim=1)  # not labels' own shift
+    extra = dict(a_keyword_no_attention_reads=torch.ones(2))
+
+    def losses(m):
+        with torch.no_grad():
+            plain = m(input_ids=ids, attention_mask=mask, labels=labels).loss
+            shifted = m(input_ids=ids, attention_mask=mask, labels=labels, shift_labels=shift, **extra).loss
+            return plain, shifted
+
+    ref_plain, ref_shifted = losses(model)
+    if name != "bert":  # a causal LM's loss reads shift_labels instead of shifting labels (a masked LM's does not)
+        assert not torch.allclose(ref_shifted, ref_plain)
+    got_plain, got_shifted = run_ours(model, name, way, "torch", losses)
+    torch.testing.assert_close(got_plain, ref_plain, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got_shifted, ref_shifted, atol=1e-5, rtol=1e-5)
+
+
+def _attention_code(source: str):
+    """The AST nodes of the top-level definitions of ``source`` that mention attention functions. Only those are
+    parsed (a whole modeling file takes ~35 ms, ~400 of them 15 s); the whole file when a piece does not parse."""
+    import ast
+    import re
+
+    pieces, decorators = [], ""
+    for piece in re.split(r"(?m)^(?=[^\s#)\]}])", source):
+        if piece.startswith("@"):  # a decorator belongs to the definition after it
+            decorators += piece
+            continue
+        pieces.append(decorators + piece)
+        decorators = ""
+    try:
+        trees = [ast.parse(p) for p in pieces if "attention_forward" in p or "attention_interface" in p
+                 or "_flash_attention" in p]
+    except SyntaxError:  # a piece cut inside a multi-line string: the whole file
+        trees = [ast.parse(source)]
+    for tree in trees:
+        yield from ast.walk(tree)
+
+
+def _scan_transformers() -> dict[str, set[str]]:
+    """Every keyword the installed transformers' attention code reads, with where: the named parameters and
+    **kwargs reads of every attention function (integrations: sdpa, flash, flex, paged, MSA; every model's
+    eager_attention_forward and other ``*attention_forward(module, ...)``), of the flash helpers a model's keywords
+    are forwarded to, and the keywords models pass to ``attention_interface(...)``."""
+    import ast
+    from pathlib import Path
+
+    from aigc_kernels.patch import _HF_FLASH_HELPERS, keywords_read
+
+    root = Path(transformers.__file__).parent
+    files = sorted(root.glob("integrations/*.py")) + sorted(root.glob("models/*/modeling_*.py"))
+    files.append(root / "modeling_flash_attention_utils.py")
+    found: dict[str, set[str]] = {}
+    for path in files:
+        for node in _attention_code(path.read_text()):
+            names: set[str] = set()
+            if isinstance(node, ast.FunctionDef) and (
+                    node.name in _HF_FLASH_HELPERS or (node.name.endswith("attention_forward") and node.args.args
+                                                       and node.args.args[0].arg == "module")):
+                names = keywords_read(node)
+            elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                  and node.func.id == "attention_interface"):
+                names = {k.arg for k in node.keywords if k.arg} - {"attention_mask", "query", "key", "value"}
+            for n in names:
+                found.setdefault(n, set()).add(str(path.relative_to(root)))
+    return found
+
+
+def test_every_attention_keyword_of_transformers_is_honoured_refused_or_ignored():
+    """Fails when transformers' attention code reads a keyword the library's table does not classify: a new
+    attention argument must be honoured or refused (or shown not to change the result), never passed unread."""
+    from aigc_kernels.contracts.tables import HF_ATTENTION_KEYWORDS, HF_KEYWORD_VERDICTS
+
+    assert {v for v, _ in HF_ATTENTION_KEYWORDS.values()} <= set(HF_KEYWORD_VERDICTS)
+    found = _scan_transformers()
+    # the scan sees what it must: sdpa's, flash's and the models' keywords
+    assert {"scaling", "dropout", "softcap", "s_aux", "sliding_window", "position_bias", "cu_seq_lens_q",
+            "block_table", "output_attentions"} <= set(found), sorted(found)
+    missing = {n: sorted(w)[:3] for n, w in found.items() if n not in HF_ATTENTION_KEYWORDS}
+    assert not missing, (f"transformers {transformers.__version__}: attention keywords not in "
+                         f"HF_ATTENTION_KEYWORDS: {missing}")
+
+
+def test_the_scan_sees_a_new_keyword():
+    """The classification test can fail: a parameter and every form of **kwargs read are found."""
+    import ast
+
+    from aigc_kernels.contracts.tables import HF_ATTENTION_KEYWORDS
+    from aigc_kernels.patch import keywords_read
+
+    src = '''
+def eager_attention_forward(module, query, key, value, attention_mask, scaling, new_param=None, *, new_kwonly=1,
+                            **kw):
+    a = kw.get("new_get"); b = kw.pop("new_pop", None); c = kw["new_item"]
+    if "new_in" in kw: pass
+    other = {}.get("not_a_keyword")
+'''
+    fn_def = ast.parse(src).body[0]
+    got = keywords_read(fn_def)
+    assert got == {"scaling", "new_param", "new_kwonly", "new_get", "new_pop", "new_item", "new_in"}
+    assert got - set(HF_ATTENTION_KEYWORDS) == got - {"scaling"}
+
+
+def test_an_unlisted_keyword_that_transformers_attention_reads_is_refused_at_run_time(monkeypatch, caplog, tmp_path):
+    """A newer transformers' attention keyword that the table does not list yet is refused, not ignored: the
+    function reads what the attention functions of the module's own modeling file read."""
+    import importlib.util
+    import logging
+    import sys
+
+    P = importlib.import_module("aigc_kernels.patch")  # (ak.patch, the function, shadows the module's name)
+
+    source = tmp_path / "modeling_fake.py"  # a modeling file of a newer transformers, with its source on disk
+    source.write_text("def eager_attention_forward(module, query, key, value, attention_mask, scaling, brand_new=None,"
+                      " **kw):\n    return kw.get('also_new')\n")
+    spec = importlib.util.spec_from_file_location("transformers.models.fake.modeling_fake", source)
+    fake = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fake)
+    monkeypatch.setitem(sys.modules, fake.__name__, fake)
+    M = type("FakeAttention", (torch.nn.Module,), {"is_causal": True, "__module__": fake.__name__})
+    q = torch.randn(1, 2, 5, 8)
+    for kw in ("brand_new", "also_new"):
+        with pytest.raises(TypeError, match=rf"\['{kw}'\].*cannot honour"):
+            P.hf_attention_forward(M(), q, q, q, None, **{kw: torch.ones(1)})
+    P._hf_passed_logged.discard("unread_by_anyone")
+    with caplog.at_level(logging.DEBUG, logger="aigc_kernels.patch"):
+        for _ in range(3):
+            P.hf_attention_forward(M(), q, q, q, None, unread_by_anyone=torch.ones(1))
+    said = [r for r in caplog.records if "unread_by_anyone" in r.getMessage()]
+    assert len(said) == 1 and "passes" in said[0].getMessage()  # once, at DEBUG
+
+
+def _gemma2(**kw):
+    torch.manual_seed(0)
+    cfg = transformers.Gemma2Config(vocab_size=V, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                    head_dim=16, sliding_window=4, attn_logit_softcapping=2.0,
+                                    query_pre_attn_scalar=16)
+    return transformers.Gemma2ForCausalLM._from_config(cfg, **kw).eval()
+
+
+def test_patch_keeps_an_explicit_eager_that_returns_attentions_by_config():
+    """transformers' test_attention_outputs on Gemma-2 (no sdpa): built with attn_implementation="eager" and
+    config.output_attentions = True, which transformers serves only from eager. ak.patch keeps eager (reported);
+    attention="force" cannot replace it and says why."""
+    model = _gemma2(attn_implementation="eager")
+    model.config.output_attentions = True
+    ids, mask = inputs("none")
+    ref = model(ids, attention_mask=mask)
+    report = ak.patch(model)
+    try:
+        assert model.config._attn_implementation == "eager"
+        assert any(kind == "attention" and "output_attentions" in why for _, kind, why in report.left_alone), report
+        out = model(ids, attention_mask=mask)
+        assert len(out.attentions) == 2
+        for a, b in zip(out.attentions, ref.attentions, strict=True):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    finally:
+        ak.unpatch(model)
+    with pytest.raises(ValueError, match="output_attentions"):
+        ak.patch(model, attention="force")
+    assert not hasattr(model, "_aigc_kernels_patch") and model.config._attn_implementation == "eager"
+
+
+def test_patch_replaces_eager_where_it_is_all_the_model_has():
+    """Gemma-2's default attention is eager (it offers no sdpa): patched, and the report says how to keep eager."""
+    model = _gemma2()
+    assert model.config._attn_implementation == "eager" and not model._supports_sdpa
+    ids, mask = inputs("left")
+    keep = mask.bool()
+    with torch.no_grad():
+        ref = model(ids, attention_mask=mask).logits
+    report = ak.patch(model)
+    try:
+        assert model.config._attn_implementation == "aigc_kernels"
+        assert any("attention=False to keep eager" in n for n in report.notes), report
+        with torch.no_grad():
+            got = model(ids, attention_mask=mask, output_attentions=True)
+        torch.testing.assert_close(got.logits[keep], ref[keep], atol=2e-4, rtol=2e-4)
+        assert got.attentions[0] is not None  # per call: the real weights on the library's attention
+    finally:
+        ak.unpatch(model)
+    report = ak.patch(model, attention=False)
+    try:
+        assert model.config._attn_implementation == "eager"
+    finally:
+        ak.unpatch(model)

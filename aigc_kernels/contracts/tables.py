@@ -35,3 +35,58 @@ CUDA_BWD_HEAD_DIMS = (32, 64, 96, 128)  # a subset of the forward's
 
 # The Triton attention: any head dim in this inclusive range (padded to a power of two).
 TRITON_HEAD_DIMS = (16, 256)
+
+# Keywords that transformers' attention implementations read (the named parameters of sdpa, flash,
+# flex, paged and every model's eager attention function past (module, query, key, value, mask), and
+# what they read from **kwargs), with what the library's attention function does with each:
+#   "honoured": computed as transformers' own attention computes it;
+#   "refused":  it changes what attention computes and the library cannot do it: a TypeError names it
+#               (when its value is set: None and False change nothing);
+#   "ignored":  read by some implementation, yet it does not change what sdpa computes (the reason says why).
+# A keyword that no attention implementation reads (a loss argument such as shift_labels, a model's own
+# bookkeeping) is not listed: it passes, as sdpa lets it pass. tests/test_hf_parity.py scans the installed
+# transformers and fails on an attention keyword missing here; at run time an unlisted keyword that the
+# installed transformers' attention functions read is refused (aigc_kernels/patch.py).
+HF_ATTENTION_KEYWORDS: dict[str, tuple[str, str]] = {
+    "dropout": ("honoured", "attention dropout, as ak.attention(dropout_p=...)"),
+    "scaling": ("honoured", "the softmax scale"),
+    "is_causal": ("honoured", "causal exactly when sdpa's would be (more than one query, no mask)"),
+    "softcap": ("honoured", "soft-capping c*tanh(s/c) of the scores (Gemma-2)"),
+    "s_aux": ("honoured", "attention sinks: one logit per head in the softmax denominator (GPT-OSS)"),
+    "position_bias": ("honoured", "an additive bias on the scores, combined with the mask as sdpa combines it"),
+    "sliding_window": ("honoured", "a window of that many keys (without a mask; a mask already carries it)"),
+    "output_attentions": ("honoured", "the real attention probabilities, from the materialized scores"),
+    "cu_seq_lens_q": ("honoured", "packed sequences: attention within each, through ak.attention_varlen"),
+    "cu_seq_lens_k": ("honoured", "packed sequences (with cu_seq_lens_q)"),
+    "max_length_q": ("honoured", "packed sequences (with cu_seq_lens_q)"),
+    "max_length_k": ("honoured", "packed sequences (with cu_seq_lens_q)"),
+    "deterministic": ("honoured", "the library's attention gradients are always bitwise reproducible"),
+    "position_ids": ("ignored", "flash reads it to find packed rows; sdpa does not, and the mask builder "
+                                "registered with the library's attention (sdpa's) turns packed position_ids "
+                                "into a block mask"),
+    "cache_position": ("ignored", "read by the sparse MSA kernel for its cache bound; the mask carries it"),
+    "kernel_options": ("ignored", "flex_attention's kernel tuning options: no effect on the result"),
+    "layer_idx": ("ignored", "passed by transformers' flash wrapper to its own helper (a kernel cache key)"),
+    "target_dtype": ("ignored", "set by transformers' flash wrapper: the dtype flash-attn casts fp32 inputs to"),
+    "attn_implementation": ("ignored", "set by transformers' flash wrapper: which flash kernel to load"),
+    "use_top_left_mask": ("ignored", "set by transformers' flash wrapper: an old flash-attn's causal alignment"),
+    "softmax_scale": ("ignored", "set by transformers' flash wrapper from scaling (honoured)"),
+    "query_length": ("ignored", "set by transformers' flash wrapper from the query's shape"),
+    "key_length": ("ignored", "set by transformers' flash wrapper from the key's shape"),
+    "max_seqlen_q": ("ignored", "set by transformers' flash wrapper from max_length_q (honoured)"),
+    "max_seqlen_k": ("ignored", "set by transformers' flash wrapper from max_length_k (honoured)"),
+    "supports_mapping": ("ignored", "set by transformers' flash wrapper: what the loaded flash kernel takes"),
+    "head_mask": ("refused", "multiplies each head's probabilities (transformers 4.x eager)"),
+    "alibi": ("refused", "ALiBi position biases (older Falcon/Bloom attention)"),
+    "alibi_slopes": ("refused", "ALiBi slopes (flash-attn's API)"),
+    "block_table": ("refused", "a paged KV cache (continuous batching): not built yet"),
+    "k_cache": ("refused", "a paged KV cache (continuous batching): not built yet"),
+    "v_cache": ("refused", "a paged KV cache (continuous batching): not built yet"),
+    "cache_seqlens": ("refused", "a paged KV cache (continuous batching): not built yet"),
+    "cache": ("ignored", "the model's KV cache object: what it holds is in key/value when attention runs (a paged "
+                        "cache comes with block_table, refused)"),
+    "indices": ("refused", "sparse attention: the keys each query attends to (DeepSeek-V3.2-style indexers)"),
+    "block_indices": ("refused", "block-sparse attention: the key blocks each query attends to (MSA)"),
+    "sinks": ("refused", "a model's own sink parameter (Inkling-2), untested with the library's sinks"),
+}
+HF_KEYWORD_VERDICTS = ("honoured", "refused", "ignored")
