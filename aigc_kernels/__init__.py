@@ -32,6 +32,7 @@ from .ops import (
     layer_norm,
     linear,
     rms_norm,
+    rotary,
 )
 from .patch import patch, register_hf, unpatch
 
@@ -53,6 +54,7 @@ __all__ = [
     "nn",
     "reference",
     "rms_norm",
+    "rotary",
     "patch",
     "register_hf",
     "set_backend",

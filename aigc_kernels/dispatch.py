@@ -169,6 +169,12 @@ def _ffn_key(x, w_in, b_in, w_out, b_out, activation="gelu", w_gate=None, b_gate
                                      ("h", bucket(w_in.shape[0]))))
 
 
+def _rotary_key(x, cos, sin, position_ids=None, interleaved=False, inplace=False):
+    feats = [_dt(x)] + (["interleaved"] if interleaved else []) + (["inplace"] if inplace else [])
+    feats += (["positions"] if position_ids is not None else []) + _grad(x, cos, sin)
+    return Key("rotary", tuple(feats), (("d", x.shape[-1]), ("r", 2 * cos.shape[1]), ("rows", bucket(_rows(x)))))
+
+
 # ----------------------------------------------------------------------------------------------
 # signatures: what a key depends on, read off the call without bucketing or building a Key. A table
 # memoizes signature -> entry, so a repeated call (~150 per decoded token) costs one tuple and one
@@ -210,9 +216,13 @@ def _ffn_sig(x, w_in, b_in, w_out, b_out, activation="gelu", w_gate=None, b_gate
     return ("ffn", x.dtype, x.shape, w_in.shape, activation, w_gate is None, recompute, _g(x, w_in, w_out, w_gate))
 
 
+def _rotary_sig(x, cos, sin, position_ids=None, interleaved=False, inplace=False):
+    return ("rotary", x.dtype, x.shape, cos.shape[1], interleaved, inplace, position_ids is None, _g(x, cos, sin))
+
+
 _SIGS = {"attention": _attention_sig, "attention_varlen": _varlen_sig, "attention_with_kvcache": _kvcache_sig,
          "kvcache_append": _append_sig, "layer_norm": _layer_norm_sig, "rms_norm": _rms_norm_sig,
-         "linear": _linear_sig, "ffn": _ffn_sig}
+         "linear": _linear_sig, "ffn": _ffn_sig, "rotary": _rotary_sig}
 
 
 def signature(call: Call) -> tuple:
@@ -222,7 +232,7 @@ def signature(call: Call) -> tuple:
 
 _KEYS = {"attention": _attention_key, "attention_varlen": _varlen_key, "attention_with_kvcache": _kvcache_key,
          "kvcache_append": _append_key, "layer_norm": _layer_norm_key, "rms_norm": _rms_norm_key,
-         "linear": _linear_key, "ffn": _ffn_key}
+         "linear": _linear_key, "ffn": _ffn_key, "rotary": _rotary_key}
 
 
 # ----------------------------------------------------------------------------------------------

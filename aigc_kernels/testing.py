@@ -152,6 +152,21 @@ def cases(op: str, dtype: torch.dtype, device: torch.device | str, seed: int = 0
         yield Case("GeGLU, recompute", plain, dict(activation="gelu", recompute=True, **gate),
                    (*plain, "w_gate", "b_gate"))
         yield Case("plain relu, recompute", plain, dict(activation="relu", recompute=True), tuple(plain))
+    elif op == "rotary":
+        def angles(lmax, half):  # cos/sin rows of real angles (p * inv_freq), in the case's dtype
+            t = torch.arange(lmax, dtype=torch.float64)[:, None] * 10000.0 ** (-torch.arange(half) / half)
+            return t.cos().to(device=device, dtype=dtype), t.sin().to(device=device, dtype=dtype)
+
+        cos, sin = angles(40, 16)
+        x = r(2, 3, 11, 32)
+        yield Case("NeoX", dict(x=x, cos=cos, sin=sin), {}, ("x",))
+        yield Case("GPT-J (interleaved)", dict(x=x, cos=cos, sin=sin), dict(interleaved=True), ("x",))
+        pos = torch.randint(0, 40, (2, 11), generator=g).to(device)
+        cos24, sin24 = angles(40, 12)  # partial: 24 of 40 features rotate
+        yield Case("partial 24/40, position_ids, grad cos/sin", dict(x=r(2, 3, 11, 40), cos=cos24, sin=sin24),
+                   dict(position_ids=pos), ("x", "cos", "sin"))
+        yield Case("in place, interleaved, (1, L) positions", dict(x=r(2, 3, 11, 40), cos=cos24, sin=sin24),
+                   dict(position_ids=pos[:1], interleaved=True, inplace=True), mutates=("x",))
     else:
         raise ValueError(f"cases: unknown op {op!r}")
 

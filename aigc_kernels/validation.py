@@ -31,6 +31,7 @@ from .contracts.calls import (
     LayerNormCall,
     LinearCall,
     RMSNormCall,
+    RotaryCall,
 )
 from .contracts.tables import ACTIVATIONS
 
@@ -559,9 +560,60 @@ def ffn_call(x, w_in, b_in, w_out, b_out, activation="gelu", w_gate=None, b_gate
     return _new(FFNCall, (x, w_in, b_in, w_out, b_out, activation, w_gate, b_gate, recompute))
 
 
+_INDEX_DTYPES = (torch.int32, torch.int64)
+
+
+def _rotary_args_full(x, cos, sin, position_ids, interleaved, inplace) -> None:
+    op = "ak.rotary"
+    tensor(op, "x", x, ndim=4, layout="(B, H, L, D)")
+    tensor(op, "cos", cos, ndim=2, layout="(Lmax, rotary_dim / 2)")
+    tensor(op, "sin", sin, ndim=2, layout="(Lmax, rotary_dim / 2)")
+    if sin.shape != cos.shape:
+        raise ValueError(f"{op}: expected sin of cos's shape {_shape(cos)} (Lmax, rotary_dim / 2), got {_shape(sin)}")
+    same_dtype(op, "cos", cos, sin=sin)
+    same_device(op, "x", x, cos=cos, sin=sin, position_ids=position_ids)
+    b, _, length, d = x.shape
+    half = cos.shape[1]
+    if half < 1 or 2 * half > d:
+        raise ValueError(f"{op}: expected cos/sin of shape (Lmax, rotary_dim / 2) with 2 <= rotary_dim <= D = {d}, "
+                         f"got {_shape(cos)} (rotary_dim = {2 * half})")
+    lmax = cos.shape[0]
+    if position_ids is None:
+        if length > lmax:
+            raise ValueError(f"{op}: without position_ids, rows 0..L-1 of cos/sin are used: expected L = {length} <= "
+                             f"Lmax = {lmax} (cos/sin rows), or pass position_ids")
+    else:
+        tensor(op, "position_ids", position_ids, ndim=2, layout="(B, L) or (1, L)", dtypes=_INDEX_DTYPES)
+        if position_ids.shape[1] != length or position_ids.shape[0] not in (1, b):
+            raise ValueError(f"{op}: expected position_ids of shape ({b}, {length}) or (1, {length}) (B, L), "
+                             f"got {_shape(position_ids)}")
+        # Reading CPU-resident positions is free; on a GPU an out-of-range row is the caller's bug (the CUDA
+        # kernel asserts on the device, as torch's own index kernels do).
+        if position_ids.device.type == "cpu" and position_ids.numel() and not torch.compiler.is_compiling():
+            lo, hi = int(position_ids.min()), int(position_ids.max())
+            if lo < 0 or hi >= lmax:
+                raise ValueError(f"{op}: expected position_ids in [0, Lmax) = [0, {lmax}) (cos/sin rows), got values "
+                                 f"in [{lo}, {hi}]")
+    _flag(op, "interleaved", interleaved)
+    _flag(op, "inplace", inplace)
+
+
+def rotary_call(x, cos, sin, position_ids=None, interleaved=False, inplace=False) -> RotaryCall:
+    if (isinstance(x, _T) and isinstance(cos, _T) and isinstance(sin, _T) and position_ids is None
+            and type(interleaved) is bool and type(inplace) is bool):
+        xs, cs = x.shape, cos.shape
+        if (len(xs) == 4 and len(cs) == 2 and sin.shape == cs and 1 <= cs[1] and 2 * cs[1] <= xs[3]
+                and xs[2] <= cs[0] and x.dtype in _FLOATS and cos.dtype in _FLOATS and sin.dtype is cos.dtype
+                and _same_device(x, cos, sin)):
+            return _new(RotaryCall, (x, cos, sin, None, interleaved, inplace))
+    _rotary_args_full(x, cos, sin, position_ids, interleaved, inplace)
+    return _new(RotaryCall, (x, cos, sin, position_ids, interleaved, inplace))
+
+
 _BUILDERS = {"attention": attention_call, "attention_varlen": attention_varlen_call,
              "attention_with_kvcache": kvcache_call, "kvcache_append": kvcache_append_call,
-             "layer_norm": layer_norm_call, "rms_norm": rms_norm_call, "linear": linear_call, "ffn": ffn_call}
+             "layer_norm": layer_norm_call, "rms_norm": rms_norm_call, "linear": linear_call, "ffn": ffn_call,
+             "rotary": rotary_call}
 
 
 def make_call(op: str, *args, **kwargs) -> Call:

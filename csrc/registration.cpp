@@ -11,6 +11,15 @@ TORCH_LIBRARY(aigc_kernels, m) {
   m.def(
       "kvcache_append(Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor k_new, Tensor v_new, "
       "Tensor cache_seqlens) -> ()");
+  // Rotary embedding: x (B, H, L, D) rotated by rows positions (B or 1, L; none: 0..L-1) of cos/sin
+  // (Lmax, R/2), GPT-NeoX or interleaved (GPT-J) pairs, by minus the angle when conjugate (the backward).
+  // rotary_fwd returns a new tensor (features past R copied); rotary_inplace writes x's first R features.
+  m.def(
+      "rotary_fwd(Tensor x, Tensor cos, Tensor sin, Tensor? positions, bool interleaved, bool conjugate) "
+      "-> Tensor");
+  m.def(
+      "rotary_inplace(Tensor(a!) x, Tensor cos, Tensor sin, Tensor? positions, bool interleaved, "
+      "bool conjugate) -> ()");
   // LayerNorm (is_rms = false) / RMSNorm over the last dim of x (rows, cols), optionally of
   // s = x + residual. Returns y, s (empty without residual), mean (rows,) float32 (empty for
   // RMSNorm) and rstd (rows,) float32.

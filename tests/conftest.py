@@ -81,11 +81,11 @@ def cuda_ops():
         pytest.skip(why)
     import types
 
-    from aigc_kernels.cuda import attention, kvcache, linear, norm
+    from aigc_kernels.cuda import attention, kvcache, linear, norm, rotary
 
     return types.SimpleNamespace(**{name: getattr(module, name) for module, names in (
         (attention, ("attention", "attention_varlen", "attention_with_kvcache")), (kvcache, ("kvcache_append",)),
-        (linear, ("linear", "ffn")), (norm, ("layer_norm", "rms_norm"))) for name in names})
+        (linear, ("linear", "ffn")), (norm, ("layer_norm", "rms_norm")), (rotary, ("rotary",))) for name in names})
 
 
 @pytest.fixture

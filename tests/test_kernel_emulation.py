@@ -160,3 +160,26 @@ def test_activation_kernels_under_emulation(build, dtype, act):
 def test_kvcache_append_kernel_under_emulation(build, vector, strided):
     res = run(build("kvcache_emulate"), [vector, strided, 7])
     assert res["checked"] > 0 and res["mismatches"] == 0, res
+
+
+# (dtype, interleaved, vector, positions: 0 none / 1 int64 (B, L) / 2 int32 (1, L), inplace, conjugate)
+ROTARY_CASES = [
+    ("f32", 0, 1, 0, 0, 0),
+    ("f16", 0, 1, 1, 0, 1),
+    ("bf16", 1, 1, 1, 0, 0),
+    ("f16", 1, 0, 2, 1, 0),
+    ("bf16", 0, 0, 2, 1, 1),
+    ("f32", 1, 0, 1, 0, 1),
+]
+
+
+@pytest.mark.parametrize("case", ROTARY_CASES, ids=["-".join(map(str, c)) for c in ROTARY_CASES])
+def test_rotary_kernel_under_emulation(build, case):
+    """The CUDA rotary kernel (csrc/rotary/rotary_kernels.cuh): both pair layouts, vector and scalar
+    accesses, positions absent / int64 (B, L) / int32 (1, L), in place or into a new tensor (the features
+    past rotary_dim copied or left), the backward's conjugate rotation, x seen through (B, L, H, D) strides,
+    and a row loop that wraps -- against float64."""
+    res = run(build("rotary_emulate"), [*case, 11])
+    bound = NORM_REL[case[0]] * max(res["ref"], 1.0) + (1e-3 if case[0] != "f32" else 1e-6)
+    assert res["ref"] > 0 and res["err"] <= bound, res
+    assert res["rest_mismatches"] == 0, res

@@ -123,7 +123,18 @@ class FFNCall(NamedTuple):
     op = "ffn"
 
 
+class RotaryCall(NamedTuple):
+    x: Tensor
+    cos: Tensor
+    sin: Tensor
+    position_ids: Tensor | None
+    interleaved: bool
+    inplace: bool
+
+    op = "rotary"
+
+
 Call = (AttentionCall | AttentionVarlenCall | KVCacheCall | KVCacheAppendCall | LayerNormCall | RMSNormCall
-        | LinearCall | FFNCall)
+        | LinearCall | FFNCall | RotaryCall)
 CALLS = {c.op: c for c in (AttentionCall, AttentionVarlenCall, KVCacheCall, KVCacheAppendCall, LayerNormCall,
-                           RMSNormCall, LinearCall, FFNCall)}
+                           RMSNormCall, LinearCall, FFNCall, RotaryCall)}

@@ -17,6 +17,7 @@ from .calls import (
     LayerNormCall,
     LinearCall,
     RMSNormCall,
+    RotaryCall,
 )
 from .tables import CUDA_BWD_HEAD_DIMS, CUDA_FWD_HEAD_DIMS, TRITON_HEAD_DIMS
 
@@ -193,3 +194,28 @@ def cuda_gemm(call: LinearCall | FFNCall) -> str | None:
 
 triton_linear = triton_ffn = triton_gemm
 cuda_linear = cuda_ffn = cuda_gemm
+
+
+# ----------------------------------------------------------------------------------------------
+# rotary
+# ----------------------------------------------------------------------------------------------
+ROTARY_MAX_HALF = 256  # rotary pairs a row (rotary_dim <= 512): one register tile of the kernels
+
+
+def _rotary(kernel: str, call: RotaryCall) -> str | None:
+    x, cos = call.x, call.cos
+    if x.dtype not in KERNEL_DTYPES:
+        return (f"the {kernel} rotary takes x in float32, float16 or bfloat16 (it computes in float32), got "
+                f"{_name(x.dtype)}")
+    if cos.dtype not in KERNEL_DTYPES:
+        return f"the {kernel} rotary takes cos/sin in float32, float16 or bfloat16, got {_name(cos.dtype)}"
+    if kernel == "CUDA" and cos.dtype not in (x.dtype, torch.float32):
+        return (f"the CUDA rotary takes cos/sin in x's dtype or float32, got {_name(cos.dtype)} with x in "
+                f"{_name(x.dtype)}")
+    if cos.shape[1] > ROTARY_MAX_HALF:
+        return f"the {kernel} rotary takes rotary_dim up to {2 * ROTARY_MAX_HALF}, got {2 * cos.shape[1]}"
+    return None
+
+
+triton_rotary = functools.partial(_rotary, "Triton")
+cuda_rotary = functools.partial(_rotary, "CUDA")

@@ -19,6 +19,7 @@ Where the contract and PyTorch's function differ, the difference is bridged here
   six-kernel composite (measured 1.5-1.9x faster here; see native/norm.py).
 * linear: F.linear and the activation (``torch._addmm_activation`` fuses bias + ReLU into the GEMM
   where it applies); ffn: the same, and ``recompute=True`` through activation checkpointing.
+* rotary: PyTorch has no fused rotary call: its elementwise ops, in float32 for half inputs.
 
 One module per op family (attention, norm, linear). The naive oracle stays ``aigc_kernels.reference``
 (backend "reference"); this package never calls it.
@@ -29,6 +30,7 @@ from __future__ import annotations
 from .attention import attention, attention_math, attention_varlen, attention_with_kvcache, kvcache_append
 from .linear import ffn, linear
 from .norm import layer_norm, rms_norm
+from .rotary import rotary
 
 __all__ = ["attention", "attention_math", "attention_varlen", "attention_with_kvcache", "ffn", "kvcache_append",
-           "layer_norm", "linear", "rms_norm"]
+           "layer_norm", "linear", "rms_norm", "rotary"]

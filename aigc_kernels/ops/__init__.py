@@ -16,6 +16,7 @@ from ..contracts import limits
 from .attention import attention, attention_varlen, attention_with_kvcache, kvcache_append
 from .linear import ffn, linear
 from .norm import layer_norm, rms_norm
+from .rotary import rotary
 
 PUBLIC_OPS = (
     "attention",
@@ -26,6 +27,7 @@ PUBLIC_OPS = (
     "rms_norm",
     "linear",
     "ffn",
+    "rotary",
 )
 
 for _op in PUBLIC_OPS:
@@ -59,6 +61,12 @@ def _cuda_linear():
     return linear
 
 
+def _cuda_rotary():
+    from ..cuda import rotary
+
+    return rotary
+
+
 def _triton_attention():
     from ..triton import attention
 
@@ -77,6 +85,12 @@ def _triton_linear():
     return linear
 
 
+def _triton_rotary():
+    from ..triton import rotary
+
+    return rotary
+
+
 def _attr(module_loader, name: str):
     return getattr(module_loader(), name)
 
@@ -90,6 +104,7 @@ _KERNELS = [  # (backend, op, module, check of the arguments: aigc_kernels.contr
     ("cuda", "rms_norm", _cuda_norm, limits.cuda_rms_norm),
     ("cuda", "linear", _cuda_linear, limits.cuda_linear),
     ("cuda", "ffn", _cuda_linear, limits.cuda_ffn),
+    ("cuda", "rotary", _cuda_rotary, limits.cuda_rotary),
     ("triton", "attention", _triton_attention, limits.triton_attention),
     ("triton", "attention_varlen", _triton_attention, limits.triton_attention_varlen),
     ("triton", "attention_with_kvcache", _triton_attention, limits.triton_attention_with_kvcache),
@@ -98,6 +113,7 @@ _KERNELS = [  # (backend, op, module, check of the arguments: aigc_kernels.contr
     ("triton", "rms_norm", _triton_norm, limits.triton_rms_norm),
     ("triton", "linear", _triton_linear, limits.triton_linear),
     ("triton", "ffn", _triton_linear, limits.triton_ffn),
+    ("triton", "rotary", _triton_rotary, limits.triton_rotary),
 ]
 for _backend, _op, _module, _check in _KERNELS:
     register(_op, _backend, functools.partial(_attr, _module, _op), _check)
@@ -112,4 +128,5 @@ __all__ = [
     "layer_norm",
     "linear",
     "rms_norm",
+    "rotary",
 ]

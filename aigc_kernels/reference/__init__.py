@@ -6,7 +6,7 @@ reference the kernels are judged against, or in the kernels' own low precision t
 error that precision alone causes (see aigc_kernels.testing).
 
 Arguments are assumed valid: the public functions in aigc_kernels.ops check them first. One module
-per op family (attention, norm, linear).
+per op family (attention, norm, linear, rotary).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from ..contracts.tables import ACTIVATIONS
 from .attention import attention, attention_mask, attention_varlen, attention_with_kvcache, band_mask, kvcache_append
 from .linear import ffn, linear
 from .norm import layer_norm, rms_norm
+from .rotary import rotary
 
 __all__ = [
     "ACTIVATIONS",
@@ -30,4 +31,5 @@ __all__ = [
     "layer_norm",
     "linear",
     "rms_norm",
+    "rotary",
 ]
