@@ -209,7 +209,10 @@ def _active_driver():
     return getattr(driver, "_active", None)
 
 
-KERNEL_MODULES = ("aigc_kernels.triton.attention", "aigc_kernels.triton.norm", "aigc_kernels.triton.linear")
+# Every module of aigc_kernels/triton (one per op family; _tuning holds configs): a new family is audited and
+# has its per-target caches cleared without being listed here.
+KERNEL_MODULES = tuple(sorted(f"aigc_kernels.triton.{p.stem}" for p in (Path(__file__).parent / "triton").glob("*.py")
+                              if not p.stem.startswith("__")))
 
 
 def _jit_function(obj):
@@ -449,6 +452,38 @@ def gemm_cases() -> list[Case]:
     return cases
 
 
+def rotary_cases() -> list[Case]:
+    from .triton import rotary as T
+
+    def run(dt, d, rotary_dim, interleaved, positions, inplace, grad, heads=32, length=4096, cos_dt=None):
+        def go():
+            dtype = _DT[dt]
+            x = _t(2, heads, length, d, dtype=dtype, grad=grad)
+            cos = _t(length, rotary_dim // 2, dtype=_DT[cos_dt or dt])
+            sin = _t(length, rotary_dim // 2, dtype=_DT[cos_dt or dt])
+            pos = torch.zeros(2, length, dtype=torch.int64) if positions else None
+            with torch.set_grad_enabled(grad):
+                out = T.rotary(x * 1 if (grad and inplace) else x, cos, sin, pos, interleaved, inplace)
+                if grad:
+                    _backward(out)
+
+        return go
+
+    cases = []
+    for dt in ("bf16", "fp16", "fp32"):
+        for interleaved in (False, True):
+            layout = "GPT-J" if interleaved else "NeoX"
+            cases.append(Case("rotary", f"rotary {dt} d128 {layout} fwd+bwd", run(dt, 128, 128, interleaved, True,
+                                                                                  False, True)))
+    cases.append(Case("rotary", "rotary bf16 d64 NeoX in place (decoding, 1 row)",
+                      run("bf16", 64, 64, False, True, True, False, length=1)))
+    cases.append(Case("rotary", "rotary bf16 d256 partial 64 (fp32 angles)",
+                      run("bf16", 256, 64, False, False, False, False, cos_dt="fp32")))
+    cases.append(Case("rotary", "rotary bf16 d512 rotary_dim 512", run("bf16", 512, 512, True, False, False, True,
+                                                                          heads=4, length=256)))
+    return cases
+
+
 def tune_cases() -> list[Case]:
     """The grid ``aigc-kernels tune`` times (bf16, every key, forward and forward + backward), through the
     Triton implementation as tune calls it: the sizes a GPU's first tune run meets (32k-key decoding
@@ -482,7 +517,8 @@ def tune_cases() -> list[Case]:
     return [Case("tune", f"tune {tc.op} bf16 {tc.label}", case(tc)) for tc in tune.cases(tune.TUNE_OPS)]
 
 
-FAMILIES = {"attention": attention_cases, "norm": norm_cases, "gemm": gemm_cases, "tune": tune_cases}
+FAMILIES = {"attention": attention_cases, "norm": norm_cases, "gemm": gemm_cases, "rotary": rotary_cases,
+            "tune": tune_cases}
 
 
 # ----------------------------------------------------------------------------------------------

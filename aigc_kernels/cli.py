@@ -28,6 +28,9 @@ from rich.table import Table
 
 from . import _files
 
+# aigc_kernels.audit.FAMILIES' names (the audit imports triton: the parser must not; a test compares them)
+AUDIT_FAMILIES = ["attention", "norm", "gemm", "rotary", "tune"]
+
 SPEED_NOTE = ("No CUDA GPU here: kernel speed needs a CUDA GPU. Timings on this machine (the torch reference on "
               "CPU, or Triton's interpreter) say nothing about kernel speed.")
 
@@ -400,7 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_tune)
     p = sub.add_parser("audit", help="compile every Triton kernel for GPU targets with no GPU; resources, spills")
     p.add_argument("--arch", default="90a,80", help="comma-separated targets: 90a, 80, 100a (default 90a,80)")
-    p.add_argument("--family", action="append", choices=["attention", "norm", "gemm", "tune"],
+    p.add_argument("--family", action="append", choices=AUDIT_FAMILIES,
                    help="only these kernels (tune: the grid `aigc-kernels tune` times)")
     p.add_argument("--jobs", type=int, default=None, help="parallel compile processes (default: the CPU count)")
     p.add_argument("--json", metavar="FILE", help="also write every record as JSON")

@@ -128,6 +128,13 @@ def cases(op: str, dtype: torch.dtype, device: torch.device | str, seed: int = 0
         yield Case("no append, not causal", dict(q=r(2, 4, 2, 32), k_cache=r(2, 2, 32, 32),
                                                  v_cache=r(2, 2, 32, 32), cache_seqlens=i32([0, 31])),
                    dict(causal=False))
+        t = torch.arange(40, dtype=torch.float64)[:, None] * 10000.0 ** (-torch.arange(12) / 12)
+        rot = dict(rotary_cos=t.cos().to(device, dtype), rotary_sin=t.sin().to(device, dtype))
+        for causal, interleaved in ((True, False), (False, True)):  # rotary 24 of 32 features
+            args = dict(q=r(2, 4, 2, 32), k_cache=r(2, 2, 32, 32), v_cache=r(2, 2, 32, 32), cache_seqlens=i32([3, 29]))
+            yield Case(f"append 2, rotary {'GPT-J' if interleaved else 'NeoX'}{', not causal' if not causal else ''}",
+                       args, dict(k_new=r(2, 2, 2, 32), v_new=r(2, 2, 2, 32), causal=causal,
+                                  rotary_interleaved=interleaved, **rot), mutates=("k_cache", "v_cache"))
     elif op == "kvcache_append":
         yield Case("append 3 rows", dict(k_cache=r(2, 2, 16, 8), v_cache=r(2, 2, 16, 8), k_new=r(2, 2, 3, 8),
                                          v_new=r(2, 2, 3, 8), cache_seqlens=i32([0, 13])), {},

@@ -26,7 +26,7 @@ from . import dispatch
 from .backend import AUTO_CANDIDATES, _available, _why_not, implementation
 from .validation import make_call
 
-TUNE_OPS = ("attention", "attention_with_kvcache", "layer_norm", "rms_norm", "linear", "ffn")
+TUNE_OPS = ("attention", "attention_with_kvcache", "layer_norm", "rms_norm", "linear", "ffn", "rotary")
 
 
 @dataclasses.dataclass
@@ -115,6 +115,16 @@ def _op_cases(op: str, quick: bool, grad: bool) -> list[TuneCase]:
                 return (x, w_in, _randn((h,), dev, dt, grad), w_out, _randn((d,), dev, dt, grad)), \
                     {"activation": "gelu"}
             cs.append(TuneCase(op, f"{m}x{d}x{h}{' swiglu' if gated else ''}{tag}", make, grad))
+    elif op == "rotary":
+        for tokens in ((4096,) if quick else (1024, 4096, 16384)):
+            for heads in ((32,) if quick else (8, 32)):
+                def make(dev, dt, tokens=tokens, heads=heads, grad=grad):
+                    batch, length = max(1, tokens // 4096), min(tokens, 4096)
+                    x = _randn((batch, heads, length, 128), dev, dt, grad)
+                    cos, sin = _randn((length, 64), dev, dt), _randn((length, 64), dev, dt)
+                    pos = torch.arange(length, device=dev).expand(batch, length)
+                    return (x, cos, sin), {"position_ids": pos}
+                cs.append(TuneCase(op, f"tokens={tokens} heads={heads} d=128{tag}", make, grad))
     return cs
 
 

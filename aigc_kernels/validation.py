@@ -598,6 +598,34 @@ def _rotary_args_full(x, cos, sin, position_ids, interleaved, inplace) -> None:
     _flag(op, "inplace", inplace)
 
 
+def rotary_for_append(op: str, q, k_new, cache_seqlens, cos, sin, interleaved) -> None:
+    """rotary_cos / rotary_sin / rotary_interleaved of a KV-cache call: both tables or neither, with new keys to
+    rotate, and every position the append reaches (cache_seqlens + Lnew - 1, or + Lq - 1) inside them."""
+    _flag(op, "rotary_interleaved", interleaved)
+    if cos is None or sin is None:
+        raise ValueError(f"{op}: expected rotary_cos and rotary_sin together (rotary_interleaved needs them too), got "
+                         f"rotary_cos={'a tensor' if cos is not None else None}, "
+                         f"rotary_sin={'a tensor' if sin is not None else None}")
+    if k_new is None:
+        raise ValueError(f"{op}: rotary_cos/rotary_sin rotate the new keys as they are appended: expected k_new and "
+                         "v_new with them (rotate q and the cache yourself with ak.rotary otherwise)")
+    for name, t in (("rotary_cos", cos), ("rotary_sin", sin)):
+        tensor(op, name, t, ndim=2, layout="(Lro, rotary_dim / 2)")
+    if sin.shape != cos.shape:
+        raise ValueError(f"{op}: expected rotary_sin of rotary_cos's shape {_shape(cos)}, got {_shape(sin)}")
+    same_dtype(op, "rotary_cos", cos, rotary_sin=sin)
+    same_device(op, "q", q, rotary_cos=cos, rotary_sin=sin)
+    half, d = cos.shape[1], q.shape[-1]
+    if half < 1 or 2 * half > d:
+        raise ValueError(f"{op}: expected rotary_cos of shape (Lro, rotary_dim / 2) with 2 <= rotary_dim <= D = {d}, "
+                         f"got {_shape(cos)}")
+    if cache_seqlens.device.type == "cpu" and cache_seqlens.numel() and not torch.compiler.is_compiling():
+        reach = int(cache_seqlens.max()) + max(k_new.shape[2], q.shape[2])
+        if reach > cos.shape[0]:
+            raise ValueError(f"{op}: the append reaches position {reach - 1}, past rotary_cos's {cos.shape[0]} rows "
+                             "(Lro): expected Lro >= max(cache_seqlens) + max(Lnew, Lq)")
+
+
 def rotary_call(x, cos, sin, position_ids=None, interleaved=False, inplace=False) -> RotaryCall:
     if (isinstance(x, _T) and isinstance(cos, _T) and isinstance(sin, _T) and position_ids is None
             and type(interleaved) is bool and type(inplace) is bool):
@@ -610,8 +638,18 @@ def rotary_call(x, cos, sin, position_ids=None, interleaved=False, inplace=False
     return _new(RotaryCall, (x, cos, sin, position_ids, interleaved, inplace))
 
 
+def _kvcache_public_call(q, k_cache, v_cache, cache_seqlens, k_new=None, v_new=None, causal=True, scale=None,
+                        rotary_cos=None, rotary_sin=None, rotary_interleaved=False) -> KVCacheCall:
+    """make_call's attention_with_kvcache: the public arguments, rotary tables included (they rotate q and k_new
+    before the backend's call, whose shapes they do not change)."""
+    if rotary_cos is not None or rotary_sin is not None or rotary_interleaved is not False:
+        rotary_for_append("ak.attention_with_kvcache", q, k_new, cache_seqlens, rotary_cos, rotary_sin,
+                          rotary_interleaved)
+    return kvcache_call(q, k_cache, v_cache, cache_seqlens, k_new, v_new, causal, scale)
+
+
 _BUILDERS = {"attention": attention_call, "attention_varlen": attention_varlen_call,
-             "attention_with_kvcache": kvcache_call, "kvcache_append": kvcache_append_call,
+             "attention_with_kvcache": _kvcache_public_call, "kvcache_append": kvcache_append_call,
              "layer_norm": layer_norm_call, "rms_norm": rms_norm_call, "linear": linear_call, "ffn": ffn_call,
              "rotary": rotary_call}
 

@@ -45,7 +45,7 @@ if [ $DRY = 1 ]; then
 else
     LIMITS=(60 60 75 135 165 55 20)
     TUNE_SEL=($PY -m aigc_kernels.cli tune --op attention --op attention_with_kvcache --op layer_norm --op rms_norm
-              --op linear --op ffn --dtype bfloat16 --budget-s 110)
+              --op linear --op ffn --op rotary --dtype bfloat16 --budget-s 110)
     WARM_SEL=(--jobs "$(nproc)")
     BENCH_SEL="--headline --op attention --op attention_decode --op layer_norm --op rms_norm --op linear --op ffn --op model_train --op dispatch"
     TEST_SEL=(-m gpu)

@@ -156,7 +156,7 @@ def test_audit_passes_for_sm90a_and_sm80(tmp_path):
     kernels = {(r["arch"], r["kernel"]) for r in data["records"]}
     for arch in ("90a", "80"):
         for name in ("_attn_fwd_kernel", "_attn_bwd_dkdv_kernel", "_attn_bwd_dq_kernel", "_decode_split_kernel",
-                     "_norm_fwd_kernel", "_norm_bwd_kernel", "_gemm_kernel"):
+                     "_norm_fwd_kernel", "_norm_bwd_kernel", "_gemm_kernel", "_rotary_kernel"):
             assert (arch, name) in kernels, (arch, name)
     assert ("90a", "_attn_fwd_tma_kernel") in kernels and ("90a", "_gemm_tma_kernel") in kernels
     # on sm_90a the half-precision configs of 64+ rows (the ones the tables prefer; smaller ones serve tiny
@@ -173,6 +173,12 @@ def test_audit_passes_for_sm90a_and_sm80(tmp_path):
     for arch in ("90a", "80"):
         reached = {c for r in data["records"] if r["arch"] == arch for c in r["cases"] if c.startswith("tune ")}
         assert reached == {f"tune {c.op} bf16 {c.label}" for c in tune.cases(tune.TUNE_OPS)}, arch
+
+
+def test_the_cli_lists_every_audit_family():
+    from aigc_kernels import audit, cli
+
+    assert cli.AUDIT_FAMILIES == list(audit.FAMILIES)
 
 
 def test_resource_usage_reads_the_extension():

@@ -237,3 +237,59 @@ def test_cuda_ops_on_cpu_and_meta(cuda_ops):
         ops.rotary_fwd(x, cos, sin, torch.tensor([[0, 1, 2, 3, 9]]), False, False)
     with pytest.raises(RuntimeError, match="cos/sin in x's dtype .* or float32, got Double"):
         ops.rotary_fwd(x, cos.double(), sin.double(), None, False, False)
+
+
+# ----------------------------------------------------------------------------------------------
+# rotary inside the KV-cache append (FA2's flash_attn_with_kvcache(rotary_cos=..., rotary_sin=...))
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("backend", ALL)
+def test_kvcache_append_rotates_new_keys_and_queries_at_their_positions(backend, causal):
+    b, hq, hkv, lmax, d = 2, 4, 2, 24, 16
+    q, kc, vc = rand(b, hq, 3, d, seed=1), rand(b, hkv, lmax, d, seed=2), rand(b, hkv, lmax, d, seed=3)
+    kn, vn = rand(b, hkv, 3, d, seed=4), rand(b, hkv, 3, d, seed=5)
+    lens = torch.tensor([4, 19], dtype=torch.int32, device=DEVICE)
+    cos, sin = angles(30, 6)  # 12 of 16 features rotate
+    got_kc, got_vc = kc.clone(), vc.clone()
+    out = ak.attention_with_kvcache(q, got_kc, got_vc, lens, k_new=kn, v_new=vn, causal=causal, rotary_cos=cos,
+                                    rotary_sin=sin, backend=backend)
+    # what FA2 does, spelled out with ak.rotary: keys at cache_seqlens + i; queries there too when causal, else
+    # every query row at cache_seqlens
+    pos_k = lens.long()[:, None] + torch.arange(3, device=DEVICE)
+    pos_q = pos_k if causal else lens.long()[:, None].expand(b, 3)
+    want_kc = kc.clone()
+    for i in range(b):
+        want_kc[i, :, lens[i]:lens[i] + 3] = ak.rotary(kn, cos, sin, position_ids=pos_k, backend="reference")[i]
+    torch.testing.assert_close(got_kc, want_kc, atol=1e-6, rtol=1e-6)
+    assert torch.equal(got_kc[0, :, :4], kc[0, :, :4])  # rows before the append untouched (not rotated again)
+    # and the output: attention of the rotated queries over that cache
+    want_vc = vc.clone()
+    for i in range(b):
+        want_vc[i, :, lens[i]:lens[i] + 3] = vn[i]
+    keep = torch.arange(lmax, device=DEVICE)[None, :] < (lens.long() + 3)[:, None]  # (B, Lmax) valid rows
+    if causal:
+        keep = keep[:, None, :] & (torch.arange(lmax, device=DEVICE)[None, None, :] <= pos_k[:, :, None])
+    else:
+        keep = keep[:, None, :].expand(b, 3, lmax)
+    rq = ak.rotary(q, cos, sin, position_ids=pos_q, backend="reference")
+    want = R.attention(rq.double(), want_kc.double(), want_vc.double(), attn_mask=keep[:, None])
+    torch.testing.assert_close(out.double(), want, atol=1e-5, rtol=1e-5)
+
+
+def test_kvcache_rotary_bad_input():
+    q, kc = rand(1, 2, 1, 8), rand(1, 2, 10, 8)
+    lens = torch.tensor([8], dtype=torch.int32, device=DEVICE)
+    cos, sin = angles(9, 4)
+    kn = rand(1, 2, 1, 8)
+    with pytest.raises(ValueError, match="rotary_cos and rotary_sin together"):
+        ak.attention_with_kvcache(q, kc, kc.clone(), lens, k_new=kn, v_new=kn, rotary_cos=cos)
+    with pytest.raises(ValueError, match="expected k_new and v_new with them"):
+        ak.attention_with_kvcache(q, kc, kc.clone(), lens, rotary_cos=cos, rotary_sin=sin)
+    with pytest.raises(ValueError, match="rotary_cos and rotary_sin together"):
+        ak.attention_with_kvcache(q, kc, kc.clone(), lens, rotary_interleaved=True)
+    if DEVICE == "cpu":
+        with pytest.raises(ValueError, match=r"reaches position 9, past rotary_cos's 9 rows"):
+            ak.attention_with_kvcache(q, kc, kc.clone(), lens + 1, k_new=kn, v_new=kn, rotary_cos=cos, rotary_sin=sin)
+    with pytest.raises(ValueError, match=r"2 <= rotary_dim <= D = 8"):
+        ak.attention_with_kvcache(q, kc, kc.clone(), lens, k_new=kn, v_new=kn, rotary_cos=angles(9, 5)[0],
+                                  rotary_sin=angles(9, 5)[1])

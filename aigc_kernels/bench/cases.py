@@ -1085,9 +1085,77 @@ class HfForwardBench(BenchOp):
         return err, (1e-3 if case.dtype == torch.float32 else 5e-2)
 
 
+# ----------------------------------------------------------------------------------------------
+# rotary
+# ----------------------------------------------------------------------------------------------
+def _hf_rotary(x, cos, sin, position_ids):
+    """Hugging Face Llama's apply_rotary_pos_emb on one tensor: cos/sin gathered per token and doubled to the
+    head dim, then q * cos + rotate_half(q) * sin (what ak.patch replaces)."""
+    c = torch.cat((cos, cos), dim=-1)[position_ids].unsqueeze(1)
+    s = torch.cat((sin, sin), dim=-1)[position_ids].unsqueeze(1)
+    half = x.shape[-1] // 2
+    return x * c + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * s
+
+
+class RotaryBench(BenchOp):
+    name = "rotary"
+
+    def cases(self, quick, device):
+        dtypes = [torch.bfloat16] if device == "cuda" else [torch.float32]
+        if device != "cuda":
+            grid = [("gpt2-s", 1, 12, 256, 64)]
+        elif quick:
+            grid = [("llama-7b", 4, 32, 4096, 128)]
+        else:
+            grid = [("llama-7b", 4, 32, 4096, 128), ("llama-7b", 1, 32, 16384, 128), ("gpt2-s", 8, 12, 4096, 64),
+                    ("llama-70b kv", 4, 8, 8192, 128)]
+        return [Case(self.name, f"{model} B={b} L={length}", {"B": b, "H": h, "L": length, "D": d}, dtype)
+                for dtype in dtypes for model, b, h, length, d in grid]
+
+    def inputs(self, case, device, requires_grad):
+        g = torch.Generator().manual_seed(0)
+        s = case.shape
+        half = s["D"] // 2
+        t = torch.arange(s["L"], dtype=torch.float32)[:, None] * 10000.0 ** (-torch.arange(half) / half)
+        return {"x": _rand((s["B"], s["H"], s["L"], s["D"]), case.dtype, device, requires_grad, gen=g),
+                "cos": t.cos().to(device, case.dtype), "sin": t.sin().to(device, case.dtype),
+                "position_ids": torch.arange(s["L"], device=device).expand(s["B"], s["L"])}
+
+    def bytes(self, case, mode):
+        s = case.shape
+        e = torch.finfo(case.dtype).bits // 8
+        x = s["B"] * s["H"] * s["L"] * s["D"] * e
+        angles = 2 * s["L"] * (s["D"] // 2) * e + s["B"] * s["L"] * 8  # cos, sin rows; int64 positions
+        fwd, bwd = 2 * x + angles, 2 * x + angles  # read x (dout), write out (dx)
+        return {"fwd": fwd, "bwd": bwd, "fwd+bwd": fwd + bwd}[mode]
+
+    def providers(self):
+        def ours(inp, name):
+            return lambda: ops.rotary(inp["x"], inp["cos"], inp["sin"], position_ids=inp["position_ids"],
+                                      backend=name)
+
+        def eager(case, inp, mode):
+            return lambda: _hf_rotary(inp["x"], inp["cos"], inp["sin"], inp["position_ids"])
+
+        def compiled(case, inp, mode):
+            fn = _compiled(_hf_rotary)
+            return lambda: fn(inp["x"], inp["cos"], inp["sin"], inp["position_ids"])
+
+        ref = Provider("reference", lambda case, inp, mode: lambda: reference.rotary(
+            inp["x"], inp["cos"], inp["sin"], inp["position_ids"]), needs_gpu=False)
+        return [*_api_providers("rotary", ours), Provider("eager", eager, needs_gpu=False), ref,
+                Provider("torch_compile", compiled)]
+
+    def check(self, case, inputs, out):
+        x, cos, sin, pos = (inputs[k] for k in ("x", "cos", "sin", "position_ids"))
+        x, pos = x[:1, :4].detach(), pos[:1]
+        ref64 = reference.rotary(x.double(), cos.double(), sin.double(), pos)
+        return _bound(reference.rotary(x, cos, sin, pos), out[:1, :4], ref64, case.dtype)
+
+
 def bench_ops() -> dict[str, BenchOp]:
     ops_ = [NormBench("layer_norm"), NormBench("rms_norm"), AttentionBench(), DecodeBench(), LinearBench(),
-            FfnBench(), ModelTrainBench(), ModelDecodeBench(), DispatchBench(), HfForwardBench()]
+            FfnBench(), RotaryBench(), ModelTrainBench(), ModelDecodeBench(), DispatchBench(), HfForwardBench()]
     return {o.name: o for o in ops_}
 
 

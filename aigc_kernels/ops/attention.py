@@ -8,6 +8,7 @@ from .. import backend as _backend
 from .. import validation
 from ..backend import _ENV_DATA, _ENV_KEY, _explaining, _scoped_backends, fast, select
 from ..native.attention import attention_with_kvcache as _native_kv
+from .rotary import rotary
 
 
 def attention(
@@ -88,6 +89,9 @@ def attention_with_kvcache(
     v_new: torch.Tensor | None = None,
     causal: bool = True,
     scale: float | None = None,
+    rotary_cos: torch.Tensor | None = None,
+    rotary_sin: torch.Tensor | None = None,
+    rotary_interleaved: bool = False,
     backend: str | None = None,
 ) -> torch.Tensor:
     """Decoding attention over a KV cache, appending the new keys/values first.
@@ -98,10 +102,21 @@ def attention_with_kvcache(
         cache_seqlens: int32 (B,), the valid rows of each cache before this call (not modified).
         k_new, v_new: (B, Hkv, Lnew, D), written at rows cache_seqlens[b]:cache_seqlens[b] + Lnew.
         causal: bottom-right aligned over the cache_seqlens[b] + Lnew valid keys.
+        rotary_cos, rotary_sin: (Lro, rotary_dim / 2), as ak.rotary's cos/sin; with k_new only. k_new is rotated
+            at positions cache_seqlens[b] + i before it is written, and q at cache_seqlens[b] + i when causal,
+            else every query row at cache_seqlens[b] -- FA2's flash_attn_with_kvcache. (Today q and k_new are
+            rotated by ak.rotary on the same backend before the append, not inside the append kernel.)
+        rotary_interleaved: GPT-J pairs instead of GPT-NeoX halves.
 
     Returns:
         (B, Hq, Lq, D).
     """
+    if (rotary_cos is not None or rotary_sin is not None) and not _explaining:  # (explain: the same shapes)
+        q, k_new = _rotate_for_append(q, k_new, cache_seqlens, rotary_cos, rotary_sin, rotary_interleaved, causal,
+                                      backend)
+    elif rotary_interleaved is not False:
+        validation.rotary_for_append("ak.attention_with_kvcache", q, k_new, cache_seqlens, None, None,
+                                     rotary_interleaved)
     # auto on CPU tensors with plain arguments and equal host lengths -- a decoding step on CPU, ~150 calls a
     # token -- in one frame: fast()'s backend precedence written out (as in ops/norm.py), validation's
     # fast-path checks and the one read of the lengths in kvcache_host_start, then the native step with that
@@ -134,3 +149,14 @@ def kvcache_append(
     """
     call = validation.kvcache_append_call(k_cache, v_cache, k_new, v_new, cache_seqlens)
     (fast("kvcache_append", k_cache, backend) or select(call, backend))(*call)
+
+
+def _rotate_for_append(q, k_new, cache_seqlens, cos, sin, interleaved, causal, backend):
+    """(q, k_new) rotated at their positions in the cache (see attention_with_kvcache)."""
+    validation.rotary_for_append("ak.attention_with_kvcache", q, k_new, cache_seqlens, cos, sin, interleaved)
+    start = cache_seqlens.to(torch.long).unsqueeze(1)  # (B, 1)
+    pos_k = start + torch.arange(k_new.shape[2], device=start.device)
+    pos_q = start + torch.arange(q.shape[2], device=start.device) if causal else start.expand(-1, q.shape[2])
+    q = rotary(q, cos, sin, position_ids=pos_q, interleaved=interleaved, backend=backend)
+    k_new = rotary(k_new, cos, sin, position_ids=pos_k, interleaved=interleaved, backend=backend)
+    return q, k_new

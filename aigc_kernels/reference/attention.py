@@ -6,6 +6,8 @@ import math
 
 import torch
 
+from .rotary import rotary
+
 
 def band_mask(
     qpos: torch.Tensor,
@@ -187,8 +189,14 @@ def attention_with_kvcache(
     v_new: torch.Tensor | None = None,
     causal: bool = True,
     scale: float | None = None,
+    rotary_cos: torch.Tensor | None = None,
+    rotary_sin: torch.Tensor | None = None,
+    rotary_interleaved: bool = False,
 ) -> torch.Tensor:
     """Decoding attention over a KV cache: q (B, Hq, Lq, D), caches (B, Hkv, Lmax, D).
+
+    With rotary_cos/rotary_sin (Lro, R/2), k_new is rotated at positions cache_seqlens[b] + i before it is
+    written, and q at cache_seqlens[b] + i (causal) or cache_seqlens[b] (not causal), as FA2 does.
 
     cache_seqlens (B,) int32 counts the valid rows of each cache before this call. k_new/v_new,
     when given, are written at those rows first (in place), and batch b then attends to its
@@ -196,6 +204,12 @@ def attention_with_kvcache(
     whole old cache and the new keys up to their own position. cache_seqlens is not modified.
     """
     lq, lmax = q.shape[2], k_cache.shape[2]
+    if rotary_cos is not None:
+        start = cache_seqlens.to(torch.long).unsqueeze(1)
+        pos_q = start + torch.arange(lq, device=q.device) if causal else start.expand(-1, lq)
+        q = rotary(q, rotary_cos, rotary_sin, pos_q, rotary_interleaved)
+        k_new = rotary(k_new, rotary_cos, rotary_sin, start + torch.arange(k_new.shape[2], device=q.device),
+                       rotary_interleaved)
     if k_new is not None:
         kvcache_append(k_cache, v_cache, k_new, v_new, cache_seqlens)
     lengths = (cache_seqlens.to(torch.long) + (k_new.shape[2] if k_new is not None else 0)).view(-1, 1, 1)

@@ -51,18 +51,22 @@ def _rotary_kernel(
     s = tl.load(SIN + pos[:, None] * stride_sin + k[None, :], mask=ok, other=0.0).to(tl.float32)
     if CONJ:
         s = -s
-    if INTERLEAVED:
-        i1 = 2 * k
-        i2 = 2 * k + 1
-    else:
-        i1 = k
-        i2 = k + HALF
     x_row = X + b * stride_xb + h * stride_xh + rows.to(tl.int64)[:, None] * stride_xl
     o_row = OUT + b * stride_ob + h * stride_oh + rows.to(tl.int64)[:, None] * stride_ol
-    x1 = tl.load(x_row + i1[None, :], mask=ok, other=0.0).to(tl.float32)
-    x2 = tl.load(x_row + i2[None, :], mask=ok, other=0.0).to(tl.float32)
-    tl.store(o_row + i1[None, :], (x1 * c - x2 * s).to(OUT.dtype.element_ty), mask=ok)
-    tl.store(o_row + i2[None, :], (x1 * s + x2 * c).to(OUT.dtype.element_ty), mask=ok)
+    if INTERLEAVED:
+        # the 2 * HALF features as one contiguous tile, split into its even and odd columns in registers
+        # (two stride-2 accesses would each touch every sector twice)
+        k2 = tl.arange(0, 2 * BLOCK_K)
+        ok2 = row_ok[:, None] & (k2 < 2 * HALF)[None, :]
+        xt = tl.load(x_row + k2[None, :], mask=ok2, other=0.0).to(tl.float32)
+        x1, x2 = tl.split(tl.reshape(xt, [BLOCK_L, BLOCK_K, 2]))
+        o = tl.reshape(tl.join(x1 * c - x2 * s, x1 * s + x2 * c), [BLOCK_L, 2 * BLOCK_K])
+        tl.store(o_row + k2[None, :], o.to(OUT.dtype.element_ty), mask=ok2)
+    else:
+        x1 = tl.load(x_row + k[None, :], mask=ok, other=0.0).to(tl.float32)
+        x2 = tl.load(x_row + (k + HALF)[None, :], mask=ok, other=0.0).to(tl.float32)
+        tl.store(o_row + k[None, :], (x1 * c - x2 * s).to(OUT.dtype.element_ty), mask=ok)
+        tl.store(o_row + (k + HALF)[None, :], (x1 * s + x2 * c).to(OUT.dtype.element_ty), mask=ok)
     if COPY_REST:  # the features past R pass through
         for start in range(2 * HALF, D, BLOCK_REST):
             cols = start + tl.arange(0, BLOCK_REST)
