@@ -9,8 +9,10 @@ Works on
 * Hugging Face GPT-2, BERT and Llama-family models: attention through transformers' attention
   registry under the name ``"aigc_kernels"`` (so ``attn_implementation="aigc_kernels"`` works
   too once this module is imported), LayerNorm/RMSNorm swapped, MLPs replaced by ``ak.ffn`` /
-  ``ak.linear`` calls on the same weights, and BERT's "dense + dropout + LayerNorm(h + input)"
-  blocks fused into ``ak.layer_norm(..., residual=...)``.
+  ``ak.linear`` calls on the same weights, BERT's "dense + dropout + LayerNorm(h + input)"
+  blocks fused into ``ak.layer_norm(..., residual=...)``, and the rotary embedding of Llama-family
+  attention on ``ak.rotary`` (per instance: the module's own forward reading ``apply_rotary_pos_emb``
+  as ``hf_rotary``).
 
 What is replaced is data: ``RULES`` (a module predicate -> its replacement, first match wins, each turned
 on by patch()'s attention / layer_norm / ffn flags) and ``HF_MODEL_TYPES`` (the Hugging Face model types
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 import inspect
 import logging
 import sys
@@ -322,6 +325,127 @@ def register_hf() -> bool:
 
 
 # ----------------------------------------------------------------------------------------------
+# Hugging Face rotary embedding
+# ----------------------------------------------------------------------------------------------
+HF_ROTARY_FN = "apply_rotary_pos_emb"  # the modeling module's function its attention forward calls
+
+
+def hf_rotary(q, k, cos, sin, unsqueeze_dim=1, *, layout: str, original: Callable, backend: str | None = None):
+    """transformers' ``apply_rotary_pos_emb(q, k, cos, sin)`` on ak.rotary: q/k (B, H, L, D), cos/sin (B or 1, L, R)
+    holding each token's angles -- ``layout`` "doubled": cat(freqs, freqs), R = D (Llama, Mistral, Gemma-2);
+    "half": freqs, R = D / 2 (GPT-OSS) -- both GPT-NeoX pairs. Any other call goes to ``original``."""
+    if unsqueeze_dim != 1 or cos.dim() != 3 or q.dim() != 4 or k.dim() != 4:
+        return original(q, k, cos, sin, unsqueeze_dim)
+    b, length, r = cos.shape
+    half = r // 2 if layout == "doubled" else r
+    if layout == "doubled":
+        cos, sin = cos[..., :half], sin[..., :half]
+    # one table row per token: (B * L, R/2) views of the gathered angles, rows picked by b * L + l
+    cos, sin = cos.reshape(b * length, half), sin.reshape(b * length, half)
+    pos = None if b == 1 else torch.arange(b * length, device=q.device).view(b, length)
+    return (ops.rotary(q, cos, sin, position_ids=pos, backend=backend),
+            ops.rotary(k, cos, sin, position_ids=pos, backend=backend))
+
+
+def _rebound(fn: Callable, name: str, value) -> Callable | None:
+    """``fn`` reading the global ``name`` as ``value``: the same code over a copy of its globals, rebuilt through
+    the wrappers of its decorators (whose closures hold the inner function); None where fn never reads it."""
+    inner = getattr(fn, "__wrapped__", None)
+    if inner is not None and fn.__closure__:
+        new_inner = _rebound(inner, name, value)
+        if new_inner is None:
+            return None
+        swapped = False
+        cells = []
+        for cell in fn.__closure__:
+            try:
+                held = cell.cell_contents
+            except ValueError:  # an empty cell
+                held = None
+            if held is inner:
+                cells.append(types.CellType(new_inner))
+                swapped = True
+            else:
+                cells.append(cell)
+        if not swapped:
+            return None
+        new = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__, tuple(cells))
+    else:
+        if name not in fn.__code__.co_names:
+            return None
+        scope = dict(fn.__globals__)
+        scope[name] = value
+        new = types.FunctionType(fn.__code__, scope, fn.__name__, fn.__defaults__, fn.__closure__)
+    new.__kwdefaults__, new.__qualname__ = fn.__kwdefaults__, fn.__qualname__
+    new.__dict__.update(fn.__dict__)
+    if inner is not None:
+        new.__wrapped__ = new_inner
+    return new
+
+
+def _hf_rotary_module(model: nn.Module) -> nn.Module | None:
+    return next((m for m in model.modules() if type(m).__name__.endswith("RotaryEmbedding") and hasattr(m, "inv_freq")),
+                None)
+
+
+def _rotary_matches(model: nn.Module, original: Callable, layout: str) -> str | None:
+    """None when hf_rotary gives what the model's own function gives on its own angles (two batches of
+    different positions), else why not: checked once, at patch time, on the "torch" backend."""
+    rot = _hf_rotary_module(model)
+    if rot is None:
+        return "no rotary embedding module (one with inv_freq) to check the convention against"
+    p = next(iter(rot.buffers()))
+    g = torch.Generator().manual_seed(0)
+    pos = torch.randint(0, 64, (2, 5), generator=g).to(p.device)
+    config = model.config
+    d = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    bad = f"its {HF_ROTARY_FN} is not the {layout} GPT-NeoX rotation the library implements"
+    with torch.no_grad():
+        cos, sin = rot(torch.zeros(1, dtype=torch.float32, device=p.device), pos)
+        q, k = (torch.randn(2, 2, 5, d, generator=g).to(p.device) for _ in range(2))
+        want = original(q, k, cos, sin)
+        try:
+            got = hf_rotary(q, k, cos, sin, layout=layout, original=original, backend="torch")
+        except (ValueError, RuntimeError) as exc:  # angles of another width than the layout says
+            return f"{bad} ({type(exc).__name__}: {exc})"
+    if not all(a.shape == b.shape and torch.allclose(a, b, atol=1e-5, rtol=1e-5)
+               for a, b in zip(got, want, strict=True)):
+        return bad
+    return None
+
+
+def _patch_hf_rotary(model, hf_config, backend: str, report: PatchReport, set_attr) -> None:
+    """Route the HF attention modules' rotary embedding to ak.rotary: each module's forward is transformers' own,
+    reading its modeling module's apply_rotary_pos_emb as hf_rotary (per instance; ak.unpatch removes it)."""
+    known = HF_MODEL_TYPES.get(getattr(hf_config, "model_type", None))
+    layout = known.rotary if known is not None else None
+    done: dict[type, Callable | str] = {}
+    for name, module in model.named_modules():
+        cls = type(module)
+        fwd = cls.__dict__.get("forward")
+        if fwd is None or not cls.__module__.startswith("transformers.") or not hasattr(module, "is_causal"):
+            continue
+        if cls not in done:
+            original = getattr(sys.modules.get(cls.__module__), HF_ROTARY_FN, None)
+            target = inspect.unwrap(fwd)
+            if original is None or HF_ROTARY_FN not in target.__code__.co_names:
+                continue  # no rotary in this attention (GPT-2, BERT)
+            why = (_rotary_matches(model, original, layout) if layout is not None else
+                   f"model_type {hf_config.model_type!r} is not in HF_MODEL_TYPES with a rotary layout")
+            done[cls] = why if why else _rebound(fwd, HF_ROTARY_FN, functools.partial(
+                hf_rotary, layout=layout, original=original, backend=backend))
+            if done[cls] is None:
+                done[cls] = f"{cls.__name__}.forward could not be rebuilt around {HF_ROTARY_FN}"
+        new = done[cls]
+        if isinstance(new, str):
+            report.left_alone.append((name, cls.__name__ + " rotary embedding", new))
+            continue
+        set_attr(module, "forward", types.MethodType(new, module))
+        report.replaced.append((name, f"{_qualname(module)} rotary ({cls.__module__.rsplit('.', 1)[-1]}."
+                                      f"{HF_ROTARY_FN})", f"ak.rotary on {backend!r}"))
+
+
+# ----------------------------------------------------------------------------------------------
 # replacement modules (share the original parameters)
 # ----------------------------------------------------------------------------------------------
 class _FFNFromConv1D(nn.Module):
@@ -487,15 +611,16 @@ class HFModelType:
 
     activation_attr: str | None
     left_alone: str = ""
+    rotary: str | None = None  # hf_rotary's layout of its cos/sin: "doubled" (cat(freqs, freqs)) or "half"
 
 
 HF_MODEL_TYPES: dict[str, HFModelType] = {
     "gpt2": HFModelType("activation_function"),
     "bert": HFModelType("hidden_act"),
-    "llama": HFModelType("hidden_act"),
-    "mistral": HFModelType("hidden_act"),
-    "gemma2": HFModelType("hidden_activation", "its RMSNorm (scales by 1 + weight)"),
-    "gpt_oss": HFModelType(None, "the mixture-of-experts MLP"),
+    "llama": HFModelType("hidden_act", rotary="doubled"),
+    "mistral": HFModelType("hidden_act", rotary="doubled"),
+    "gemma2": HFModelType("hidden_activation", "its RMSNorm (scales by 1 + weight)", rotary="doubled"),
+    "gpt_oss": HFModelType(None, "the mixture-of-experts MLP", rotary="half"),
 }
 
 
@@ -537,7 +662,9 @@ def patch(model: nn.Module, *, backend: str | None = None, attention: bool | str
     be_norm = _op_backend("layer_norm", requested, report)
     be_ffn = _op_backend("ffn", requested, report)
     be_lin = _op_backend("linear", requested, report)
-    report.op_backends = {"attention": be_attn, "layer_norm": be_norm, "ffn": be_ffn, "linear": be_lin}
+    be_rot = _op_backend("rotary", requested, report)
+    report.op_backends = {"attention": be_attn, "layer_norm": be_norm, "ffn": be_ffn, "linear": be_lin,
+                          "rotary": be_rot}
     log = getattr(model, ATTR, None)
     if log is not None:
         raise RuntimeError("ak.patch: this model is already patched; call ak.unpatch(model) first")
@@ -550,6 +677,7 @@ def patch(model: nn.Module, *, backend: str | None = None, attention: bool | str
                             "tested ones): attention goes through transformers' registry and modules by the generic "
                             "rules; check its outputs against the unpatched model")
 
+    rotary = is_hf and bool(attention)  # the rotary embedding goes with attention (kept eager or not)
     keep_eager = _users_eager(model, hf_config, attention, report) if is_hf and attention else None
     if keep_eager:
         report.left_alone.append(("", "attention", keep_eager))
@@ -630,6 +758,8 @@ def patch(model: nn.Module, *, backend: str | None = None, attention: bool | str
                 _attention_reads(module, "")  # read the attention keywords now, not inside a torch.compile trace
                 report.replaced.append((name, _qualname(module) + " attention function",
                                         f'aigc_kernels attention on {be_attn!r} (attn_implementation="{HF_NAME}")'))
+    if rotary:
+        _patch_hf_rotary(model, hf_config, be_rot, report, set_attr)
     object.__setattr__(model, ATTR, log)
     return report
 

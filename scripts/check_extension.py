@@ -47,6 +47,9 @@ def main() -> int:
         "flash_bwd": (ops.flash_bwd.default, (out, q, k, v, out, lse, *fa[3:])),
         "flash_decode": (ops.flash_decode.default, (t(2, 4, 1, 64), kc, vc, lens, 1, True, 0.125, 0)),
         "kvcache_append": (ops.kvcache_append.default, (kc, vc, t(2, 2, 1, 64), t(2, 2, 1, 64), lens)),
+        "rotary_fwd": (ops.rotary_fwd.default, (q, t(16, 32), t(16, 32), t(1, 16, dtype=torch.int64), False, False)),
+        "rotary_inplace": (ops.rotary_inplace.default, (q, t(16, 32, dtype=torch.float32),
+                                                        t(16, 32, dtype=torch.float32), None, True, True)),
     }
     registered = {name.split("::")[1] for name in torch._C._dispatch_get_all_op_names()
                   if name.startswith("aigc_kernels::")}

@@ -556,3 +556,72 @@ def test_patch_replaces_eager_where_it_is_all_the_model_has():
         assert model.config._attn_implementation == "eager"
     finally:
         ak.unpatch(model)
+
+
+# ----------------------------------------------------------------------------------------------
+# the rotary embedding of Llama-family models on ak.rotary
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", ["llama", "mistral", "gemma2", "gpt_oss"])
+def test_patch_routes_the_rotary_embedding_to_ak_rotary(name, backend, monkeypatch):
+    """Each attention module's apply_rotary_pos_emb runs ak.rotary (per instance: another model of the same
+    class is untouched), outputs and gradients equal transformers' own, and ak.unpatch restores the forward."""
+    model, other = tiny(name), tiny(name)
+    model.set_attn_implementation(reference_impl(name))
+    other.set_attn_implementation(reference_impl(name))
+    ids, mask = inputs("right")
+    keep = mask.bool()
+
+    def step(m):
+        m.zero_grad(set_to_none=True)
+        logits = m(input_ids=ids, attention_mask=mask).logits
+        (logits[keep] ** 2).mean().backward()
+        return logits.detach(), {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+
+    ref_out, ref_grads = step(model)
+    calls = []
+    real = ak.ops.rotary
+    monkeypatch.setattr(ak.ops, "rotary", lambda *a, **k: calls.append(k.get("backend")) or real(*a, **k))
+    report = ak.patch(model, backend=backend)
+    try:
+        rotary = [r for r in report.replaced if "rotary" in r[1]]
+        assert len(rotary) == 2 and all(f"ak.rotary on '{backend}'" == r[2] for r in rotary), report
+        calls.clear()  # (patch checked the convention once, on the "torch" backend)
+        out, grads = step(model)
+        assert calls and set(calls) == {backend} and len(calls) == 2 * 2  # q and k, 2 layers
+        calls.clear()
+        step(other)
+        assert not calls  # the same class in another model: transformers' own function
+    finally:
+        ak.unpatch(model)
+    assert all("forward" not in vars(m) for m in model.modules())
+    torch.testing.assert_close(out[keep], ref_out[keep], atol=2e-4, rtol=2e-4)
+    for n in ref_grads:
+        torch.testing.assert_close(grads[n], ref_grads[n], atol=5e-4, rtol=5e-3, msg=lambda m, n=n: f"grad {n}: {m}")
+
+
+def test_a_rotary_convention_the_library_does_not_implement_is_left_alone(monkeypatch):
+    """The convention is checked at patch time against the model's own function: declared wrong, it is refused."""
+    import importlib
+
+    P = importlib.import_module("aigc_kernels.patch")
+    monkeypatch.setitem(P.HF_MODEL_TYPES, "llama", P.HFModelType("hidden_act", rotary="half"))
+    model = tiny("llama")
+    report = ak.patch(model, backend="torch")
+    try:
+        assert not [r for r in report.replaced if "rotary" in r[1]]
+        why = [w for _, kind, w in report.left_alone if "rotary" in kind]
+        assert len(why) == 2 and "not the half GPT-NeoX rotation" in why[0], report
+    finally:
+        ak.unpatch(model)
+
+
+def test_compile_of_a_patched_llama_has_no_graph_breaks():
+    model = tiny("llama")
+    ak.patch(model, backend="torch")
+    try:
+        ids = torch.randint(3, V, (2, 7), generator=torch.Generator().manual_seed(0))
+        explanation = torch._dynamo.explain(lambda i: model(i).logits)(ids)
+        assert explanation.graph_break_count == 0, explanation.break_reasons
+    finally:
+        ak.unpatch(model)

@@ -9,6 +9,7 @@ the public functions (minus ``backend=``). One module per family, beside csrc/<f
     norm       LayerNorm / RMSNorm with the fused residual                (csrc/norm)
     linear     linear and FFN: cuBLASLt GEMMs + activation kernels       (csrc/gemm)
     kvcache    the in-place KV cache append                              (csrc/kvcache)
+    rotary     the rotary embedding, new tensor or in place               (csrc/rotary)
 
 aigc_kernels._ext says whether _C loads without importing this package.
 """
@@ -24,4 +25,4 @@ from aigc_kernels import _C  # noqa: E402, F401  (runs the TORCH_LIBRARY registr
 
 # Every family's fake impls and autograd, so torch.ops.aigc_kernels.* trace wherever _C is loaded through
 # this package. The entry points stay in their modules (aigc_kernels.cuda.attention.attention, ...).
-from . import attention, kvcache, linear, norm  # noqa: E402, F401
+from . import attention, kvcache, linear, norm, rotary  # noqa: E402, F401
