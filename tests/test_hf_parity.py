@@ -6,6 +6,14 @@ native backend and on the Triton backend under the interpreter.
 
 Positions that are padding (query rows that see no real key) are not compared: what a model computes
 there is discarded, and implementations differ (eager: uniform weights, ours: zeros).
+
+Keywords (aigc_kernels.contracts.tables.HF_ATTENTION_KEYWORDS): the honoured ones (softcap, s_aux,
+position_bias, sliding_window, output_attentions, packed cu_seq_lens_*, dropout, scaling, is_causal,
+deterministic) give transformers' answers here; the refused ones (head_mask, ALiBi, paged-cache and
+sparse-attention keywords) raise by name; the ignored ones (position_ids, cache_position, flash-wrapper
+internals, the cache object) pass with a recorded reason; a keyword no attention implementation reads
+(shift_labels, a made-up one) passes, as in sdpa. A scan of the installed transformers fails the suite on
+an attention keyword the table does not classify.
 """
 
 from __future__ import annotations
