@@ -129,17 +129,22 @@ def _varlen_key(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                                                   ("tokens", bucket(q.shape[0] * q.shape[1]))))
 
 
-def _kvcache_key(q, k_cache, v_cache, cache_seqlens, k_new=None, v_new=None, causal=True, scale=None):
+def _kvcache_key(q, k_cache, v_cache, cache_seqlens, k_new=None, v_new=None, causal=True, scale=None,
+                 block_table=None):
     feats = [_dt(q)] + (["causal"] if causal else []) + (["append"] if k_new is not None else [])
-    if q.shape[1] != k_cache.shape[1]:
+    hkv = k_cache.shape[1] if block_table is None else k_cache.shape[2]
+    if q.shape[1] != hkv:
         feats.append("gqa")
+    if block_table is not None:
+        feats.append("paged")
+    lmax = k_cache.shape[2] if block_table is None else block_table.shape[1] * k_cache.shape[1]
     return Key("attention_with_kvcache", tuple(feats), (("d", q.shape[-1]), ("lq", bucket(q.shape[2])),
-                                                        ("lmax", bucket(k_cache.shape[2])),
-                                                        ("b", bucket(q.shape[0]))))
+                                                        ("lmax", bucket(lmax)), ("b", bucket(q.shape[0]))))
 
 
-def _append_key(k_cache, v_cache, k_new, v_new, cache_seqlens):
-    return Key("kvcache_append", (_dt(k_cache),), (("d", k_cache.shape[-1]), ("rows", bucket(k_new[..., 0].numel()))))
+def _append_key(k_cache, v_cache, k_new, v_new, cache_seqlens, block_table=None):
+    feats = (_dt(k_cache),) + (("paged",) if block_table is not None else ())
+    return Key("kvcache_append", feats, (("d", k_cache.shape[-1]), ("rows", bucket(k_new[..., 0].numel()))))
 
 
 def _rows(x: torch.Tensor) -> int:
@@ -192,12 +197,14 @@ def _varlen_sig(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
             _g(q, k, v))
 
 
-def _kvcache_sig(q, k_cache, v_cache, cache_seqlens, k_new=None, v_new=None, causal=True, scale=None):
-    return ("attention_with_kvcache", q.dtype, q.shape, k_cache.shape, causal, k_new is None)
+def _kvcache_sig(q, k_cache, v_cache, cache_seqlens, k_new=None, v_new=None, causal=True, scale=None,
+                 block_table=None):
+    return ("attention_with_kvcache", q.dtype, q.shape, k_cache.shape, causal, k_new is None,
+            None if block_table is None else block_table.shape)
 
 
-def _append_sig(k_cache, v_cache, k_new, v_new, cache_seqlens):
-    return ("kvcache_append", k_cache.dtype, k_new.shape)
+def _append_sig(k_cache, v_cache, k_new, v_new, cache_seqlens, block_table=None):
+    return ("kvcache_append", k_cache.dtype, k_new.shape, block_table is None)
 
 
 def _layer_norm_sig(x, weight=None, bias=None, eps=1e-5, residual=None):

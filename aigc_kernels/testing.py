@@ -135,10 +135,20 @@ def cases(op: str, dtype: torch.dtype, device: torch.device | str, seed: int = 0
             yield Case(f"append 2, rotary {'GPT-J' if interleaved else 'NeoX'}{', not causal' if not causal else ''}",
                        args, dict(k_new=r(2, 2, 2, 32), v_new=r(2, 2, 2, 32), causal=causal,
                                   rotary_interleaved=interleaved, **rot), mutates=("k_cache", "v_cache"))
+        # a paged cache: pages of 4 rows in shuffled order, the table wider than the rows used (padding ids)
+        table = torch.randperm(14, generator=g)[:12].view(2, 6).to(device=device, dtype=torch.int32)
+        table[0, 4:] = 99
+        yield Case("paged (page 4), append 3", dict(q=r(2, 4, 3, 32), k_cache=r(14, 4, 2, 32), v_cache=r(14, 4, 2, 32),
+                                                     cache_seqlens=i32([9, 21])),
+                   dict(k_new=r(2, 2, 3, 32), v_new=r(2, 2, 3, 32), block_table=table), mutates=("k_cache", "v_cache"))
     elif op == "kvcache_append":
         yield Case("append 3 rows", dict(k_cache=r(2, 2, 16, 8), v_cache=r(2, 2, 16, 8), k_new=r(2, 2, 3, 8),
                                          v_new=r(2, 2, 3, 8), cache_seqlens=i32([0, 13])), {},
                    mutates=("k_cache", "v_cache"))
+        table = torch.tensor([[5, 1, 7], [0, 3, 2]], dtype=torch.int32, device=device)
+        yield Case("paged (page 4), append 3", dict(k_cache=r(8, 4, 2, 8), v_cache=r(8, 4, 2, 8), k_new=r(2, 2, 3, 8),
+                                                     v_new=r(2, 2, 3, 8), cache_seqlens=i32([2, 9])),
+                   dict(block_table=table), mutates=("k_cache", "v_cache"))
     elif op in ("layer_norm", "rms_norm"):
         bias = (lambda n: {"bias": r(n)}) if op == "layer_norm" else (lambda n: {})  # noqa: E731
         yield Case("3x7x33 affine", dict(x=r(3, 7, 33), weight=r(33), **bias(33)), {}, ("x", "weight", *bias(1)))

@@ -240,6 +240,59 @@ def _kvcache_args_full(q, k_cache, v_cache, cache_seqlens, k_new, v_new, scale):
         number(op, "scale", scale)
 
 
+def _paged_kvcache_args_full(op, q, k_cache, v_cache, cache_seqlens, k_new, v_new, block_table, scale) -> None:
+    """A paged cache: k_cache/v_cache (num_pages, page_size, Hkv, D), block_table int32 (B, max_pages); q (B, Hq,
+    Lq, D) (None for kvcache_append), k_new/v_new (B, Hkv, Lnew, D)."""
+    layout = "(num_pages, page_size, Hkv, D) with block_table"
+    tensor(op, "k_cache", k_cache, ndim=4, layout=layout)
+    tensor(op, "v_cache", v_cache, ndim=4, layout=layout)
+    shape(op, "v_cache", v_cache, tuple(k_cache.shape), f"{layout}, the shape of k_cache")
+    if q is not None:
+        tensor(op, "q", q, ndim=4, layout="(B, Hq, Lq, D)")
+    for name, t in (("k_new", k_new), ("v_new", v_new)):
+        if t is not None:
+            tensor(op, name, t, ndim=4, layout="(B, Hkv, Lnew, D)")
+    same_dtype(op, "k_cache", k_cache, v_cache=v_cache, q=q, k_new=k_new, v_new=v_new)
+    same_device(op, "k_cache", k_cache, v_cache=v_cache, q=q, k_new=k_new, v_new=v_new, block_table=block_table)
+    tensor(op, "block_table", block_table, ndim=2, layout="(B, max_pages)", dtypes=(torch.int32,))
+    num_pages, page, hkv, d = k_cache.shape
+    b, max_pages = block_table.shape
+    if page < 1 or hkv < 1:
+        raise ValueError(f"{op}: expected a paged cache {layout} with page_size >= 1 and Hkv >= 1, got "
+                         f"{_shape(k_cache)}")
+    if q is not None:
+        shape(op, "q", q, (b, None, None, d), f"(B, Hq, Lq, D) with block_table's B = {b} and the cache's D = {d}")
+        if q.shape[1] % hkv != 0:
+            raise ValueError(f"{op}: expected the query heads Hq={q.shape[1]} to be a multiple of the cache heads "
+                             f"Hkv={hkv}")
+    if (k_new is None) != (v_new is None):
+        raise ValueError(f"{op}: expected k_new and v_new together (both or neither), got only "
+                         f"{'k_new' if v_new is None else 'v_new'}")
+    lnew = 0
+    if k_new is not None:
+        shape(op, "k_new", k_new, (b, hkv, None, d), "(B, Hkv, Lnew, D) matching block_table and the cache")
+        shape(op, "v_new", v_new, tuple(k_new.shape), "(B, Hkv, Lnew, D), the shape of k_new")
+        lnew = k_new.shape[2]
+    tensor(op, "cache_seqlens", cache_seqlens, ndim=1, layout="(B,)", dtypes=(torch.int32,))
+    shape(op, "cache_seqlens", cache_seqlens, (b,), "(B,), block_table's B")
+    same_device(op, "k_cache", k_cache, cache_seqlens=cache_seqlens)
+    if scale is not None:
+        number(op, "scale", scale)
+    capacity = max_pages * page
+    # Host tensors are read (free there): every row reached fits the table, and every page it names exists.
+    if cache_seqlens.device.type == "cpu" and cache_seqlens.numel() and not torch.compiler.is_compiling():
+        lens = cache_seqlens.to(torch.long) + lnew
+        if int(cache_seqlens.min()) < 0 or int(lens.max()) > capacity:
+            raise ValueError(f"{op}: expected 0 <= cache_seqlens and cache_seqlens + Lnew <= max_pages * page_size = "
+                             f"{capacity} (block_table {_shape(block_table)}, page_size {page}), got cache_seqlens "
+                             f"in [{int(cache_seqlens.min())}, {int(cache_seqlens.max())}] with Lnew = {lnew}")
+        used = torch.arange(max_pages).unsqueeze(0) < ((lens + page - 1) // page).unsqueeze(1)  # (B, max_pages)
+        ids = block_table[used]
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= num_pages):
+            raise ValueError(f"{op}: expected the pages block_table names for each sequence's rows in [0, num_pages) "
+                             f"= [0, {num_pages}), got ids in [{int(ids.min())}, {int(ids.max())}]")
+
+
 def kvcache_seqlens(op: str, cache_seqlens, b: int, k_cache: torch.Tensor, lnew: int, device) -> None:
     tensor(op, "cache_seqlens", cache_seqlens, ndim=1, layout="(B,)", dtypes=(torch.int32,))
     shape(op, "cache_seqlens", cache_seqlens, (b,), "(B,)")
@@ -408,9 +461,16 @@ def _lengths_fit(cache_seqlens: torch.Tensor, lnew: int, lmax: int) -> bool:
     return not values or (min(values) >= 0 and max(values) <= lmax - lnew)
 
 
-def kvcache_call(q, k_cache, v_cache, cache_seqlens, k_new=None, v_new=None, causal=True, scale=None) -> KVCacheCall:
+def kvcache_call(q, k_cache, v_cache, cache_seqlens, k_new=None, v_new=None, causal=True, scale=None,
+                 block_table=None) -> KVCacheCall:
     # the fast path covers a decoding step's call, the append included (~150 such calls per token); every
     # tensor attribute costs ~0.06-0.12 us, so each is read once (the full check below says what is wrong)
+    if block_table is not None:
+        _paged_kvcache_args_full("ak.attention_with_kvcache", q, k_cache, v_cache, cache_seqlens, k_new, v_new,
+                                 block_table, scale)
+        _flag("ak.attention_with_kvcache", "causal", causal)
+        return _new(KVCacheCall, (q, k_cache, v_cache, cache_seqlens, k_new, v_new, causal, _scale(scale),
+                                  block_table))
     if ((scale is None or (type(scale) is float and scale == scale)) and type(causal) is bool and isinstance(q, _T)
             and isinstance(k_cache, _T) and isinstance(v_cache, _T) and isinstance(cache_seqlens, _T)):
         qs, ks, dt, cpu = q.shape, k_cache.shape, q.dtype, q.is_cpu
@@ -433,10 +493,10 @@ def kvcache_call(q, k_cache, v_cache, cache_seqlens, k_new=None, v_new=None, cau
                       _same_device(q, k_cache, v_cache, cache_seqlens, k_new, v_new)))):
             # (on a GPU the kernels assert on the device: reading the lengths would synchronize)
             if not cpu or torch.compiler.is_compiling() or _lengths_fit(cache_seqlens, lnew, ks[2]):
-                return _new(KVCacheCall, (q, k_cache, v_cache, cache_seqlens, k_new, v_new, causal, scale))
+                return _new(KVCacheCall, (q, k_cache, v_cache, cache_seqlens, k_new, v_new, causal, scale, None))
     _kvcache_args_full(q, k_cache, v_cache, cache_seqlens, k_new, v_new, scale)
     _flag("ak.attention_with_kvcache", "causal", causal)
-    return _new(KVCacheCall, (q, k_cache, v_cache, cache_seqlens, k_new, v_new, causal, _scale(scale)))
+    return _new(KVCacheCall, (q, k_cache, v_cache, cache_seqlens, k_new, v_new, causal, _scale(scale), None))
 
 
 def kvcache_host_start(q, k_cache, v_cache, cache_seqlens, k_new=None, v_new=None, causal=True, scale=None):
@@ -473,7 +533,11 @@ def kvcache_host_start(q, k_cache, v_cache, cache_seqlens, k_new=None, v_new=Non
     return start if 0 <= start <= ks[2] - lnew else None
 
 
-def kvcache_append_call(k_cache, v_cache, k_new, v_new, cache_seqlens) -> KVCacheAppendCall:
+def kvcache_append_call(k_cache, v_cache, k_new, v_new, cache_seqlens, block_table=None) -> KVCacheAppendCall:
+    if block_table is not None:
+        _paged_kvcache_args_full("ak.kvcache_append", None, k_cache, v_cache, cache_seqlens, k_new, v_new,
+                                 block_table, None)
+        return _new(KVCacheAppendCall, (k_cache, v_cache, k_new, v_new, cache_seqlens, block_table))
     if (isinstance(k_cache, _T) and isinstance(v_cache, _T) and isinstance(k_new, _T) and isinstance(v_new, _T)
             and isinstance(cache_seqlens, _T)):
         ks, ns, dt, cpu = k_cache.shape, k_new.shape, k_cache.dtype, k_cache.is_cpu
@@ -484,9 +548,9 @@ def kvcache_append_call(k_cache, v_cache, k_new, v_new, cache_seqlens) -> KVCach
                 and ((v_cache.is_cpu and k_new.is_cpu and v_new.is_cpu and cache_seqlens.is_cpu) if cpu else
                      _same_device(k_cache, v_cache, k_new, v_new, cache_seqlens))
                 and (not cpu or torch.compiler.is_compiling() or _lengths_fit(cache_seqlens, ns[2], ks[2]))):
-            return _new(KVCacheAppendCall, (k_cache, v_cache, k_new, v_new, cache_seqlens))
+            return _new(KVCacheAppendCall, (k_cache, v_cache, k_new, v_new, cache_seqlens, None))
     _kvcache_append_args_full(k_cache, v_cache, k_new, v_new, cache_seqlens)
-    return _new(KVCacheAppendCall, (k_cache, v_cache, k_new, v_new, cache_seqlens))
+    return _new(KVCacheAppendCall, (k_cache, v_cache, k_new, v_new, cache_seqlens, None))
 
 
 # The norms' fast paths are written out in each function (no helper calls): after a kernel has streamed
@@ -639,13 +703,13 @@ def rotary_call(x, cos, sin, position_ids=None, interleaved=False, inplace=False
 
 
 def _kvcache_public_call(q, k_cache, v_cache, cache_seqlens, k_new=None, v_new=None, causal=True, scale=None,
-                        rotary_cos=None, rotary_sin=None, rotary_interleaved=False) -> KVCacheCall:
+                        rotary_cos=None, rotary_sin=None, rotary_interleaved=False, block_table=None) -> KVCacheCall:
     """make_call's attention_with_kvcache: the public arguments, rotary tables included (they rotate q and k_new
     before the backend's call, whose shapes they do not change)."""
     if rotary_cos is not None or rotary_sin is not None or rotary_interleaved is not False:
         rotary_for_append("ak.attention_with_kvcache", q, k_new, cache_seqlens, rotary_cos, rotary_sin,
                           rotary_interleaved)
-    return kvcache_call(q, k_cache, v_cache, cache_seqlens, k_new, v_new, causal, scale)
+    return kvcache_call(q, k_cache, v_cache, cache_seqlens, k_new, v_new, causal, scale, block_table)
 
 
 _BUILDERS = {"attention": attention_call, "attention_varlen": attention_varlen_call,

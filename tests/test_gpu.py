@@ -57,7 +57,7 @@ def test_opcheck_cuda():
 
 
 @pytest.mark.parametrize("op", ["attention", "attention_varlen", "attention_with_kvcache", "kvcache_append",
-                                "layer_norm", "rms_norm", "linear", "ffn"])
+                                "layer_norm", "rms_norm", "linear", "ffn", "rotary"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_every_op_and_backend_on_gpu(op, dtype):
     impls = [b for b in ak.backend.implementations(op)[op] if b != "reference"]

@@ -66,6 +66,7 @@ class KVCacheCall(NamedTuple):
     v_new: Tensor | None
     causal: bool
     scale: float | None
+    block_table: Tensor | None  # int32 (B, max_pages): the caches are paged (num_pages, page_size, Hkv, D)
 
     op = "attention_with_kvcache"
     softmax_scale = property(_softmax_scale)
@@ -77,6 +78,7 @@ class KVCacheAppendCall(NamedTuple):
     k_new: Tensor
     v_new: Tensor
     cache_seqlens: Tensor
+    block_table: Tensor | None
 
     op = "kvcache_append"
 

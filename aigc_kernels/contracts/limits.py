@@ -13,6 +13,7 @@ from .calls import (
     AttentionCall,
     AttentionVarlenCall,
     FFNCall,
+    KVCacheAppendCall,
     KVCacheCall,
     LayerNormCall,
     LinearCall,
@@ -118,7 +119,21 @@ def triton_attention_varlen(call: AttentionVarlenCall) -> str | None:
     return _attention_common("Triton", q, TRITON_HEAD_DIMS) or _triton_grad((q, call.k, call.v), q)
 
 
+PAGED_NOT_YET = ("the {} KV-cache kernels do not take a paged cache (block_table) yet: it runs on 'torch' (auto "
+                 "routes it there)")
+
+
+def kernel_kvcache_append(kernel: str, call: KVCacheAppendCall) -> str | None:
+    return PAGED_NOT_YET.format(kernel) if call.block_table is not None else None
+
+
+triton_kvcache_append = functools.partial(kernel_kvcache_append, "Triton")
+cuda_kvcache_append = functools.partial(kernel_kvcache_append, "CUDA")
+
+
 def triton_attention_with_kvcache(call: KVCacheCall) -> str | None:
+    if call.block_table is not None:
+        return PAGED_NOT_YET.format("Triton")
     return _attention_common("Triton", call.q, TRITON_HEAD_DIMS)
 
 
@@ -166,6 +181,8 @@ def flash_ready(t: torch.Tensor) -> bool:
 
 
 def cuda_attention_with_kvcache(call: KVCacheCall) -> str | None:
+    if call.block_table is not None:
+        return PAGED_NOT_YET.format("CUDA")
     for name, t in (("k_cache", call.k_cache), ("v_cache", call.v_cache)):
         if not flash_ready(t):
             return (f"the CUDA decoding kernel reads {name} in place and needs unit stride along the head dim, "

@@ -15,5 +15,7 @@ def _kvcache_append_fake(k_cache, v_cache, k_new, v_new, cache_seqlens) -> None:
     return None
 
 
-def kvcache_append(k_cache, v_cache, k_new, v_new, cache_seqlens) -> None:
+def kvcache_append(k_cache, v_cache, k_new, v_new, cache_seqlens, block_table=None) -> None:
+    if block_table is not None:  # (the backend's check refuses it first; see contracts.limits)
+        raise ValueError("the CUDA KV-cache kernels do not take a paged cache (block_table) yet")
     torch.ops.aigc_kernels.kvcache_append(k_cache, v_cache, k_new, v_new, cache_seqlens)

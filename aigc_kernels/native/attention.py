@@ -304,12 +304,49 @@ def _append(k_cache, v_cache, k_new, v_new, cache_seqlens, start: int | None) ->
     return lnew
 
 
-def kvcache_append(k_cache, v_cache, k_new, v_new, cache_seqlens) -> None:
+def _paged_slots(cache_seqlens, block_table, lnew: int, page_size: int):
+    """(pages, slots) (B, Lnew) of the rows cache_seqlens[b] + i in a paged cache."""
+    pos = cache_seqlens.to(torch.long).unsqueeze(1) + torch.arange(lnew, device=cache_seqlens.device)
+    return block_table.to(torch.long).gather(1, pos // page_size), pos % page_size
+
+
+def _paged_append(k_cache, v_cache, k_new, v_new, cache_seqlens, block_table) -> None:
+    """Write k_new/v_new (B, Hkv, Lnew, D) into the pages (num_pages, page_size, Hkv, D) the block table names."""
+    if k_new.numel() == 0:
+        return
+    pages, slots = _paged_slots(cache_seqlens, block_table, k_new.shape[2], k_cache.shape[1])
+    k_cache.index_put_((pages, slots), k_new.transpose(1, 2))  # (B, Lnew, Hkv, D) rows
+    v_cache.index_put_((pages, slots), v_new.transpose(1, 2))
+
+
+def _paged_gather(cache, block_table):
+    """A paged cache (num_pages, page_size, Hkv, D) as the contiguous (B, Hkv, max_pages * page_size, D) its block
+    table describes. Entries past a sequence's pages may hold anything (padding): clamped, and masked later."""
+    table = block_table.to(torch.long).clamp(0, cache.shape[0] - 1)
+    b, n = table.shape
+    rows = cache[table]  # (B, max_pages, page_size, Hkv, D)
+    return rows.reshape(b, n * cache.shape[1], cache.shape[2], cache.shape[3]).transpose(1, 2)
+
+
+def kvcache_append(k_cache, v_cache, k_new, v_new, cache_seqlens, block_table=None) -> None:
+    if block_table is not None:
+        _paged_append(k_cache, v_cache, k_new, v_new, cache_seqlens, block_table)
+        return
     _append(k_cache, v_cache, k_new, v_new, cache_seqlens, _host_length(cache_seqlens))
 
 
-def attention_with_kvcache(q, k_cache, v_cache, cache_seqlens, k_new=None, v_new=None, causal=True, scale=None, *,
-                           _start=-1):
+def attention_with_kvcache(q, k_cache, v_cache, cache_seqlens, k_new=None, v_new=None, causal=True, scale=None,
+                           block_table=None, *, _start=-1):
+    if block_table is not None:
+        # paged: the new rows into their pages, then the sequences' pages gathered into a contiguous cache (a
+        # copy of every page the table names: correct, not fast -- the kernels will read the pages in place)
+        lnew = 0
+        if k_new is not None:
+            _paged_append(k_cache, v_cache, k_new, v_new, cache_seqlens, block_table)
+            lnew = k_new.shape[2]
+        lens = cache_seqlens + lnew if lnew else cache_seqlens
+        return attention_with_kvcache(q, _paged_gather(k_cache, block_table), _paged_gather(v_cache, block_table),
+                                      lens, None, None, causal, scale)
     # one read of the lengths for the append and the attention; _start >= 0: the one host length, read
     # and checked by the caller (ops.attention_with_kvcache's one-frame CPU path)
     start = _host_length(cache_seqlens) if _start < 0 else _start

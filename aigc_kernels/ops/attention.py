@@ -92,13 +92,15 @@ def attention_with_kvcache(
     rotary_cos: torch.Tensor | None = None,
     rotary_sin: torch.Tensor | None = None,
     rotary_interleaved: bool = False,
+    block_table: torch.Tensor | None = None,
     backend: str | None = None,
 ) -> torch.Tensor:
     """Decoding attention over a KV cache, appending the new keys/values first.
 
     Args:
         q: (B, Hq, Lq, D), Lq small (1 for token-by-token decoding).
-        k_cache, v_cache: (B, Hkv, Lmax, D); modified in place when k_new/v_new are given.
+        k_cache, v_cache: (B, Hkv, Lmax, D); modified in place when k_new/v_new are given. With ``block_table``:
+            paged, (num_pages, page_size, Hkv, D), the layout of vLLM and FA2's block_table.
         cache_seqlens: int32 (B,), the valid rows of each cache before this call (not modified).
         k_new, v_new: (B, Hkv, Lnew, D), written at rows cache_seqlens[b]:cache_seqlens[b] + Lnew.
         causal: bottom-right aligned over the cache_seqlens[b] + Lnew valid keys.
@@ -107,6 +109,10 @@ def attention_with_kvcache(
             else every query row at cache_seqlens[b] -- FA2's flash_attn_with_kvcache. (Today q and k_new are
             rotated by ak.rotary on the same backend before the append, not inside the append kernel.)
         rotary_interleaved: GPT-J pairs instead of GPT-NeoX halves.
+        block_table: int32 (B, max_pages): row t of sequence b is in page block_table[b, t // page_size], slot
+            t % page_size; pages in any order, shared between sequences or not; entries past a sequence's pages
+            are not read. Today the "torch" backend runs paged caches (auto routes them there); the kernels
+            refuse them by name.
 
     Returns:
         (B, Hq, Lq, D).
@@ -124,11 +130,11 @@ def attention_with_kvcache(
     # Anything else takes the general path below, whose checks and errors are the contract.
     if ((backend == "auto" or (backend is None and not _scoped_backends and _backend._global_backend is None
                                and _ENV_DATA is not None and _ENV_KEY not in _ENV_DATA)) and not _explaining
-            and _backend._CPU_AUTO.get("attention_with_kvcache") is _native_kv
+            and block_table is None and _backend._CPU_AUTO.get("attention_with_kvcache") is _native_kv
             and (start := validation.kvcache_host_start(q, k_cache, v_cache, cache_seqlens, k_new, v_new, causal,
                                                         scale)) is not None):
         return _native_kv(q, k_cache, v_cache, cache_seqlens, k_new, v_new, causal, scale, _start=start)
-    call = validation.kvcache_call(q, k_cache, v_cache, cache_seqlens, k_new, v_new, causal, scale)
+    call = validation.kvcache_call(q, k_cache, v_cache, cache_seqlens, k_new, v_new, causal, scale, block_table)
     return (fast("attention_with_kvcache", q, backend) or select(call, backend))(*call)
 
 
@@ -139,15 +145,17 @@ def kvcache_append(
     v_new: torch.Tensor,
     cache_seqlens: torch.Tensor,
     *,
+    block_table: torch.Tensor | None = None,
     backend: str | None = None,
 ) -> None:
-    """Write k_new/v_new (B, Hkv, Lnew, D) into the caches (B, Hkv, Lmax, D) in place.
+    """Write k_new/v_new (B, Hkv, Lnew, D) into the caches (B, Hkv, Lmax, D) in place -- or, with an int32
+    block_table (B, max_pages), into paged caches (num_pages, page_size, Hkv, D) (see attention_with_kvcache).
 
     Batch b's new rows land at cache rows cache_seqlens[b]:cache_seqlens[b] + Lnew;
     cache_seqlens (int32, (B,)) is not modified. On a GPU an out-of-range write is caught by a
     device-side assert; with CPU-resident cache_seqlens it is a ValueError before any write.
     """
-    call = validation.kvcache_append_call(k_cache, v_cache, k_new, v_new, cache_seqlens)
+    call = validation.kvcache_append_call(k_cache, v_cache, k_new, v_new, cache_seqlens, block_table)
     (fast("kvcache_append", k_cache, backend) or select(call, backend))(*call)
 
 

@@ -171,9 +171,22 @@ def kvcache_append(
     k_new: torch.Tensor,
     v_new: torch.Tensor,
     cache_seqlens: torch.Tensor,
+    block_table: torch.Tensor | None = None,
 ) -> None:
-    """Write k_new/v_new (B, Hkv, Lnew, D) into the caches at rows cache_seqlens[b]:+Lnew, in place."""
+    """Write k_new/v_new (B, Hkv, Lnew, D) into the caches at rows cache_seqlens[b]:+Lnew, in place.
+
+    With a block table (B, max_pages) the caches are paged, (num_pages, page_size, Hkv, D): row t of
+    sequence b lives in page block_table[b, t // page_size], slot t % page_size."""
     b, h, lnew, d = k_new.shape
+    if block_table is not None:
+        page = k_cache.shape[1]
+        for i in range(b):
+            for j in range(lnew):
+                t = int(cache_seqlens[i]) + j
+                p = int(block_table[i, t // page])
+                k_cache[p, t % page] = k_new[i, :, j]
+                v_cache[p, t % page] = v_new[i, :, j]
+        return
     rows = cache_seqlens.to(torch.long).view(b, 1, 1, 1) + torch.arange(lnew, device=k_new.device).view(1, 1, lnew, 1)
     index = rows.expand(b, h, lnew, d)
     k_cache.scatter_(2, index, k_new)
@@ -189,11 +202,14 @@ def attention_with_kvcache(
     v_new: torch.Tensor | None = None,
     causal: bool = True,
     scale: float | None = None,
+    block_table: torch.Tensor | None = None,
+    *,
     rotary_cos: torch.Tensor | None = None,
     rotary_sin: torch.Tensor | None = None,
     rotary_interleaved: bool = False,
 ) -> torch.Tensor:
-    """Decoding attention over a KV cache: q (B, Hq, Lq, D), caches (B, Hkv, Lmax, D).
+    """Decoding attention over a KV cache: q (B, Hq, Lq, D), caches (B, Hkv, Lmax, D) -- or, with a block table
+    (B, max_pages), paged caches (num_pages, page_size, Hkv, D) (see kvcache_append).
 
     With rotary_cos/rotary_sin (Lro, R/2), k_new is rotated at positions cache_seqlens[b] + i before it is
     written, and q at cache_seqlens[b] + i (causal) or cache_seqlens[b] (not causal), as FA2 does.
@@ -211,7 +227,18 @@ def attention_with_kvcache(
         k_new = rotary(k_new, rotary_cos, rotary_sin, start + torch.arange(k_new.shape[2], device=q.device),
                        rotary_interleaved)
     if k_new is not None:
-        kvcache_append(k_cache, v_cache, k_new, v_new, cache_seqlens)
+        kvcache_append(k_cache, v_cache, k_new, v_new, cache_seqlens, block_table)
+    if block_table is not None:  # each sequence's rows, read page by page into a contiguous cache
+        page, (_, _, hkv, d) = k_cache.shape[1], k_cache.shape
+        n_rows = block_table.shape[1] * page
+        lengths = cache_seqlens.to(torch.long) + (k_new.shape[2] if k_new is not None else 0)
+        dense_k = k_cache.new_zeros(q.shape[0], hkv, n_rows, d)
+        dense_v = v_cache.new_zeros(q.shape[0], hkv, n_rows, d)
+        for i in range(q.shape[0]):
+            for t in range(int(lengths[i])):
+                p = int(block_table[i, t // page])
+                dense_k[i, :, t], dense_v[i, :, t] = k_cache[p, t % page], v_cache[p, t % page]
+        k_cache, v_cache, lmax = dense_k, dense_v, n_rows
     lengths = (cache_seqlens.to(torch.long) + (k_new.shape[2] if k_new is not None else 0)).view(-1, 1, 1)
     j = torch.arange(lmax, device=q.device).view(1, 1, lmax)
     keep = j < lengths  # (B, 1, Lmax): valid cache rows

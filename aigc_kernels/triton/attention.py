@@ -1105,11 +1105,16 @@ def attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seql
     return out
 
 
-def kvcache_append(k_cache, v_cache, k_new, v_new, cache_seqlens) -> None:
+def kvcache_append(k_cache, v_cache, k_new, v_new, cache_seqlens, block_table=None) -> None:
+    if block_table is not None:  # (the backend's check refuses it first; see contracts.limits)
+        raise ValueError("the Triton KV-cache kernels do not take a paged cache (block_table) yet")
     kvcache_append_op(k_cache, v_cache, k_new, v_new, cache_seqlens)
 
 
-def attention_with_kvcache(q, k_cache, v_cache, cache_seqlens, k_new=None, v_new=None, causal=True, scale=None):
+def attention_with_kvcache(q, k_cache, v_cache, cache_seqlens, k_new=None, v_new=None, causal=True, scale=None,
+                           block_table=None):
+    if block_table is not None:  # (the backend's check refuses it first; see contracts.limits)
+        raise ValueError("the Triton KV-cache kernels do not take a paged cache (block_table) yet")
     scale = softmax_scale(q, scale)
     lnew = 0
     if k_new is not None:

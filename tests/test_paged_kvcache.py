@@ -1,0 +1,160 @@
+"""Paged KV caches (block tables): ak.attention_with_kvcache and ak.kvcache_append with ``block_table``, the
+layout of vLLM and FA2 -- caches (num_pages, page_size, Hkv, D), block_table int32 (B, max_pages), row t of
+sequence b in page block_table[b, t // page_size] at slot t % page_size.
+
+Each case is compared with the same cache laid out contiguously (B, Hkv, Lmax, D) on the same backend, and
+with the float64 reference. The "torch" backend runs paged caches today; the Triton and CUDA kernels refuse
+them by name (auto routes the call to "torch").
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import aigc_kernels as ak
+from aigc_kernels import reference as R
+
+I32 = torch.int32
+
+
+def paged_setup(page: int, lens: list[int], lnew: int, *, b_heads=(4, 2), d=16, extra_pages=3, width=None,
+                share_prefix=0, seed=0, dtype=torch.float32):
+    """Random paged caches holding len_b rows per sequence (pages shuffled, optionally a shared prefix of pages),
+    the same rows as a contiguous cache, and what to append."""
+    g = torch.Generator().manual_seed(seed)
+    hq, hkv = b_heads
+    b = len(lens)
+    need = [-(-(n + lnew) // page) for n in lens]
+    width = width or max(need) + 1
+    shared = -(-share_prefix // page) if share_prefix else 0
+    total = shared + sum(n - shared for n in need) + extra_pages
+    perm = torch.randperm(total, generator=g).tolist()
+    table = torch.full((b, width), 10**6, dtype=I32)  # padding past each sequence's pages: never read
+    nxt = shared
+    for i, n in enumerate(need):
+        for j in range(n):
+            table[i, j] = perm[j] if j < shared else perm[nxt]
+            nxt += j >= shared
+    kc = torch.randn(total, page, hkv, d, generator=g).to(dtype)
+    vc = torch.randn(total, page, hkv, d, generator=g).to(dtype)
+    lmax = width * page
+    dense_k, dense_v = torch.zeros(b, hkv, lmax, d, dtype=dtype), torch.zeros(b, hkv, lmax, d, dtype=dtype)
+    for i, n in enumerate(lens):
+        for t in range(n):
+            p = int(table[i, t // page])
+            dense_k[i, :, t], dense_v[i, :, t] = kc[p, t % page], vc[p, t % page]
+    q = torch.randn(b, hq, lnew or 1, d, generator=g).to(dtype)
+    kn = torch.randn(b, hkv, lnew, d, generator=g).to(dtype) if lnew else None
+    vn = torch.randn(b, hkv, lnew, d, generator=g).to(dtype) if lnew else None
+    return dict(q=q, kc=kc, vc=vc, table=table, lens=torch.tensor(lens, dtype=I32), kn=kn, vn=vn, dk=dense_k,
+                dv=dense_v)
+
+
+def dense_rows(kc, table, lens, lnew, page):
+    """The rows each sequence holds after the append, read through its pages: (B, Hkv, n_b, D) as a list."""
+    out = []
+    for i, n in enumerate((lens.long() + lnew).tolist()):
+        out.append(torch.stack([kc[int(table[i, t // page]), t % page] for t in range(n)], dim=1))
+    return out
+
+
+@pytest.mark.parametrize("page", [1, 2, 16, 32, 64, 128, 256])
+@pytest.mark.parametrize("causal", [True, False])
+def test_paged_equals_contiguous_at_every_page_size(page, causal):
+    s = paged_setup(page, [0, page + 3, 3 * page - 1], lnew=2)
+    kc, vc = s["kc"].clone(), s["vc"].clone()
+    got = ak.attention_with_kvcache(s["q"], kc, vc, s["lens"], k_new=s["kn"], v_new=s["vn"], causal=causal,
+                                    block_table=s["table"], backend="torch")
+    dk, dv = s["dk"].clone(), s["dv"].clone()
+    want = ak.attention_with_kvcache(s["q"], dk, dv, s["lens"], k_new=s["kn"], v_new=s["vn"], causal=causal,
+                                     backend="torch")
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+    # the appended rows landed in the right pages and slots, and nothing else changed
+    for i, rows in enumerate(dense_rows(kc, s["table"], s["lens"], 2, page)):
+        torch.testing.assert_close(rows, dk[i, :, : rows.shape[1]], atol=0, rtol=0)
+    written = torch.zeros(kc.shape[:2], dtype=torch.bool)
+    for i, n in enumerate(s["lens"].tolist()):
+        for t in range(n, n + 2):
+            written[int(s["table"][i, t // page]), t % page] = True
+    assert torch.equal(kc[~written], s["kc"][~written]) and torch.equal(vc[~written], s["vc"][~written])
+    ref = R.attention_with_kvcache(s["q"].double(), s["kc"].double(), s["vc"].double(), s["lens"],
+                                   s["kn"].double(), s["vn"].double(), causal, None, s["table"])
+    torch.testing.assert_close(got.double(), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_shared_prefix_pages_and_decoding_without_append():
+    """Two sequences reading one prefix of pages (a common system prompt), no append, GQA 4/2, Lq = 1."""
+    page = 16
+    s = paged_setup(page, [40, 37], lnew=0, share_prefix=32)
+    assert torch.equal(s["table"][0, :2], s["table"][1, :2])
+    got = ak.attention_with_kvcache(s["q"], s["kc"], s["vc"], s["lens"], block_table=s["table"], backend="torch")
+    want = ak.attention_with_kvcache(s["q"], s["dk"], s["dv"], s["lens"], backend="torch")
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+
+
+def test_paged_append_alone_and_with_rotary():
+    page = 16
+    s = paged_setup(page, [5, 30], lnew=3)
+    kc, vc = s["kc"].clone(), s["vc"].clone()
+    ak.kvcache_append(kc, vc, s["kn"], s["vn"], s["lens"], block_table=s["table"], backend="torch")
+    kr, vr = s["kc"].clone(), s["vc"].clone()
+    R.kvcache_append(kr, vr, s["kn"], s["vn"], s["lens"], s["table"])
+    assert torch.equal(kc, kr) and torch.equal(vc, vr)
+    t = torch.arange(64, dtype=torch.float64)[:, None] * 10000.0 ** (-torch.arange(8) / 8)
+    cos, sin = t.cos().float(), t.sin().float()
+    kc, vc, dk, dv = s["kc"].clone(), s["vc"].clone(), s["dk"].clone(), s["dv"].clone()
+    got = ak.attention_with_kvcache(s["q"], kc, vc, s["lens"], k_new=s["kn"], v_new=s["vn"], rotary_cos=cos,
+                                    rotary_sin=sin, block_table=s["table"], backend="torch")
+    want = ak.attention_with_kvcache(s["q"], dk, dv, s["lens"], k_new=s["kn"], v_new=s["vn"], rotary_cos=cos,
+                                     rotary_sin=sin, backend="torch")
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_the_kernels_refuse_a_paged_cache_by_name_and_auto_runs_torch(backend):
+    s = paged_setup(16, [5, 9], lnew=1)
+    if backend in ak.available_backends():
+        with pytest.raises(ak.BackendError, match="do not take a paged cache"):
+            ak.attention_with_kvcache(s["q"], s["kc"], s["vc"], s["lens"], k_new=s["kn"], v_new=s["vn"],
+                                      block_table=s["table"], backend=backend)
+    from aigc_kernels.backend import implementation
+    from aigc_kernels.validation import make_call
+
+    call = make_call("attention_with_kvcache", s["q"], s["kc"], s["vc"], s["lens"], k_new=s["kn"], v_new=s["vn"],
+                     block_table=s["table"])
+    assert "paged cache" in implementation("attention_with_kvcache", backend).why_not(call)
+    call = make_call("kvcache_append", s["kc"], s["vc"], s["kn"], s["vn"], s["lens"], block_table=s["table"])
+    assert "paged cache" in implementation("kvcache_append", backend).why_not(call)
+    explained = ak.explain("attention_with_kvcache", s["q"], s["kc"], s["vc"], s["lens"], block_table=s["table"])
+    assert explained.backend == "torch"
+
+
+def test_bad_paged_input_names_expected_and_given():
+    s = paged_setup(4, [3, 6], lnew=1)
+    q, kc, vc, table, lens, kn, vn = (s[k] for k in ("q", "kc", "vc", "table", "lens", "kn", "vn"))
+
+    def call(**kw):
+        args = dict(q=q, k_cache=kc, v_cache=vc, cache_seqlens=lens) | {k: v for k, v in kw.items()
+                                                                          if k in ("q", "k_cache", "cache_seqlens")}
+        rest = dict(k_new=kn, v_new=vn, block_table=table) | {k: v for k, v in kw.items() if k not in args}
+        return ak.attention_with_kvcache(*args.values(), **rest)
+
+    with pytest.raises(TypeError, match="expected block_table of dtype int32, got int64"):
+        call(block_table=table.long())
+    with pytest.raises(ValueError, match=r"expected block_table to be 2-D \(B, max_pages\)"):
+        call(block_table=table[0])
+    with pytest.raises(ValueError, match=r"expected cache_seqlens of shape \(2,\) \(B,\), block_table's B"):
+        call(cache_seqlens=lens[:1])
+    with pytest.raises(ValueError, match=r"cache_seqlens \+ Lnew <= max_pages \* page_size = 12"):
+        call(cache_seqlens=torch.tensor([3, 12], dtype=I32))
+    bad = table.clone()
+    bad[1, 0] = kc.shape[0]
+    with pytest.raises(ValueError, match=r"pages block_table names .* in \[0, num_pages\) = \[0, \d+\), got ids"):
+        call(block_table=bad)
+    with pytest.raises(ValueError, match=r"expected k_new of shape \(2, 2, \*, 16\)"):
+        call(k_new=kn[:, :1], v_new=vn[:, :1])
+    with pytest.raises(ValueError, match=r"expected q of shape \(2, \*, \*, 16\)"):
+        call(q=q[:1])
+    with pytest.raises(ValueError, match=r"cache_seqlens \+ Lnew <= max_pages \* page_size"):
+        ak.kvcache_append(kc, vc, kn, vn, torch.tensor([3, 12], dtype=I32), block_table=table)
