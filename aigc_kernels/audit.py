@@ -348,6 +348,18 @@ def attention_cases() -> list[Case]:
 
         return run
 
+    def paged_decode(dt, d, b, cache, page, hq=32, hkv=8):
+        def run():
+            dtype = _DT[dt]
+            pages = b * cache // page
+            kc, vc = _t(pages, page, hkv, d, dtype=dtype), _t(pages, page, hkv, d, dtype=dtype)
+            table = torch.arange(pages, dtype=torch.int32).view(b, cache // page)
+            lens = torch.full((b,), cache // 2, dtype=torch.int32)
+            A.attention_with_kvcache(_t(b, hq, 1, d, dtype=dtype), kc, vc, lens, k_new=_t(b, hkv, 1, d, dtype=dtype),
+                                     v_new=_t(b, hkv, 1, d, dtype=dtype), block_table=table)
+
+        return run
+
     cases = []
     for dt in ("bf16", "fp16"):
         for d in (64, 128):
@@ -376,6 +388,10 @@ def attention_cases() -> list[Case]:
                                                                          append=False)),
         Case("attention", "decode fp16 d=128 MHA B=2 cache=4096", decode("fp16", 128, 2, 4096, hq=8, hkv=8)),
         Case("attention", "decode fp32 d=64 GQA 4 B=2 cache=1024", decode("fp32", 64, 2, 1024)),
+        *(Case("attention", f"decode bf16 d=128 GQA 32/8 B=8 paged (page {page}) cache=16384",
+               paged_decode("bf16", 128, 8, 16384, page)) for page in (16, 256)),
+        Case("attention", "decode fp16 d=64 MHA B=1 paged (page 1) cache=512", paged_decode("fp16", 64, 1, 512, 1,
+                                                                                         hq=8, hkv=8)),
     ]
     return cases
 

@@ -218,8 +218,15 @@ def test_opcheck():
         torch.library.opcheck(A.attention_bwd, (torch.randn_like(out), q, k, v, out, lse, mask, None, None, 17, 19,
                                                 True, 0.25, -1, -1, 0.0, None, softcap, sk))
     lens = torch.tensor([5], dtype=torch.int32, device=DEVICE)
-    torch.library.opcheck(A.attention_decode, (q[:, :, :1], k, v, lens, 0, True, 0.25))
-    torch.library.opcheck(A.kvcache_append_op, (k.clone(), v.clone(), k[:, :, :2].clone(), v[:, :, :2].clone(), lens))
+    torch.library.opcheck(A.attention_decode, (q[:, :, :1], k, v, lens, 0, True, 0.25, None))
+    torch.library.opcheck(A.kvcache_append_op, (k.clone(), v.clone(), k[:, :, :2].clone(), v[:, :, :2].clone(), lens,
+                                                None))
+    # a paged cache: pages of 4 rows, (num_pages, page_size, Hkv, D), two pages in reverse order
+    kp, vp = k[0, :, :8].reshape(1, 2, 4, 16).permute(1, 2, 0, 3).contiguous(), rand(2, 4, 1, 16, seed=4)
+    table = torch.tensor([[1, 0]], dtype=torch.int32, device=DEVICE)
+    torch.library.opcheck(A.attention_decode, (q[:, :, :1], kp, vp, lens, 0, True, 0.25, table))
+    torch.library.opcheck(A.kvcache_append_op, (kp.clone(), vp.clone(), k[:, :, :2].clone(), v[:, :, :2].clone(),
+                                                lens, table))
 
 
 def test_compile_fullgraph():

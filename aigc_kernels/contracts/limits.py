@@ -119,21 +119,22 @@ def triton_attention_varlen(call: AttentionVarlenCall) -> str | None:
     return _attention_common("Triton", q, TRITON_HEAD_DIMS) or _triton_grad((q, call.k, call.v), q)
 
 
-PAGED_NOT_YET = ("the {} KV-cache kernels do not take a paged cache (block_table) yet: it runs on 'torch' (auto "
-                 "routes it there)")
+PAGED_NOT_YET = ("the {} KV-cache kernels do not take a paged cache (block_table) yet: 'torch' and 'triton' do "
+                 "(auto routes it to them)")
 
 
 def kernel_kvcache_append(kernel: str, call: KVCacheAppendCall) -> str | None:
     return PAGED_NOT_YET.format(kernel) if call.block_table is not None else None
 
 
-triton_kvcache_append = functools.partial(kernel_kvcache_append, "Triton")
+def triton_kvcache_append(call: KVCacheAppendCall) -> str | None:
+    return None  # contiguous or paged, any dtype (a row copy)
+
+
 cuda_kvcache_append = functools.partial(kernel_kvcache_append, "CUDA")
 
 
 def triton_attention_with_kvcache(call: KVCacheCall) -> str | None:
-    if call.block_table is not None:
-        return PAGED_NOT_YET.format("Triton")
     return _attention_common("Triton", call.q, TRITON_HEAD_DIMS)
 
 

@@ -111,8 +111,8 @@ def attention_with_kvcache(
         rotary_interleaved: GPT-J pairs instead of GPT-NeoX halves.
         block_table: int32 (B, max_pages): row t of sequence b is in page block_table[b, t // page_size], slot
             t % page_size; pages in any order, shared between sequences or not; entries past a sequence's pages
-            are not read. Today the "torch" backend runs paged caches (auto routes them there); the kernels
-            refuse them by name.
+            are not read. The "torch" and "triton" backends run paged caches; the CUDA kernels refuse them by
+            name (auto routes them elsewhere).
 
     Returns:
         (B, Hq, Lq, D).

@@ -667,17 +667,20 @@ def _attn_bwd_dq_kernel(
 
 @triton.jit
 def _decode_split_kernel(
-    Q, K, V, LENS, PART_O, PART_LSE,
+    Q, K, V, LENS, PART_O, PART_LSE, BT,  # BT: the block table (PAGED)
     stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
+    stride_btb, PAGE,  # PAGED: kb/vb stride the pages, kn/vn the slots of a page of PAGE rows
     stride_pb, stride_ph, stride_pm, stride_ps,  # PART_O (B, Hq, Lq, S, D) float32 strides (d contiguous)
     stride_lb, stride_lh, stride_lm,  # PART_LSE (B, Hq, Lq, S) (split contiguous)
     HKV, GROUPS, LQ, LQ_TOTAL, Q_OFFSET, LNEW, HEAD_DIM, sm_scale, chunk,
-    IS_CAUSAL: tl.constexpr, IEEE: tl.constexpr,
+    IS_CAUSAL: tl.constexpr, IEEE: tl.constexpr, PAGED: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """One (batch, kv head, split): the GROUPS * LQ query rows of the kv head against one chunk of
     the cache, writing a normalized partial output and its lse (flash-decoding). The LQ queries
-    are rows Q_OFFSET.. of the LQ_TOTAL new queries (long inputs are processed in row chunks)."""
+    are rows Q_OFFSET.. of the LQ_TOTAL new queries (long inputs are processed in row chunks).
+    PAGED: key row n of batch b is slot n % PAGE of page BT[b, n // PAGE] (one table read per row, so
+    pages of any size; rows past the valid keys read no page)."""
     pid_bh = tl.program_id(0)
     split = tl.program_id(1)
     b = pid_bh // HKV
@@ -698,13 +701,23 @@ def _decode_split_kernel(
     acc = tl.zeros([BLOCK_R, BLOCK_D], dtype=tl.float32)
     lo = split * chunk
     hi = tl.minimum(lo + chunk, lk)
-    k_base = K + b64 * stride_kb + hk * stride_kh
-    v_base = V + b64 * stride_vb + hk * stride_vh
+    if PAGED:
+        k_base = K + hk * stride_kh
+        v_base = V + hk * stride_vh
+    else:
+        k_base = K + b64 * stride_kb + hk * stride_kh
+        v_base = V + b64 * stride_vb + hk * stride_vh
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         n_ok = offs_n < hi
-        k = tl.load(k_base + offs_n[None, :].to(tl.int64) * stride_kn + offs_d[:, None],
-                    mask=n_ok[None, :] & d_ok[:, None], other=0.0)
+        if PAGED:
+            page = tl.load(BT + b64 * stride_btb + offs_n // PAGE, mask=n_ok, other=0).to(tl.int64)
+            k_rows = page * stride_kb + (offs_n % PAGE).to(tl.int64) * stride_kn
+            v_rows = page * stride_vb + (offs_n % PAGE).to(tl.int64) * stride_vn
+        else:
+            k_rows = offs_n.to(tl.int64) * stride_kn
+            v_rows = offs_n.to(tl.int64) * stride_vn
+        k = tl.load(k_base + k_rows[None, :] + offs_d[:, None], mask=n_ok[None, :] & d_ok[:, None], other=0.0)
         if IEEE:
             s = tl.dot(q, k, input_precision="ieee") * qk_scale
         else:
@@ -714,8 +727,7 @@ def _decode_split_kernel(
             keep &= offs_n[None, :] <= (Q_OFFSET + i + (lk - LQ_TOTAL))[:, None]
         s = tl.where(keep, s, float("-inf"))
         p, alpha, m_new, l_i = _softmax_step(s, m_i, l_i)
-        v = tl.load(v_base + offs_n[:, None].to(tl.int64) * stride_vn + offs_d[None, :],
-                    mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+        v = tl.load(v_base + v_rows[:, None] + offs_d[None, :], mask=n_ok[:, None] & d_ok[None, :], other=0.0)
         if IEEE:
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
         else:
@@ -911,12 +923,14 @@ def _bwd(do, q, k, v, out, lse, attn_mask, cu_q, cu_k, max_q, max_k, causal, sca
 
 
 @triton.jit
-def _kvcache_append_kernel(KC, VC, KN, VN, LENS, H, LNEW, LMAX, D,
+def _kvcache_append_kernel(KC, VC, KN, VN, LENS, BT, H, LNEW, LMAX, D,
                            s_kcb, s_kch, s_kcm, s_kcd, s_vcb, s_vch, s_vcm, s_vcd,
-                           s_knb, s_knh, s_knm, s_knd, s_vnb, s_vnh, s_vnm, s_vnd,
-                           BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+                           s_knb, s_knh, s_knm, s_knd, s_vnb, s_vnh, s_vnm, s_vnd, s_btb, PAGE,
+                           PAGED: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
     """Rows of k_new/v_new of one (batch, head) -> cache rows cache_seqlens[b] + row. A row that would land
-    outside [0, Lmax) is not written (validation refuses such lengths when they are on the host)."""
+    outside [0, Lmax) is not written (validation refuses such lengths when they are on the host).
+    PAGED: row t goes to slot t % PAGE of page BT[b, t // PAGE] (s_kcb strides pages, s_kcm slots; LMAX is
+    the table's max_pages * PAGE)."""
     bh = tl.program_id(0)
     b = (bh // H).to(tl.int64)
     h = (bh % H).to(tl.int64)
@@ -924,29 +938,51 @@ def _kvcache_append_kernel(KC, VC, KN, VN, LENS, H, LNEW, LMAX, D,
     cols = tl.arange(0, BLOCK_D)
     dst = tl.load(LENS + b).to(tl.int64) + rows
     ok = ((rows < LNEW) & (dst >= 0) & (dst < LMAX))[:, None] & (cols < D)[None, :]
-    r, c, t = rows.to(tl.int64)[:, None], cols.to(tl.int64)[None, :], dst[:, None]
+    r, c = rows.to(tl.int64)[:, None], cols.to(tl.int64)[None, :]
+    if PAGED:
+        row_ok = (rows < LNEW) & (dst >= 0) & (dst < LMAX)
+        page = tl.load(BT + b * s_btb + dst // PAGE, mask=row_ok, other=0).to(tl.int64)
+        k_dst = page * s_kcb + (dst % PAGE) * s_kcm
+        v_dst = page * s_vcb + (dst % PAGE) * s_vcm
+    else:
+        k_dst = b * s_kcb + dst * s_kcm
+        v_dst = b * s_vcb + dst * s_vcm
     k = tl.load(KN + b * s_knb + h * s_knh + r * s_knm + c * s_knd, mask=ok)
-    tl.store(KC + b * s_kcb + h * s_kch + t * s_kcm + c * s_kcd, k, mask=ok)
+    tl.store(KC + k_dst[:, None] + h * s_kch + c * s_kcd, k, mask=ok)
     v = tl.load(VN + b * s_vnb + h * s_vnh + r * s_vnm + c * s_vnd, mask=ok)
-    tl.store(VC + b * s_vcb + h * s_vch + t * s_vcm + c * s_vcd, v, mask=ok)
+    tl.store(VC + v_dst[:, None] + h * s_vch + c * s_vcd, v, mask=ok)
 
 
-def _append(k_cache, v_cache, k_new, v_new, cache_seqlens) -> None:
+def _cache_layout(cache: torch.Tensor, block_table: torch.Tensor | None) -> tuple[int, tuple, int, int]:
+    """(rows a sequence can hold, the (batch-or-page, head, row-or-slot, feature) strides, page size, table row
+    stride) of a contiguous (B, Hkv, Lmax, D) or paged (num_pages, page_size, Hkv, D) cache."""
+    s = cache.stride()
+    if block_table is None:
+        return cache.shape[2], s, 1, 0
+    page = cache.shape[1]
+    return block_table.shape[1] * page, (s[0], s[2], s[1], s[3]), page, block_table.stride(0)
+
+
+def _append(k_cache, v_cache, k_new, v_new, cache_seqlens, block_table=None) -> None:
     b, h, lnew, d = k_new.shape
     if k_new.numel() == 0:
         return
     block_d = triton.next_power_of_2(d)
     block_r = max(1, min(triton.next_power_of_2(lnew), 4096 // block_d))
+    lmax, ks, page, s_bt = _cache_layout(k_cache, block_table)
+    _, vs, _, _ = _cache_layout(v_cache, block_table)
     _kvcache_append_kernel[(b * h, triton.cdiv(lnew, block_r))](
-        k_cache, v_cache, k_new, v_new, cache_seqlens, h, lnew, k_cache.shape[2], d,
-        *k_cache.stride(), *v_cache.stride(), *k_new.stride(), *v_new.stride(),
-        BLOCK_R=block_r, BLOCK_D=block_d, num_warps=1 if INTERPRET else 4,
+        k_cache, v_cache, k_new, v_new, cache_seqlens, block_table if block_table is not None else cache_seqlens,
+        h, lnew, lmax, d, *ks, *vs, *k_new.stride(), *v_new.stride(), s_bt, page,
+        PAGED=block_table is not None, BLOCK_R=block_r, BLOCK_D=block_d, num_warps=1 if INTERPRET else 4,
     )
 
 
-def _decode(q, k_cache, v_cache, cache_seqlens, lnew, causal, scale):
+def _decode(q, k_cache, v_cache, cache_seqlens, lnew, causal, scale, block_table=None):
     b, hq, lq, d = q.shape
-    hkv, lmax = k_cache.shape[1], k_cache.shape[2]
+    lmax, ks, page, s_bt = _cache_layout(k_cache, block_table)
+    _, vs, _, _ = _cache_layout(v_cache, block_table)
+    hkv = k_cache.shape[1] if block_table is None else k_cache.shape[2]
     groups = hq // hkv
     out = torch.empty_like(q)
     if out.numel() == 0:
@@ -971,12 +1007,13 @@ def _decode(q, k_cache, v_cache, cache_seqlens, lnew, causal, scale):
         part_lse = torch.empty(b, hq, n, splits, dtype=torch.float32, device=q.device)
         _decode_split_kernel[(b * hkv, splits)](
             qc, k_cache, v_cache, cache_seqlens, part_o, part_lse,
-            qc.stride(0), qc.stride(1), qc.stride(2), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-            v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
+            block_table if block_table is not None else cache_seqlens,
+            qc.stride(0), qc.stride(1), qc.stride(2), ks[0], ks[1], ks[2], vs[0], vs[1], vs[2], s_bt, page,
             part_o.stride(0), part_o.stride(1), part_o.stride(2), part_o.stride(3),
             part_lse.stride(0), part_lse.stride(1), part_lse.stride(2),
             hkv, groups, n, lq, r0, lnew, d, scale, chunk,
-            IS_CAUSAL=causal, IEEE=q.dtype == torch.float32, BLOCK_R=max(16, triton.next_power_of_2(groups * n)),
+            IS_CAUSAL=causal, IEEE=q.dtype == torch.float32, PAGED=block_table is not None,
+            BLOCK_R=max(16, triton.next_power_of_2(groups * n)),
             BLOCK_N=block_n, BLOCK_D=block_d, num_warps=1 if INTERPRET else 4,
         )
         _decode_combine_kernel[(b * hq * n,)](
@@ -1050,25 +1087,27 @@ torch.library.register_autograd("aigc_kernels::attention_fwd_triton", _backward,
 
 @torch.library.custom_op("aigc_kernels::kvcache_append_triton", mutates_args=("k_cache", "v_cache"))
 def kvcache_append_op(k_cache: torch.Tensor, v_cache: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor,
-                      cache_seqlens: torch.Tensor) -> None:
-    """Write k_new/v_new (B, Hkv, Lnew, D) into the caches at rows cache_seqlens[b]:+Lnew, in place."""
-    _append(k_cache, v_cache, k_new, v_new, cache_seqlens)
+                      cache_seqlens: torch.Tensor, block_table: torch.Tensor | None) -> None:
+    """Write k_new/v_new (B, Hkv, Lnew, D) into the caches at rows cache_seqlens[b]:+Lnew, in place (paged
+    caches (num_pages, page_size, Hkv, D) through block_table (B, max_pages))."""
+    _append(k_cache, v_cache, k_new, v_new, cache_seqlens, block_table)
 
 
 @kvcache_append_op.register_fake
-def _(k_cache, v_cache, k_new, v_new, cache_seqlens) -> None:
+def _(k_cache, v_cache, k_new, v_new, cache_seqlens, block_table) -> None:
     return None
 
 
 @torch.library.custom_op("aigc_kernels::attention_decode_triton", mutates_args=())
 def attention_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cache_seqlens: torch.Tensor,
-                     lnew: int, causal: bool, scale: float) -> torch.Tensor:
-    """Split-K decoding: q (B, Hq, Lq, D) against the first cache_seqlens[b] + lnew cache rows."""
-    return _decode(q, k_cache, v_cache, cache_seqlens, lnew, causal, scale)
+                     lnew: int, causal: bool, scale: float, block_table: torch.Tensor | None) -> torch.Tensor:
+    """Split-K decoding: q (B, Hq, Lq, D) against the first cache_seqlens[b] + lnew cache rows (paged caches
+    through block_table)."""
+    return _decode(q, k_cache, v_cache, cache_seqlens, lnew, causal, scale, block_table)
 
 
 @attention_decode.register_fake
-def _(q, k_cache, v_cache, cache_seqlens, lnew, causal, scale):
+def _(q, k_cache, v_cache, cache_seqlens, lnew, causal, scale, block_table):
     return torch.empty_like(q)
 
 
@@ -1106,18 +1145,14 @@ def attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seql
 
 
 def kvcache_append(k_cache, v_cache, k_new, v_new, cache_seqlens, block_table=None) -> None:
-    if block_table is not None:  # (the backend's check refuses it first; see contracts.limits)
-        raise ValueError("the Triton KV-cache kernels do not take a paged cache (block_table) yet")
-    kvcache_append_op(k_cache, v_cache, k_new, v_new, cache_seqlens)
+    kvcache_append_op(k_cache, v_cache, k_new, v_new, cache_seqlens, block_table)
 
 
 def attention_with_kvcache(q, k_cache, v_cache, cache_seqlens, k_new=None, v_new=None, causal=True, scale=None,
                            block_table=None):
-    if block_table is not None:  # (the backend's check refuses it first; see contracts.limits)
-        raise ValueError("the Triton KV-cache kernels do not take a paged cache (block_table) yet")
     scale = softmax_scale(q, scale)
     lnew = 0
     if k_new is not None:
-        kvcache_append_op(k_cache, v_cache, k_new, v_new, cache_seqlens)
+        kvcache_append_op(k_cache, v_cache, k_new, v_new, cache_seqlens, block_table)
         lnew = k_new.shape[2]
-    return attention_decode(rowmajor(q), k_cache, v_cache, cache_seqlens, lnew, causal, scale)
+    return attention_decode(rowmajor(q), k_cache, v_cache, cache_seqlens, lnew, causal, scale, block_table)
