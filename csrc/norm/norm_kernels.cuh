@@ -9,51 +9,11 @@
 // summed afterwards in a fixed order: deterministic, no atomics.
 #pragma once
 #include "../launch.h"
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
+#include "../vec.cuh"
 #include "norm.h"
 
 namespace aigc_kernels {
 namespace norm {
-
-template <typename T>
-__device__ __forceinline__ float to_float(T v);
-template <>
-__device__ __forceinline__ float to_float<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ float to_float<__half>(__half v) { return __half2float(v); }
-template <>
-__device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename T>
-__device__ __forceinline__ T from_float(float v);
-template <>
-__device__ __forceinline__ float from_float<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
-
-template <typename T, int N>
-struct alignas(sizeof(T) * N) Pack {
-  T v[N];
-};
-
-template <typename T, int VEC>
-__device__ __forceinline__ void load(const T* p, float (&out)[VEC]) {
-  const Pack<T, VEC> pk = *reinterpret_cast<const Pack<T, VEC>*>(p);
-#pragma unroll
-  for (int j = 0; j < VEC; ++j) out[j] = to_float(pk.v[j]);
-}
-
-template <typename T, int VEC>
-__device__ __forceinline__ void store(T* p, const float (&in)[VEC]) {
-  Pack<T, VEC> pk;
-#pragma unroll
-  for (int j = 0; j < VEC; ++j) pk.v[j] = from_float<T>(in[j]);
-  *reinterpret_cast<Pack<T, VEC>*>(p) = pk;
-}
 
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll

@@ -8,54 +8,14 @@
 // so x is read once and out written once in full sectors; cos/sin rows are read once per (row, head) from
 // L2. Arithmetic in float32.
 #pragma once
-#include "../launch.h"
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
 #include <cstdint>
 
+#include "../launch.h"
+#include "../vec.cuh"
 #include "rotary.h"
 
 namespace aigc_kernels {
 namespace rotary {
-
-template <typename T>
-__device__ __forceinline__ float to_f(T v);
-template <>
-__device__ __forceinline__ float to_f<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ float to_f<__half>(__half v) { return __half2float(v); }
-template <>
-__device__ __forceinline__ float to_f<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename T>
-__device__ __forceinline__ T from_f(float v);
-template <>
-__device__ __forceinline__ float from_f<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ __half from_f<__half>(float v) { return __float2half_rn(v); }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
-
-template <typename T, int N>
-struct alignas(sizeof(T) * N) Vec {
-  T v[N];
-};
-
-template <typename T, int N>
-__device__ __forceinline__ void load(const T* p, float (&out)[N]) {
-  const Vec<T, N> pk = *reinterpret_cast<const Vec<T, N>*>(p);
-#pragma unroll
-  for (int j = 0; j < N; ++j) out[j] = to_f(pk.v[j]);
-}
-
-template <typename T, int N>
-__device__ __forceinline__ void store(T* p, const float (&in)[N]) {
-  Vec<T, N> pk;
-#pragma unroll
-  for (int j = 0; j < N; ++j) pk.v[j] = from_f<T>(in[j]);
-  *reinterpret_cast<Vec<T, N>*>(p) = pk;
-}
 
 // T: x/out; C: cos/sin; P: positions. No __restrict__: out is x in place.
 template <typename T, typename C, typename P, bool INTERLEAVED, int VEC>
