@@ -166,3 +166,26 @@ def test_bad_paged_input_names_expected_and_given():
         call(q=q[:1])
     with pytest.raises(ValueError, match=r"cache_seqlens \+ Lnew <= max_pages \* page_size"):
         ak.kvcache_append(kc, vc, kn, vn, torch.tensor([3, 12], dtype=I32), block_table=table)
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if not isinstance(b, str)])
+def test_the_triton_kernels_never_touch_a_page_outside_the_cache(backend):
+    """A bad table on the device (validation reads host tables only): the kernels neither read nor write a page
+    id outside [0, num_pages). The append skips those rows; the decode treats them as keys no query sees."""
+    from aigc_kernels.triton import attention as A
+
+    page = 4
+    s = paged_setup(page, [6, 9], lnew=2)
+    bad = s["table"].clone()
+    bad[1, 2] = s["kc"].shape[0] + 5  # rows 8..11 of sequence 1: its last old row (8) and both new ones (9, 10)
+    kc, vc = s["kc"].clone(), s["vc"].clone()
+    A.kvcache_append_op(kc, vc, s["kn"], s["vn"], s["lens"], bad)  # no validation: straight to the kernel
+    want_kc, want_vc = s["kc"].clone(), s["vc"].clone()
+    R.kvcache_append(want_kc, want_vc, s["kn"][:1], s["vn"][:1], s["lens"][:1], s["table"][:1])
+    assert torch.equal(kc, want_kc) and torch.equal(vc, want_vc)  # sequence 1's rows were not written anywhere
+    out = A.attention_decode(s["q"], kc, vc, s["lens"], 2, True, 0.25, bad)
+    assert torch.isfinite(out).all()
+    # sequence 1 sees its rows 0..7 only (page 2 is outside the cache): the contiguous cache cut at 8 rows
+    want = ak.attention_with_kvcache(s["q"][1:], s["dk"][1:], s["dv"][1:], torch.tensor([8], dtype=I32),
+                                     causal=False, scale=0.25, backend="torch")
+    torch.testing.assert_close(out[1:], want, atol=1e-5, rtol=1e-5)

@@ -669,7 +669,7 @@ def _attn_bwd_dq_kernel(
 def _decode_split_kernel(
     Q, K, V, LENS, PART_O, PART_LSE, BT,  # BT: the block table (PAGED)
     stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
-    stride_btb, PAGE,  # PAGED: kb/vb stride the pages, kn/vn the slots of a page of PAGE rows
+    stride_btb, PAGE, NUM_PAGES,  # PAGED: kb/vb stride the pages, kn/vn the slots of a page of PAGE rows
     stride_pb, stride_ph, stride_pm, stride_ps,  # PART_O (B, Hq, Lq, S, D) float32 strides (d contiguous)
     stride_lb, stride_lh, stride_lm,  # PART_LSE (B, Hq, Lq, S) (split contiguous)
     HKV, GROUPS, LQ, LQ_TOTAL, Q_OFFSET, LNEW, HEAD_DIM, sm_scale, chunk,
@@ -680,7 +680,9 @@ def _decode_split_kernel(
     the cache, writing a normalized partial output and its lse (flash-decoding). The LQ queries
     are rows Q_OFFSET.. of the LQ_TOTAL new queries (long inputs are processed in row chunks).
     PAGED: key row n of batch b is slot n % PAGE of page BT[b, n // PAGE] (one table read per row, so
-    pages of any size; rows past the valid keys read no page)."""
+    pages of any size; rows past the valid keys read no page). A page id outside [0, NUM_PAGES) -- a bad
+    table on the device, where validation cannot read it -- is never dereferenced: its rows count as
+    keys the query does not see."""
     pid_bh = tl.program_id(0)
     split = tl.program_id(1)
     b = pid_bh // HKV
@@ -712,6 +714,7 @@ def _decode_split_kernel(
         n_ok = offs_n < hi
         if PAGED:
             page = tl.load(BT + b64 * stride_btb + offs_n // PAGE, mask=n_ok, other=0).to(tl.int64)
+            n_ok &= (page >= 0) & (page < NUM_PAGES)
             k_rows = page * stride_kb + (offs_n % PAGE).to(tl.int64) * stride_kn
             v_rows = page * stride_vb + (offs_n % PAGE).to(tl.int64) * stride_vn
         else:
@@ -925,12 +928,12 @@ def _bwd(do, q, k, v, out, lse, attn_mask, cu_q, cu_k, max_q, max_k, causal, sca
 @triton.jit
 def _kvcache_append_kernel(KC, VC, KN, VN, LENS, BT, H, LNEW, LMAX, D,
                            s_kcb, s_kch, s_kcm, s_kcd, s_vcb, s_vch, s_vcm, s_vcd,
-                           s_knb, s_knh, s_knm, s_knd, s_vnb, s_vnh, s_vnm, s_vnd, s_btb, PAGE,
+                           s_knb, s_knh, s_knm, s_knd, s_vnb, s_vnh, s_vnm, s_vnd, s_btb, PAGE, NUM_PAGES,
                            PAGED: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
     """Rows of k_new/v_new of one (batch, head) -> cache rows cache_seqlens[b] + row. A row that would land
     outside [0, Lmax) is not written (validation refuses such lengths when they are on the host).
     PAGED: row t goes to slot t % PAGE of page BT[b, t // PAGE] (s_kcb strides pages, s_kcm slots; LMAX is
-    the table's max_pages * PAGE)."""
+    the table's max_pages * PAGE); a page id outside [0, NUM_PAGES) is not written."""
     bh = tl.program_id(0)
     b = (bh // H).to(tl.int64)
     h = (bh % H).to(tl.int64)
@@ -942,6 +945,7 @@ def _kvcache_append_kernel(KC, VC, KN, VN, LENS, BT, H, LNEW, LMAX, D,
     if PAGED:
         row_ok = (rows < LNEW) & (dst >= 0) & (dst < LMAX)
         page = tl.load(BT + b * s_btb + dst // PAGE, mask=row_ok, other=0).to(tl.int64)
+        ok &= ((page >= 0) & (page < NUM_PAGES))[:, None]
         k_dst = page * s_kcb + (dst % PAGE) * s_kcm
         v_dst = page * s_vcb + (dst % PAGE) * s_vcm
     else:
@@ -953,14 +957,14 @@ def _kvcache_append_kernel(KC, VC, KN, VN, LENS, BT, H, LNEW, LMAX, D,
     tl.store(VC + v_dst[:, None] + h * s_vch + c * s_vcd, v, mask=ok)
 
 
-def _cache_layout(cache: torch.Tensor, block_table: torch.Tensor | None) -> tuple[int, tuple, int, int]:
+def _cache_layout(cache: torch.Tensor, block_table: torch.Tensor | None) -> tuple[int, tuple, int, int, int]:
     """(rows a sequence can hold, the (batch-or-page, head, row-or-slot, feature) strides, page size, table row
-    stride) of a contiguous (B, Hkv, Lmax, D) or paged (num_pages, page_size, Hkv, D) cache."""
+    stride, pages) of a contiguous (B, Hkv, Lmax, D) or paged (num_pages, page_size, Hkv, D) cache."""
     s = cache.stride()
     if block_table is None:
-        return cache.shape[2], s, 1, 0
+        return cache.shape[2], s, 1, 0, 0
     page = cache.shape[1]
-    return block_table.shape[1] * page, (s[0], s[2], s[1], s[3]), page, block_table.stride(0)
+    return block_table.shape[1] * page, (s[0], s[2], s[1], s[3]), page, block_table.stride(0), cache.shape[0]
 
 
 def _append(k_cache, v_cache, k_new, v_new, cache_seqlens, block_table=None) -> None:
@@ -969,19 +973,19 @@ def _append(k_cache, v_cache, k_new, v_new, cache_seqlens, block_table=None) -> 
         return
     block_d = triton.next_power_of_2(d)
     block_r = max(1, min(triton.next_power_of_2(lnew), 4096 // block_d))
-    lmax, ks, page, s_bt = _cache_layout(k_cache, block_table)
-    _, vs, _, _ = _cache_layout(v_cache, block_table)
+    lmax, ks, page, s_bt, pages = _cache_layout(k_cache, block_table)
+    vs = _cache_layout(v_cache, block_table)[1]
     _kvcache_append_kernel[(b * h, triton.cdiv(lnew, block_r))](
         k_cache, v_cache, k_new, v_new, cache_seqlens, block_table if block_table is not None else cache_seqlens,
-        h, lnew, lmax, d, *ks, *vs, *k_new.stride(), *v_new.stride(), s_bt, page,
+        h, lnew, lmax, d, *ks, *vs, *k_new.stride(), *v_new.stride(), s_bt, page, pages,
         PAGED=block_table is not None, BLOCK_R=block_r, BLOCK_D=block_d, num_warps=1 if INTERPRET else 4,
     )
 
 
 def _decode(q, k_cache, v_cache, cache_seqlens, lnew, causal, scale, block_table=None):
     b, hq, lq, d = q.shape
-    lmax, ks, page, s_bt = _cache_layout(k_cache, block_table)
-    _, vs, _, _ = _cache_layout(v_cache, block_table)
+    lmax, ks, page, s_bt, pages = _cache_layout(k_cache, block_table)
+    vs = _cache_layout(v_cache, block_table)[1]
     hkv = k_cache.shape[1] if block_table is None else k_cache.shape[2]
     groups = hq // hkv
     out = torch.empty_like(q)
@@ -1008,7 +1012,7 @@ def _decode(q, k_cache, v_cache, cache_seqlens, lnew, causal, scale, block_table
         _decode_split_kernel[(b * hkv, splits)](
             qc, k_cache, v_cache, cache_seqlens, part_o, part_lse,
             block_table if block_table is not None else cache_seqlens,
-            qc.stride(0), qc.stride(1), qc.stride(2), ks[0], ks[1], ks[2], vs[0], vs[1], vs[2], s_bt, page,
+            qc.stride(0), qc.stride(1), qc.stride(2), ks[0], ks[1], ks[2], vs[0], vs[1], vs[2], s_bt, page, pages,
             part_o.stride(0), part_o.stride(1), part_o.stride(2), part_o.stride(3),
             part_lse.stride(0), part_lse.stride(1), part_lse.stride(2),
             hkv, groups, n, lq, r0, lnew, d, scale, chunk,
