@@ -48,6 +48,9 @@ from .contracts.tables import HF_ACTIVATIONS, HF_ATTENTION_KEYWORDS
 
 ATTR = "_aigc_kernels_patch"  # the undo log stored on a patched model
 HF_NAME = "aigc_kernels"
+# The same attention function under a name transformers' continuous batching accepts (5.25 takes "sdpa",
+# "paged|eager" or a name containing "flash"; see continuous_batching() below).
+HF_CB_NAME = "aigc_kernels_flash"
 
 
 @dataclasses.dataclass
@@ -251,9 +254,14 @@ def hf_attention_forward(module, query, key, value, attention_mask, dropout: flo
     cu_q, cu_k = kwargs.pop("cu_seq_lens_q", None), kwargs.pop("cu_seq_lens_k", None)
     max_q, max_k = kwargs.pop("max_length_q", None), kwargs.pop("max_length_k", None)
     kwargs.pop("deterministic", None)  # the library's attention gradients are reproducible whatever it asks
+    block_table, k_cache, v_cache = kwargs.pop("block_table", None), kwargs.pop("k_cache", None), \
+        kwargs.pop("v_cache", None)
     if kwargs:
         _check_keywords(module, kwargs)
     backend = getattr(module, "aigc_kernels_backend", None)
+    if block_table is not None or k_cache is not None or v_cache is not None:
+        return _hf_paged_decode(module, query, key, value, block_table, k_cache, v_cache, cu_k, scaling, softcap,
+                                sinks, sliding_window, want_weights, backend)
     q_len, kv_len = query.shape[2], key.shape[2]
     if cu_q is not None:  # packed sequences (transformers' flattening collator): attention within each one
         return _hf_packed(module, query, key, value, cu_q, cu_k, max_q, max_k, scaling, softcap, sinks,
@@ -311,16 +319,55 @@ def _hf_packed(module, query, key, value, cu_q, cu_k, max_q, max_k, scaling, sof
     return out.unsqueeze(0), None
 
 
+def _hf_paged_decode(module, query, key, value, block_table, k_cache, v_cache, cu_k, scaling, softcap, sinks,
+                     sliding_window, want_weights, backend):
+    """transformers' continuous-batching decode step on a paged cache (its "decode fast path"), the contract of its
+    flash wrapper: one new token per sequence, q/k/v (1, H, N, D) with token i of sequence i, the caches
+    (num_pages, page_size, Hkv, D), block_table (N, max_pages) and cu_seq_lens_k counting the new token; the new
+    keys/values are written into the pages, then attention over them, by ak.attention_with_kvcache(block_table=)."""
+    missing = [n for n, t in (("block_table", block_table), ("k_cache", k_cache), ("v_cache", v_cache),
+                              ("cu_seq_lens_k", cu_k)) if t is None]
+    if missing:
+        raise TypeError(f"aigc_kernels attention ({type(module).__name__}): a paged KV cache needs block_table, "
+                        f"k_cache, v_cache and cu_seq_lens_k together; missing {missing}")
+    if want_weights or softcap is not None or sinks is not None or sliding_window is not None:
+        raise TypeError(f"aigc_kernels attention ({type(module).__name__}): a paged KV cache is supported without "
+                        "softcap, sinks, sliding_window or output_attentions")
+    if query.shape[0] != 1 or block_table.dim() != 2:
+        raise ValueError(f"aigc_kernels attention: expected packed decode tokens (1, H, N, D) and a block table "
+                         f"(N, max_pages), got q {tuple(query.shape)} and block_table {tuple(block_table.shape)}")
+    n = block_table.shape[0]
+    if query.shape[2] < n or cu_k.shape[0] < n + 1:
+        raise ValueError(f"aigc_kernels attention: a paged decode step takes one query token per sequence: "
+                         f"{n} sequences in the block table, {query.shape[2]} tokens, {cu_k.shape[0] - 1} key lengths")
+    lens = (cu_k[1:n + 1] - cu_k[:n]).to(torch.int32)  # with the new token
+    out = query.new_zeros(n, query.shape[1], query.shape[3])
+    live = torch.nonzero(lens > 0).flatten()  # padding sequences (length 0) hold no token: left at zero
+    if live.numel():
+        q = query[0, :, live].transpose(0, 1).unsqueeze(2)  # (N', Hq, 1, D)
+        k_new = key[0, :, live].transpose(0, 1).unsqueeze(2)
+        v_new = value[0, :, live].transpose(0, 1).unsqueeze(2)
+        res = ops.attention_with_kvcache(q, k_cache, v_cache, lens[live] - 1, k_new=k_new, v_new=v_new,
+                                         causal=True, scale=scaling, block_table=block_table[live].to(torch.int32),
+                                         backend=backend)
+        out[live] = res[:, :, 0].to(out.dtype)
+    full = query.new_zeros(query.shape[2], query.shape[1], query.shape[3])
+    full[:n] = out
+    return full.unsqueeze(0), None
+
+
 def register_hf() -> bool:
-    """Register "aigc_kernels" in transformers' attention and mask registries; False without transformers."""
+    """Register "aigc_kernels" (and its continuous-batching name, HF_CB_NAME) in transformers' attention and mask
+    registries; False without transformers."""
     try:
         from transformers import AttentionInterface
         from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
     except ImportError:
         return False
-    AttentionInterface.register(HF_NAME, hf_attention_forward)
-    # Without a mask builder under the same name, padded batches reach the function with no mask.
-    AttentionMaskInterface.register(HF_NAME, sdpa_mask)
+    for name in (HF_NAME, HF_CB_NAME):
+        AttentionInterface.register(name, hf_attention_forward)
+        # Without a mask builder under the same name, padded batches reach the function with no mask.
+        AttentionMaskInterface.register(name, sdpa_mask)
     return True
 
 
@@ -650,11 +697,20 @@ def _op_backend(op: str, requested: str, report: PatchReport) -> str:
 
 
 def patch(model: nn.Module, *, backend: str | None = None, attention: bool | str = True, layer_norm: bool = True,
-          ffn: bool = True) -> PatchReport:
+          ffn: bool = True, continuous_batching: bool = False) -> PatchReport:
     """Swap the library's kernels into ``model`` in place; returns a PatchReport. See the module docstring.
 
     A Hugging Face model whose attention is ``attn_implementation="eager"`` (the user's way to get the
     attention weights) keeps eager attention unless ``attention="force"``; the report says so.
+
+    ``continuous_batching=True`` (Hugging Face models): the library's attention goes in under ``HF_CB_NAME``
+    ("aigc_kernels_flash") instead of ``HF_NAME``, so that transformers' continuous batching
+    (``model.generate_batch``, ``model.init_continuous_batching``) runs on it: transformers 5.25 accepts there only
+    "sdpa", "paged|eager" or a name containing "flash", and it tries to import a flash-attn package for any such
+    name given to ``set_attn_implementation``, so patch sets it on the config directly. transformers then calls it
+    as a flash implementation: packed sequences with ``cu_seq_lens_q/k`` and no mask (ak.attention_varlen), and on
+    its decode fast path (FA2/FA3 names on CUDA only, in 5.25) the paged cache with ``block_table``
+    (ak.attention_with_kvcache(block_table=...)). Everything else runs as under ``HF_NAME``.
     """
     requested = backend_mod._normalize(backend, "ak.patch(backend=...)") or backend_mod.get_backend()
     report = PatchReport(requested, {})
@@ -668,6 +724,13 @@ def patch(model: nn.Module, *, backend: str | None = None, attention: bool | str
     log = getattr(model, ATTR, None)
     if log is not None:
         raise RuntimeError("ak.patch: this model is already patched; call ak.unpatch(model) first")
+    if continuous_batching and not (getattr(model, "config", None) is not None
+                                    and hasattr(model, "set_attn_implementation")):
+        raise ValueError("ak.patch(continuous_batching=True): expected a Hugging Face model (transformers' continuous "
+                         f"batching), got {type(model).__name__}")
+    if continuous_batching and not attention:
+        raise ValueError("ak.patch(continuous_batching=True): continuous batching runs the library's attention; "
+                         "it cannot go with attention=False")
     log = {"modules": [], "attrs": [], "hf_attn": None}
     hf_config = getattr(model, "config", None)
     is_hf = hf_config is not None and hasattr(hf_config, "model_type") and hasattr(model, "set_attn_implementation")
@@ -679,6 +742,8 @@ def patch(model: nn.Module, *, backend: str | None = None, attention: bool | str
 
     rotary = is_hf and bool(attention)  # the rotary embedding goes with attention (kept eager or not)
     keep_eager = _users_eager(model, hf_config, attention, report) if is_hf and attention else None
+    if keep_eager and continuous_batching:
+        raise ValueError(f"ak.patch(continuous_batching=True): the model keeps its eager attention ({keep_eager})")
     if keep_eager:
         report.left_alone.append(("", "attention", keep_eager))
         attention = False
@@ -694,6 +759,8 @@ def patch(model: nn.Module, *, backend: str | None = None, attention: bool | str
         else:
             log["hf_attn"] = hf_config._attn_implementation
             model.set_attn_implementation(HF_NAME)
+            if continuous_batching:  # transformers' checks ran on HF_NAME; the alias is the same function
+                hf_config._attn_implementation = HF_CB_NAME
     elif is_hf and not attention:
         report.left_alone.append(("", "attention", "attention=False"))
 
@@ -757,7 +824,8 @@ def patch(model: nn.Module, *, backend: str | None = None, attention: bool | str
                 set_attr(module, "aigc_kernels_backend", be_attn)
                 _attention_reads(module, "")  # read the attention keywords now, not inside a torch.compile trace
                 report.replaced.append((name, _qualname(module) + " attention function",
-                                        f'aigc_kernels attention on {be_attn!r} (attn_implementation="{HF_NAME}")'))
+                                        f'aigc_kernels attention on {be_attn!r} '
+                                        f'(attn_implementation="{hf_config._attn_implementation}")'))
     if rotary:
         _patch_hf_rotary(model, hf_config, be_rot, report, set_attr)
     object.__setattr__(model, ATTR, log)

@@ -274,7 +274,9 @@ def test_attention_keywords_are_refused_by_name_and_known_ones_honoured():
         hf_attention_forward(M(), q, q, q, None, alibi_slopes=torch.ones(2))
     with pytest.raises(TypeError, match="head_mask"):
         hf_attention_forward(M(), q, q, q, None, head_mask=torch.ones(2))
-    with pytest.raises(TypeError, match=r"\['block_table', 'k_cache'\]"):  # paged KV: every one named
+    with pytest.raises(TypeError, match=r"\['cache_seqlens', 'indices'\]"):  # every refused one named
+        hf_attention_forward(M(), q, q, q, None, cache_seqlens=torch.ones(1), indices=q, shift_labels=q)
+    with pytest.raises(TypeError, match=r"paged KV cache needs .* missing \['v_cache', 'cu_seq_lens_k'\]"):
         hf_attention_forward(M(), q, q, q, None, k_cache=q, block_table=torch.zeros(1, 1), shift_labels=q)
     out, _ = hf_attention_forward(M(), q, q, q, None)
     passing = (dict(use_cache=True, position_ids=torch.arange(5)),  # ignorable

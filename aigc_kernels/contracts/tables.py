@@ -79,12 +79,15 @@ HF_ATTENTION_KEYWORDS: dict[str, tuple[str, str]] = {
     "head_mask": ("refused", "multiplies each head's probabilities (transformers 4.x eager)"),
     "alibi": ("refused", "ALiBi position biases (older Falcon/Bloom attention)"),
     "alibi_slopes": ("refused", "ALiBi slopes (flash-attn's API)"),
-    "block_table": ("refused", "a paged KV cache (continuous batching): not built yet"),
-    "k_cache": ("refused", "a paged KV cache (continuous batching): not built yet"),
-    "v_cache": ("refused", "a paged KV cache (continuous batching): not built yet"),
-    "cache_seqlens": ("refused", "a paged KV cache (continuous batching): not built yet"),
-    "cache": ("ignored", "the model's KV cache object: what it holds is in key/value when attention runs (a paged "
-                        "cache comes with block_table, refused)"),
+    "block_table": ("honoured", "transformers' continuous-batching decode fast path: one new token per request "
+                                "written into the paged cache and attended over it, by ak.attention_with_kvcache("
+                                "block_table=...) (with k_cache, v_cache and cu_seq_lens_k)"),
+    "k_cache": ("honoured", "the paged key cache (num_pages, page_size, Hkv, D) of the decode fast path"),
+    "v_cache": ("honoured", "the paged value cache (num_pages, page_size, Hkv, D) of the decode fast path"),
+    "cache_seqlens": ("refused", "transformers' flash wrapper derives it from cu_seq_lens_k, as the library does; "
+                                 "given to the attention function directly it is not read"),
+    "cache": ("ignored", "the model's KV cache object: what it holds is in key/value when attention runs, or in "
+                        "k_cache/v_cache with block_table (honoured)"),
     "indices": ("refused", "sparse attention: the keys each query attends to (DeepSeek-V3.2-style indexers)"),
     "block_indices": ("refused", "block-sparse attention: the key blocks each query attends to (MSA)"),
     "sinks": ("refused", "a model's own sink parameter (Inkling-2), untested with the library's sinks"),
