@@ -18,7 +18,6 @@ from ._version import __version__
 from .backend import (
     BackendError,
     available_backends,
-    explain,
     get_backend,
     set_backend,
     use_backend,
@@ -27,6 +26,7 @@ from .ops import (
     attention,
     attention_varlen,
     attention_with_kvcache,
+    explain,
     ffn,
     kvcache_append,
     layer_norm,

@@ -40,7 +40,6 @@ __all__ = [
     "Explanation",
     "available_backends",
     "backend_status",
-    "explain",
     "get_backend",
     "implementations",
     "register",
@@ -389,23 +388,3 @@ def _auto_explained(op, impls, device, call) -> Callable:
         return done("torch", f"'{entry.best}' was measured fastest at {entry.key} but cannot run this call: {reason}",
                     **extra)
     return done(entry.best, f"measured fastest at {entry.key} ({table.source})", **extra)
-
-
-def explain(op: str, *args, **kwargs) -> Explanation:
-    """Which backend ``ak.<op>(*args, **kwargs)`` runs on and why, without running it.
-
-    The arguments are checked exactly as the op checks them (bad input raises the same error).
-    """
-    from . import ops
-
-    if op not in ops.PUBLIC_OPS:
-        raise ValueError(f"ak.explain: expected an op in {ops.PUBLIC_OPS}, got {op!r}")
-    fn = getattr(ops, op)
-    _explaining.append(True)
-    try:
-        fn(*args, **kwargs)
-    except _Explained as done:
-        return done.explanation
-    finally:
-        _explaining.pop()
-    raise RuntimeError(f"ak.explain: ak.{op} returned without selecting a backend")  # pragma: no cover

@@ -625,3 +625,23 @@ def test_kv_step_one_frame_path_honours_backend_state(monkeypatch):
     assert ak.attention_with_kvcache(q, kc, kc.clone(), lens) == "registered"
     assert ak.attention_with_kvcache(q, kc, kc.clone(), lens) == "registered"
     assert len(seen) == 6
+
+
+def test_the_public_op_list_lives_below_backend_and_ops():
+    """One list of public ops (issue 28 item 4): contracts/calls.py, which both backend.py and ops/ import; backend.py
+    imports nothing from ops/ (the package had one import circle there)."""
+    import ast
+    import inspect
+
+    from aigc_kernels import backend as backend_mod
+    from aigc_kernels.contracts.calls import CALLS, PUBLIC_OPS
+
+    assert ak.ops.PUBLIC_OPS is PUBLIC_OPS and PUBLIC_OPS == tuple(CALLS)
+    assert all(callable(getattr(ak, op)) and getattr(ak, op) is getattr(ak.ops, op) for op in PUBLIC_OPS)
+    tree = ast.parse(inspect.getsource(backend_mod))
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            imported.add((node.level, node.module or "", tuple(a.name for a in node.names)))
+    assert not [i for i in imported if i[1].split(".")[0] == "ops" or (i[1] == "" and "ops" in i[2])], imported
+    assert ak.explain is ak.ops.explain

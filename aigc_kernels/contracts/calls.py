@@ -140,3 +140,6 @@ Call = (AttentionCall | AttentionVarlenCall | KVCacheCall | KVCacheAppendCall | 
         | LinearCall | FFNCall | RotaryCall)
 CALLS = {c.op: c for c in (AttentionCall, AttentionVarlenCall, KVCacheCall, KVCacheAppendCall, LayerNormCall,
                            RMSNormCall, LinearCall, FFNCall, RotaryCall)}
+# The public ops, in the order of the API table. Here, below backend.py and ops/ (both import it), so that
+# neither imports the other to know the list.
+PUBLIC_OPS: tuple[str, ...] = tuple(CALLS)

@@ -10,25 +10,15 @@ from __future__ import annotations
 
 import functools
 
+from .. import backend as _backend_mod
 from .. import native, reference
-from ..backend import register
+from ..backend import Explanation, register
 from ..contracts import limits
+from ..contracts.calls import PUBLIC_OPS
 from .attention import attention, attention_varlen, attention_with_kvcache, kvcache_append
 from .linear import ffn, linear
 from .norm import layer_norm, rms_norm
 from .rotary import rotary
-
-PUBLIC_OPS = (
-    "attention",
-    "attention_varlen",
-    "attention_with_kvcache",
-    "kvcache_append",
-    "layer_norm",
-    "rms_norm",
-    "linear",
-    "ffn",
-    "rotary",
-)
 
 for _op in PUBLIC_OPS:
     register(_op, "torch", functools.partial(getattr, native, _op))
@@ -120,6 +110,7 @@ for _backend, _op, _module, _check in _KERNELS:
 
 __all__ = [
     "PUBLIC_OPS",
+    "explain",
     "attention",
     "attention_varlen",
     "attention_with_kvcache",
@@ -130,3 +121,21 @@ __all__ = [
     "rms_norm",
     "rotary",
 ]
+
+
+def explain(op: str, *args, **kwargs) -> Explanation:
+    """Which backend ``ak.<op>(*args, **kwargs)`` runs on and why, without running it.
+
+    The arguments are checked exactly as the op checks them (bad input raises the same error).
+    """
+    if op not in PUBLIC_OPS:
+        raise ValueError(f"ak.explain: expected an op in {PUBLIC_OPS}, got {op!r}")
+    fn = globals()[op]
+    _backend_mod._explaining.append(True)
+    try:
+        fn(*args, **kwargs)
+    except _backend_mod._Explained as done:
+        return done.explanation
+    finally:
+        _backend_mod._explaining.pop()
+    raise RuntimeError(f"ak.explain: ak.{op} returned without selecting a backend")  # pragma: no cover
