@@ -281,16 +281,24 @@ def _paged_kvcache_args_full(op, q, k_cache, v_cache, cache_seqlens, k_new, v_ne
     capacity = max_pages * page
     # Host tensors are read (free there): every row reached fits the table, and every page it names exists.
     if cache_seqlens.device.type == "cpu" and cache_seqlens.numel() and not torch.compiler.is_compiling():
-        lens = cache_seqlens.to(torch.long) + lnew
-        if int(cache_seqlens.min()) < 0 or int(lens.max()) > capacity:
+        values = cache_seqlens.tolist()  # (B,) ints: cheaper than a reduction for a decoding batch
+        lo, hi = min(values), max(values)
+        if lo < 0 or hi + lnew > capacity:
             raise ValueError(f"{op}: expected 0 <= cache_seqlens and cache_seqlens + Lnew <= max_pages * page_size = "
                              f"{capacity} (block_table {_shape(block_table)}, page_size {page}), got cache_seqlens "
-                             f"in [{int(cache_seqlens.min())}, {int(cache_seqlens.max())}] with Lnew = {lnew}")
-        used = torch.arange(max_pages).unsqueeze(0) < ((lens + page - 1) // page).unsqueeze(1)  # (B, max_pages)
-        ids = block_table[used]
-        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= num_pages):
-            raise ValueError(f"{op}: expected the pages block_table names for each sequence's rows in [0, num_pages) "
-                             f"= [0, {num_pages}), got ids in [{int(ids.min())}, {int(ids.max())}]")
+                             f"in [{lo}, {hi}] with Lnew = {lnew}")
+        need_lo, need_hi = -(-(lo + lnew) // page), -(-(hi + lnew) // page)  # pages the rows reach
+        if need_lo == need_hi:  # one length (a decoding batch's usual case): a slice of the table, no mask
+            ids = block_table[:, :need_hi]
+        else:
+            lens = cache_seqlens.to(torch.long) + lnew
+            used = torch.arange(max_pages).unsqueeze(0) < ((lens + page - 1) // page).unsqueeze(1)  # (B, max_pages)
+            ids = block_table[used]
+        if ids.numel():
+            id_lo, id_hi = (int(x) for x in ids.aminmax())
+            if id_lo < 0 or id_hi >= num_pages:
+                raise ValueError(f"{op}: expected the pages block_table names for each sequence's rows in "
+                                 f"[0, num_pages) = [0, {num_pages}), got ids in [{id_lo}, {id_hi}]")
 
 
 def kvcache_seqlens(op: str, cache_seqlens, b: int, k_cache: torch.Tensor, lnew: int, device) -> None:

@@ -47,7 +47,7 @@ else
     TUNE_SEL=($PY -m aigc_kernels.cli tune --op attention --op attention_with_kvcache --op layer_norm --op rms_norm
               --op linear --op ffn --op rotary --dtype bfloat16 --budget-s 110)
     WARM_SEL=(--jobs "$(nproc)")
-    BENCH_SEL="--headline --op attention --op attention_decode --op layer_norm --op rms_norm --op linear --op ffn --op model_train --op dispatch"
+    BENCH_SEL="--headline --op attention --op attention_decode --op attention_decode_paged --op layer_norm --op rms_norm --op linear --op ffn --op model_train --op dispatch"
     TEST_SEL=(-m gpu)
 fi
 stage_json() {  # name status seconds detail

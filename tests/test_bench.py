@@ -217,3 +217,16 @@ def test_dispatch_op_checks_what_each_call_did(monkeypatch):
     append = [r for r in res["results"] if r["label"].startswith("kv-cache append")]
     assert {r["status"] for r in append if r["provider"] in ("torch", "auto")} == {"wrong"}
     assert all(r["correct"] is True for r in append if r["provider"] in ("eager", "reference"))
+
+
+def test_paged_decode_bench_times_paged_beside_contiguous_and_pytorch():
+    """attention_decode_paged: ours on the paged cache, the same keys contiguous, PyTorch's own gather + SDPA
+    ("eager", the ratio's base), all checked against float64; the CUDA kernels are skipped with the reason."""
+    res = run(["attention_decode_paged"], quick=True, cpu_reps=1)
+    rows = res["results"]
+    assert {r["shape"].split("page=")[1] for r in rows} == {"16", "64"}
+    timed = {r["provider"] for r in rows if r["median_ms"] is not None}
+    if not torch.cuda.is_available():
+        assert timed == {"torch", "auto", "contiguous", "eager", "eager_again"}
+    assert all(r["correct"] is True for r in rows if r["median_ms"] is not None)
+    assert all(r["speedup_vs_eager"] for r in rows if r["provider"] == "torch")

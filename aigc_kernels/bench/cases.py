@@ -534,6 +534,102 @@ class DecodeBench(BenchOp):
         return _bound(lowp, out[:1], ref64, case.dtype)
 
 
+class PagedDecodeBench(DecodeBench):
+    """attention_with_kvcache at Lq = 1 on a paged cache (``block_table``; pages of 16 and 64 tokens, shuffled) beside
+    the same call on the same keys laid out contiguously (``contiguous``: ours, auto), PyTorch's own call for a
+    paged cache (``eager``: the pages gathered by index_select, then SDPA) and FA2's paged split-KV kernel where
+    flash-attn is installed (it takes pages of a multiple of 256 tokens only)."""
+
+    name = "attention_decode_paged"
+
+    def cases(self, quick, device):
+        dtypes = [torch.bfloat16] if device == "cuda" else [torch.float32]
+        if device != "cuda":
+            grid = [(1, 1024, 16), (8, 1024, 64)]
+        elif quick:
+            grid = [(1, 16384, 16), (8, 4096, 64), (64, 4096, 16)]
+        else:
+            grid = [(b, c, p) for b in (1, 8, 64) for c in (4096, 32768) for p in (16, 64, 256) if b * c <= 64 * 8192]
+        heads, kv_heads, d = (32, 8, 128) if device == "cuda" else (8, 2, 64)
+        return [Case(self.name, f"batch={b} cache={c} page={p}", {"batch": b, "heads": heads, "kv_heads": kv_heads,
+                                                                 "cache": c, "head_dim": d, "page": p}, dtype)
+                for dtype in dtypes for b, c, p in grid]
+
+    def inputs(self, case, device, requires_grad):
+        inp = super().inputs(case, device, requires_grad)
+        b, hk, c, d = inp["k_cache"].shape
+        page = case.shape["page"]
+        per_seq = c // page
+        g = torch.Generator().manual_seed(1)
+        order = torch.randperm(b * per_seq, generator=g)  # page i of sequence s lives at order[s * per_seq + i]
+        table = order.view(b, per_seq).to(torch.int32)
+
+        def paged(cache):
+            pages = cache.permute(0, 2, 1, 3).reshape(b * per_seq, page, hk, d)  # (B, L, Hkv, D) cut into pages
+            out = torch.empty_like(pages)
+            out[order.to(cache.device)] = pages
+            return out
+
+        inp["k_pages"], inp["v_pages"] = paged(inp["k_cache"]), paged(inp["v_cache"])
+        inp["block_table"] = table.to(device)
+        return inp
+
+    def providers(self):
+        def ours(inp, name):
+            return lambda: ops.attention_with_kvcache(inp["q"], inp["k_pages"], inp["v_pages"], inp["cache_seqlens"],
+                                                      block_table=inp["block_table"], backend=name)
+
+        def paged_provider(name):
+            def make(case, inp, mode):
+                from ..backend import implementations
+                from ..contracts import limits
+
+                if name != "auto" and name not in implementations("attention_with_kvcache")["attention_with_kvcache"]:
+                    raise NotImplementedError(f"the '{name}' backend does not implement attention_with_kvcache yet")
+                if name == "cuda":
+                    raise NotImplementedError(limits.PAGED_NOT_YET.format("CUDA"))
+                return ours(inp, name)
+
+            return Provider(name, make, needs_gpu=name in ("cuda", "triton"))
+
+        def contiguous(case, inp, mode):
+            return lambda: ops.attention_with_kvcache(inp["q"], inp["k_cache"], inp["v_cache"], inp["cache_seqlens"])
+
+        def gathered(case, inp, mode):
+            groups = case.shape["heads"] // case.shape["kv_heads"]
+            q, table, kp, vp = inp["q"], inp["block_table"].long(), inp["k_pages"], inp["v_pages"]
+            b, hk = q.shape[0], kp.shape[2]
+
+            flat = table.reshape(-1)
+
+            def attend():  # the gather inside the timed call: what a paged cache costs PyTorch's own call
+                kc = kp.index_select(0, flat).view(b, -1, hk, kp.shape[-1]).transpose(1, 2)  # (faster than kp[table])
+                vc = vp.index_select(0, flat).view(b, -1, hk, vp.shape[-1]).transpose(1, 2)
+                return F.scaled_dot_product_attention(q, kc, vc, enable_gqa=groups > 1)
+
+            return attend
+
+        def flash_attn(case, inp, mode):
+            if not _have("flash_attn"):
+                raise NotImplementedError("flash-attn is not installed")
+            if case.shape["page"] % 256:
+                raise NotImplementedError("FA2's paged kernel takes pages of a multiple of 256 tokens")
+            from flash_attn import flash_attn_with_kvcache
+
+            q = inp["q"].transpose(1, 2).contiguous()
+            kp, vp, lens, table = inp["k_pages"], inp["v_pages"], inp["cache_seqlens"], inp["block_table"]
+            return lambda: flash_attn_with_kvcache(q, kp, vp, cache_seqlens=lens, block_table=table,
+                                                   causal=True).transpose(1, 2)
+
+        return [*(paged_provider(n) for n in API_BACKENDS), Provider("contiguous", contiguous, needs_gpu=False),
+                Provider("eager", gathered, needs_gpu=False), Provider("flash_attn", flash_attn)]
+
+    def check(self, case, inputs, out):
+        q, kc, vc, lens = inputs["q"][:1], inputs["k_cache"][:1], inputs["v_cache"][:1], inputs["cache_seqlens"][:1]
+        ref64 = reference.attention_with_kvcache(q.double(), kc.double(), vc.double(), lens)
+        return _bound(reference.attention_with_kvcache(q, kc, vc, lens), out[:1], ref64, case.dtype)
+
+
 # ----------------------------------------------------------------------------------------------
 # linear + activation, and the FFN block
 # ----------------------------------------------------------------------------------------------
@@ -1154,7 +1250,8 @@ class RotaryBench(BenchOp):
 
 
 def bench_ops() -> dict[str, BenchOp]:
-    ops_ = [NormBench("layer_norm"), NormBench("rms_norm"), AttentionBench(), DecodeBench(), LinearBench(),
+    ops_ = [NormBench("layer_norm"), NormBench("rms_norm"), AttentionBench(), DecodeBench(), PagedDecodeBench(),
+            LinearBench(),
             FfnBench(), RotaryBench(), ModelTrainBench(), ModelDecodeBench(), DispatchBench(), HfForwardBench()]
     return {o.name: o for o in ops_}
 

@@ -13,7 +13,8 @@ JSON schema (stable; new keys may be added, none removed or renamed)::
                   "correct", "max_err", "err_bound",                     # the provider's output vs float64
                   "status", "note"}]}                                   # status: ok | skipped | error | wrong
 
-op is one of attention, attention_decode, layer_norm, rms_norm, linear, ffn, model_train (a GPT-2
+op is one of attention, attention_decode, attention_decode_paged (the same on a paged cache, beside the
+contiguous one and PyTorch's gather + SDPA), layer_norm, rms_norm, linear, ffn, rotary, model_train (a GPT-2
 training step: forward, backward, AdamW), model_decode (greedy generation with the KV cache) and
 dispatch (tiny calls timed by host wall clock, 200 back to back: the eager overhead per call of
 the public API, the bare torch.ops op, and the math called directly).

@@ -319,13 +319,18 @@ def _paged_append(k_cache, v_cache, k_new, v_new, cache_seqlens, block_table) ->
     v_cache.index_put_((pages, slots), v_new.transpose(1, 2))
 
 
-def _paged_gather(cache, block_table):
-    """A paged cache (num_pages, page_size, Hkv, D) as the contiguous (B, Hkv, max_pages * page_size, D) its block
-    table describes. Entries past a sequence's pages may hold anything (padding): clamped, and masked later."""
-    table = block_table.to(torch.long).clamp(0, cache.shape[0] - 1)
+def _paged_gather(cache, block_table, pages: int | None = None):
+    """A paged cache (num_pages, page_size, Hkv, D) as the contiguous (B, Hkv, n * page_size, D) its block table
+    describes, n = ``pages`` (the first ones each sequence needs; default every column). Entries past a sequence's
+    pages may hold anything (padding): clamped, and masked later. index_select, not advanced indexing: ~4x faster
+    on the CPU."""
+    table = block_table if pages is None else block_table[:, :pages]
+    if table.dtype != torch.int32 and table.dtype != torch.int64:
+        table = table.to(torch.int64)
+    table = table.clamp(0, cache.shape[0] - 1)
     b, n = table.shape
-    rows = cache[table]  # (B, max_pages, page_size, Hkv, D)
-    return rows.reshape(b, n * cache.shape[1], cache.shape[2], cache.shape[3]).transpose(1, 2)
+    rows = cache.index_select(0, table.reshape(-1))  # (B * n, page_size, Hkv, D)
+    return rows.view(b, n * cache.shape[1], cache.shape[2], cache.shape[3]).transpose(1, 2)
 
 
 def kvcache_append(k_cache, v_cache, k_new, v_new, cache_seqlens, block_table=None) -> None:
@@ -345,8 +350,15 @@ def attention_with_kvcache(q, k_cache, v_cache, cache_seqlens, k_new=None, v_new
             _paged_append(k_cache, v_cache, k_new, v_new, cache_seqlens, block_table)
             lnew = k_new.shape[2]
         lens = cache_seqlens + lnew if lnew else cache_seqlens
-        return attention_with_kvcache(q, _paged_gather(k_cache, block_table), _paged_gather(v_cache, block_table),
-                                      lens, None, None, causal, scale)
+        pages, start = None, -1  # host lengths (free to read): only the pages the longest sequence reaches, and
+        if lens.is_cpu and lens.numel() and not torch.compiler.is_compiling():  # the one length if there is one
+            values = lens.tolist()
+            pages = max(1, -(-max(values) // k_cache.shape[1]))
+            if values.count(values[0]) == len(values):
+                start = values[0]
+        return attention_with_kvcache(q, _paged_gather(k_cache, block_table, pages),
+                                      _paged_gather(v_cache, block_table, pages), lens, None, None, causal, scale,
+                                      _start=start)
     # one read of the lengths for the append and the attention; _start >= 0: the one host length, read
     # and checked by the caller (ops.attention_with_kvcache's one-frame CPU path)
     start = _host_length(cache_seqlens) if _start < 0 else _start
