@@ -118,12 +118,16 @@ def _attention_key(q, k, v, causal=False, attn_mask=None, dropout_p=0.0, scale=N
 
 
 def _varlen_key(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal=False, scale=None,
-                window_size=None):
+                window_size=None, block_table=None, seqused_k=None):
     feats = [_dt(q)] + (["causal"] if causal else [])
     if _window(window_size):
         feats.append("window")
-    if q.shape[1] != k.shape[1]:
+    if q.shape[1] != k.shape[-2]:
         feats.append("gqa")
+    if block_table is not None:
+        feats.append("paged")
+    if seqused_k is not None:
+        feats.append("seqused")
     feats += _grad(q, k, v)
     return Key("attention_varlen", tuple(feats), (("d", q.shape[-1]), ("lq", bucket(max_seqlen_q)),
                                                   ("tokens", bucket(q.shape[0] * q.shape[1]))))
@@ -192,9 +196,9 @@ def _attention_sig(q, k, v, causal=False, attn_mask=None, dropout_p=0.0, scale=N
 
 
 def _varlen_sig(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal=False, scale=None,
-                window_size=None):
-    return ("attention_varlen", q.dtype, q.shape, k.shape[1], max_seqlen_q, causal, _window(window_size),
-            _g(q, k, v))
+                window_size=None, block_table=None, seqused_k=None):
+    return ("attention_varlen", q.dtype, q.shape, k.shape[-2], max_seqlen_q, causal, _window(window_size),
+            _g(q, k, v), block_table is None, seqused_k is None)
 
 
 def _kvcache_sig(q, k_cache, v_cache, cache_seqlens, k_new=None, v_new=None, causal=True, scale=None,

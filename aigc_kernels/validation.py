@@ -449,13 +449,108 @@ def attention_call(q, k, v, causal=False, attn_mask=None, dropout_p=0.0, scale=N
                                 None if softcap is None else float(softcap), sinks))
 
 
+def _paged_varlen_args_full(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale, window_size,
+                            block_table, seqused_k):
+    """attention_varlen with block_table and/or seqused_k (forward only)."""
+    op = "ak.attention_varlen"
+    tensor(op, "q", q, ndim=3, layout="(total_q, Hq, D)")
+    paged = block_table is not None
+    layout = "(num_pages, page_size, Hkv, D) with block_table" if paged else "(total_k, Hkv, D)"
+    tensor(op, "k", k, ndim=4 if paged else 3, layout=layout)
+    tensor(op, "v", v, ndim=4 if paged else 3, layout=layout)
+    same_dtype(op, "q", q, k=k, v=v)
+    same_device(op, "q", q, k=k, v=v)
+    shape(op, "v", v, tuple(k.shape), f"{layout}, the shape of k")
+    if k.shape[-1] != q.shape[2]:
+        raise ValueError(f"{op}: expected k {layout} with q's D = {q.shape[2]}, got {_shape(k)}")
+    hq, hkv = q.shape[1], k.shape[-2]
+    if hkv == 0 or hq % hkv != 0:
+        raise ValueError(f"{op}: expected the query heads Hq={hq} to be a multiple of the key/value heads Hkv={hkv}")
+    tensor(op, "cu_seqlens_q", cu_seqlens_q, ndim=1, layout="(batch + 1,)", dtypes=(torch.int32,))
+    same_device(op, "q", q, cu_seqlens_q=cu_seqlens_q)
+    if cu_seqlens_q.shape[0] < 1:
+        raise ValueError(f"{op}: expected cu_seqlens_q to hold at least one offset (batch + 1 entries), got none")
+    batch = cu_seqlens_q.shape[0] - 1
+    if cu_seqlens_k is None and seqused_k is None:
+        raise ValueError(f"{op}: expected cu_seqlens_k, or seqused_k to give each sequence's key count, got neither")
+    if cu_seqlens_k is None and not paged:
+        raise ValueError(f"{op}: expected cu_seqlens_k (the key offsets of the packed k/v) with seqused_k and no "
+                         "block_table, got None")
+    if cu_seqlens_k is not None:
+        tensor(op, "cu_seqlens_k", cu_seqlens_k, ndim=1, layout="(batch + 1,)", dtypes=(torch.int32,))
+        same_device(op, "q", q, cu_seqlens_k=cu_seqlens_k)
+        if cu_seqlens_k.shape != cu_seqlens_q.shape:
+            raise ValueError(f"{op}: expected cu_seqlens_q and cu_seqlens_k of one length (batch + 1), got "
+                             f"{_shape(cu_seqlens_q)} and {_shape(cu_seqlens_k)}")
+    if seqused_k is not None:
+        tensor(op, "seqused_k", seqused_k, ndim=1, layout="(batch,)", dtypes=(torch.int32,))
+        shape(op, "seqused_k", seqused_k, (batch,), f"(batch,) with batch = {batch} (cu_seqlens_q's entries - 1)")
+        same_device(op, "q", q, seqused_k=seqused_k)
+    if paged:
+        tensor(op, "block_table", block_table, ndim=2, layout="(batch, max_pages)", dtypes=(torch.int32,))
+        same_device(op, "q", q, block_table=block_table)
+        if block_table.shape[0] != batch:
+            raise ValueError(f"{op}: expected block_table (batch, max_pages) with batch = {batch} (cu_seqlens_q's "
+                             f"entries - 1), got {_shape(block_table)}")
+        if k.shape[1] < 1:
+            raise ValueError(f"{op}: expected a paged cache {layout} with page_size >= 1, got {_shape(k)}")
+    for name, value in (("max_seqlen_q", max_seqlen_q), ("max_seqlen_k", max_seqlen_k)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{op}: expected {name} to be an int >= 0, got {value!r}")
+    if scale is not None:
+        number(op, "scale", scale)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+        raise ValueError(f"{op}: block_table / seqused_k are forward only (chunked prefill, decoding); got q, k or v "
+                         "requiring grad (run it under torch.no_grad(), or without them)")
+    # Host tensors are read (free there); on a GPU the kernels never read a page outside the cache.
+    if cu_seqlens_q.device.type == "cpu" and not torch.compiler.is_compiling():
+        cq = cu_seqlens_q.tolist()
+        lq = [b - a for a, b in zip(cq[:-1], cq[1:], strict=True)]
+        if cq[0] != 0 or min(lq, default=0) < 0 or cq[-1] > q.shape[0]:
+            raise ValueError(f"{op}: expected cu_seqlens_q to rise from 0 to at most {q.shape[0]} (the packed rows), "
+                             f"got {cq}")
+        if lq and max(lq) > max_seqlen_q:
+            raise ValueError(f"{op}: a sequence has {max(lq)} query rows, more than max_seqlen_q={max_seqlen_q}")
+        span = None
+        if cu_seqlens_k is not None:
+            ck = cu_seqlens_k.tolist()
+            span = [b - a for a, b in zip(ck[:-1], ck[1:], strict=True)]
+            if ck[0] != 0 or min(span, default=0) < 0 or (not paged and ck[-1] > k.shape[0]):
+                raise ValueError(f"{op}: expected cu_seqlens_k to rise from 0"
+                                 + ("" if paged else f" to at most {k.shape[0]} (the packed rows)") + f", got {ck}")
+        used = seqused_k.tolist() if seqused_k is not None else span
+        if min(used, default=0) < 0 or (seqused_k is not None and span is not None and not paged
+                                        and any(u > s for u, s in zip(used, span, strict=True))):
+            raise ValueError(f"{op}: expected 0 <= seqused_k[b] <= the rows cu_seqlens_k gives sequence b, got "
+                             f"seqused_k {used} for {span}")
+        if used and max(used) > max_seqlen_k:
+            raise ValueError(f"{op}: a sequence has {max(used)} keys, more than max_seqlen_k={max_seqlen_k}")
+        if paged:
+            page, num_pages, width = k.shape[1], k.shape[0], block_table.shape[1]
+            if used and max(used) > width * page:
+                raise ValueError(f"{op}: expected each sequence's keys to fit its block table: at most max_pages * "
+                                 f"page_size = {width * page}, got {max(used)}")
+            need = torch.tensor([-(-u // page) for u in used], dtype=torch.long)
+            ids = block_table[torch.arange(width).unsqueeze(0) < need.unsqueeze(1)]
+            if ids.numel():
+                id_lo, id_hi = (int(x) for x in ids.aminmax())
+                if id_lo < 0 or id_hi >= num_pages:
+                    raise ValueError(f"{op}: expected the pages block_table names for each sequence's keys in "
+                                     f"[0, num_pages) = [0, {num_pages}), got ids in [{id_lo}, {id_hi}]")
+    return window(op, window_size)
+
+
 def attention_varlen_call(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal=False, scale=None,
-                          window_size=None) -> AttentionVarlenCall:
-    window_size = _attention_varlen_args_full(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale,
-                                              window_size)
+                          window_size=None, block_table=None, seqused_k=None) -> AttentionVarlenCall:
+    if block_table is not None or seqused_k is not None:
+        window_size = _paged_varlen_args_full(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale,
+                                              window_size, block_table, seqused_k)
+    else:
+        window_size = _attention_varlen_args_full(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                                                  scale, window_size)
     _flag("ak.attention_varlen", "causal", causal)
     return _new(AttentionVarlenCall, (q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal,
-                                      _scale(scale), window_size))
+                                      _scale(scale), window_size, block_table, seqused_k))
 
 
 _I32 = torch.int32

@@ -189,3 +189,172 @@ def test_the_triton_kernels_never_touch_a_page_outside_the_cache(backend):
     want = ak.attention_with_kvcache(s["q"][1:], s["dk"][1:], s["dv"][1:], torch.tensor([8], dtype=I32),
                                      causal=False, scale=0.25, backend="torch")
     torch.testing.assert_close(out[1:], want, atol=1e-5, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# ak.attention_varlen(block_table=..., seqused_k=...): packed queries over paged keys (chunked prefill, mixed
+# prefill + decode in one launch), causal bottom-right per sequence; forward only
+# ----------------------------------------------------------------------------------------------------------------
+def varlen_setup(page: int, lq: list[int], lk: list[int], *, heads=(4, 2), d=16, share_prefix=0, seed=0,
+                 spare_rows=2, dtype=torch.float32):
+    """Paged caches holding lk[b] keys of sequence b (pages shuffled, a table wider than needed with garbage past
+    each sequence's pages, optionally a shared first page), the same keys packed contiguously, packed queries."""
+    s = paged_setup(page, lk, 0, b_heads=heads, d=d, share_prefix=share_prefix, seed=seed, dtype=dtype)
+    g = torch.Generator().manual_seed(seed + 1)
+    cu_q = torch.tensor([0] + torch.tensor(lq).cumsum(0).tolist(), dtype=I32)
+    cu_k = torch.tensor([0] + torch.tensor(lk).cumsum(0).tolist(), dtype=I32)
+    q = torch.randn(int(cu_q[-1]) + spare_rows, heads[0], d, generator=g).to(dtype)  # rows past the last: no seq
+    k_packed = torch.cat([s["dk"][i, :, :n].transpose(0, 1) for i, n in enumerate(lk)])
+    v_packed = torch.cat([s["dv"][i, :, :n].transpose(0, 1) for i, n in enumerate(lk)])
+    return dict(q=q, kc=s["kc"], vc=s["vc"], table=s["table"], cu_q=cu_q, cu_k=cu_k, kp=k_packed, vp=v_packed,
+                used=torch.tensor(lk, dtype=I32), mq=max(lq), mk=max(lk))
+
+
+MIXED = ([7, 1, 0, 16, 1, 3], [23, 40, 5, 16, 1, 3])  # chunked prefill, decode rows, an empty query, Lq = Lk
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("page", [1, 16, 32, 64, 128, 256])
+@pytest.mark.parametrize("causal", [True, False])
+def test_varlen_over_pages_equals_the_contiguous_keys(backend, page, causal):
+    if page == 1 and backend != "torch":
+        pytest.skip("page size 1: the torch backend (the kernels are checked from 16 up)")
+    lq, lk = MIXED
+    s = varlen_setup(page, lq, lk, share_prefix=page if page <= 16 else 0)
+    kw = dict(causal=causal, backend=backend)
+    paged = ak.attention_varlen(s["q"], s["kc"], s["vc"], s["cu_q"], s["cu_k"], s["mq"], s["mk"],
+                                block_table=s["table"], **kw)
+    dense = ak.attention_varlen(s["q"], s["kp"], s["vp"], s["cu_q"], s["cu_k"], s["mq"], s["mk"], **kw)
+    ref = R.attention_varlen(s["q"].double(), s["kp"].double(), s["vp"].double(), s["cu_q"], s["cu_k"], s["mq"],
+                             s["mk"], causal=causal)
+    if backend == "torch":  # the torch backend gathers the same rows: the same arithmetic, bit for bit
+        assert torch.equal(paged, dense)
+    torch.testing.assert_close(paged.double(), ref, atol=2e-5, rtol=2e-5)
+    torch.testing.assert_close(paged, dense, atol=2e-5, rtol=2e-5)
+    assert torch.equal(paged[int(s["cu_q"][-1]):], torch.zeros_like(paged[int(s["cu_q"][-1]):]))
+    by_count = ak.attention_varlen(s["q"], s["kc"], s["vc"], s["cu_q"], None, s["mq"], s["mk"],
+                                   block_table=s["table"], seqused_k=s["used"], **kw)
+    assert torch.equal(by_count, paged)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_varlen_paged_gqa_mqa_window_and_seqused_without_pages(backend):
+    lq, lk = MIXED
+    for heads in ((8, 2), (4, 1), (4, 4)):
+        s = varlen_setup(16, lq, lk, heads=heads, seed=3)
+        out = ak.attention_varlen(s["q"], s["kc"], s["vc"], s["cu_q"], s["cu_k"], s["mq"], s["mk"], causal=True,
+                                  window_size=(5, 0), block_table=s["table"], backend=backend)
+        ref = R.attention_varlen(s["q"].double(), s["kp"].double(), s["vp"].double(), s["cu_q"], s["cu_k"], s["mq"],
+                                 s["mk"], causal=True, window_size=(5, 0))
+        torch.testing.assert_close(out.double(), ref, atol=2e-5, rtol=2e-5)
+    # seqused_k on packed keys: sequence b sees the first seqused_k[b] rows of its span (FA3's semantics)
+    s = varlen_setup(16, lq, lk, seed=4)
+    used = torch.tensor([n // 2 + (n % 2) for n in lk], dtype=I32)
+    out = ak.attention_varlen(s["q"], s["kp"], s["vp"], s["cu_q"], s["cu_k"], s["mq"], s["mk"], causal=True,
+                              seqused_k=used, backend=backend)
+    cu_used = torch.tensor([0] + used.cumsum(0).tolist(), dtype=I32)
+    keep = torch.cat([torch.arange(int(a), int(a) + int(n)) for a, n in zip(s["cu_k"][:-1], used, strict=True)])
+    ref = R.attention_varlen(s["q"].double(), s["kp"][keep].double(), s["vp"][keep].double(), s["cu_q"], cu_used,
+                             s["mq"], s["mk"], causal=True)
+    torch.testing.assert_close(out.double(), ref, atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_chunked_prefill_then_decode_through_pages_matches_one_prefill(backend):
+    """A prompt written into pages chunk by chunk (kvcache_append) and attended chunk by chunk (attention_varlen
+    over the pages) gives what one causal prefill over the whole prompt gives, and so do the decode rows."""
+    g = torch.Generator().manual_seed(7)
+    page, hq, hkv, d, n = 16, 4, 2, 16, 45
+    kc, vc = torch.zeros(8, page, hkv, d), torch.zeros(8, page, hkv, d)
+    table = torch.tensor([[5, 2, 7, 0]], dtype=I32)
+    q, k, v = (torch.randn(n, h, d, generator=g) for h in (hq, hkv, hkv))
+    full = R.attention(q.transpose(0, 1)[None].double(), k.transpose(0, 1)[None].double(),
+                       v.transpose(0, 1)[None].double(), causal=True)[0]
+    done, outs = 0, []
+    for chunk in (20, 13, 1, 1, 10):
+        kn, vn = (t[done:done + chunk].transpose(0, 1)[None] for t in (k, v))
+        ak.kvcache_append(kc, vc, kn, vn, torch.tensor([done], dtype=I32), block_table=table, backend=backend)
+        cu_q = torch.tensor([0, chunk], dtype=I32)
+        outs.append(ak.attention_varlen(q[done:done + chunk], kc, vc, cu_q, None, chunk, done + chunk, causal=True,
+                                        block_table=table, seqused_k=torch.tensor([done + chunk], dtype=I32),
+                                        backend=backend))
+        done += chunk
+    torch.testing.assert_close(torch.cat(outs).double(), full.transpose(0, 1), atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.parametrize("backend", ["cuda"])
+def test_the_cuda_attention_refuses_pages_and_seqused_by_name(backend):
+    lq, lk = MIXED
+    s = varlen_setup(16, lq, lk)
+    from aigc_kernels.backend import implementation
+    from aigc_kernels.validation import make_call
+
+    call = make_call("attention_varlen", s["q"], s["kc"], s["vc"], s["cu_q"], s["cu_k"], s["mq"], s["mk"],
+                     block_table=s["table"])
+    assert "paged cache" in implementation("attention_varlen", backend).why_not(call)
+    call = make_call("attention_varlen", s["q"], s["kp"], s["vp"], s["cu_q"], s["cu_k"], s["mq"], s["mk"],
+                     seqused_k=s["used"])
+    assert "seqused_k" in implementation("attention_varlen", backend).why_not(call)
+    explained = ak.explain("attention_varlen", s["q"], s["kc"], s["vc"], s["cu_q"], s["cu_k"], s["mq"], s["mk"],
+                           block_table=s["table"])
+    assert explained.backend == "torch"
+
+
+def test_bad_varlen_paged_input_names_expected_and_given():
+    lq, lk = MIXED
+    s = varlen_setup(16, lq, lk)
+    args = (s["q"], s["kc"], s["vc"], s["cu_q"], s["cu_k"], s["mq"], s["mk"])
+
+    def call(*a, **kw):
+        return ak.attention_varlen(*(a or args), **{"block_table": s["table"], **kw})
+
+    with pytest.raises(TypeError, match="block_table.*int32.*int64"):
+        call(block_table=s["table"].long())
+    with pytest.raises(ValueError, match=r"block_table \(batch, max_pages\) with batch = 6"):
+        call(block_table=s["table"][:2])
+    with pytest.raises(ValueError, match=r"expected k to be 4-D \(num_pages, page_size, Hkv, D\).*got shape"):
+        call(s["q"], s["kp"], s["vp"], *args[3:])
+    bad = s["table"].clone()
+    bad[1, 1] = 10**4
+    with pytest.raises(ValueError, match=r"in \[0, num_pages\)"):
+        call(block_table=bad)
+    with pytest.raises(ValueError, match="fit its block table"):
+        call(block_table=s["table"][:, :1])
+    with pytest.raises(ValueError, match="more than max_seqlen_k"):
+        call(*args[:6], 4)
+    with pytest.raises(ValueError, match="cu_seqlens_k, or seqused_k"):
+        call(*args[:4], None, *args[5:])
+    with pytest.raises(ValueError, match=r"seqused_k.*\(batch,\)"):
+        call(seqused_k=s["used"][:2])
+    with pytest.raises(ValueError, match="forward only"):
+        call(s["q"].clone().requires_grad_(), *args[1:])
+    with pytest.raises(ValueError, match="without them|packed k/v"):
+        ak.attention_varlen(s["q"], s["kp"], s["vp"], s["cu_q"], None, s["mq"], s["mk"], seqused_k=s["used"])
+
+
+@KERNEL
+def test_the_triton_varlen_kernel_never_reads_a_page_outside_the_cache():
+    """On the device validation cannot read the table: the kernel skips page ids outside [0, num_pages)."""
+    if "triton" not in ak.available_backends():
+        pytest.skip("no triton")
+    from aigc_kernels.triton import attention as A
+
+    lq, lk = MIXED
+    s = varlen_setup(16, lq, lk)
+    bad = s["table"].clone()
+    bad[0, 0], bad[1, 2] = 10**6, -5
+    out = A.attention_varlen_paged(s["q"], s["kc"], s["vc"], s["cu_q"], s["cu_k"], s["used"], bad, s["mq"], s["mk"],
+                                   True, 0.25, -1, 0)
+    assert torch.isfinite(out).all()
+
+
+@KERNEL
+def test_opcheck_of_the_triton_varlen_paged_op():
+    if "triton" not in ak.available_backends():
+        pytest.skip("no triton")
+    from aigc_kernels.triton import attention as A
+
+    lq, lk = [3, 1], [20, 5]
+    s = varlen_setup(16, lq, lk)
+    torch.library.opcheck(A.attention_varlen_paged, (s["q"], s["kc"], s["vc"], s["cu_q"], s["cu_k"], s["used"],
+                                                     s["table"], s["mq"], s["mk"], True, 0.25, -1, 0))

@@ -52,6 +52,8 @@ class AttentionVarlenCall(NamedTuple):
     causal: bool
     scale: float | None
     window_size: tuple[int, int] | None
+    block_table: Tensor | None  # int32 (B, max_pages): k/v are a paged cache (num_pages, page_size, Hkv, D)
+    seqused_k: Tensor | None  # int32 (B,): the keys sequence b uses (FA3's seqused_k)
 
     op = "attention_varlen"
     softmax_scale = property(_softmax_scale)

@@ -172,6 +172,10 @@ def cuda_attention(call: AttentionCall) -> str | None:
 
 
 def cuda_attention_varlen(call: AttentionVarlenCall) -> str | None:
+    if call.block_table is not None:
+        return PAGED_NOT_YET.format("CUDA attention")
+    if call.seqused_k is not None:
+        return "the CUDA attention does not take seqused_k yet: 'torch' and 'triton' do (auto routes it to them)"
     return _cuda_attention_common((call.q, call.k, call.v), call.q)
 
 

@@ -67,7 +67,9 @@ def attention(q, k, v, causal=False, attn_mask=None, dropout_p=0.0, scale=None, 
 
 
 def attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal=False, scale=None,
-                     window_size=None):
+                     window_size=None, block_table=None, seqused_k=None):
+    if block_table is not None or seqused_k is not None:  # (the backend's check refuses them first)
+        raise ValueError("the CUDA attention does not take block_table or seqused_k yet")
     wl, wr = window_pair(window_size)
     out, _ = torch.ops.aigc_kernels.flash_fwd(_flash_operand(q), _flash_operand(k), _flash_operand(v), cu_seqlens_q,
                                               cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k),

@@ -228,8 +228,33 @@ def attention(q, k, v, causal=False, attn_mask=None, dropout_p=0.0, scale=None, 
     return _masked_sdpa(q, k, v, band, attn_mask, dropout_p, scale)
 
 
+def _varlen_keys(k, v, cu_seqlens_k, block_table, seqused_k):
+    """attention_varlen's keys as packed (total_k, Hkv, D) rows and their offsets, for block_table (a paged cache)
+    and/or seqused_k (the first seqused_k[b] keys of sequence b): the rows gathered by one index_select each."""
+    if seqused_k is not None:
+        used = seqused_k.to(torch.long)
+    else:
+        used = (cu_seqlens_k[1:] - cu_seqlens_k[:-1]).to(torch.long)
+    device = used.device
+    total = int(used.sum()) if used.numel() else 0
+    starts = torch.cumsum(used, 0) - used
+    seq = torch.repeat_interleave(torch.arange(used.numel(), device=device), used, output_size=total)
+    t = torch.arange(total, device=device) - starts[seq]  # key t of its sequence
+    if block_table is not None:
+        page = k.shape[1]
+        rows = block_table.to(torch.long)[seq, t // page] * page + t % page
+        k, v = k.flatten(0, 1), v.flatten(0, 1)
+    else:
+        rows = cu_seqlens_k.to(torch.long)[seq] + t
+    cu = torch.zeros(used.numel() + 1, dtype=torch.int32, device=device)
+    cu[1:] = torch.cumsum(used, 0)
+    return k.index_select(0, rows), v.index_select(0, rows), cu
+
+
 def attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal=False, scale=None,
-                     window_size=None):
+                     window_size=None, block_table=None, seqused_k=None):
+    if block_table is not None or seqused_k is not None:  # the keys gathered into packed rows (correct, not fast)
+        k, v, cu_seqlens_k = _varlen_keys(k, v, cu_seqlens_k, block_table, seqused_k)
     if (q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and not torch.compiler.is_compiling()
             and (_varlen_attn := _varlen_attn_fn()) is not None):
         left, right = window_size if window_size is not None else (-1, -1)

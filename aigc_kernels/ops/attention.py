@@ -53,29 +53,40 @@ def attention_varlen(
     k: torch.Tensor,
     v: torch.Tensor,
     cu_seqlens_q: torch.Tensor,
-    cu_seqlens_k: torch.Tensor,
+    cu_seqlens_k: torch.Tensor | None,
     max_seqlen_q: int,
     max_seqlen_k: int,
     *,
     causal: bool = False,
     scale: float | None = None,
     window_size: tuple[int, int] | None = None,
+    block_table: torch.Tensor | None = None,
+    seqused_k: torch.Tensor | None = None,
     backend: str | None = None,
 ) -> torch.Tensor:
     """Attention over packed sequences of different lengths (no padding).
 
     Args:
-        q: (total_q, Hq, D); k, v: (total_k, Hkv, D).
+        q: (total_q, Hq, D); k, v: (total_k, Hkv, D), or with ``block_table`` a paged cache
+            (num_pages, page_size, Hkv, D) -- vLLM's / FA2's layout.
         cu_seqlens_q, cu_seqlens_k: int32 (batch + 1,) offsets: sequence b owns q rows
-            cu_seqlens_q[b]:cu_seqlens_q[b+1] and the matching k/v rows.
+            cu_seqlens_q[b]:cu_seqlens_q[b+1] and the matching k/v rows. With ``block_table`` the k offsets only
+            give each sequence's key count (cu_seqlens_k[b+1] - cu_seqlens_k[b]); cu_seqlens_k may be None when
+            ``seqused_k`` gives the counts.
         max_seqlen_q, max_seqlen_k: the longest sequence lengths (kernels size their grids by them).
-        causal, scale, window_size, backend: as in attention, per sequence.
+        causal, scale, window_size, backend: as in attention, per sequence (causal bottom-right: a sequence's
+            last query row sees its last key -- chunked prefill, and decode rows of one query).
+        block_table: int32 (batch, max_pages): key row t of sequence b is slot t % page_size of page
+            block_table[b, t // page_size] (pages in any order, shared between sequences, a table wider than
+            needed). Forward only (inference: chunked prefill, mixed prefill + decode in one launch).
+        seqused_k: int32 (batch,): sequence b attends over its first seqused_k[b] keys (FA3's seqused_k); with
+            block_table it gives the key counts. Forward only.
 
     Returns:
         (total_q, Hq, D).
     """
     call = validation.attention_varlen_call(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal,
-                                            scale, window_size)
+                                            scale, window_size, block_table, seqused_k)
     return select(call, backend)(*call)
 
 

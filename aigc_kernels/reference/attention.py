@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -137,12 +138,37 @@ def attention_varlen(
     causal: bool = False,
     scale: float | None = None,
     window_size: tuple[int, int] | None = None,
+    block_table: torch.Tensor | None = None,
+    seqused_k: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Attention over packed sequences: q (total_q, Hq, D), k/v (total_k, Hkv, D).
 
     Sequence b owns rows cu_seqlens_q[b]:cu_seqlens_q[b+1] of q and the matching rows of k/v;
-    causal and the window are aligned bottom-right within each sequence.
+    causal and the window are aligned bottom-right within each sequence. With ``block_table`` k/v are a paged
+    cache (num_pages, page_size, Hkv, D): key t of sequence b is k[block_table[b, t // page_size], t % page_size];
+    ``seqused_k`` (B,) limits sequence b to its first seqused_k[b] keys (with block_table: its key count).
     """
+    if block_table is not None or seqused_k is not None:  # each sequence's keys, read one by one, then packed
+        cq = cu_seqlens_q.tolist()
+        span = None if cu_seqlens_k is None else [b - a for a, b in zip(cu_seqlens_k.tolist()[:-1],
+                                                                         cu_seqlens_k.tolist()[1:], strict=True)]
+        used = seqused_k.tolist() if seqused_k is not None else span
+        ks, vs = [], []
+        for b, n in enumerate(used):
+            if block_table is not None:
+                page = k.shape[1]
+                rows = [(int(block_table[b, t // page]), t % page) for t in range(n)]
+                ks += [k[p, s] for p, s in rows]
+                vs += [v[p, s] for p, s in rows]
+            else:
+                start = int(cu_seqlens_k[b])
+                ks += list(k[start:start + n])
+                vs += list(v[start:start + n])
+        shape = (0, k.shape[-2], k.shape[-1])
+        k = torch.stack(ks) if ks else k.new_zeros(shape)
+        v = torch.stack(vs) if vs else v.new_zeros(shape)
+        cu_seqlens_k = torch.tensor([0] + list(itertools.accumulate(used)), dtype=torch.int32, device=q.device)
+        del cq
     # One block-diagonal mask over all packed rows: a row attends only within its own sequence,
     # with causal/window aligned bottom-right there. Rows past the last offset see no key.
     def rows(cu: torch.Tensor, total: int):

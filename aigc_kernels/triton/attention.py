@@ -295,13 +295,15 @@ def _attention_prune(table, kind):
 
 
 _AUTOTUNE_KEY = ["LQ_BUCKET", "LK_BUCKET", "HEAD_DIM", "MASK_KIND", "IS_CAUSAL", "WINDOW_LEFT", "WINDOW_RIGHT",
-                 "IS_VARLEN", "HAS_DROPOUT", "IEEE", "HAS_SOFTCAP", "HAS_SINKS"]
+                 "IS_VARLEN", "HAS_DROPOUT", "IEEE", "HAS_SOFTCAP", "HAS_SINKS", "PAGED", "HAS_SEQUSED"]
 
 
 @_tuning.autotune(_fwd_configs, _AUTOTUNE_KEY, _attention_prune(_FWD, "fwd"))
 @triton.jit
 def _attn_fwd_kernel(
     Q, K, V, MASK, OUT, LSE, CU_Q, CU_K, SEED, SINKS,
+    BT, SEQUSED,  # PAGED: the block table (B, max_pages); HAS_SEQUSED: the keys each sequence uses (B,)
+    stride_btb, PAGE, NUM_PAGES,  # PAGED: kb/vb stride the pages, kn/vn the slots of a page of PAGE rows
     stride_qb, stride_qh, stride_qm,  # q (B, Hq, Lq, D) or packed (total_q, Hq, D): batch, head, row strides
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
@@ -313,15 +315,21 @@ def _attn_fwd_kernel(
     MASK_KIND: tl.constexpr,  # 0 none, 1 bool keep-mask, 2 additive
     IS_CAUSAL: tl.constexpr, WINDOW_LEFT: tl.constexpr, WINDOW_RIGHT: tl.constexpr,
     IS_VARLEN: tl.constexpr, HAS_DROPOUT: tl.constexpr, IEEE: tl.constexpr,
-    HAS_SOFTCAP: tl.constexpr, HAS_SINKS: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr, HAS_SINKS: tl.constexpr, PAGED: tl.constexpr, HAS_SEQUSED: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
+    """PAGED (packed queries over a paged cache, forward only): key row n of sequence b is slot n % PAGE of
+    page BT[b, n // PAGE] (one table read per row: pages of any size); a page id outside [0, NUM_PAGES) -- a
+    bad table on the device -- is never dereferenced, its rows are keys no query sees. HAS_SEQUSED: sequence
+    b has SEQUSED[b] keys (FA3's seqused_k), from its first row."""
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // H
     h = pid_bh % H
     hk = h // GROUPS
     q0, k0, lq, lk = _seq_bounds(CU_Q, CU_K, b, LQ, LK, IS_VARLEN)
+    if HAS_SEQUSED:
+        lk = tl.load(SEQUSED + b)
     start_m = pid_m * BLOCK_M
     if start_m >= lq:
         return
@@ -332,8 +340,12 @@ def _attn_fwd_kernel(
     b64 = b.to(tl.int64)
     q_ptrs = Q + b64 * stride_qb + h * stride_qh + (q0 + offs_m)[:, None].to(tl.int64) * stride_qm + offs_d[None, :]
     q = tl.load(q_ptrs, mask=(offs_m[:, None] < lq) & d_ok[None, :], other=0.0)
-    k_base = K + b64 * stride_kb + hk * stride_kh + k0 * stride_kn
-    v_base = V + b64 * stride_vb + hk * stride_vh + k0 * stride_vn
+    if PAGED:
+        k_base = K + hk * stride_kh
+        v_base = V + hk * stride_vh
+    else:
+        k_base = K + b64 * stride_kb + hk * stride_kh + k0 * stride_kn
+        v_base = V + b64 * stride_vb + hk * stride_vh + k0 * stride_vn
     m_i, l_i = _softmax_init(SINKS, h, BLOCK_M, HAS_SINKS)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     if HAS_DROPOUT:
@@ -342,14 +354,23 @@ def _attn_fwd_kernel(
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + offs_n0
         n_ok = offs_n < lk
-        k = tl.load(k_base + offs_n[None, :].to(tl.int64) * stride_kn + offs_d[:, None],
-                    mask=n_ok[None, :] & d_ok[:, None], other=0.0)
+        if PAGED:
+            page = tl.load(BT + b64 * stride_btb + offs_n // PAGE, mask=n_ok, other=0).to(tl.int64)
+            n_ok &= (page >= 0) & (page < NUM_PAGES)
+            k_rows = page * stride_kb + (offs_n % PAGE).to(tl.int64) * stride_kn
+            v_rows = page * stride_vb + (offs_n % PAGE).to(tl.int64) * stride_vn
+        else:
+            k_rows = offs_n.to(tl.int64) * stride_kn
+            v_rows = offs_n.to(tl.int64) * stride_vn
+        k = tl.load(k_base + k_rows[None, :] + offs_d[:, None], mask=n_ok[None, :] & d_ok[:, None], other=0.0)
         if IEEE:
             s = tl.dot(q, k, input_precision="ieee")
         else:
             s = tl.dot(q, k)
         s = _scores(s, sm_scale, softcap, HAS_SOFTCAP)
         keep = _band(offs_m, offs_n, lq, lk, WINDOW_LEFT, WINDOW_RIGHT, IS_CAUSAL)
+        if PAGED:
+            keep &= n_ok[None, :]
         if MASK_KIND != 0:
             s, keep = _user_mask(MASK, b64, h, offs_m, offs_n, lq, lk, stride_mb, stride_mh, stride_mm, stride_mn,
                                  s, keep, MASK_KIND)
@@ -357,8 +378,7 @@ def _attn_fwd_kernel(
         p, alpha, m_new, l_i = _softmax_step(s, m_i, l_i)
         if HAS_DROPOUT:
             p = tl.where(_dropout_keep(seed, offs_m, offs_n, lk, dropout_p), p / (1.0 - dropout_p), 0.0)
-        v = tl.load(v_base + offs_n[:, None].to(tl.int64) * stride_vn + offs_d[None, :],
-                    mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+        v = tl.load(v_base + v_rows[:, None] + offs_d[None, :], mask=n_ok[:, None] & d_ok[None, :], other=0.0)
         acc = acc * alpha[:, None]
         if IEEE:
             acc += tl.dot(p.to(v.dtype), v, input_precision="ieee")
@@ -803,11 +823,14 @@ def _lse_layout(q: torch.Tensor, varlen: bool) -> tuple[torch.Tensor, int, int]:
 
 
 def _fwd(q, k, v, attn_mask, cu_q, cu_k, max_q, max_k, causal, scale, wl, wr, dropout_p, seed, softcap=0.0,
-         sinks=None):
+         sinks=None, block_table=None, seqused_k=None):
+    """block_table / seqused_k: packed queries (cu_q) over a paged cache k/v (num_pages, page_size, Hkv, D), or
+    FA3's seqused_k (the keys each sequence uses); forward only."""
     varlen = cu_q is not None
+    paged = block_table is not None
     if varlen:
         batch, hq, d = cu_q.shape[0] - 1, q.shape[1], q.shape[2]
-        hkv, lq, lk = k.shape[1], max_q, max_k
+        hkv, lq, lk = k.shape[2 if paged else 1], max_q, max_k
     else:
         batch, hq, lq, d = q.shape
         hkv, lk = k.shape[1], k.shape[2]
@@ -822,16 +845,22 @@ def _fwd(q, k, v, attn_mask, cu_q, cu_k, max_q, max_k, causal, scale, wl, wr, dr
         return out, lse
     mask, ms, kind = _mask_args(attn_mask, (batch, hq, lq, lk), q)
     dummy = cu_q if varlen else lse
+    if paged:  # (num_pages, page_size, Hkv, D): page, head, slot strides
+        kst, vst = (k.stride(0), k.stride(2), k.stride(1)), (v.stride(0), v.stride(2), v.stride(1))
+        paging = (block_table, seqused_k, block_table.stride(0), k.shape[1], k.shape[0])
+    else:
+        kst, vst = _qkv_strides(k, varlen), _qkv_strides(v, varlen)
+        paging = (dummy, seqused_k if seqused_k is not None else dummy, 0, 1, 0)
     grid = lambda meta: (triton.cdiv(lq, meta["BLOCK_M"]), batch * hq)  # noqa: E731
     _attn_fwd_kernel[grid](
-        q, k, v, mask, out, lse, cu_q if varlen else dummy, cu_k if varlen else dummy,
-        seed if seed is not None else lse, sinks if sinks is not None else lse,
-        *_qkv_strides(q, varlen), *_qkv_strides(k, varlen), *_qkv_strides(v, varlen), *_qkv_strides(out, varlen),
+        q, k, v, mask, out, lse, cu_q if varlen else dummy, cu_k if varlen and cu_k is not None else dummy,
+        seed if seed is not None else lse, sinks if sinks is not None else lse, *paging,
+        *_qkv_strides(q, varlen), *kst, *vst, *_qkv_strides(out, varlen),
         *ms, slb, slh,
         hq, hq // hkv, lq, lk, d, scale, dropout_p, softcap, _tuning.bucket(lq), _tuning.bucket(lk),
         MASK_KIND=kind, **_flags(causal, wl, wr), IS_VARLEN=varlen, HAS_DROPOUT=dropout_p > 0,
         IEEE=q.dtype == torch.float32, HAS_SOFTCAP=softcap != 0.0, HAS_SINKS=sinks is not None,
-        BLOCK_D=triton.next_power_of_2(d),
+        PAGED=paged, HAS_SEQUSED=seqused_k is not None, BLOCK_D=triton.next_power_of_2(d),
     )
     return out, lse
 
@@ -1139,10 +1168,36 @@ def attention(q, k, v, causal=False, attn_mask=None, dropout_p=0.0, scale=None, 
     return out
 
 
+@torch.library.custom_op("aigc_kernels::attention_varlen_paged_triton", mutates_args=())
+def attention_varlen_paged(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
+                           cu_seqlens_k: torch.Tensor | None, seqused_k: torch.Tensor | None,
+                           block_table: torch.Tensor | None, max_seqlen_q: int, max_seqlen_k: int, causal: bool,
+                           scale: float, window_left: int, window_right: int) -> torch.Tensor:
+    """Packed queries over a paged cache (block_table; k/v (num_pages, page_size, Hkv, D)) and/or with the keys each
+    sequence uses (seqused_k): the forward of attention_varlen, no autograd (inference: chunked prefill, mixed
+    prefill and decode)."""
+    out, _ = _fwd(q, k, v, None, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale, window_left,
+                  window_right, 0.0, None, 0.0, None, block_table, seqused_k)
+    return out
+
+
+@attention_varlen_paged.register_fake
+def _(q, k, v, cu_seqlens_q, cu_seqlens_k, seqused_k, block_table, max_seqlen_q, max_seqlen_k, causal, scale,
+      window_left, window_right):
+    return torch.empty_like(q)
+
+
 def attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal=False, scale=None,
-                     window_size=None):
+                     window_size=None, block_table=None, seqused_k=None):
     scale = softmax_scale(q, scale)
     wl, wr = window_pair(window_size)
+    if block_table is not None or seqused_k is not None:
+        if block_table is not None and seqused_k is None:  # the keys of sequence b: its cu_seqlens_k span
+            seqused_k = (cu_seqlens_k[1:] - cu_seqlens_k[:-1]).to(torch.int32)
+        unit = (lambda t: t if t.stride(-1) == 1 else t.contiguous()) if block_table is not None else rowmajor
+        return attention_varlen_paged(rowmajor(q), unit(k), unit(v), cu_seqlens_q, cu_seqlens_k,
+                                      seqused_k, block_table, int(max_seqlen_q), int(max_seqlen_k), causal, scale,
+                                      wl, wr)
     out, _ = attention_fwd(rowmajor(q), rowmajor(k), rowmajor(v), None, cu_seqlens_q, cu_seqlens_k,
                            int(max_seqlen_q), int(max_seqlen_k), causal, scale, wl, wr, 0.0, None, 0.0, None)
     return out
