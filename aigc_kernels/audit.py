@@ -360,6 +360,22 @@ def attention_cases() -> list[Case]:
 
         return run
 
+    def paged_varlen(dt, d, page, seqused=False, hq=32, hkv=8):
+        def run():  # chunked prefill + decode rows over a paged cache (forward only)
+            dtype = _DT[dt]
+            lq, lk = [512, 1, 1, 300], [4096, 2048, 17, 300]
+            width = -(-max(lk) // page)
+            pages = len(lk) * width
+            kc, vc = _t(pages, page, hkv, d, dtype=dtype), _t(pages, page, hkv, d, dtype=dtype)
+            table = torch.arange(pages, dtype=torch.int32).view(len(lk), width)
+            cu_q = torch.tensor([0, *torch.tensor(lq).cumsum(0).tolist()], dtype=torch.int32)
+            cu_k = torch.tensor([0, *torch.tensor(lk).cumsum(0).tolist()], dtype=torch.int32)
+            used = torch.tensor(lk, dtype=torch.int32) if seqused else None
+            A.attention_varlen(_t(sum(lq), hq, d, dtype=dtype), kc, vc, cu_q, None if seqused else cu_k, max(lq),
+                               max(lk), causal=True, block_table=table, seqused_k=used)
+
+        return run
+
     cases = []
     for dt in ("bf16", "fp16"):
         for d in (64, 128):
@@ -392,6 +408,9 @@ def attention_cases() -> list[Case]:
                paged_decode("bf16", 128, 8, 16384, page)) for page in (16, 256)),
         Case("attention", "decode fp16 d=64 MHA B=1 paged (page 1) cache=512", paged_decode("fp16", 64, 1, 512, 1,
                                                                                          hq=8, hkv=8)),
+        *(Case("attention", f"varlen bf16 d={d} GQA 32/8 paged (page {page}) chunked prefill + decode",
+               paged_varlen("bf16", d, page)) for d, page in ((128, 16), (128, 256), (64, 64))),
+        Case("attention", "varlen fp16 d=128 paged (page 16) seqused_k", paged_varlen("fp16", 128, 16, seqused=True)),
     ]
     return cases
 
