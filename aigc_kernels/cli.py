@@ -180,8 +180,6 @@ def cmd_check(args: argparse.Namespace) -> int:
                 continue
             fn = getattr(torch.ops.aigc_kernels, op)
             for case in testing.cases(op, torch.float32, device, seed=args.seed):
-                if "block_table" in case.kwargs:  # the C++ op takes contiguous caches only (no paged kernel yet)
-                    continue
                 r = testing.check_case(op, f"torch.ops ({device.type})", case, torch.float32, fn=fn)
                 results.append(r)
                 verdict = "[green]pass[/]" if r.passed else f"[red]FAIL[/] {r.error or ''}"

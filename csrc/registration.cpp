@@ -7,10 +7,11 @@
 
 TORCH_LIBRARY(aigc_kernels, m) {
   // Decoding: write k_new/v_new (B, Hkv, Lnew, D) into the caches (B, Hkv, Lmax, D) at rows
-  // [cache_seqlens[b], cache_seqlens[b] + Lnew) of batch b, in place.
+  // [cache_seqlens[b], cache_seqlens[b] + Lnew) of batch b, in place. With block_table (int32 (B, max_pages))
+  // the caches are paged, (num_pages, page_size, Hkv, D): row t of batch b in page block_table[b, t / page_size].
   m.def(
       "kvcache_append(Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor k_new, Tensor v_new, "
-      "Tensor cache_seqlens) -> ()");
+      "Tensor cache_seqlens, Tensor? block_table=None) -> ()");
   // Rotary embedding: x (B, H, L, D) rotated by rows positions (B or 1, L; none: 0..L-1) of cos/sin
   // (Lmax, R/2), GPT-NeoX or interleaved (GPT-J) pairs, by minus the angle when conjugate (the backward).
   // rotary_fwd returns a new tensor (features past R copied); rotary_inplace writes x's first R features.
@@ -57,10 +58,11 @@ TORCH_LIBRARY(aigc_kernels, m) {
       "Tensor? cu_seqlens_k, int max_seqlen_q, int max_seqlen_k, float scale, bool causal, int window_left, "
       "int window_right) -> (Tensor, Tensor, Tensor)");
   // Decoding: q (B, Hq, Lq, D) against the first cache_seqlens[b] + lnew rows of the caches
-  // (B, Hkv, Lmax, D); split-K over the cache (num_splits = 0: chosen from the shapes) + combine.
+  // (B, Hkv, Lmax, D), or of paged caches (num_pages, page_size, Hkv, D) through block_table (B, max_pages);
+  // split-K over the cache (num_splits = 0: chosen from the shapes) + combine.
   m.def(
       "flash_decode(Tensor q, Tensor k_cache, Tensor v_cache, Tensor cache_seqlens, int lnew, bool causal, "
-      "float scale, int num_splits) -> Tensor");
+      "float scale, int num_splits, Tensor? block_table=None) -> Tensor");
 }
 
 // The module only has to exist for `import aigc_kernels._C` to load the shared library (and so

@@ -36,6 +36,8 @@ def main() -> int:
     fa = (q, k, v, None, None, 16, 16, 0.125, True, -1, -1)
     out, lse = ops.flash_fwd(*fa)
     kc, vc, lens = t(2, 2, 32, 64), t(2, 2, 32, 64), t(2, dtype=torch.int32)
+    kp, vp = t(6, 16, 2, 64), t(6, 16, 2, 64)
+    table = t(2, 2, dtype=torch.int32)
     checks = {  # every op of torch.ops.aigc_kernels, backward ops fed by their forward's fake outputs
         "norm_fwd": (ops.norm_fwd.default, (x, w, w, x, 1e-5, False)),
         "norm_bwd": (ops.norm_bwd.default, (y, y, xs, w, mean, rstd, True, False)),
@@ -47,6 +49,10 @@ def main() -> int:
         "flash_bwd": (ops.flash_bwd.default, (out, q, k, v, out, lse, *fa[3:])),
         "flash_decode": (ops.flash_decode.default, (t(2, 4, 1, 64), kc, vc, lens, 1, True, 0.125, 0)),
         "kvcache_append": (ops.kvcache_append.default, (kc, vc, t(2, 2, 1, 64), t(2, 2, 1, 64), lens)),
+        # paged caches (num_pages, page_size, Hkv, D) through a block table
+        "flash_decode (paged)": (ops.flash_decode.default, (t(2, 4, 1, 64), kp, vp, lens, 1, True, 0.125, 0, table)),
+        "kvcache_append (paged)": (ops.kvcache_append.default, (kp, vp, t(2, 2, 1, 64), t(2, 2, 1, 64), lens,
+                                                               table)),
         "rotary_fwd": (ops.rotary_fwd.default, (q, t(16, 32), t(16, 32), t(1, 16, dtype=torch.int64), False, False)),
         "rotary_inplace": (ops.rotary_inplace.default, (q, t(16, 32, dtype=torch.float32),
                                                         t(16, 32, dtype=torch.float32), None, True, True)),

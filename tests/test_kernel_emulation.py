@@ -101,12 +101,24 @@ CASES = [
     ("decodew", "f16", 128, 3, 8, 2, 1, 300, 1, -1, -1, 0, 3),
 ]
 REL = {"f16": 2e-3, "bf16": 1.6e-2}  # ~2 ulps of the largest reference value (inputs are rounded too)
+# Paged caches (the last field: page size): decode through a shuffled block table, any page size, split or not,
+# on the mma.sync and the wgmma kernels
+PAGED_CASES = [
+    ("decode", "f16", 64, 2, 8, 1, 4, 1000, 1, -1, -1, 0, 16, 16),
+    ("decode", "bf16", 128, 3, 8, 2, 1, 300, 1, -1, -1, 0, 3, 1),
+    ("decode", "f16", 128, 2, 32, 8, 1, 257, 1, -1, -1, 0, 1, 64),
+    ("decode", "bf16", 64, 2, 4, 4, 3, 500, 0, -1, -1, 0, 7, 48),
+    ("decodew", "f16", 128, 3, 8, 2, 1, 300, 1, -1, -1, 0, 3, 32),
+]
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(map(str, c)))
+@pytest.mark.parametrize("case", CASES + [(*c[:-1], "page", c[-1]) for c in PAGED_CASES],
+                         ids=lambda c: "-".join(map(str, c)))
 def test_flash_kernels_under_emulation(build, case):
     mode, dtype = case[0], case[1]
-    errs = run(build("flash_emulate"), [*case, 11])
+    page = case[-1] if "page" in case else 0
+    args = [*case[:13], 11] + ([page] if page else [])
+    errs = run(build("flash_emulate"), args)
     names = ["out"] + (["lse"] if not mode.startswith("decode") else []) + (["dq", "dk", "dv"] if mode == "bwd" else [])
     for name in names:
         err, ref = errs[name]
@@ -155,8 +167,8 @@ def test_activation_kernels_under_emulation(build, dtype, act):
         assert err <= bound, f"{name}: max |kernel - float64| = {err:.3g} > {bound:.3g} (reference max {ref:.3g})"
 
 
-@pytest.mark.parametrize("vector,strided", [(1, 0), (0, 0), (0, 1)], ids=["16-byte words", "elements",
-                                                                         "strided cache"])
+@pytest.mark.parametrize("vector,strided", [(1, 0), (0, 0), (0, 1), (1, 2), (0, 2)],
+                         ids=["16-byte words", "elements", "strided cache", "paged 16-byte words", "paged elements"])
 def test_kvcache_append_kernel_under_emulation(build, vector, strided):
     res = run(build("kvcache_emulate"), [vector, strided, 7])
     assert res["checked"] > 0 and res["mismatches"] == 0, res

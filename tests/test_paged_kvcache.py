@@ -119,23 +119,54 @@ def test_paged_append_alone_and_with_rotary(backend):
     torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
 
 
-@pytest.mark.parametrize("backend", ["cuda"])
-def test_the_cuda_kernels_refuse_a_paged_cache_by_name_and_auto_runs_elsewhere(backend):
-    s = paged_setup(16, [5, 9], lnew=1)
-    if backend in ak.available_backends():
-        with pytest.raises(ak.BackendError, match="do not take a paged cache"):
-            ak.attention_with_kvcache(s["q"], s["kc"], s["vc"], s["lens"], k_new=s["kn"], v_new=s["vn"],
-                                      block_table=s["table"], backend=backend)
+def test_the_cuda_kernels_take_a_paged_cache():
+    """The CUDA decode and append take block tables (csrc: the K/V tile loads and the append address rows through
+    the table; run under emulation in tests/test_kernel_emulation.py); the C++ append's CPU implementation writes
+    the pages as the reference does, and the op's schema, fake impl and CPU kernel agree (opcheck)."""
     from aigc_kernels.backend import implementation
     from aigc_kernels.validation import make_call
 
+    s = paged_setup(16, [5, 9], lnew=1, d=64, dtype=torch.float16)
     call = make_call("attention_with_kvcache", s["q"], s["kc"], s["vc"], s["lens"], k_new=s["kn"], v_new=s["vn"],
                      block_table=s["table"])
-    assert "paged cache" in implementation("attention_with_kvcache", backend).why_not(call)
+    assert implementation("attention_with_kvcache", "cuda").why_not(call) is None
     call = make_call("kvcache_append", s["kc"], s["vc"], s["kn"], s["vn"], s["lens"], block_table=s["table"])
-    assert "paged cache" in implementation("kvcache_append", backend).why_not(call)
-    explained = ak.explain("attention_with_kvcache", s["q"], s["kc"], s["vc"], s["lens"], block_table=s["table"])
-    assert explained.backend == "torch"
+    assert implementation("kvcache_append", "cuda").why_not(call) is None
+    if not _have_ext():
+        pytest.skip("the C++ extension is not built here")
+    s = paged_setup(16, [5, 9, 0, 31], lnew=3, dtype=torch.float32)
+    kc, vc = s["kc"].clone(), s["vc"].clone()
+    kr, vr = s["kc"].clone(), s["vc"].clone()
+    torch.ops.aigc_kernels.kvcache_append(kc, vc, s["kn"], s["vn"], s["lens"], s["table"])
+    R.kvcache_append(kr, vr, s["kn"], s["vn"], s["lens"], block_table=s["table"])
+    assert torch.equal(kc, kr) and torch.equal(vc, vr)
+    torch.library.opcheck(torch.ops.aigc_kernels.kvcache_append.default,
+                          (s["kc"].clone(), s["vc"].clone(), s["kn"], s["vn"], s["lens"], s["table"]))
+    bad = s["table"].clone()
+    bad[1, 0] = 10**4
+    with pytest.raises(RuntimeError, match="outside"):
+        torch.ops.aigc_kernels.kvcache_append(kc, vc, s["kn"], s["vn"], s["lens"], bad)
+
+
+def _have_ext() -> bool:
+    from aigc_kernels import _ext
+
+    return _ext.status()[0]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("page", [1, 16, 64, 256])
+def test_cuda_paged_decode_equals_contiguous_on_a_gpu(page):
+    if "cuda" not in ak.available_backends():
+        pytest.skip("no CUDA extension")
+    s = paged_setup(page, [5, 130, 0, 300], lnew=1, b_heads=(8, 2), d=128, dtype=torch.bfloat16)
+    dev = {k: (v.cuda() if torch.is_tensor(v) else v) for k, v in s.items()}
+    kc, vc = dev["kc"].clone(), dev["vc"].clone()
+    out = ak.attention_with_kvcache(dev["q"], kc, vc, dev["lens"], k_new=dev["kn"], v_new=dev["vn"],
+                                    block_table=dev["table"], backend="cuda")
+    dk, dv = dev["dk"].clone(), dev["dv"].clone()
+    ref = ak.attention_with_kvcache(dev["q"], dk, dv, dev["lens"], k_new=dev["kn"], v_new=dev["vn"], backend="cuda")
+    torch.testing.assert_close(out, ref, atol=2e-2, rtol=2e-2)
 
 
 def test_bad_paged_input_names_expected_and_given():

@@ -579,19 +579,6 @@ class PagedDecodeBench(DecodeBench):
             return lambda: ops.attention_with_kvcache(inp["q"], inp["k_pages"], inp["v_pages"], inp["cache_seqlens"],
                                                       block_table=inp["block_table"], backend=name)
 
-        def paged_provider(name):
-            def make(case, inp, mode):
-                from ..backend import implementations
-                from ..contracts import limits
-
-                if name != "auto" and name not in implementations("attention_with_kvcache")["attention_with_kvcache"]:
-                    raise NotImplementedError(f"the '{name}' backend does not implement attention_with_kvcache yet")
-                if name == "cuda":
-                    raise NotImplementedError(limits.PAGED_NOT_YET.format("CUDA"))
-                return ours(inp, name)
-
-            return Provider(name, make, needs_gpu=name in ("cuda", "triton"))
-
         def contiguous(case, inp, mode):
             return lambda: ops.attention_with_kvcache(inp["q"], inp["k_cache"], inp["v_cache"], inp["cache_seqlens"])
 
@@ -621,7 +608,7 @@ class PagedDecodeBench(DecodeBench):
             return lambda: flash_attn_with_kvcache(q, kp, vp, cache_seqlens=lens, block_table=table,
                                                    causal=True).transpose(1, 2)
 
-        return [*(paged_provider(n) for n in API_BACKENDS), Provider("contiguous", contiguous, needs_gpu=False),
+        return [*_api_providers("attention_with_kvcache", ours), Provider("contiguous", contiguous, needs_gpu=False),
                 Provider("eager", gathered, needs_gpu=False), Provider("flash_attn", flash_attn)]
 
     def check(self, case, inputs, out):

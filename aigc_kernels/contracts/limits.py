@@ -119,16 +119,16 @@ def triton_attention_varlen(call: AttentionVarlenCall) -> str | None:
     return _attention_common("Triton", q, TRITON_HEAD_DIMS) or _triton_grad((q, call.k, call.v), q)
 
 
-PAGED_NOT_YET = ("the {} KV-cache kernels do not take a paged cache (block_table) yet: 'torch' and 'triton' do "
+PAGED_NOT_YET = ("the {} kernels do not take a paged cache (block_table) yet: 'torch' and 'triton' do "
                  "(auto routes it to them)")
 
 
 def kernel_kvcache_append(kernel: str, call: KVCacheAppendCall) -> str | None:
-    return PAGED_NOT_YET.format(kernel) if call.block_table is not None else None
+    return None  # contiguous or paged, any dtype (a row copy): both kernels
 
 
 def triton_kvcache_append(call: KVCacheAppendCall) -> str | None:
-    return None  # contiguous or paged, any dtype (a row copy)
+    return kernel_kvcache_append("Triton", call)
 
 
 cuda_kvcache_append = functools.partial(kernel_kvcache_append, "CUDA")
@@ -186,8 +186,6 @@ def flash_ready(t: torch.Tensor) -> bool:
 
 
 def cuda_attention_with_kvcache(call: KVCacheCall) -> str | None:
-    if call.block_table is not None:
-        return PAGED_NOT_YET.format("CUDA")
     for name, t in (("k_cache", call.k_cache), ("v_cache", call.v_cache)):
         if not flash_ready(t):
             return (f"the CUDA decoding kernel reads {name} in place and needs unit stride along the head dim, "

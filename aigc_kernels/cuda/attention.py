@@ -29,7 +29,7 @@ def _flash_bwd_fake(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seq
 
 
 @torch.library.register_fake("aigc_kernels::flash_decode")
-def _flash_decode_fake(q, k_cache, v_cache, cache_seqlens, lnew, causal, scale, num_splits):
+def _flash_decode_fake(q, k_cache, v_cache, cache_seqlens, lnew, causal, scale, num_splits, block_table=None):
     return _contiguous_like(q)
 
 
@@ -79,11 +79,9 @@ def attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seql
 
 def attention_with_kvcache(q, k_cache, v_cache, cache_seqlens, k_new=None, v_new=None, causal=True, scale=None,
                            block_table=None):
-    if block_table is not None:  # (the backend's check refuses it first; see contracts.limits)
-        raise ValueError("the CUDA KV-cache kernels do not take a paged cache (block_table) yet")
     lnew = 0
-    if k_new is not None:
-        torch.ops.aigc_kernels.kvcache_append(k_cache, v_cache, k_new, v_new, cache_seqlens)  # in place
+    if k_new is not None:  # in place, into the pages when paged
+        torch.ops.aigc_kernels.kvcache_append(k_cache, v_cache, k_new, v_new, cache_seqlens, block_table)
         lnew = k_new.shape[2]
     return torch.ops.aigc_kernels.flash_decode(_flash_operand(q), k_cache, v_cache, cache_seqlens, lnew, causal,
-                                               softmax_scale(q, scale), 0)
+                                               softmax_scale(q, scale), 0, block_table)

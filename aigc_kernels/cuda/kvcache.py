@@ -6,9 +6,12 @@ import torch
 
 
 @torch.library.register_fake("aigc_kernels::kvcache_append")
-def _kvcache_append_fake(k_cache, v_cache, k_new, v_new, cache_seqlens) -> None:
+def _kvcache_append_fake(k_cache, v_cache, k_new, v_new, cache_seqlens, block_table=None) -> None:
     torch._check(k_cache.dim() == 4 and v_cache.shape == k_cache.shape,
-                 lambda: f"kvcache_append: caches must be (B, Hkv, Lmax, D), got {k_cache.shape}, {v_cache.shape}")
+                 lambda: f"kvcache_append: caches must be (B, Hkv, Lmax, D) or paged (num_pages, page_size, Hkv, D), "
+                         f"got {k_cache.shape}, {v_cache.shape}")
+    torch._check(block_table is None or (block_table.dim() == 2 and block_table.dtype == torch.int32),
+                 lambda: "kvcache_append: block_table must be int32 (B, max_pages)")
     torch._check(k_new.dim() == 4 and v_new.shape == k_new.shape,
                  lambda: f"kvcache_append: k_new/v_new must be (B, Hkv, Lnew, D), got {k_new.shape}, {v_new.shape}")
     torch._check(cache_seqlens.dtype == torch.int32, lambda: "kvcache_append: cache_seqlens must be int32")
@@ -16,6 +19,4 @@ def _kvcache_append_fake(k_cache, v_cache, k_new, v_new, cache_seqlens) -> None:
 
 
 def kvcache_append(k_cache, v_cache, k_new, v_new, cache_seqlens, block_table=None) -> None:
-    if block_table is not None:  # (the backend's check refuses it first; see contracts.limits)
-        raise ValueError("the CUDA KV-cache kernels do not take a paged cache (block_table) yet")
-    torch.ops.aigc_kernels.kvcache_append(k_cache, v_cache, k_new, v_new, cache_seqlens)
+    torch.ops.aigc_kernels.kvcache_append(k_cache, v_cache, k_new, v_new, cache_seqlens, block_table)

@@ -122,8 +122,8 @@ def attention_with_kvcache(
         rotary_interleaved: GPT-J pairs instead of GPT-NeoX halves.
         block_table: int32 (B, max_pages): row t of sequence b is in page block_table[b, t // page_size], slot
             t % page_size; pages in any order, shared between sequences or not; entries past a sequence's pages
-            are not read. The "torch" and "triton" backends run paged caches; the CUDA kernels refuse them by
-            name (auto routes them elsewhere).
+            are not read. Every backend runs paged caches: "torch" gathers the pages, the Triton and CUDA
+            kernels read (and the appends write) each row through the table in place.
 
     Returns:
         (B, Hq, Lq, D).

@@ -37,6 +37,14 @@ struct Params {
   const int* cu_seqlens_k;
   const int* seqused_k;
   int seqused_k_add;  // added to seqused_k[b]: the rows appended to the cache by this call
+
+  // Paged k/v (decoding; dense q): when block_table (int32 (B, max_pages)) is set, key row j of batch b is
+  // slot j % page_size of page block_table[b * block_table_batch_stride + j / page_size], and k/v's batch
+  // stride is the page stride, their row stride the slot stride (caches (num_pages, page_size, Hkv, D)). A page
+  // id outside [0, num_pages) is never dereferenced (its rows load as zeros).
+  const int* block_table;
+  int64_t block_table_batch_stride;
+  int page_size, num_pages;
   int batch, heads_q, heads_kv, head_dim;
   int seqlen_q, seqlen_k;  // dense sizes, or the longest packed sequences (they size the grids)
 

@@ -290,7 +290,7 @@ int decode_splits(int64_t ctas, int64_t lmax, int64_t requested, int sms) {
 
 at::Tensor flash_decode_cuda(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                              const at::Tensor& cache_seqlens, int64_t lnew, bool causal, double scale,
-                             int64_t num_splits) {
+                             int64_t num_splits, const std::optional<at::Tensor>& block_table) {
   const char* op = "aigc_kernels::flash_decode";
   TORCH_CHECK(q.dim() == 4, op, ": expected q of shape (B, Hq, Lq, D), got ", q.sizes());
   check_common(op, q, false);
@@ -299,8 +299,24 @@ at::Tensor flash_decode_cuda(const at::Tensor& q, const at::Tensor& k_cache, con
   check_operand(op, "v_cache", v_cache, q, 4);
   TORCH_CHECK(v_cache.sizes() == k_cache.sizes(), op, ": expected v_cache of k_cache's shape ", k_cache.sizes(),
               ", got ", v_cache.sizes());
-  const int64_t batch = q.size(0), hq = q.size(1), lq = q.size(2), hkv = k_cache.size(1), lmax = k_cache.size(2);
-  TORCH_CHECK(k_cache.size(0) == batch, op, ": expected k_cache with batch ", batch, " (q's), got ", k_cache.size(0));
+  const bool paged = block_table.has_value();
+  const int64_t batch = q.size(0), hq = q.size(1), lq = q.size(2);
+  const int64_t hkv = k_cache.size(paged ? 2 : 1);
+  int64_t lmax = k_cache.size(2);
+  if (paged) {  // caches (num_pages, page_size, Hkv, D), block_table int32 (B, max_pages)
+    const at::Tensor& bt = *block_table;
+    TORCH_CHECK(bt.dim() == 2 && bt.size(0) == batch && bt.scalar_type() == at::kInt && bt.device() == q.device() &&
+                    bt.stride(1) == 1,
+                op, ": expected block_table Int of shape (", batch, ", max_pages) on ", q.device(),
+                " with unit stride along the pages, got ", bt.scalar_type(), " ", bt.sizes(), " on ", bt.device());
+    TORCH_CHECK(k_cache.size(1) > 0 && k_cache.size(1) <= (int64_t{1} << 30) && k_cache.size(0) < (int64_t{1} << 31),
+                op, ": expected a paged cache (num_pages, page_size, Hkv, D) with 1 <= page_size, got ",
+                k_cache.sizes());
+    lmax = bt.size(1) * k_cache.size(1);
+  } else {
+    TORCH_CHECK(k_cache.size(0) == batch, op, ": expected k_cache with batch ", batch, " (q's), got ",
+                k_cache.size(0));
+  }
   check_heads(op, hq, hkv);
   TORCH_CHECK(cache_seqlens.dim() == 1 && cache_seqlens.size(0) == batch && cache_seqlens.scalar_type() == at::kInt &&
                   cache_seqlens.device() == q.device() && cache_seqlens.is_contiguous(),
@@ -315,6 +331,14 @@ at::Tensor flash_decode_cuda(const at::Tensor& q, const at::Tensor& k_cache, con
 
   flash::Params p{};
   fill_qkv(p, q, k_cache, v_cache, out, false);
+  if (paged) {  // batch stride = the page stride, row stride = the slot stride
+    p.k_batch_stride = k_cache.stride(0), p.k_head_stride = k_cache.stride(2), p.k_row_stride = k_cache.stride(1);
+    p.v_batch_stride = v_cache.stride(0), p.v_head_stride = v_cache.stride(2), p.v_row_stride = v_cache.stride(1);
+    p.block_table = block_table->data_ptr<int>();
+    p.block_table_batch_stride = block_table->stride(0);
+    p.page_size = static_cast<int>(k_cache.size(1));
+    p.num_pages = static_cast<int>(k_cache.size(0));
+  }
   at::Tensor lse = new_lse(q, false);
   fill_lse(p, lse, false);
   fill_band(p, scale, causal, -1, -1);

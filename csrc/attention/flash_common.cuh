@@ -195,6 +195,23 @@ __device__ __forceinline__ void load_tile(T* tile, const T* base, int64_t row_st
   }
 }
 
+// The same tile from a paged cache: row j is slot j % page_size of page pages[j / page_size] (page_stride
+// apart; row_stride between slots). A page id outside [0, num_pages) is not dereferenced: its rows load as zeros.
+template <typename T, int ROWS, int D, int NTHREADS, typename L>
+__device__ __forceinline__ void load_tile_paged(T* tile, const T* base, int64_t row_stride, int row0, int nrows,
+                                                int tid, const int* pages, int page_size, int num_pages,
+                                                int64_t page_stride) {
+  constexpr int kChunks = D / 8;
+  for (int c = tid; c < ROWS * kChunks; c += NTHREADS) {
+    const int r = c / kChunks, col = (c % kChunks) * 8, j = row0 + r;
+    bool ok = j < nrows;
+    const int page = ok ? pages[j / page_size] : 0;
+    ok = ok && page >= 0 && page < num_pages;
+    const T* src = ok ? base + page * page_stride + (j % page_size) * row_stride + col : base;
+    cp_async16(tile + L::template at<ROWS, D>(r, col), src, ok);
+  }
+}
+
 // ---- visibility -----------------------------------------------------------------------------
 struct Band {
   int lq, lk, off, left, right;  // off = lk - lq; left/right < 0: unbounded

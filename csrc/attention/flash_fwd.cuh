@@ -85,10 +85,23 @@ __global__ void __launch_bounds__(FwdCfg<D, kWgmma>::kThreads) fwd_kernel(const 
   }
 
   const T* q_base = static_cast<const T*>(p.q) + seq.q_offset(b, p.q_batch_stride, p.q_row_stride);
-  const T* k_base = static_cast<const T*>(p.k) + seq.k_offset(b, p.k_batch_stride, p.k_row_stride) +
+  // Paged caches: no batch offset (each row's page gives it); k/v's batch stride is the page stride.
+  const int* pages = p.block_table != nullptr ? p.block_table + b * p.block_table_batch_stride : nullptr;
+  const T* k_base = static_cast<const T*>(p.k) + (pages ? 0 : seq.k_offset(b, p.k_batch_stride, p.k_row_stride)) +
                     static_cast<int64_t>(hk) * p.k_head_stride;
-  const T* v_base = static_cast<const T*>(p.v) + seq.k_offset(b, p.v_batch_stride, p.v_row_stride) +
+  const T* v_base = static_cast<const T*>(p.v) + (pages ? 0 : seq.k_offset(b, p.v_batch_stride, p.v_row_stride)) +
                     static_cast<int64_t>(hk) * p.v_head_stride;
+  auto load_kv = [&](T* tk, T* tv, int row0) {  // the K and V tiles of key rows [row0, row0 + kBN)
+    if (pages != nullptr) {
+      load_tile_paged<T, kBN, D, C::kThreads, QKL>(tk, k_base, p.k_row_stride, row0, seq.lk, tid, pages, p.page_size,
+                                                   p.num_pages, p.k_batch_stride);
+      load_tile_paged<T, kBN, D, C::kThreads, VL>(tv, v_base, p.v_row_stride, row0, seq.lk, tid, pages, p.page_size,
+                                                  p.num_pages, p.v_batch_stride);
+    } else {
+      load_tile<T, kBN, D, C::kThreads, QKL>(tk, k_base, p.k_row_stride, row0, seq.lk, tid);
+      load_tile<T, kBN, D, C::kThreads, VL>(tv, v_base, p.v_row_stride, row0, seq.lk, tid);
+    }
+  };
 
   // This thread's accumulator rows: tile row wrow + 16 * mt + g + 8 * half.
   const int wrow = warp * 16 * kMT;
@@ -128,8 +141,7 @@ __global__ void __launch_bounds__(FwdCfg<D, kWgmma>::kThreads) fwd_kernel(const 
       cp_async16(sQ + QKL::template at<kBM, D>(r, col), src, ok);
     }
     cp_async_commit();
-    load_tile<T, kBN, D, C::kThreads, QKL>(sK, k_base, p.k_row_stride, nb_lo * kBN, seq.lk, tid);
-    load_tile<T, kBN, D, C::kThreads, VL>(sV, v_base, p.v_row_stride, nb_lo * kBN, seq.lk, tid);
+    load_kv(sK, sV, nb_lo * kBN);
     cp_async_commit();
   }
 
@@ -137,10 +149,7 @@ __global__ void __launch_bounds__(FwdCfg<D, kWgmma>::kThreads) fwd_kernel(const 
   for (int nb = nb_lo; nb < nb_hi; ++nb) {
     if (nb + 1 < nb_hi) {
       const int next = stage ^ 1;
-      load_tile<T, kBN, D, C::kThreads, QKL>(sK + next * kBN * kS, k_base, p.k_row_stride, (nb + 1) * kBN, seq.lk,
-                                             tid);
-      load_tile<T, kBN, D, C::kThreads, VL>(sV + next * kBN * kS, v_base, p.v_row_stride, (nb + 1) * kBN, seq.lk,
-                                            tid);
+      load_kv(sK + next * kBN * kS, sV + next * kBN * kS, (nb + 1) * kBN);
       cp_async_commit();
       cp_async_wait<1>();
     } else {

@@ -7,20 +7,31 @@
 
 namespace aigc_kernels {
 
+// With block_table (int32 (B, max_pages)) the caches are paged, (num_pages, page_size, Hkv, D).
 inline void check_kvcache_append_args(const at::Tensor& k_cache, const at::Tensor& v_cache,
                                       const at::Tensor& k_new, const at::Tensor& v_new,
-                                      const at::Tensor& cache_seqlens) {
+                                      const at::Tensor& cache_seqlens, const at::Tensor* block_table = nullptr) {
   const char* op = "aigc_kernels::kvcache_append";
-  TORCH_CHECK(k_cache.dim() == 4, op, ": expected k_cache of shape (B, Hkv, Lmax, D), got ", k_cache.sizes());
+  const bool paged = block_table != nullptr;
+  TORCH_CHECK(k_cache.dim() == 4, op, ": expected k_cache of shape ",
+              paged ? "(num_pages, page_size, Hkv, D)" : "(B, Hkv, Lmax, D)", ", got ", k_cache.sizes());
   TORCH_CHECK(v_cache.sizes() == k_cache.sizes(), op, ": expected v_cache of the same shape as k_cache ",
               k_cache.sizes(), ", got ", v_cache.sizes());
-  const int64_t B = k_cache.size(0), H = k_cache.size(1), D = k_cache.size(3);
+  const int64_t B = paged ? k_new.size(0) : k_cache.size(0), H = k_cache.size(paged ? 2 : 1), D = k_cache.size(3);
   TORCH_CHECK(k_new.dim() == 4 && k_new.size(0) == B && k_new.size(1) == H && k_new.size(3) == D, op,
               ": expected k_new of shape (", B, ", ", H, ", Lnew, ", D, "), got ", k_new.sizes());
   TORCH_CHECK(v_new.sizes() == k_new.sizes(), op, ": expected v_new of the same shape as k_new ",
               k_new.sizes(), ", got ", v_new.sizes());
-  TORCH_CHECK(k_new.size(2) <= k_cache.size(2), op, ": Lnew = ", k_new.size(2),
-              " new rows do not fit a cache of Lmax = ", k_cache.size(2));
+  int64_t lmax = k_cache.size(2);
+  if (paged) {
+    TORCH_CHECK(block_table->dim() == 2 && block_table->size(0) == B && block_table->scalar_type() == at::kInt &&
+                    block_table->device() == k_cache.device(),
+                op, ": expected block_table Int of shape (", B, ", max_pages) on ", k_cache.device(), ", got ",
+                block_table->scalar_type(), " ", block_table->sizes(), " on ", block_table->device());
+    TORCH_CHECK(k_cache.size(1) >= 1, op, ": expected page_size >= 1, got a cache ", k_cache.sizes());
+    lmax = block_table->size(1) * k_cache.size(1);
+  }
+  TORCH_CHECK(k_new.size(2) <= lmax, op, ": Lnew = ", k_new.size(2), " new rows do not fit a cache of Lmax = ", lmax);
   for (const at::Tensor* t : {&v_cache, &k_new, &v_new}) {
     TORCH_CHECK(t->scalar_type() == k_cache.scalar_type(), op, ": expected every tensor in dtype ",
                 k_cache.scalar_type(), " (k_cache's), got ", t->scalar_type());
@@ -36,6 +47,7 @@ inline void check_kvcache_append_args(const at::Tensor& k_cache, const at::Tenso
 }
 
 void kvcache_append_launch(at::Tensor& k_cache, at::Tensor& v_cache, const at::Tensor& k_new,
-                           const at::Tensor& v_new, const at::Tensor& cache_seqlens);
+                           const at::Tensor& v_new, const at::Tensor& cache_seqlens,
+                           const at::Tensor* block_table = nullptr);
 
 }  // namespace aigc_kernels

@@ -10,19 +10,40 @@ namespace aigc_kernels {
 namespace {
 
 void kvcache_append_cuda(at::Tensor k_cache, at::Tensor v_cache, const at::Tensor& k_new,
-                         const at::Tensor& v_new, const at::Tensor& cache_seqlens) {
-  check_kvcache_append_args(k_cache, v_cache, k_new, v_new, cache_seqlens);
+                         const at::Tensor& v_new, const at::Tensor& cache_seqlens,
+                         const std::optional<at::Tensor>& block_table) {
+  const at::Tensor* bt = block_table.has_value() ? &*block_table : nullptr;
+  check_kvcache_append_args(k_cache, v_cache, k_new, v_new, cache_seqlens, bt);
   TORCH_CHECK(k_cache.is_cuda(), "aigc_kernels::kvcache_append: expected CUDA tensors, got ", k_cache.device());
   const c10::cuda::CUDAGuard guard(k_cache.device());
   if (k_new.numel() == 0) return;
-  kvcache_append_launch(k_cache, v_cache, k_new, v_new, cache_seqlens);
+  kvcache_append_launch(k_cache, v_cache, k_new, v_new, cache_seqlens, bt);
 }
 
 void kvcache_append_cpu(at::Tensor k_cache, at::Tensor v_cache, const at::Tensor& k_new,
-                        const at::Tensor& v_new, const at::Tensor& cache_seqlens) {
-  check_kvcache_append_args(k_cache, v_cache, k_new, v_new, cache_seqlens);
-  const int64_t lnew = k_new.size(2), lmax = k_cache.size(2);
+                        const at::Tensor& v_new, const at::Tensor& cache_seqlens,
+                        const std::optional<at::Tensor>& block_table) {
+  check_kvcache_append_args(k_cache, v_cache, k_new, v_new, cache_seqlens,
+                            block_table.has_value() ? &*block_table : nullptr);
   const auto lens = cache_seqlens.accessor<int32_t, 1>();
+  if (block_table.has_value()) {  // paged: row t of batch b in page block_table[b, t / page_size]
+    const auto bt = block_table->accessor<int32_t, 2>();
+    const int64_t page = k_cache.size(1), num_pages = k_cache.size(0), width = block_table->size(1);
+    for (int64_t b = 0; b < k_new.size(0); ++b) {
+      for (int64_t i = 0; i < k_new.size(2); ++i) {
+        const int64_t t = static_cast<int64_t>(lens[b]) + i;
+        TORCH_CHECK(t >= 0 && t < width * page, "aigc_kernels::kvcache_append: batch ", b, " row ", t,
+                    " is outside its block table (", width, " pages of ", page, ")");
+        const int64_t pg = bt[b][t / page];
+        TORCH_CHECK(pg >= 0 && pg < num_pages, "aigc_kernels::kvcache_append: batch ", b, " row ", t,
+                    " names page ", pg, ", outside [0, ", num_pages, ")");
+        k_cache[pg][t % page].copy_(k_new[b].select(1, i));
+        v_cache[pg][t % page].copy_(v_new[b].select(1, i));
+      }
+    }
+    return;
+  }
+  const int64_t lnew = k_new.size(2), lmax = k_cache.size(2);
   for (int64_t b = 0; b < k_cache.size(0); ++b) {
     const int64_t start = lens[b];
     TORCH_CHECK(start >= 0 && start + lnew <= lmax, "aigc_kernels::kvcache_append: batch ", b,

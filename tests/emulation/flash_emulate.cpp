@@ -1,13 +1,16 @@
 // Runs the CUDA flash attention kernels' own source on the CPU (csrc/emulate.h) and
 // compares them with a float64 reference. Built and driven by tests/test_kernel_emulation.py:
 //
-//   flash_emulate MODE DTYPE D B HQ HKV LQ LK CAUSAL WL WR PACKED SPLITS SEED
+//   flash_emulate MODE DTYPE D B HQ HKV LQ LK CAUSAL WL WR PACKED SPLITS SEED [PAGE]
 //     MODE fwd | bwd | decode, or fwdw | decodew (the sm_90a wgmma forward, head dims 64 and 128);
 //     DTYPE f16 | bf16;  PACKED 1: varlen with per-batch lengths drawn
-//     from [0, LQ] x [0, LK] (LQ/LK are then the maxima);  SPLITS: decode's split count
+//     from [0, LQ] x [0, LK] (LQ/LK are then the maxima);  SPLITS: decode's split count;
+//     PAGE (decode): > 0 reads the caches as pages of PAGE rows through a shuffled block table (slots no
+//     sequence owns hold NaN, table entries past a sequence's pages are garbage: neither may be read)
 //
 // Prints one JSON line: the max abs error of out, lse, dq, dk, dv (the ones computed) and the
 // max abs value of each reference, for the test's bounds.
+#include <algorithm>
 #include <cinttypes>
 #include <cstdio>
 #include <cstdlib>
@@ -43,7 +46,7 @@ float from_bits(uint16_t b) {
 
 template <typename T, int D>
 int run(const std::string& mode, int B, int HQ, int HKV, int LQ, int LK, bool causal, int wl, int wr, bool packed,
-        int splits, unsigned seed) {
+        int splits, unsigned seed, int page) {
   std::mt19937 rng(seed);
   std::normal_distribution<float> normal(0.f, 1.f);
   std::uniform_int_distribution<int> uq(0, LQ), uk(0, LK);
@@ -167,6 +170,37 @@ int run(const std::string& mode, int B, int HQ, int HKV, int LQ, int LK, bool ca
   p.window_left = wl;
   p.window_right = right;
   p.num_splits = decode ? splits : 1;
+  std::vector<uint16_t> kp, vp;
+  std::vector<int> table;
+  if (decode && page > 0) {  // the same keys in shuffled pages (num_pages, page, HKV, D)
+    const int width = (LK + page - 1) / page + 1, num_pages = B * width + 3;
+    std::vector<int> ids(num_pages);
+    for (int i = 0; i < num_pages; ++i) ids[i] = i;
+    std::shuffle(ids.begin(), ids.end(), rng);
+    table.assign(static_cast<size_t>(B) * width, 1 << 29);  // past each sequence's pages: garbage
+    kp.assign(static_cast<size_t>(num_pages) * page * HKV * D, to_bits<T>(NAN));
+    vp.assign(kp.size(), to_bits<T>(NAN));
+    for (int b = 0; b < B; ++b) {
+      for (int j = 0; j < (lk[b] + page - 1) / page; ++j) table[b * width + j] = ids[b * width + j];
+      for (int h = 0; h < HKV; ++h)
+        for (int j = 0; j < lk[b]; ++j) {
+          const int64_t at = ((static_cast<int64_t>(table[b * width + j / page]) * page + j % page) * HKV + h) * D;
+          for (int d = 0; d < D; ++d) {
+            kp[at + d] = k[ki(b, h, j) + d];
+            vp[at + d] = v[ki(b, h, j) + d];
+          }
+        }
+    }
+    p.k = kp.data();
+    p.v = vp.data();
+    p.k_batch_stride = p.v_batch_stride = static_cast<int64_t>(page) * HKV * D;  // the page stride
+    p.k_head_stride = p.v_head_stride = D;
+    p.k_row_stride = p.v_row_stride = static_cast<int64_t>(HKV) * D;  // the slot stride
+    p.block_table = table.data();
+    p.block_table_batch_stride = width;
+    p.page_size = page;
+    p.num_pages = num_pages;
+  }
   std::vector<float> oacc, lacc;
   if (p.num_splits > 1) {
     oacc.assign(static_cast<size_t>(p.num_splits) * B * HQ * LQ * D, NAN);
@@ -257,13 +291,13 @@ int run(const std::string& mode, int B, int HQ, int HKV, int LQ, int LK, bool ca
 
 template <typename T>
 int by_dim(int D, const std::string& mode, int B, int HQ, int HKV, int LQ, int LK, bool causal, int wl, int wr,
-           bool packed, int splits, unsigned seed) {
+           bool packed, int splits, unsigned seed, int page) {
   switch (D) {
-    case 32: return run<T, 32>(mode, B, HQ, HKV, LQ, LK, causal, wl, wr, packed, splits, seed);
-    case 64: return run<T, 64>(mode, B, HQ, HKV, LQ, LK, causal, wl, wr, packed, splits, seed);
-    case 96: return run<T, 96>(mode, B, HQ, HKV, LQ, LK, causal, wl, wr, packed, splits, seed);
-    case 128: return run<T, 128>(mode, B, HQ, HKV, LQ, LK, causal, wl, wr, packed, splits, seed);
-    case 256: return run<T, 256>(mode, B, HQ, HKV, LQ, LK, causal, wl, wr, packed, splits, seed);
+    case 32: return run<T, 32>(mode, B, HQ, HKV, LQ, LK, causal, wl, wr, packed, splits, seed, page);
+    case 64: return run<T, 64>(mode, B, HQ, HKV, LQ, LK, causal, wl, wr, packed, splits, seed, page);
+    case 96: return run<T, 96>(mode, B, HQ, HKV, LQ, LK, causal, wl, wr, packed, splits, seed, page);
+    case 128: return run<T, 128>(mode, B, HQ, HKV, LQ, LK, causal, wl, wr, packed, splits, seed, page);
+    case 256: return run<T, 256>(mode, B, HQ, HKV, LQ, LK, causal, wl, wr, packed, splits, seed, page);
     default: std::fprintf(stderr, "head dim %d\n", D); return 2;
   }
 }
@@ -271,8 +305,8 @@ int by_dim(int D, const std::string& mode, int B, int HQ, int HKV, int LQ, int L
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc != 15) {
-    std::fprintf(stderr, "usage: %s MODE DTYPE D B HQ HKV LQ LK CAUSAL WL WR PACKED SPLITS SEED\n", argv[0]);
+  if (argc != 15 && argc != 16) {
+    std::fprintf(stderr, "usage: %s MODE DTYPE D B HQ HKV LQ LK CAUSAL WL WR PACKED SPLITS SEED [PAGE]\n", argv[0]);
     return 2;
   }
   const std::string mode = argv[1], dtype = argv[2];
@@ -283,6 +317,7 @@ int main(int argc, char** argv) {
   const bool packed = std::atoi(argv[12]) != 0;
   const int splits = std::atoi(argv[13]);
   const unsigned seed = static_cast<unsigned>(std::atoi(argv[14]));
-  if (dtype == "f16") return by_dim<__half>(D, mode, B, HQ, HKV, LQ, LK, causal, wl, wr, packed, splits, seed);
-  return by_dim<__nv_bfloat16>(D, mode, B, HQ, HKV, LQ, LK, causal, wl, wr, packed, splits, seed);
+  const int page = argc == 16 ? std::atoi(argv[15]) : 0;
+  if (dtype == "f16") return by_dim<__half>(D, mode, B, HQ, HKV, LQ, LK, causal, wl, wr, packed, splits, seed, page);
+  return by_dim<__nv_bfloat16>(D, mode, B, HQ, HKV, LQ, LK, causal, wl, wr, packed, splits, seed, page);
 }
