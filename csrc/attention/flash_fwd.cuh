@@ -46,7 +46,9 @@ struct FwdCfg {
   using VLayout = std::conditional_t<kWgmma, MNMajorLayout, PaddedLayout>;
 };
 
-template <typename T, int D, bool kWgmma>
+// kPaged: k/v are paged caches read through p.block_table (decoding); a separate instantiation, so the dense
+// kernel's code (and registers) carry nothing of it.
+template <typename T, int D, bool kWgmma, bool kPaged = false>
 __global__ void __launch_bounds__(FwdCfg<D, kWgmma>::kThreads) fwd_kernel(const Params p) {
 #if !AIGC_HAS_WGMMA
   if constexpr (kWgmma) {  // built for another arch: the host never launches this
@@ -86,13 +88,13 @@ __global__ void __launch_bounds__(FwdCfg<D, kWgmma>::kThreads) fwd_kernel(const 
 
   const T* q_base = static_cast<const T*>(p.q) + seq.q_offset(b, p.q_batch_stride, p.q_row_stride);
   // Paged caches: no batch offset (each row's page gives it); k/v's batch stride is the page stride.
-  const int* pages = p.block_table != nullptr ? p.block_table + b * p.block_table_batch_stride : nullptr;
+  const int* pages = kPaged ? p.block_table + b * p.block_table_batch_stride : nullptr;
   const T* k_base = static_cast<const T*>(p.k) + (pages ? 0 : seq.k_offset(b, p.k_batch_stride, p.k_row_stride)) +
                     static_cast<int64_t>(hk) * p.k_head_stride;
   const T* v_base = static_cast<const T*>(p.v) + (pages ? 0 : seq.k_offset(b, p.v_batch_stride, p.v_row_stride)) +
                     static_cast<int64_t>(hk) * p.v_head_stride;
   auto load_kv = [&](T* tk, T* tv, int row0) {  // the K and V tiles of key rows [row0, row0 + kBN)
-    if (pages != nullptr) {
+    if constexpr (kPaged) {
       load_tile_paged<T, kBN, D, C::kThreads, QKL>(tk, k_base, p.k_row_stride, row0, seq.lk, tid, pages, p.page_size,
                                                    p.num_pages, p.k_batch_stride);
       load_tile_paged<T, kBN, D, C::kThreads, VL>(tv, v_base, p.v_row_stride, row0, seq.lk, tid, pages, p.page_size,
@@ -324,18 +326,27 @@ __global__ void __launch_bounds__(FwdCfg<D, kWgmma>::kThreads) fwd_kernel(const 
 }
 
 #ifndef AIGC_EMULATE  // the launchers (tests/emulation drives the kernels itself)
-template <typename T, int D, bool kWgmma>
-void launch_fwd(const Params& p, cudaStream_t stream) {
+template <typename T, int D, bool kWgmma, bool kPaged>
+void launch_fwd_kernel(const Params& p, cudaStream_t stream) {
   using C = FwdCfg<D, kWgmma>;
   const int rows = (p.heads_q / p.heads_kv) * p.seqlen_q;
   const dim3 grid((rows + C::kBM - 1) / C::kBM, p.batch * p.heads_kv, p.num_splits);
   const int smem = C::kSmemElems * static_cast<int>(sizeof(T));
-  auto kernel = fwd_kernel<T, D, kWgmma>;
+  auto kernel = fwd_kernel<T, D, kWgmma, kPaged>;
   if (smem > 48 * 1024) {
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   }
   kernel<<<grid, C::kThreads, smem, stream>>>(p);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename T, int D, bool kWgmma>
+void launch_fwd(const Params& p, cudaStream_t stream) {
+  if (p.block_table != nullptr) {
+    launch_fwd_kernel<T, D, kWgmma, true>(p, stream);
+  } else {
+    launch_fwd_kernel<T, D, kWgmma, false>(p, stream);
+  }
 }
 
 // Whether this build holds the wgmma forward for the current device: an sm_90a image of it.

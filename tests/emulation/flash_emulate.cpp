@@ -217,7 +217,11 @@ int run(const std::string& mode, int B, int HQ, int HKV, int LQ, int LK, bool ca
     constexpr bool kW = decltype(wg_tag)::value;
     using F = FwdCfg<D, kW>;
     const dim3 fgrid((G * LQ + F::kBM - 1) / F::kBM, B * HKV, p.num_splits);
-    emu::launch(fgrid, F::kThreads, F::kSmemElems * sizeof(T), [&] { fwd_kernel<T, D, kW>(p); });
+    if (p.block_table != nullptr) {
+      emu::launch(fgrid, F::kThreads, F::kSmemElems * sizeof(T), [&] { fwd_kernel<T, D, kW, true>(p); });
+    } else {
+      emu::launch(fgrid, F::kThreads, F::kSmemElems * sizeof(T), [&] { fwd_kernel<T, D, kW>(p); });
+    }
   };
   if (wgmma) {
     if constexpr (D == 64 || D == 128) {
