@@ -131,6 +131,22 @@ def _key_range(start_m, lq, lk, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, WI
 
 
 @triton.jit
+def _kv_rows(BT, b64, stride_btb, offs_n, n_ok, PAGE, NUM_PAGES, stride_kb, stride_kn, stride_vb, stride_vn,
+             PAGED: tl.constexpr):
+    """(k row offsets, v row offsets, rows to load) of key rows offs_n of sequence b: contiguous (row * stride),
+    or PAGED -- slot n % PAGE of page BT[b, n // PAGE] (one table read per row, so pages of any size). A page id
+    outside [0, NUM_PAGES) (a bad table on the device, where validation cannot read it) is never dereferenced:
+    its rows are not loaded, and the callers mask them as keys no query sees."""
+    if PAGED:
+        page = tl.load(BT + b64 * stride_btb + offs_n // PAGE, mask=n_ok, other=0).to(tl.int64)
+        n_ok &= (page >= 0) & (page < NUM_PAGES)
+        slot = (offs_n % PAGE).to(tl.int64)
+        return page * stride_kb + slot * stride_kn, page * stride_vb + slot * stride_vn, n_ok
+    rows = offs_n.to(tl.int64)
+    return rows * stride_kn, rows * stride_vn, n_ok
+
+
+@triton.jit
 def _dropout_keep(seed, offs_m, offs_n, lk, dropout_p):
     """The keep-mask of dropout for these (query, key) positions: Philox from (seed, i * Lk + j)."""
     rnd = tl.rand(seed, offs_m[:, None] * lk + offs_n[None, :])
@@ -353,15 +369,8 @@ def _attn_fwd_kernel(
     lo, hi = _key_range(start_m, lq, lk, BLOCK_M, BLOCK_N, WINDOW_LEFT, WINDOW_RIGHT, IS_CAUSAL)
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + offs_n0
-        n_ok = offs_n < lk
-        if PAGED:
-            page = tl.load(BT + b64 * stride_btb + offs_n // PAGE, mask=n_ok, other=0).to(tl.int64)
-            n_ok &= (page >= 0) & (page < NUM_PAGES)
-            k_rows = page * stride_kb + (offs_n % PAGE).to(tl.int64) * stride_kn
-            v_rows = page * stride_vb + (offs_n % PAGE).to(tl.int64) * stride_vn
-        else:
-            k_rows = offs_n.to(tl.int64) * stride_kn
-            v_rows = offs_n.to(tl.int64) * stride_vn
+        k_rows, v_rows, n_ok = _kv_rows(BT, b64, stride_btb, offs_n, offs_n < lk, PAGE, NUM_PAGES, stride_kb,
+                                        stride_kn, stride_vb, stride_vn, PAGED)
         k = tl.load(k_base + k_rows[None, :] + offs_d[:, None], mask=n_ok[None, :] & d_ok[:, None], other=0.0)
         if IEEE:
             s = tl.dot(q, k, input_precision="ieee")
@@ -731,15 +740,8 @@ def _decode_split_kernel(
         v_base = V + b64 * stride_vb + hk * stride_vh
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        n_ok = offs_n < hi
-        if PAGED:
-            page = tl.load(BT + b64 * stride_btb + offs_n // PAGE, mask=n_ok, other=0).to(tl.int64)
-            n_ok &= (page >= 0) & (page < NUM_PAGES)
-            k_rows = page * stride_kb + (offs_n % PAGE).to(tl.int64) * stride_kn
-            v_rows = page * stride_vb + (offs_n % PAGE).to(tl.int64) * stride_vn
-        else:
-            k_rows = offs_n.to(tl.int64) * stride_kn
-            v_rows = offs_n.to(tl.int64) * stride_vn
+        k_rows, v_rows, n_ok = _kv_rows(BT, b64, stride_btb, offs_n, offs_n < hi, PAGE, NUM_PAGES, stride_kb,
+                                        stride_kn, stride_vb, stride_vn, PAGED)
         k = tl.load(k_base + k_rows[None, :] + offs_d[:, None], mask=n_ok[None, :] & d_ok[:, None], other=0.0)
         if IEEE:
             s = tl.dot(q, k, input_precision="ieee") * qk_scale
