@@ -341,7 +341,7 @@ def _hf_paged_decode(module, query, key, value, block_table, k_cache, v_cache, c
         raise ValueError(f"aigc_kernels attention: a paged decode step takes one query token per sequence: "
                          f"{n} sequences in the block table, {query.shape[2]} tokens, {cu_k.shape[0] - 1} key lengths")
     lens = (cu_k[1:n + 1] - cu_k[:n]).to(torch.int32)  # with the new token
-    out = query.new_zeros(n, query.shape[1], query.shape[3])
+    out = query.new_zeros(query.shape[2], query.shape[1], query.shape[3])  # (tokens, Hq, D)
     live = torch.nonzero(lens > 0).flatten()  # padding sequences (length 0) hold no token: left at zero
     if live.numel():
         q = query[0, :, live].transpose(0, 1).unsqueeze(2)  # (N', Hq, 1, D)
@@ -351,9 +351,7 @@ def _hf_paged_decode(module, query, key, value, block_table, k_cache, v_cache, c
                                          causal=True, scale=scaling, block_table=block_table[live].to(torch.int32),
                                          backend=backend)
         out[live] = res[:, :, 0].to(out.dtype)
-    full = query.new_zeros(query.shape[2], query.shape[1], query.shape[3])
-    full[:n] = out
-    return full.unsqueeze(0), None
+    return out.unsqueeze(0), None
 
 
 def register_hf() -> bool:

@@ -287,18 +287,24 @@ def _paged_kvcache_args_full(op, q, k_cache, v_cache, cache_seqlens, k_new, v_ne
             raise ValueError(f"{op}: expected 0 <= cache_seqlens and cache_seqlens + Lnew <= max_pages * page_size = "
                              f"{capacity} (block_table {_shape(block_table)}, page_size {page}), got cache_seqlens "
                              f"in [{lo}, {hi}] with Lnew = {lnew}")
-        need_lo, need_hi = -(-(lo + lnew) // page), -(-(hi + lnew) // page)  # pages the rows reach
-        if need_lo == need_hi:  # one length (a decoding batch's usual case): a slice of the table, no mask
-            ids = block_table[:, :need_hi]
-        else:
-            lens = cache_seqlens.to(torch.long) + lnew
-            used = torch.arange(max_pages).unsqueeze(0) < ((lens + page - 1) // page).unsqueeze(1)  # (B, max_pages)
-            ids = block_table[used]
-        if ids.numel():
-            id_lo, id_hi = (int(x) for x in ids.aminmax())
-            if id_lo < 0 or id_hi >= num_pages:
-                raise ValueError(f"{op}: expected the pages block_table names for each sequence's rows in "
-                                 f"[0, num_pages) = [0, {num_pages}), got ids in [{id_lo}, {id_hi}]")
+        _page_ids_exist(op, block_table, [v + lnew for v in values], page, num_pages, "rows")
+
+
+def _page_ids_exist(op: str, block_table, rows: list[int], page: int, num_pages: int, what: str) -> None:
+    """Every page a host block table names for the first rows[b] rows of sequence b is in [0, num_pages)."""
+    need = [-(-r // page) for r in rows]  # pages each sequence reaches
+    if not need:
+        return
+    if min(need) == max(need):  # one length (a decoding batch's usual case): a slice of the table, no mask
+        ids = block_table[:, :need[0]]
+    else:
+        used = torch.arange(block_table.shape[1]).unsqueeze(0) < torch.tensor(need).unsqueeze(1)  # (B, max_pages)
+        ids = block_table[used]
+    if ids.numel():
+        id_lo, id_hi = (int(x) for x in ids.aminmax())
+        if id_lo < 0 or id_hi >= num_pages:
+            raise ValueError(f"{op}: expected the pages block_table names for each sequence's {what} in "
+                             f"[0, num_pages) = [0, {num_pages}), got ids in [{id_lo}, {id_hi}]")
 
 
 def kvcache_seqlens(op: str, cache_seqlens, b: int, k_cache: torch.Tensor, lnew: int, device) -> None:
@@ -530,13 +536,7 @@ def _paged_varlen_args_full(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, m
             if used and max(used) > width * page:
                 raise ValueError(f"{op}: expected each sequence's keys to fit its block table: at most max_pages * "
                                  f"page_size = {width * page}, got {max(used)}")
-            need = torch.tensor([-(-u // page) for u in used], dtype=torch.long)
-            ids = block_table[torch.arange(width).unsqueeze(0) < need.unsqueeze(1)]
-            if ids.numel():
-                id_lo, id_hi = (int(x) for x in ids.aminmax())
-                if id_lo < 0 or id_hi >= num_pages:
-                    raise ValueError(f"{op}: expected the pages block_table names for each sequence's keys in "
-                                     f"[0, num_pages) = [0, {num_pages}), got ids in [{id_lo}, {id_hi}]")
+            _page_ids_exist(op, block_table, used, page, num_pages, "keys")
     return window(op, window_size)
 
 

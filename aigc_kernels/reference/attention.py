@@ -149,7 +149,6 @@ def attention_varlen(
     ``seqused_k`` (B,) limits sequence b to its first seqused_k[b] keys (with block_table: its key count).
     """
     if block_table is not None or seqused_k is not None:  # each sequence's keys, read one by one, then packed
-        cq = cu_seqlens_q.tolist()
         span = None if cu_seqlens_k is None else [b - a for a, b in zip(cu_seqlens_k.tolist()[:-1],
                                                                          cu_seqlens_k.tolist()[1:], strict=True)]
         used = seqused_k.tolist() if seqused_k is not None else span
@@ -168,7 +167,6 @@ def attention_varlen(
         k = torch.stack(ks) if ks else k.new_zeros(shape)
         v = torch.stack(vs) if vs else v.new_zeros(shape)
         cu_seqlens_k = torch.tensor([0] + list(itertools.accumulate(used)), dtype=torch.int32, device=q.device)
-        del cq
     # One block-diagonal mask over all packed rows: a row attends only within its own sequence,
     # with causal/window aligned bottom-right there. Rows past the last offset see no key.
     def rows(cu: torch.Tensor, total: int):
