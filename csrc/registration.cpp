@@ -49,9 +49,13 @@ TORCH_LIBRARY(aigc_kernels, m) {
   // Flash attention (csrc/attention). Dense q (B, Hq, Lq, D), k/v (B, Hkv, Lk, D), or packed
   // (total, H, D) with int32 cu_seqlens (B + 1,). Returns out like q and lse float32 (B, Hq, Lq)
   // or (Hq, total_q), natural log, -inf for a row that sees no key (its output is 0).
+  // Packed q only, forward only: seqused_k int32 (B,) limits sequence b to its first seqused_k[b] keys; with
+  // block_table int32 (B, max_pages) k/v are paged caches (num_pages, page_size, Hkv, D) and cu_seqlens_k may
+  // be None (seqused_k gives the key counts).
   m.def(
       "flash_fwd(Tensor q, Tensor k, Tensor v, Tensor? cu_seqlens_q, Tensor? cu_seqlens_k, int max_seqlen_q, "
-      "int max_seqlen_k, float scale, bool causal, int window_left, int window_right) -> (Tensor, Tensor)");
+      "int max_seqlen_k, float scale, bool causal, int window_left, int window_right, Tensor? seqused_k=None, "
+      "Tensor? block_table=None) -> (Tensor, Tensor)");
   // (dq, dk, dv), deterministic.
   m.def(
       "flash_bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor? cu_seqlens_q, "

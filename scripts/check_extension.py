@@ -53,6 +53,12 @@ def main() -> int:
         "flash_decode (paged)": (ops.flash_decode.default, (t(2, 4, 1, 64), kp, vp, lens, 1, True, 0.125, 0, table)),
         "kvcache_append (paged)": (ops.kvcache_append.default, (kp, vp, t(2, 2, 1, 64), t(2, 2, 1, 64), lens,
                                                                table)),
+        # packed queries over the paged caches (seqused_k, no cu_seqlens_k), and seqused_k over packed keys
+        "flash_fwd (paged varlen)": (ops.flash_fwd.default, (t(7, 4, 64), kp, vp, t(3, dtype=torch.int32), None, 5,
+                                                             32, 0.125, True, -1, -1, lens, table)),
+        "flash_fwd (seqused_k)": (ops.flash_fwd.default, (t(7, 4, 64), t(9, 2, 64), t(9, 2, 64),
+                                                          t(3, dtype=torch.int32), t(3, dtype=torch.int32), 5, 6,
+                                                          0.125, False, -1, -1, lens)),
         "rotary_fwd": (ops.rotary_fwd.default, (q, t(16, 32), t(16, 32), t(1, 16, dtype=torch.int64), False, False)),
         "rotary_inplace": (ops.rotary_inplace.default, (q, t(16, 32, dtype=torch.float32),
                                                         t(16, 32, dtype=torch.float32), None, True, True)),

@@ -102,13 +102,20 @@ CASES = [
 ]
 REL = {"f16": 2e-3, "bf16": 1.6e-2}  # ~2 ulps of the largest reference value (inputs are rounded too)
 # Paged caches (the last field: page size): decode through a shuffled block table, any page size, split or not,
-# on the mma.sync and the wgmma kernels
+# on the mma.sync and the wgmma kernels; packed queries (chunked prefill, mixed lengths, 0 included) over pages
+# with seqused_k and no cu_seqlens_k; page -1: seqused_k over packed contiguous keys (the unused rows are NaN)
 PAGED_CASES = [
     ("decode", "f16", 64, 2, 8, 1, 4, 1000, 1, -1, -1, 0, 16, 16),
     ("decode", "bf16", 128, 3, 8, 2, 1, 300, 1, -1, -1, 0, 3, 1),
     ("decode", "f16", 128, 2, 32, 8, 1, 257, 1, -1, -1, 0, 1, 64),
     ("decode", "bf16", 64, 2, 4, 4, 3, 500, 0, -1, -1, 0, 7, 48),
     ("decodew", "f16", 128, 3, 8, 2, 1, 300, 1, -1, -1, 0, 3, 32),
+    ("fwd", "bf16", 128, 3, 8, 2, 40, 300, 1, -1, -1, 1, 1, 16),  # GQA, causal bottom-right per sequence
+    ("fwd", "f16", 64, 4, 4, 1, 17, 200, 0, -1, -1, 1, 1, 64),  # MQA
+    ("fwd", "f16", 32, 3, 4, 4, 33, 150, 1, 20, -1, 1, 1, 1),  # sliding window, page size 1
+    ("fwd", "bf16", 256, 2, 2, 1, 20, 100, 1, -1, -1, 1, 1, 128),
+    ("fwdw", "f16", 128, 3, 4, 2, 50, 130, 1, -1, -1, 1, 1, 32),
+    ("fwd", "bf16", 96, 3, 2, 2, 30, 90, 1, -1, -1, 1, 1, -1),
 ]
 
 

@@ -313,22 +313,51 @@ def test_chunked_prefill_then_decode_through_pages_matches_one_prefill(backend):
     torch.testing.assert_close(torch.cat(outs).double(), full.transpose(0, 1), atol=2e-5, rtol=2e-5)
 
 
-@pytest.mark.parametrize("backend", ["cuda"])
-def test_the_cuda_attention_refuses_pages_and_seqused_by_name(backend):
+def test_the_cuda_attention_takes_pages_and_seqused_k():
+    """The CUDA forward takes packed queries over pages and seqused_k (flash_fwd's seqused_k / block_table: the
+    paged fwd_kernel instantiation with packed q; run under emulation in tests/test_kernel_emulation.py); forward
+    only, and the op's fake impl and autograd say so."""
     lq, lk = MIXED
-    s = varlen_setup(16, lq, lk)
+    s = varlen_setup(16, lq, lk, d=64, dtype=torch.float16)
     from aigc_kernels.backend import implementation
     from aigc_kernels.validation import make_call
 
-    call = make_call("attention_varlen", s["q"], s["kc"], s["vc"], s["cu_q"], s["cu_k"], s["mq"], s["mk"],
-                     block_table=s["table"])
-    assert "paged cache" in implementation("attention_varlen", backend).why_not(call)
+    for kw in (dict(block_table=s["table"]), dict(block_table=s["table"], seqused_k=s["used"])):
+        call = make_call("attention_varlen", s["q"], s["kc"], s["vc"], s["cu_q"], s["cu_k"], s["mq"], s["mk"], **kw)
+        assert implementation("attention_varlen", "cuda").why_not(call) is None
     call = make_call("attention_varlen", s["q"], s["kp"], s["vp"], s["cu_q"], s["cu_k"], s["mq"], s["mk"],
                      seqused_k=s["used"])
-    assert "seqused_k" in implementation("attention_varlen", backend).why_not(call)
-    explained = ak.explain("attention_varlen", s["q"], s["kc"], s["vc"], s["cu_q"], s["cu_k"], s["mq"], s["mk"],
-                           block_table=s["table"])
-    assert explained.backend == "torch"
+    assert implementation("attention_varlen", "cuda").why_not(call) is None
+    if not _have_ext():
+        pytest.skip("the C++ extension is not built here")
+    import aigc_kernels.cuda  # noqa: F401  (fake impls and autograd)
+
+    meta = {k: (v.to("meta") if torch.is_tensor(v) else v) for k, v in s.items()}
+    q = meta["q"].clone().requires_grad_()
+    out, lse = torch.ops.aigc_kernels.flash_fwd(q, meta["kc"], meta["vc"], meta["cu_q"], None, s["mq"], s["mk"],
+                                                0.125, True, -1, -1, meta["used"], meta["table"])
+    assert out.shape == q.shape and lse.shape == (q.shape[1], q.shape[0])
+    with pytest.raises(RuntimeError, match="forward only"):
+        out.sum().backward()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("page", [16, 64, 256])
+def test_cuda_varlen_over_pages_equals_the_contiguous_keys_on_a_gpu(page):
+    if "cuda" not in ak.available_backends():
+        pytest.skip("no CUDA extension")
+    lq, lk = MIXED
+    s = varlen_setup(page, lq, lk, heads=(8, 2), d=128, dtype=torch.bfloat16,
+                     share_prefix=page if page <= 16 else 0)
+    dev = {k: (v.cuda() if torch.is_tensor(v) else v) for k, v in s.items()}
+    args = (dev["cu_q"], dev["cu_k"], dev["mq"], dev["mk"])
+    paged = ak.attention_varlen(dev["q"], dev["kc"], dev["vc"], *args, causal=True, block_table=dev["table"],
+                                backend="cuda")
+    by_count = ak.attention_varlen(dev["q"], dev["kc"], dev["vc"], dev["cu_q"], None, dev["mq"], dev["mk"],
+                                   causal=True, block_table=dev["table"], seqused_k=dev["used"], backend="cuda")
+    dense = ak.attention_varlen(dev["q"], dev["kp"], dev["vp"], *args, causal=True, backend="cuda")
+    assert torch.equal(paged, by_count)
+    torch.testing.assert_close(paged, dense, atol=2e-2, rtol=2e-2)
 
 
 def test_bad_varlen_paged_input_names_expected_and_given():

@@ -119,10 +119,6 @@ def triton_attention_varlen(call: AttentionVarlenCall) -> str | None:
     return _attention_common("Triton", q, TRITON_HEAD_DIMS) or _triton_grad((q, call.k, call.v), q)
 
 
-PAGED_NOT_YET = ("the {} kernels do not take a paged cache (block_table) yet: 'torch' and 'triton' do "
-                 "(auto routes it to them)")
-
-
 def kernel_kvcache_append(kernel: str, call: KVCacheAppendCall) -> str | None:
     return None  # contiguous or paged, any dtype (a row copy): both kernels
 
@@ -172,10 +168,6 @@ def cuda_attention(call: AttentionCall) -> str | None:
 
 
 def cuda_attention_varlen(call: AttentionVarlenCall) -> str | None:
-    if call.block_table is not None:
-        return PAGED_NOT_YET.format("CUDA attention")
-    if call.seqused_k is not None:
-        return "the CUDA attention does not take seqused_k yet: 'torch' and 'triton' do (auto routes it to them)"
     return _cuda_attention_common((call.q, call.k, call.v), call.q)
 
 

@@ -8,6 +8,7 @@ import torch
 
 from ..contracts.attention import lse_like, softmax_scale, window_pair
 from ..contracts.limits import flash_ready
+from .kvcache import index_operand
 
 
 def _contiguous_like(t: torch.Tensor) -> torch.Tensor:
@@ -16,9 +17,15 @@ def _contiguous_like(t: torch.Tensor) -> torch.Tensor:
 
 @torch.library.register_fake("aigc_kernels::flash_fwd")
 def _flash_fwd_fake(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale, causal, window_left,
-                    window_right):
+                    window_right, seqused_k=None, block_table=None):
     torch._check(q.dtype in (torch.float16, torch.bfloat16), lambda: f"flash_fwd: q must be fp16/bf16, got {q.dtype}")
     torch._check(k.shape == v.shape, lambda: f"flash_fwd: k and v shapes differ: {k.shape}, {v.shape}")
+    torch._check((seqused_k is None and block_table is None) or cu_seqlens_q is not None,
+                 lambda: "flash_fwd: seqused_k and block_table take packed q (cu_seqlens_q)")
+    torch._check(block_table is None or (k.dim() == 4 and block_table.dim() == 2
+                                         and block_table.dtype == torch.int32),
+                 lambda: "flash_fwd: with block_table, k/v are (num_pages, page_size, Hkv, D) and block_table int32 "
+                         "(B, max_pages)")
     return _contiguous_like(q), lse_like(q, cu_seqlens_q is not None)
 
 
@@ -34,19 +41,23 @@ def _flash_decode_fake(q, k_cache, v_cache, cache_seqlens, lnew, causal, scale, 
 
 
 def _flash_setup_context(ctx, inputs, output):
-    q, k, v, cu_q, cu_k, max_q, max_k, scale, causal, wl, wr = inputs
+    q, k, v, cu_q, cu_k, max_q, max_k, scale, causal, wl, wr, *paging = inputs
     out, lse = output
     ctx.save_for_backward(q, k, v, out, lse, cu_q, cu_k)
     ctx.args = (max_q, max_k, scale, causal, wl, wr)
+    ctx.n_inputs = len(inputs)
+    ctx.forward_only = any(t is not None for t in paging)  # seqused_k / block_table
 
 
 def _flash_backward(ctx, dout, dlse):
+    if ctx.forward_only:
+        raise RuntimeError("aigc_kernels::flash_fwd: no backward with seqused_k or block_table (forward only)")
     q, k, v, out, lse, cu_q, cu_k = ctx.saved_tensors
     max_q, max_k, scale, causal, wl, wr = ctx.args
     # the gradient of a sum arrives expanded (stride 0 along the head dim): copy what the kernel cannot read
     dq, dk, dv = torch.ops.aigc_kernels.flash_bwd(_flash_operand(dout), q, k, v, out, lse, cu_q, cu_k, max_q, max_k,
                                                   scale, causal, wl, wr)
-    return dq, dk, dv, None, None, None, None, None, None, None, None
+    return (dq, dk, dv) + (None,) * (ctx.n_inputs - 3)
 
 
 torch.library.register_autograd("aigc_kernels::flash_fwd", _flash_backward, setup_context=_flash_setup_context)
@@ -68,18 +79,17 @@ def attention(q, k, v, causal=False, attn_mask=None, dropout_p=0.0, scale=None, 
 
 def attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal=False, scale=None,
                      window_size=None, block_table=None, seqused_k=None):
-    if block_table is not None or seqused_k is not None:  # (the backend's check refuses them first)
-        raise ValueError("the CUDA attention does not take block_table or seqused_k yet")
     wl, wr = window_pair(window_size)
+    paging = () if block_table is None and seqused_k is None else (index_operand(seqused_k), index_operand(block_table))
     out, _ = torch.ops.aigc_kernels.flash_fwd(_flash_operand(q), _flash_operand(k), _flash_operand(v), cu_seqlens_q,
                                               cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k),
-                                              softmax_scale(q, scale), causal, wl, wr)
+                                              softmax_scale(q, scale), causal, wl, wr, *paging)
     return out
 
 
 def attention_with_kvcache(q, k_cache, v_cache, cache_seqlens, k_new=None, v_new=None, causal=True, scale=None,
                            block_table=None):
-    lnew = 0
+    lnew, block_table = 0, index_operand(block_table)
     if k_new is not None:  # in place, into the pages when paged
         torch.ops.aigc_kernels.kvcache_append(k_cache, v_cache, k_new, v_new, cache_seqlens, block_table)
         lnew = k_new.shape[2]

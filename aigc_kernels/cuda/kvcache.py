@@ -18,5 +18,10 @@ def _kvcache_append_fake(k_cache, v_cache, k_new, v_new, cache_seqlens, block_ta
     return None
 
 
+def index_operand(t: torch.Tensor | None) -> torch.Tensor | None:
+    """block_table / seqused_k as the kernels read them (unit stride along the last dim)."""
+    return t if t is None or t.stride(-1) == 1 else t.contiguous()
+
+
 def kvcache_append(k_cache, v_cache, k_new, v_new, cache_seqlens, block_table=None) -> None:
-    torch.ops.aigc_kernels.kvcache_append(k_cache, v_cache, k_new, v_new, cache_seqlens, block_table)
+    torch.ops.aigc_kernels.kvcache_append(k_cache, v_cache, k_new, v_new, cache_seqlens, index_operand(block_table))

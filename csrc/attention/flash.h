@@ -32,13 +32,13 @@ struct Params {
 
   // Sequences: dense when cu_seqlens_q is null (every batch has seqlen_q x seqlen_k); packed
   // otherwise. seqused_k (optional, int32 (B,)) overrides the key count per batch: the valid
-  // cache rows when decoding.
+  // cache rows when decoding, FA3's seqused_k for packed q (then cu_seqlens_k may be null with paged k/v).
   const int* cu_seqlens_q;
   const int* cu_seqlens_k;
   const int* seqused_k;
   int seqused_k_add;  // added to seqused_k[b]: the rows appended to the cache by this call
 
-  // Paged k/v (decoding; dense q): when block_table (int32 (B, max_pages)) is set, key row j of batch b is
+  // Paged k/v (decoding with dense q, or packed q: chunked prefill): when block_table (int32 (B, max_pages)) is set, key row j of batch b is
   // slot j % page_size of page block_table[b * block_table_batch_stride + j / page_size], and k/v's batch
   // stride is the page stride, their row stride the slot stride (caches (num_pages, page_size, Hkv, D)). A page
   // id outside [0, num_pages) is never dereferenced (its rows load as zeros).

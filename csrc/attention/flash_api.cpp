@@ -87,6 +87,37 @@ void check_cu_seqlens(const char* op, const char* name, const at::Tensor& cu, co
   TORCH_CHECK(cu.is_contiguous(), op, ": expected ", name, " contiguous");
 }
 
+// Per-sequence key counts (cache_seqlens, seqused_k): contiguous int32 (batch,) on q's device.
+void check_lengths(const char* op, const char* name, const at::Tensor& t, int64_t batch, const at::Tensor& q) {
+  TORCH_CHECK(t.dim() == 1 && t.size(0) == batch && t.scalar_type() == at::kInt && t.device() == q.device() &&
+                  t.is_contiguous(),
+              op, ": expected ", name, " contiguous Int of shape (", batch, ",) on ", q.device(), ", got ",
+              t.scalar_type(), " ", t.sizes(), " on ", t.device());
+}
+
+// A paged cache (num_pages, page_size, Hkv, D) and its block table int32 (batch, max_pages); returns the rows a
+// sequence can address (max_pages * page_size).
+int64_t check_paged(const char* op, const at::Tensor& bt, int64_t batch, const at::Tensor& k, const at::Tensor& q) {
+  TORCH_CHECK(bt.dim() == 2 && bt.size(0) == batch && bt.scalar_type() == at::kInt && bt.device() == q.device() &&
+                  bt.stride(1) == 1,
+              op, ": expected block_table Int of shape (", batch, ", max_pages) on ", q.device(),
+              " with unit stride along the pages, got ", bt.scalar_type(), " ", bt.sizes(), " on ", bt.device());
+  TORCH_CHECK(k.size(1) > 0 && k.size(1) <= (int64_t{1} << 30) && k.size(0) < (int64_t{1} << 31), op,
+              ": expected a paged cache (num_pages, page_size, Hkv, D) with 1 <= page_size, got ", k.sizes());
+  TORCH_CHECK(bt.size(1) * k.size(1) < (int64_t{1} << 31), op, ": a sequence must address fewer than 2^31 rows");
+  return bt.size(1) * k.size(1);
+}
+
+// k/v read through the block table: batch stride = the page stride, row stride = the slot stride.
+void fill_paged(flash::Params& p, const at::Tensor& k, const at::Tensor& v, const at::Tensor& bt) {
+  p.k_batch_stride = k.stride(0), p.k_head_stride = k.stride(2), p.k_row_stride = k.stride(1);
+  p.v_batch_stride = v.stride(0), p.v_head_stride = v.stride(2), p.v_row_stride = v.stride(1);
+  p.block_table = bt.data_ptr<int>();
+  p.block_table_batch_stride = bt.stride(0);
+  p.page_size = static_cast<int>(k.size(1));
+  p.num_pages = static_cast<int>(k.size(0));
+}
+
 // The (batch, head, row) strides of a dense (B, H, L, D) or packed (total, H, D) tensor.
 void set_strides(const at::Tensor& t, bool packed, int64_t& batch, int64_t& head, int64_t& row) {
   batch = packed ? 0 : t.stride(0);
@@ -190,21 +221,61 @@ std::tuple<int64_t, int64_t, int64_t> check_attention_args(const char* op, const
   return {batch, hq, hkv};
 }
 
+// flash_fwd with seqused_k and/or block_table (forward only: chunked prefill, decoding): packed q over packed
+// k/v (total_k, Hkv, D) whose sequences use their first seqused_k[b] rows, or over paged caches
+// (num_pages, page_size, Hkv, D) through block_table, where seqused_k (else cu_seqlens_k's spans) gives the key
+// counts. Returns (batch, Hq, Hkv).
+std::tuple<int64_t, int64_t, int64_t> check_varlen_paged_args(
+    const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+    const std::optional<at::Tensor>& cu_seqlens_q, const std::optional<at::Tensor>& cu_seqlens_k,
+    int64_t max_seqlen_q, int64_t max_seqlen_k, const std::optional<at::Tensor>& seqused_k,
+    const std::optional<at::Tensor>& block_table) {
+  const bool paged = block_table.has_value();
+  TORCH_CHECK(cu_seqlens_q.has_value(), op, ": seqused_k and block_table take packed q (cu_seqlens_q), got none");
+  TORCH_CHECK(q.dim() == 3, op, ": expected q of shape (total_q, Hq, D), got ", q.sizes());
+  check_common(op, q, false);
+  check_operand(op, "q", q, q, 3);
+  const int64_t kdim = paged ? 4 : 3;
+  check_operand(op, "k", k, q, kdim);
+  check_operand(op, "v", v, q, kdim);
+  TORCH_CHECK(v.sizes() == k.sizes(), op, ": expected v of k's shape ", k.sizes(), ", got ", v.sizes());
+  const int64_t hq = q.size(1), hkv = k.size(kdim - 2);
+  check_heads(op, hq, hkv);
+  const int64_t batch = cu_seqlens_q->size(0) - 1;
+  check_cu_seqlens(op, "cu_seqlens_q", *cu_seqlens_q, q, cu_seqlens_q->size(0));
+  TORCH_CHECK(cu_seqlens_k.has_value() || (paged && seqused_k.has_value()), op,
+              ": expected cu_seqlens_k, or block_table with seqused_k, to give each sequence's keys");
+  if (cu_seqlens_k) check_cu_seqlens(op, "cu_seqlens_k", *cu_seqlens_k, q, batch + 1);
+  if (seqused_k) check_lengths(op, "seqused_k", *seqused_k, batch, q);
+  if (paged) check_paged(op, *block_table, batch, k, q);
+  TORCH_CHECK(max_seqlen_q >= 0 && max_seqlen_k >= 0, op, ": expected max_seqlen_q/k >= 0, got ", max_seqlen_q,
+              ", ", max_seqlen_k);
+  TORCH_CHECK(max_seqlen_q < (1LL << 31) && max_seqlen_k < (1LL << 31), op, ": sequences must be shorter than 2^31");
+  return {batch, hq, hkv};
+}
+
 std::tuple<at::Tensor, at::Tensor> flash_fwd_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                                   const std::optional<at::Tensor>& cu_seqlens_q,
                                                   const std::optional<at::Tensor>& cu_seqlens_k, int64_t max_seqlen_q,
                                                   int64_t max_seqlen_k, double scale, bool causal,
-                                                  int64_t window_left, int64_t window_right) {
+                                                  int64_t window_left, int64_t window_right,
+                                                  const std::optional<at::Tensor>& seqused_k,
+                                                  const std::optional<at::Tensor>& block_table) {
   const char* op = "aigc_kernels::flash_fwd";
-  const bool packed = cu_seqlens_q.has_value();
+  const bool packed = cu_seqlens_q.has_value(), paged = block_table.has_value();
   auto [batch, hq, hkv] =
-      check_attention_args(op, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, false);
+      paged || seqused_k ? check_varlen_paged_args(op, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                                                   max_seqlen_k, seqused_k, block_table)
+                         : check_attention_args(op, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                                                false);
   check_window(op, window_left, window_right);
   const c10::cuda::CUDAGuard guard(q.device());
   // Packed rows outside every sequence stay 0.
   at::Tensor out = packed ? at::zeros_like(q, at::MemoryFormat::Contiguous) : at::empty_like(q, at::MemoryFormat::Contiguous);
   at::Tensor lse = new_lse(q, packed);
-  const int64_t lq = packed ? max_seqlen_q : q.size(2), lk = packed ? max_seqlen_k : k.size(2);
+  // lk: the longest sequence's keys, or (paged) the rows a block table addresses, which cap seqused_k
+  const int64_t lq = packed ? max_seqlen_q : q.size(2);
+  const int64_t lk = paged ? block_table->size(1) * k.size(1) : packed ? max_seqlen_k : k.size(2);
   if (out.numel() == 0 || batch == 0 || lq == 0 || (!packed && lk == 0)) {
     out.zero_();
     lse.fill_(-INFINITY);
@@ -213,9 +284,11 @@ std::tuple<at::Tensor, at::Tensor> flash_fwd_cuda(const at::Tensor& q, const at:
   if (packed) lse.fill_(-INFINITY);  // rows outside every sequence
   flash::Params p{};
   fill_qkv(p, q, k, v, out, packed);
+  if (paged) fill_paged(p, k, v, *block_table);
   fill_lse(p, lse, packed);
   fill_band(p, scale, causal, window_left, window_right);
   fill_sizes(p, cu_seqlens_q, cu_seqlens_k, batch, hq, hkv, lq, lk);
+  p.seqused_k = seqused_k ? seqused_k->data_ptr<int>() : nullptr;
   p.use_wgmma = want_wgmma(q.size(-1));
   auto stream = at::cuda::getCurrentCUDAStream();
   dispatch(op, q.scalar_type(), q.size(-1), [&](auto t, auto d) { flash::run_fwd<decltype(t), decltype(d)::value>(p, stream); });
@@ -304,24 +377,13 @@ at::Tensor flash_decode_cuda(const at::Tensor& q, const at::Tensor& k_cache, con
   const int64_t hkv = k_cache.size(paged ? 2 : 1);
   int64_t lmax = k_cache.size(2);
   if (paged) {  // caches (num_pages, page_size, Hkv, D), block_table int32 (B, max_pages)
-    const at::Tensor& bt = *block_table;
-    TORCH_CHECK(bt.dim() == 2 && bt.size(0) == batch && bt.scalar_type() == at::kInt && bt.device() == q.device() &&
-                    bt.stride(1) == 1,
-                op, ": expected block_table Int of shape (", batch, ", max_pages) on ", q.device(),
-                " with unit stride along the pages, got ", bt.scalar_type(), " ", bt.sizes(), " on ", bt.device());
-    TORCH_CHECK(k_cache.size(1) > 0 && k_cache.size(1) <= (int64_t{1} << 30) && k_cache.size(0) < (int64_t{1} << 31),
-                op, ": expected a paged cache (num_pages, page_size, Hkv, D) with 1 <= page_size, got ",
-                k_cache.sizes());
-    lmax = bt.size(1) * k_cache.size(1);
+    lmax = check_paged(op, *block_table, batch, k_cache, q);
   } else {
     TORCH_CHECK(k_cache.size(0) == batch, op, ": expected k_cache with batch ", batch, " (q's), got ",
                 k_cache.size(0));
   }
   check_heads(op, hq, hkv);
-  TORCH_CHECK(cache_seqlens.dim() == 1 && cache_seqlens.size(0) == batch && cache_seqlens.scalar_type() == at::kInt &&
-                  cache_seqlens.device() == q.device() && cache_seqlens.is_contiguous(),
-              op, ": expected cache_seqlens contiguous Int of shape (", batch, ",) on ", q.device(), ", got ",
-              cache_seqlens.scalar_type(), " ", cache_seqlens.sizes(), " on ", cache_seqlens.device());
+  check_lengths(op, "cache_seqlens", cache_seqlens, batch, q);
   TORCH_CHECK(lnew >= 0 && lnew <= lmax, op, ": expected 0 <= lnew <= Lmax = ", lmax, ", got ", lnew);
   TORCH_CHECK(num_splits >= 0, op, ": expected num_splits >= 0 (0 = choose), got ", num_splits);
   const c10::cuda::CUDAGuard guard(q.device());
@@ -331,14 +393,7 @@ at::Tensor flash_decode_cuda(const at::Tensor& q, const at::Tensor& k_cache, con
 
   flash::Params p{};
   fill_qkv(p, q, k_cache, v_cache, out, false);
-  if (paged) {  // batch stride = the page stride, row stride = the slot stride
-    p.k_batch_stride = k_cache.stride(0), p.k_head_stride = k_cache.stride(2), p.k_row_stride = k_cache.stride(1);
-    p.v_batch_stride = v_cache.stride(0), p.v_head_stride = v_cache.stride(2), p.v_row_stride = v_cache.stride(1);
-    p.block_table = block_table->data_ptr<int>();
-    p.block_table_batch_stride = block_table->stride(0);
-    p.page_size = static_cast<int>(k_cache.size(1));
-    p.num_pages = static_cast<int>(k_cache.size(0));
-  }
+  if (paged) fill_paged(p, k_cache, v_cache, *block_table);
   at::Tensor lse = new_lse(q, false);
   fill_lse(p, lse, false);
   fill_band(p, scale, causal, -1, -1);

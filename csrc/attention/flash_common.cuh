@@ -257,18 +257,18 @@ struct Seq {
 __device__ __forceinline__ Seq sequence(const Params& p, int b) {
   Seq s;
   s.packed = p.cu_seqlens_q != nullptr;
-  if (s.packed) {
-    s.q_row0 = p.cu_seqlens_q[b];
-    s.k_row0 = p.cu_seqlens_k[b];
-    s.lq = p.cu_seqlens_q[b + 1] - p.cu_seqlens_q[b];
-    s.lk = p.cu_seqlens_k[b + 1] - p.cu_seqlens_k[b];
-  } else {
-    s.q_row0 = 0;
-    s.k_row0 = 0;
-    s.lq = p.seqlen_q;
-    s.lk = p.seqlen_k;
+  // Packed q with paged k/v may come without cu_seqlens_k (seqused_k gives the key counts).
+  const bool packed_k = s.packed && p.cu_seqlens_k != nullptr;
+  s.q_row0 = s.packed ? p.cu_seqlens_q[b] : 0;
+  s.lq = s.packed ? p.cu_seqlens_q[b + 1] - p.cu_seqlens_q[b] : p.seqlen_q;
+  s.k_row0 = packed_k ? p.cu_seqlens_k[b] : 0;
+  s.lk = packed_k ? p.cu_seqlens_k[b + 1] - p.cu_seqlens_k[b] : p.seqlen_k;
+  if (p.seqused_k != nullptr) {
+    // Never past the cache (seqlen_k: its rows, or max_pages * page_size), nor, for packed contiguous keys,
+    // past the sequence's own rows.
+    const int cap = packed_k && p.block_table == nullptr ? s.lk : p.seqlen_k;
+    s.lk = max(0, min(p.seqused_k[b] + p.seqused_k_add, cap));
   }
-  if (p.seqused_k != nullptr) s.lk = min(p.seqused_k[b] + p.seqused_k_add, p.seqlen_k);  // never past the cache
   return s;
 }
 

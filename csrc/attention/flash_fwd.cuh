@@ -46,8 +46,8 @@ struct FwdCfg {
   using VLayout = std::conditional_t<kWgmma, MNMajorLayout, PaddedLayout>;
 };
 
-// kPaged: k/v are paged caches read through p.block_table (decoding); a separate instantiation, so the dense
-// kernel's code (and registers) carry nothing of it.
+// kPaged: k/v are paged caches read through p.block_table (decoding, or packed queries over pages); a separate
+// instantiation, so the dense kernel's code (and registers) carry nothing of it.
 template <typename T, int D, bool kWgmma, bool kPaged = false>
 __global__ void __launch_bounds__(FwdCfg<D, kWgmma>::kThreads) fwd_kernel(const Params p) {
 #if !AIGC_HAS_WGMMA

@@ -25,9 +25,10 @@ inline void check_kvcache_append_args(const at::Tensor& k_cache, const at::Tenso
   int64_t lmax = k_cache.size(2);
   if (paged) {
     TORCH_CHECK(block_table->dim() == 2 && block_table->size(0) == B && block_table->scalar_type() == at::kInt &&
-                    block_table->device() == k_cache.device(),
-                op, ": expected block_table Int of shape (", B, ", max_pages) on ", k_cache.device(), ", got ",
-                block_table->scalar_type(), " ", block_table->sizes(), " on ", block_table->device());
+                    block_table->device() == k_cache.device() && block_table->stride(1) == 1,
+                op, ": expected block_table Int of shape (", B, ", max_pages) on ", k_cache.device(),
+                " with unit stride along the pages, got ", block_table->scalar_type(), " ", block_table->sizes(),
+                " on ", block_table->device(), " strides ", block_table->strides());
     TORCH_CHECK(k_cache.size(1) >= 1, op, ": expected page_size >= 1, got a cache ", k_cache.sizes());
     lmax = block_table->size(1) * k_cache.size(1);
   }

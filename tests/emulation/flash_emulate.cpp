@@ -5,8 +5,11 @@
 //     MODE fwd | bwd | decode, or fwdw | decodew (the sm_90a wgmma forward, head dims 64 and 128);
 //     DTYPE f16 | bf16;  PACKED 1: varlen with per-batch lengths drawn
 //     from [0, LQ] x [0, LK] (LQ/LK are then the maxima);  SPLITS: decode's split count;
-//     PAGE (decode): > 0 reads the caches as pages of PAGE rows through a shuffled block table (slots no
-//     sequence owns hold NaN, table entries past a sequence's pages are garbage: neither may be read)
+//     PAGE (decode, or fwd/fwdw with PACKED): > 0 reads the keys as pages of PAGE rows through a shuffled
+//     block table (slots no sequence owns hold NaN, table entries past a sequence's pages are garbage: neither
+//     may be read); packed queries then get their key counts from seqused_k alone (no cu_seqlens_k), each
+//     sequence using a drawn prefix of its keys. PAGE = -1 (fwd with PACKED): seqused_k over the packed
+//     contiguous keys, each sequence using a drawn prefix of its cu_seqlens_k rows.
 //
 // Prints one JSON line: the max abs error of out, lse, dq, dk, dv (the ones computed) and the
 // max abs value of each reference, for the test's bounds.
@@ -67,6 +70,17 @@ int run(const std::string& mode, int B, int HQ, int HKV, int LQ, int LK, bool ca
     for (int b = 0; b < B; ++b) used[b] = lk[b] = uk(rng);
     used[0] = lk[0] = LK;
   }
+  const bool seqused = !decode && packed && page != 0;  // fwd over the first used[b] keys of each sequence
+  if ((page != 0 && mode == "bwd") || (page != 0 && !decode && !packed) || (page < 0 && decode)) {
+    std::fprintf(stderr, "PAGE > 0 takes decode or a packed forward, PAGE = -1 a packed forward\n");
+    return 2;
+  }
+  if (seqused) {
+    for (int b = 0; b < B; ++b) used[b] = std::uniform_int_distribution<int>(0, lk[b])(rng);
+    used[B - 1] = lk[B - 1];
+  } else if (!decode) {
+    used = lk;
+  }
   for (int b = 0; b < B; ++b) {
     cu_q[b + 1] = cu_q[b] + lq[b];
     cu_k[b + 1] = cu_k[b] + lk[b];
@@ -88,6 +102,12 @@ int run(const std::string& mode, int B, int HQ, int HKV, int LQ, int LK, bool ca
   for (auto* t : {&q, &k, &v, &dout}) {
     for (auto& x : *t) x = to_bits<T>(normal(rng));
   }
+  if (seqused) {  // keys past a sequence's seqused_k hold NaN: read, they would poison its output
+    for (int b = 0; b < B; ++b)
+      for (int h = 0; h < HKV; ++h)
+        for (int j = used[b]; j < lk[b]; ++j)
+          for (int d = 0; d < D; ++d) k[ki(b, h, j) + d] = v[ki(b, h, j) + d] = to_bits<T>(NAN);
+  }
   std::vector<float> lse(static_cast<size_t>(total_q) * HQ, NAN), delta(lse.size(), NAN);
   const float scale = 1.f / std::sqrt(static_cast<float>(D));
   const int right = causal ? 0 : wr;
@@ -96,13 +116,14 @@ int run(const std::string& mode, int B, int HQ, int HKV, int LQ, int LK, bool ca
   std::vector<double> ro(q.size(), 0), rlse(lse.size(), -INFINITY), rdq(q.size(), 0), rdk(k.size(), 0),
       rdv(k.size(), 0);
   for (int b = 0; b < B; ++b) {
-    const int off = lk[b] - lq[b];
+    const int nk = used[b];  // the keys sequence b sees (lk[b] but with seqused_k)
+    const int off = nk - lq[b];
     for (int h = 0; h < HQ; ++h) {
       const int hk = h / G;
       for (int i = 0; i < lq[b]; ++i) {
-        std::vector<double> p(lk[b], 0);
+        std::vector<double> p(nk, 0);
         double m = -INFINITY;
-        for (int j = 0; j < lk[b]; ++j) {
+        for (int j = 0; j < nk; ++j) {
           const bool vis = (right < 0 || j <= i + off + right) && (wl < 0 || j >= i + off - wl);
           if (!vis) { p[j] = -INFINITY; continue; }
           double s = 0;
@@ -112,19 +133,19 @@ int run(const std::string& mode, int B, int HQ, int HKV, int LQ, int LK, bool ca
         }
         if (m == -INFINITY) continue;  // no visible key: out 0, lse -inf, no gradient
         double l = 0;
-        for (int j = 0; j < lk[b]; ++j) { p[j] = std::exp(p[j] - m); l += p[j]; }
-        for (int j = 0; j < lk[b]; ++j) p[j] /= l;
+        for (int j = 0; j < nk; ++j) { p[j] = std::exp(p[j] - m); l += p[j]; }
+        for (int j = 0; j < nk; ++j) p[j] /= l;
         rlse[li(b, h, i)] = m + std::log(l);
         for (int d = 0; d < D; ++d) {
           double o = 0;
-          for (int j = 0; j < lk[b]; ++j) o += p[j] * from_bits<T>(v[ki(b, hk, j) + d]);
+          for (int j = 0; j < nk; ++j) o += p[j] * from_bits<T>(v[ki(b, hk, j) + d]);
           ro[qi(b, h, i) + d] = o;
         }
         if (mode != "bwd") continue;
         // dP = dO V^T, dS = P (dP - rowsum(dO O)), dQ = dS K scale, dK = dS^T Q scale, dV = P^T dO
         double dl = 0;
         for (int d = 0; d < D; ++d) dl += double(from_bits<T>(dout[qi(b, h, i) + d])) * ro[qi(b, h, i) + d];
-        for (int j = 0; j < lk[b]; ++j) {
+        for (int j = 0; j < nk; ++j) {
           if (p[j] == 0) continue;
           double dp = 0;
           for (int d = 0; d < D; ++d) dp += double(from_bits<T>(dout[qi(b, h, i) + d])) * from_bits<T>(v[ki(b, hk, j) + d]);
@@ -157,7 +178,7 @@ int run(const std::string& mode, int B, int HQ, int HKV, int LQ, int LK, bool ca
   p.lse_head_stride = packed ? total_q : LQ;
   p.cu_seqlens_q = packed ? cu_q.data() : nullptr;
   p.cu_seqlens_k = packed ? cu_k.data() : nullptr;
-  p.seqused_k = decode ? used.data() : nullptr;
+  p.seqused_k = decode || seqused ? used.data() : nullptr;
   p.seqused_k_add = 0;
   p.batch = B;
   p.heads_q = HQ;
@@ -172,7 +193,7 @@ int run(const std::string& mode, int B, int HQ, int HKV, int LQ, int LK, bool ca
   p.num_splits = decode ? splits : 1;
   std::vector<uint16_t> kp, vp;
   std::vector<int> table;
-  if (decode && page > 0) {  // the same keys in shuffled pages (num_pages, page, HKV, D)
+  if (page > 0) {  // the same keys in shuffled pages (num_pages, page, HKV, D)
     const int width = (LK + page - 1) / page + 1, num_pages = B * width + 3;
     std::vector<int> ids(num_pages);
     for (int i = 0; i < num_pages; ++i) ids[i] = i;
@@ -181,9 +202,9 @@ int run(const std::string& mode, int B, int HQ, int HKV, int LQ, int LK, bool ca
     kp.assign(static_cast<size_t>(num_pages) * page * HKV * D, to_bits<T>(NAN));
     vp.assign(kp.size(), to_bits<T>(NAN));
     for (int b = 0; b < B; ++b) {
-      for (int j = 0; j < (lk[b] + page - 1) / page; ++j) table[b * width + j] = ids[b * width + j];
+      for (int j = 0; j < (used[b] + page - 1) / page; ++j) table[b * width + j] = ids[b * width + j];
       for (int h = 0; h < HKV; ++h)
-        for (int j = 0; j < lk[b]; ++j) {
+        for (int j = 0; j < used[b]; ++j) {
           const int64_t at = ((static_cast<int64_t>(table[b * width + j / page]) * page + j % page) * HKV + h) * D;
           for (int d = 0; d < D; ++d) {
             kp[at + d] = k[ki(b, h, j) + d];
@@ -200,6 +221,10 @@ int run(const std::string& mode, int B, int HQ, int HKV, int LQ, int LK, bool ca
     p.block_table_batch_stride = width;
     p.page_size = page;
     p.num_pages = num_pages;
+    if (packed) {  // as the host sets it: no cu_seqlens_k, the rows a block table addresses cap seqused_k
+      p.cu_seqlens_k = nullptr;
+      p.seqlen_k = width * page;
+    }
   }
   std::vector<float> oacc, lacc;
   if (p.num_splits > 1) {
