@@ -348,15 +348,19 @@ def attention_cases() -> list[Case]:
 
         return run
 
-    def paged_decode(dt, d, b, cache, page, hq=32, hkv=8):
-        def run():
+    def paged_decode(dt, d, b, cache, page, hq=32, hkv=8, rotary=None):
+        def run():  # rotary: (rotary_dim, interleaved) -- the append kernel with the rotation inside
             dtype = _DT[dt]
             pages = b * cache // page
             kc, vc = _t(pages, page, hkv, d, dtype=dtype), _t(pages, page, hkv, d, dtype=dtype)
             table = torch.arange(pages, dtype=torch.int32).view(b, cache // page)
             lens = torch.full((b,), cache // 2, dtype=torch.int32)
+            rot = {}
+            if rotary is not None:
+                rot = dict(rotary_cos=_t(cache, rotary[0] // 2, dtype=torch.float32),
+                           rotary_sin=_t(cache, rotary[0] // 2, dtype=torch.float32), rotary_interleaved=rotary[1])
             A.attention_with_kvcache(_t(b, hq, 1, d, dtype=dtype), kc, vc, lens, k_new=_t(b, hkv, 1, d, dtype=dtype),
-                                     v_new=_t(b, hkv, 1, d, dtype=dtype), block_table=table)
+                                     v_new=_t(b, hkv, 1, d, dtype=dtype), block_table=table, **rot)
 
         return run
 
@@ -406,6 +410,10 @@ def attention_cases() -> list[Case]:
         Case("attention", "decode fp32 d=64 GQA 4 B=2 cache=1024", decode("fp32", 64, 2, 1024)),
         *(Case("attention", f"decode bf16 d=128 GQA 32/8 B=8 paged (page {page}) cache=16384",
                paged_decode("bf16", 128, 8, 16384, page)) for page in (16, 256)),
+        Case("attention", "decode bf16 d=128 GQA 4 B=8 paged (page 64) rotary in the append",
+             paged_decode("bf16", 128, 8, 4096, 64, rotary=(128, False))),
+        Case("attention", "decode fp16 d=64 GQA 4 B=2 paged (page 16) partial GPT-J rotary in the append",
+             paged_decode("fp16", 64, 2, 1024, 16, rotary=(32, True))),
         Case("attention", "decode fp16 d=64 MHA B=1 paged (page 1) cache=512", paged_decode("fp16", 64, 1, 512, 1,
                                                                                          hq=8, hkv=8)),
         *(Case("attention", f"varlen bf16 d={d} GQA 32/8 paged (page {page}) chunked prefill + decode",

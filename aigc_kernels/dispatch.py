@@ -134,8 +134,10 @@ def _varlen_key(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
 
 
 def _kvcache_key(q, k_cache, v_cache, cache_seqlens, k_new=None, v_new=None, causal=True, scale=None,
-                 block_table=None):
+                 block_table=None, rotary_cos=None, rotary_sin=None, rotary_interleaved=False):
     feats = [_dt(q)] + (["causal"] if causal else []) + (["append"] if k_new is not None else [])
+    if rotary_cos is not None:
+        feats.append("rotary")
     hkv = k_cache.shape[1] if block_table is None else k_cache.shape[2]
     if q.shape[1] != hkv:
         feats.append("gqa")
@@ -202,9 +204,10 @@ def _varlen_sig(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
 
 
 def _kvcache_sig(q, k_cache, v_cache, cache_seqlens, k_new=None, v_new=None, causal=True, scale=None,
-                 block_table=None):
+                 block_table=None, rotary_cos=None, rotary_sin=None, rotary_interleaved=False):
     return ("attention_with_kvcache", q.dtype, q.shape, k_cache.shape, causal, k_new is None,
-            None if block_table is None else block_table.shape)
+            None if block_table is None else block_table.shape,
+            None if rotary_cos is None else (rotary_cos.dtype, rotary_cos.shape, rotary_interleaved))
 
 
 def _append_sig(k_cache, v_cache, k_new, v_new, cache_seqlens, block_table=None):

@@ -565,15 +565,21 @@ def _lengths_fit(cache_seqlens: torch.Tensor, lnew: int, lmax: int) -> bool:
 
 
 def kvcache_call(q, k_cache, v_cache, cache_seqlens, k_new=None, v_new=None, causal=True, scale=None,
-                 block_table=None) -> KVCacheCall:
+                 block_table=None, rotary_cos=None, rotary_sin=None, rotary_interleaved=False) -> KVCacheCall:
     # the fast path covers a decoding step's call, the append included (~150 such calls per token); every
     # tensor attribute costs ~0.06-0.12 us, so each is read once (the full check below says what is wrong)
-    if block_table is not None:
-        _paged_kvcache_args_full("ak.attention_with_kvcache", q, k_cache, v_cache, cache_seqlens, k_new, v_new,
-                                 block_table, scale)
-        _flag("ak.attention_with_kvcache", "causal", causal)
+    rotary = rotary_cos is not None or rotary_sin is not None or rotary_interleaved is not False
+    if block_table is not None or rotary:
+        op = "ak.attention_with_kvcache"
+        if block_table is not None:
+            _paged_kvcache_args_full(op, q, k_cache, v_cache, cache_seqlens, k_new, v_new, block_table, scale)
+        else:
+            _kvcache_args_full(q, k_cache, v_cache, cache_seqlens, k_new, v_new, scale)
+        _flag(op, "causal", causal)
+        if rotary:
+            rotary_for_append(op, q, k_new, cache_seqlens, rotary_cos, rotary_sin, rotary_interleaved)
         return _new(KVCacheCall, (q, k_cache, v_cache, cache_seqlens, k_new, v_new, causal, _scale(scale),
-                                  block_table))
+                                  block_table, rotary_cos, rotary_sin, rotary_interleaved))
     if ((scale is None or (type(scale) is float and scale == scale)) and type(causal) is bool and isinstance(q, _T)
             and isinstance(k_cache, _T) and isinstance(v_cache, _T) and isinstance(cache_seqlens, _T)):
         qs, ks, dt, cpu = q.shape, k_cache.shape, q.dtype, q.is_cpu
@@ -596,10 +602,12 @@ def kvcache_call(q, k_cache, v_cache, cache_seqlens, k_new=None, v_new=None, cau
                       _same_device(q, k_cache, v_cache, cache_seqlens, k_new, v_new)))):
             # (on a GPU the kernels assert on the device: reading the lengths would synchronize)
             if not cpu or torch.compiler.is_compiling() or _lengths_fit(cache_seqlens, lnew, ks[2]):
-                return _new(KVCacheCall, (q, k_cache, v_cache, cache_seqlens, k_new, v_new, causal, scale, None))
+                return _new(KVCacheCall, (q, k_cache, v_cache, cache_seqlens, k_new, v_new, causal, scale, None,
+                                          None, None, False))
     _kvcache_args_full(q, k_cache, v_cache, cache_seqlens, k_new, v_new, scale)
     _flag("ak.attention_with_kvcache", "causal", causal)
-    return _new(KVCacheCall, (q, k_cache, v_cache, cache_seqlens, k_new, v_new, causal, _scale(scale), None))
+    return _new(KVCacheCall, (q, k_cache, v_cache, cache_seqlens, k_new, v_new, causal, _scale(scale), None, None,
+                              None, False))
 
 
 def kvcache_host_start(q, k_cache, v_cache, cache_seqlens, k_new=None, v_new=None, causal=True, scale=None):
@@ -807,12 +815,9 @@ def rotary_call(x, cos, sin, position_ids=None, interleaved=False, inplace=False
 
 def _kvcache_public_call(q, k_cache, v_cache, cache_seqlens, k_new=None, v_new=None, causal=True, scale=None,
                         rotary_cos=None, rotary_sin=None, rotary_interleaved=False, block_table=None) -> KVCacheCall:
-    """make_call's attention_with_kvcache: the public arguments, rotary tables included (they rotate q and k_new
-    before the backend's call, whose shapes they do not change)."""
-    if rotary_cos is not None or rotary_sin is not None or rotary_interleaved is not False:
-        rotary_for_append("ak.attention_with_kvcache", q, k_new, cache_seqlens, rotary_cos, rotary_sin,
-                          rotary_interleaved)
-    return kvcache_call(q, k_cache, v_cache, cache_seqlens, k_new, v_new, causal, scale, block_table)
+    """make_call's attention_with_kvcache: the public arguments (in the public order)."""
+    return kvcache_call(q, k_cache, v_cache, cache_seqlens, k_new, v_new, causal, scale, block_table, rotary_cos,
+                        rotary_sin, rotary_interleaved)
 
 
 _BUILDERS = {"attention": attention_call, "attention_varlen": attention_varlen_call,

@@ -12,6 +12,14 @@ TORCH_LIBRARY(aigc_kernels, m) {
   m.def(
       "kvcache_append(Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor k_new, Tensor v_new, "
       "Tensor cache_seqlens, Tensor? block_table=None) -> ()");
+  // The same append with the rotary embedding inside (FA2's flash_attn_with_kvcache rotary_cos/sin): k_new
+  // rotated at positions cache_seqlens[b] + i as it is written, v_new copied; returns q rotated at
+  // cache_seqlens[b] + i (causal) or cache_seqlens[b] (a new tensor). cos/sin (Lro, rotary_dim / 2), GPT-NeoX
+  // or interleaved (GPT-J) pairs; features past rotary_dim pass through.
+  m.def(
+      "kvcache_append_rotary(Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor k_new, Tensor v_new, "
+      "Tensor cache_seqlens, Tensor? block_table, Tensor q, Tensor cos, Tensor sin, bool interleaved, "
+      "bool causal) -> Tensor");
   // Rotary embedding: x (B, H, L, D) rotated by rows positions (B or 1, L; none: 0..L-1) of cos/sin
   // (Lmax, R/2), GPT-NeoX or interleaved (GPT-J) pairs, by minus the angle when conjugate (the backward).
   // rotary_fwd returns a new tensor (features past R copied); rotary_inplace writes x's first R features.

@@ -20,7 +20,7 @@ def main() -> int:
         return 1
     import aigc_kernels.cuda  # noqa: F401  (the fake impls and autograd of the C++ ops)
 
-    bf16 = torch.bfloat16
+    bf16, f32 = torch.bfloat16, torch.float32
 
     def t(*shape, dtype=bf16):
         return torch.empty(*shape, device="meta", dtype=dtype)
@@ -53,6 +53,10 @@ def main() -> int:
         "flash_decode (paged)": (ops.flash_decode.default, (t(2, 4, 1, 64), kp, vp, lens, 1, True, 0.125, 0, table)),
         "kvcache_append (paged)": (ops.kvcache_append.default, (kp, vp, t(2, 2, 1, 64), t(2, 2, 1, 64), lens,
                                                                table)),
+        # the append with the rotary embedding inside (returns q rotated)
+        "kvcache_append_rotary": (ops.kvcache_append_rotary.default, (kp, vp, t(2, 2, 1, 64), t(2, 2, 1, 64), lens,
+                                                                      table, t(2, 4, 1, 64), t(64, 16, dtype=f32),
+                                                                      t(64, 16, dtype=f32), False, True)),
         # packed queries over the paged caches (seqused_k, no cu_seqlens_k), and seqused_k over packed keys
         "flash_fwd (paged varlen)": (ops.flash_fwd.default, (t(7, 4, 64), kp, vp, t(3, dtype=torch.int32), None, 5,
                                                              32, 0.125, True, -1, -1, lens, table)),

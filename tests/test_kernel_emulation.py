@@ -181,6 +181,28 @@ def test_kvcache_append_kernel_under_emulation(build, vector, strided):
     assert res["checked"] > 0 and res["mismatches"] == 0, res
 
 
+# (dtype, cos dtype, interleaved, paged, causal, rotary pairs of D = 64)
+KVCACHE_ROTARY_CASES = [
+    ("f16", "f32", 0, 0, 1, 32),
+    ("bf16", "same", 1, 1, 1, 32),
+    ("f32", "f32", 0, 1, 0, 8),  # partial rotary: 16 of 64 features
+    ("f16", "same", 1, 0, 0, 20),
+    ("bf16", "f32", 0, 1, 1, 24),
+]
+
+
+@pytest.mark.parametrize("case", KVCACHE_ROTARY_CASES, ids=["-".join(map(str, c)) for c in KVCACHE_ROTARY_CASES])
+def test_kvcache_rotary_append_kernel_under_emulation(build, case):
+    """The CUDA append with the rotary embedding inside (kvcache_rotary_kernel): k_new rotated into its cache
+    rows (contiguous or through a shuffled block table), v_new copied exactly, every other slot untouched, q
+    rotated at its positions (causal or not), both pair layouts, partial rotary, cos/sin in float32 or the
+    caches' dtype -- against float64."""
+    res = run(build("kvcache_rotary_emulate"), [*case, 3])
+    assert res["checked"] > 0 and res["mismatches"] == 0, res
+    rel = {"f32": 1e-6, "f16": 1e-3, "bf16": 8e-3}[case[0]]
+    assert res["err"] <= rel * max(res["ref"], 1.0), res
+
+
 # (dtype, interleaved, vector, positions: 0 none / 1 int64 (B, L) / 2 int32 (1, L), inplace, conjugate)
 ROTARY_CASES = [
     ("f32", 0, 1, 0, 0, 0),

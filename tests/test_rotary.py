@@ -8,6 +8,8 @@ CPU implementations and fake impls; the CUDA kernel itself runs under emulation 
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 
@@ -242,24 +244,30 @@ def test_cuda_ops_on_cpu_and_meta(cuda_ops):
 # ----------------------------------------------------------------------------------------------
 # rotary inside the KV-cache append (FA2's flash_attn_with_kvcache(rotary_cos=..., rotary_sin=...))
 # ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("interleaved", [False, True])
 @pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize("backend", ALL)
-def test_kvcache_append_rotates_new_keys_and_queries_at_their_positions(backend, causal):
+def test_kvcache_append_rotates_new_keys_and_queries_at_their_positions(backend, causal, interleaved, monkeypatch):
     b, hq, hkv, lmax, d = 2, 4, 2, 24, 16
     q, kc, vc = rand(b, hq, 3, d, seed=1), rand(b, hkv, lmax, d, seed=2), rand(b, hkv, lmax, d, seed=3)
     kn, vn = rand(b, hkv, 3, d, seed=4), rand(b, hkv, 3, d, seed=5)
     lens = torch.tensor([4, 19], dtype=torch.int32, device=DEVICE)
     cos, sin = angles(30, 6)  # 12 of 16 features rotate
     got_kc, got_vc = kc.clone(), vc.clone()
+    if backend in ("triton", "cuda"):  # inside the append kernel: the rotary op itself never runs
+        rotary_op = sys.modules["aigc_kernels.ops.rotary"]  # (the package's `rotary` is the function)
+        monkeypatch.setattr(rotary_op, "select", lambda *a: pytest.fail("rotated outside the append"))
     out = ak.attention_with_kvcache(q, got_kc, got_vc, lens, k_new=kn, v_new=vn, causal=causal, rotary_cos=cos,
-                                    rotary_sin=sin, backend=backend)
+                                    rotary_sin=sin, rotary_interleaved=interleaved, backend=backend)
+    monkeypatch.undo()
     # what FA2 does, spelled out with ak.rotary: keys at cache_seqlens + i; queries there too when causal, else
     # every query row at cache_seqlens
     pos_k = lens.long()[:, None] + torch.arange(3, device=DEVICE)
     pos_q = pos_k if causal else lens.long()[:, None].expand(b, 3)
     want_kc = kc.clone()
     for i in range(b):
-        want_kc[i, :, lens[i]:lens[i] + 3] = ak.rotary(kn, cos, sin, position_ids=pos_k, backend="reference")[i]
+        want_kc[i, :, lens[i]:lens[i] + 3] = ak.rotary(kn, cos, sin, position_ids=pos_k, interleaved=interleaved,
+                                                       backend="reference")[i]
     torch.testing.assert_close(got_kc, want_kc, atol=1e-6, rtol=1e-6)
     assert torch.equal(got_kc[0, :, :4], kc[0, :, :4])  # rows before the append untouched (not rotated again)
     # and the output: attention of the rotated queries over that cache
@@ -271,9 +279,45 @@ def test_kvcache_append_rotates_new_keys_and_queries_at_their_positions(backend,
         keep = keep[:, None, :] & (torch.arange(lmax, device=DEVICE)[None, None, :] <= pos_k[:, :, None])
     else:
         keep = keep[:, None, :].expand(b, 3, lmax)
-    rq = ak.rotary(q, cos, sin, position_ids=pos_q, backend="reference")
+    rq = ak.rotary(q, cos, sin, position_ids=pos_q, interleaved=interleaved, backend="reference")
     want = R.attention(rq.double(), want_kc.double(), want_vc.double(), attn_mask=keep[:, None])
     torch.testing.assert_close(out.double(), want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("paged", [False, True])
+def test_cuda_append_rotary_op_on_cpu_and_meta(cuda_ops, paged):
+    """The C++ kvcache_append_rotary (the CUDA append with the rotation inside; its kernel runs under emulation
+    in tests/test_kernel_emulation.py): its CPU implementation against the reference, contiguous and paged, its
+    fake impl (opcheck), and its checks' messages."""
+    ops = torch.ops.aigc_kernels
+    b, hq, hkv, d, page = 2, 4, 2, 16, 4
+    q, kn, vn = rand(b, hq, 2, d, seed=1).cpu(), rand(b, hkv, 3, d, seed=2).cpu(), rand(b, hkv, 3, d, seed=3).cpu()
+    lens = torch.tensor([1, 9], dtype=torch.int32)
+    cos, sin = (t.cpu() for t in angles(16, 5))  # 10 of 16 features rotate
+    if paged:
+        kc, table = rand(7, page, hkv, d, seed=4).cpu(), torch.tensor([[6, 0, 3], [2, 5, 1]], dtype=torch.int32)
+    else:
+        kc, table = rand(b, hkv, 12, d, seed=4).cpu(), None
+    vc = kc.clone() + 1
+    got_k, got_v, want_k, want_v = kc.clone(), vc.clone(), kc.clone(), vc.clone()
+    q_rot = ops.kvcache_append_rotary(got_k, got_v, kn, vn, lens, table, q, cos, sin, True, False)
+    pos_k = lens.long()[:, None] + torch.arange(3)
+    R.kvcache_append(want_k, want_v, R.rotary(kn, cos, sin, position_ids=pos_k, interleaved=True), vn, lens,
+                     block_table=table)
+    torch.testing.assert_close(got_k, want_k, atol=1e-6, rtol=1e-6)
+    assert torch.equal(got_v, want_v)
+    want_q = R.rotary(q.double(), cos.double(), sin.double(), position_ids=lens.long()[:, None].expand(b, 2),
+                      interleaved=True)
+    torch.testing.assert_close(q_rot.double(), want_q, atol=1e-6, rtol=1e-6)
+    torch.library.opcheck(ops.kvcache_append_rotary.default,
+                          (kc.clone(), vc.clone(), kn, vn, lens, table, q, cos, sin, False, True))
+    with pytest.raises(RuntimeError, match=r"expected cos and sin of one shape \(Lro, rotary_dim / 2\) with "
+                                           r"2 <= rotary_dim <= D = 16"):
+        ops.kvcache_append_rotary(kc.clone(), vc.clone(), kn, vn, lens, table, q, *angles(16, 9), False, True)
+    with pytest.raises(RuntimeError, match="expected q"):
+        ops.kvcache_append_rotary(kc.clone(), vc.clone(), kn, vn, lens, table, q.half(), cos, sin, False, True)
+    with pytest.raises(RuntimeError, match="a position is past rotary_cos's 11 rows"):
+        ops.kvcache_append_rotary(kc.clone(), vc.clone(), kn, vn, lens, table, q, cos[:11], sin[:11], False, True)
 
 
 def test_kvcache_rotary_bad_input():

@@ -69,6 +69,10 @@ class KVCacheCall(NamedTuple):
     causal: bool
     scale: float | None
     block_table: Tensor | None  # int32 (B, max_pages): the caches are paged (num_pages, page_size, Hkv, D)
+    # (Lro, rotary_dim / 2): q and k_new rotated at their cache positions inside the append (FA2's rotary_cos)
+    rotary_cos: Tensor | None
+    rotary_sin: Tensor | None
+    rotary_interleaved: bool
 
     op = "attention_with_kvcache"
     softmax_scale = property(_softmax_scale)

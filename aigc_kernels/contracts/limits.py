@@ -182,6 +182,10 @@ def cuda_attention_with_kvcache(call: KVCacheCall) -> str | None:
         if not flash_ready(t):
             return (f"the CUDA decoding kernel reads {name} in place and needs unit stride along the head dim, "
                     f"other strides multiples of 8 elements; got strides {tuple(t.stride())}")
+    cos = call.rotary_cos
+    if cos is not None and cos.dtype not in (torch.float32, call.q.dtype):
+        return (f"the CUDA append-with-rotary kernel reads rotary_cos/rotary_sin in float32 or q's dtype "
+                f"({_name(call.q.dtype)}), got {_name(cos.dtype)}")
     return _cuda_attention_common((call.q,), call.q)
 
 

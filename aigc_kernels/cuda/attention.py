@@ -8,7 +8,7 @@ import torch
 
 from ..contracts.attention import lse_like, softmax_scale, window_pair
 from ..contracts.limits import flash_ready
-from .kvcache import index_operand
+from .kvcache import index_operand, kvcache_append_rotary
 
 
 def _contiguous_like(t: torch.Tensor) -> torch.Tensor:
@@ -88,9 +88,13 @@ def attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seql
 
 
 def attention_with_kvcache(q, k_cache, v_cache, cache_seqlens, k_new=None, v_new=None, causal=True, scale=None,
-                           block_table=None):
+                           block_table=None, rotary_cos=None, rotary_sin=None, rotary_interleaved=False):
     lnew, block_table = 0, index_operand(block_table)
-    if k_new is not None:  # in place, into the pages when paged
+    if rotary_cos is not None:  # one launch: q rotated, k_new rotated into the cache, v_new copied
+        q = kvcache_append_rotary(k_cache, v_cache, k_new, v_new, cache_seqlens, block_table, q, rotary_cos,
+                                  rotary_sin, rotary_interleaved, causal)
+        lnew = k_new.shape[2]
+    elif k_new is not None:  # in place, into the pages when paged
         torch.ops.aigc_kernels.kvcache_append(k_cache, v_cache, k_new, v_new, cache_seqlens, block_table)
         lnew = k_new.shape[2]
     return torch.ops.aigc_kernels.flash_decode(_flash_operand(q), k_cache, v_cache, cache_seqlens, lnew, causal,

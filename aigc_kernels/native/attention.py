@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.weak import WeakIdKeyDictionary
 
+from .rotary import rotary
+
 _HAS_ENABLE_GQA = torch.torch_version.TorchVersion(torch.__version__) >= (2, 5)  # SDPA's enable_gqa
 
 # torch.nn.attention.bias / .varlen are imported on first use: importing them pulls in torch._dynamo
@@ -366,7 +368,14 @@ def kvcache_append(k_cache, v_cache, k_new, v_new, cache_seqlens, block_table=No
 
 
 def attention_with_kvcache(q, k_cache, v_cache, cache_seqlens, k_new=None, v_new=None, causal=True, scale=None,
-                           block_table=None, *, _start=-1):
+                           block_table=None, rotary_cos=None, rotary_sin=None, rotary_interleaved=False, *,
+                           _start=-1):
+    if rotary_cos is not None:  # q and k_new rotated at their cache positions (ak.rotary's arithmetic), then as usual
+        start = cache_seqlens.to(torch.long).unsqueeze(1)  # (B, 1)
+        pos_k = start + torch.arange(k_new.shape[2], device=start.device)
+        pos_q = start + torch.arange(q.shape[2], device=start.device) if causal else start.expand(-1, q.shape[2])
+        q = rotary(q, rotary_cos, rotary_sin, position_ids=pos_q, interleaved=rotary_interleaved)
+        k_new = rotary(k_new, rotary_cos, rotary_sin, position_ids=pos_k, interleaved=rotary_interleaved)
     if block_table is not None:
         # paged: the new rows into their pages, then the sequences' pages gathered into a contiguous cache (a
         # copy of every page the table names: correct, not fast -- the kernels will read the pages in place)

@@ -8,7 +8,6 @@ from .. import backend as _backend
 from .. import validation
 from ..backend import _ENV_DATA, _ENV_KEY, _explaining, _scoped_backends, fast, select
 from ..native.attention import attention_with_kvcache as _native_kv
-from .rotary import rotary
 
 
 def attention(
@@ -117,8 +116,9 @@ def attention_with_kvcache(
         causal: bottom-right aligned over the cache_seqlens[b] + Lnew valid keys.
         rotary_cos, rotary_sin: (Lro, rotary_dim / 2), as ak.rotary's cos/sin; with k_new only. k_new is rotated
             at positions cache_seqlens[b] + i before it is written, and q at cache_seqlens[b] + i when causal,
-            else every query row at cache_seqlens[b] -- FA2's flash_attn_with_kvcache. (Today q and k_new are
-            rotated by ak.rotary on the same backend before the append, not inside the append kernel.)
+            else every query row at cache_seqlens[b] -- FA2's flash_attn_with_kvcache. On "triton" and "cuda"
+            inside the append kernel (one launch rotates q and writes k_new rotated and v_new into the cache);
+            "torch" rotates them with its ak.rotary before its append.
         rotary_interleaved: GPT-J pairs instead of GPT-NeoX halves.
         block_table: int32 (B, max_pages): row t of sequence b is in page block_table[b, t // page_size], slot
             t % page_size; pages in any order, shared between sequences or not; entries past a sequence's pages
@@ -128,12 +128,7 @@ def attention_with_kvcache(
     Returns:
         (B, Hq, Lq, D).
     """
-    if (rotary_cos is not None or rotary_sin is not None) and not _explaining:  # (explain: the same shapes)
-        q, k_new = _rotate_for_append(q, k_new, cache_seqlens, rotary_cos, rotary_sin, rotary_interleaved, causal,
-                                      backend)
-    elif rotary_interleaved is not False:
-        validation.rotary_for_append("ak.attention_with_kvcache", q, k_new, cache_seqlens, None, None,
-                                     rotary_interleaved)
+    rotary = rotary_cos is not None or rotary_sin is not None or rotary_interleaved is not False
     # auto on CPU tensors with plain arguments and equal host lengths -- a decoding step on CPU, ~150 calls a
     # token -- in one frame: fast()'s backend precedence written out (as in ops/norm.py), validation's
     # fast-path checks and the one read of the lengths in kvcache_host_start, then the native step with that
@@ -141,11 +136,12 @@ def attention_with_kvcache(
     # Anything else takes the general path below, whose checks and errors are the contract.
     if ((backend == "auto" or (backend is None and not _scoped_backends and _backend._global_backend is None
                                and _ENV_DATA is not None and _ENV_KEY not in _ENV_DATA)) and not _explaining
-            and block_table is None and _backend._CPU_AUTO.get("attention_with_kvcache") is _native_kv
+            and block_table is None and not rotary and _backend._CPU_AUTO.get("attention_with_kvcache") is _native_kv
             and (start := validation.kvcache_host_start(q, k_cache, v_cache, cache_seqlens, k_new, v_new, causal,
                                                         scale)) is not None):
         return _native_kv(q, k_cache, v_cache, cache_seqlens, k_new, v_new, causal, scale, _start=start)
-    call = validation.kvcache_call(q, k_cache, v_cache, cache_seqlens, k_new, v_new, causal, scale, block_table)
+    call = validation.kvcache_call(q, k_cache, v_cache, cache_seqlens, k_new, v_new, causal, scale, block_table,
+                                   rotary_cos, rotary_sin, rotary_interleaved)
     return (fast("attention_with_kvcache", q, backend) or select(call, backend))(*call)
 
 
@@ -168,14 +164,3 @@ def kvcache_append(
     """
     call = validation.kvcache_append_call(k_cache, v_cache, k_new, v_new, cache_seqlens, block_table)
     (fast("kvcache_append", k_cache, backend) or select(call, backend))(*call)
-
-
-def _rotate_for_append(q, k_new, cache_seqlens, cos, sin, interleaved, causal, backend):
-    """(q, k_new) rotated at their positions in the cache (see attention_with_kvcache)."""
-    validation.rotary_for_append("ak.attention_with_kvcache", q, k_new, cache_seqlens, cos, sin, interleaved)
-    start = cache_seqlens.to(torch.long).unsqueeze(1)  # (B, 1)
-    pos_k = start + torch.arange(k_new.shape[2], device=start.device)
-    pos_q = start + torch.arange(q.shape[2], device=start.device) if causal else start.expand(-1, q.shape[2])
-    q = rotary(q, cos, sin, position_ids=pos_q, interleaved=interleaved, backend=backend)
-    k_new = rotary(k_new, cos, sin, position_ids=pos_k, interleaved=interleaved, backend=backend)
-    return q, k_new

@@ -227,7 +227,6 @@ def attention_with_kvcache(
     causal: bool = True,
     scale: float | None = None,
     block_table: torch.Tensor | None = None,
-    *,
     rotary_cos: torch.Tensor | None = None,
     rotary_sin: torch.Tensor | None = None,
     rotary_interleaved: bool = False,

@@ -957,35 +957,101 @@ def _bwd(do, q, k, v, out, lse, attn_mask, cu_q, cu_k, max_q, max_k, causal, sca
 
 
 @triton.jit
+def _cache_rows(BT, b, rows, dst, LNEW, LMAX, s_kcb, s_kcm, s_vcb, s_vcm, s_btb, PAGE, NUM_PAGES,
+                PAGED: tl.constexpr):
+    """(rows to write, their k and v cache offsets) for new rows `rows` landing at cache rows `dst` of batch b: a
+    row outside [0, LMAX) is not written; PAGED: row t goes to slot t % PAGE of page BT[b, t // PAGE] (s_*cb
+    strides pages, s_*cm slots), and a page id outside [0, NUM_PAGES) is not written."""
+    row_ok = (rows < LNEW) & (dst >= 0) & (dst < LMAX)
+    if PAGED:
+        page = tl.load(BT + b * s_btb + dst // PAGE, mask=row_ok, other=0).to(tl.int64)
+        row_ok &= (page >= 0) & (page < NUM_PAGES)
+        return row_ok, page * s_kcb + (dst % PAGE) * s_kcm, page * s_vcb + (dst % PAGE) * s_vcm
+    return row_ok, b * s_kcb + dst * s_kcm, b * s_vcb + dst * s_vcm
+
+
+@triton.jit
 def _kvcache_append_kernel(KC, VC, KN, VN, LENS, BT, H, LNEW, LMAX, D,
                            s_kcb, s_kch, s_kcm, s_kcd, s_vcb, s_vch, s_vcm, s_vcd,
                            s_knb, s_knh, s_knm, s_knd, s_vnb, s_vnh, s_vnm, s_vnd, s_btb, PAGE, NUM_PAGES,
                            PAGED: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
-    """Rows of k_new/v_new of one (batch, head) -> cache rows cache_seqlens[b] + row. A row that would land
-    outside [0, Lmax) is not written (validation refuses such lengths when they are on the host).
-    PAGED: row t goes to slot t % PAGE of page BT[b, t // PAGE] (s_kcb strides pages, s_kcm slots; LMAX is
-    the table's max_pages * PAGE); a page id outside [0, NUM_PAGES) is not written."""
+    """Rows of k_new/v_new of one (batch, head) -> cache rows cache_seqlens[b] + row (see _cache_rows; validation
+    refuses lengths that do not fit when they are on the host)."""
     bh = tl.program_id(0)
     b = (bh // H).to(tl.int64)
     h = (bh % H).to(tl.int64)
     rows = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)
     cols = tl.arange(0, BLOCK_D)
     dst = tl.load(LENS + b).to(tl.int64) + rows
-    ok = ((rows < LNEW) & (dst >= 0) & (dst < LMAX))[:, None] & (cols < D)[None, :]
+    row_ok, k_dst, v_dst = _cache_rows(BT, b, rows, dst, LNEW, LMAX, s_kcb, s_kcm, s_vcb, s_vcm, s_btb, PAGE,
+                                       NUM_PAGES, PAGED)
+    ok = row_ok[:, None] & (cols < D)[None, :]
     r, c = rows.to(tl.int64)[:, None], cols.to(tl.int64)[None, :]
-    if PAGED:
-        row_ok = (rows < LNEW) & (dst >= 0) & (dst < LMAX)
-        page = tl.load(BT + b * s_btb + dst // PAGE, mask=row_ok, other=0).to(tl.int64)
-        ok &= ((page >= 0) & (page < NUM_PAGES))[:, None]
-        k_dst = page * s_kcb + (dst % PAGE) * s_kcm
-        v_dst = page * s_vcb + (dst % PAGE) * s_vcm
-    else:
-        k_dst = b * s_kcb + dst * s_kcm
-        v_dst = b * s_vcb + dst * s_vcm
     k = tl.load(KN + b * s_knb + h * s_knh + r * s_knm + c * s_knd, mask=ok)
     tl.store(KC + k_dst[:, None] + h * s_kch + c * s_kcd, k, mask=ok)
     v = tl.load(VN + b * s_vnb + h * s_vnh + r * s_vnm + c * s_vnd, mask=ok)
     tl.store(VC + v_dst[:, None] + h * s_vch + c * s_vcd, v, mask=ok)
+
+
+@triton.jit
+def _rotated(X, x_rows, cols, ok, COS, SIN, pos, LRO, s_cos, s_sin, s_xd, HALF, INTERLEAVED: tl.constexpr):
+    """The tile X[x_rows, cols] rotated at positions pos (one a row): the first 2 * HALF features in float32
+    (GPT-NeoX pairs (j, j + HALF), GPT-J (2j, 2j + 1)), the rest as loaded. The partner of each feature is a
+    second load of the same rows (L1-resident). A position outside [0, LRO) reads no angle (validation refuses
+    it when the lengths are on the host): its row is left unrotated."""
+    x = tl.load(X + x_rows[:, None] + cols[None, :] * s_xd, mask=ok, other=0.0)
+    rot = cols < 2 * HALF
+    if INTERLEAVED:
+        first = cols % 2 == 0
+        f = cols // 2
+        partner = cols ^ 1
+    else:
+        first = cols < HALF
+        f = tl.where(first, cols, cols - HALF)
+        partner = tl.where(first, cols + HALF, cols - HALF)
+    m = ok & rot[None, :] & ((pos >= 0) & (pos < LRO))[:, None]
+    y = tl.load(X + x_rows[:, None] + partner[None, :] * s_xd, mask=m, other=0.0).to(tl.float32)
+    c = tl.load(COS + pos[:, None] * s_cos + f[None, :], mask=m, other=1.0).to(tl.float32)
+    s = tl.load(SIN + pos[:, None] * s_sin + f[None, :], mask=m, other=0.0).to(tl.float32)
+    out = x.to(tl.float32) * c + y * tl.where(first[None, :], -s, s)  # x1 c - x2 s | x2 c + x1 s
+    return tl.where(rot[None, :], out.to(x.dtype), x)
+
+
+@triton.jit
+def _kvcache_append_rotary_kernel(KC, VC, KN, VN, Q, QO, LENS, BT, COS, SIN, HKV, HQ, LNEW, LQ, LMAX, LRO, D, HALF,
+                                  s_kcb, s_kch, s_kcm, s_kcd, s_vcb, s_vch, s_vcm, s_vcd,
+                                  s_knb, s_knh, s_knm, s_knd, s_vnb, s_vnh, s_vnm, s_vnd,
+                                  s_qb, s_qh, s_qm, s_qd, s_ob, s_oh, s_om, s_od, s_cos, s_sin, s_btb, PAGE,
+                                  NUM_PAGES, PAGED: tl.constexpr, INTERLEAVED: tl.constexpr, CAUSAL: tl.constexpr,
+                                  BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+    """The append with the rotary embedding inside (FA2's flash_attn_with_kvcache rotary_cos/sin), one launch:
+    programs (b, h < HKV) write rows of k_new rotated at cache_seqlens[b] + row into the cache and copy v_new
+    beside them (_cache_rows); programs (b, HKV + h) rotate q's rows into QO at cache_seqlens[b] + row (CAUSAL)
+    or cache_seqlens[b]."""
+    pid = tl.program_id(0)
+    b = (pid // (HKV + HQ)).to(tl.int64)
+    h = (pid % (HKV + HQ)).to(tl.int64)
+    rows = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)
+    r = rows.to(tl.int64)
+    cols = tl.arange(0, BLOCK_D)
+    start = tl.load(LENS + b).to(tl.int64)
+    if h < HKV:
+        dst = start + r
+        row_ok, k_dst, v_dst = _cache_rows(BT, b, rows, dst, LNEW, LMAX, s_kcb, s_kcm, s_vcb, s_vcm, s_btb, PAGE,
+                                           NUM_PAGES, PAGED)
+        ok = row_ok[:, None] & (cols < D)[None, :]
+        k = _rotated(KN, b * s_knb + h * s_knh + r * s_knm, cols, ok, COS, SIN, dst, LRO, s_cos, s_sin, s_knd, HALF,
+                     INTERLEAVED)
+        tl.store(KC + k_dst[:, None] + h * s_kch + cols[None, :] * s_kcd, k, mask=ok)
+        v = tl.load(VN + b * s_vnb + h * s_vnh + r[:, None] * s_vnm + cols[None, :] * s_vnd, mask=ok)
+        tl.store(VC + v_dst[:, None] + h * s_vch + cols[None, :] * s_vcd, v, mask=ok)
+    else:
+        hq = h - HKV
+        pos = start + r if CAUSAL else start + r * 0
+        ok = (rows < LQ)[:, None] & (cols < D)[None, :]
+        x = _rotated(Q, b * s_qb + hq * s_qh + r * s_qm, cols, ok, COS, SIN, pos, LRO, s_cos, s_sin, s_qd, HALF,
+                     INTERLEAVED)
+        tl.store(QO + b * s_ob + hq * s_oh + r[:, None] * s_om + cols[None, :] * s_od, x, mask=ok)
 
 
 def _cache_layout(cache: torch.Tensor, block_table: torch.Tensor | None) -> tuple[int, tuple, int, int, int]:
@@ -1011,6 +1077,28 @@ def _append(k_cache, v_cache, k_new, v_new, cache_seqlens, block_table=None) -> 
         h, lnew, lmax, d, *ks, *vs, *k_new.stride(), *v_new.stride(), s_bt, page, pages,
         PAGED=block_table is not None, BLOCK_R=block_r, BLOCK_D=block_d, num_warps=1 if INTERPRET else 4,
     )
+
+
+def _append_rotary(k_cache, v_cache, k_new, v_new, cache_seqlens, block_table, q, cos, sin, interleaved,
+                   causal) -> torch.Tensor:
+    b, hkv, lnew, d = k_new.shape
+    hq, lq = q.shape[1], q.shape[2]
+    q_out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    if b == 0 or d == 0 or max(hkv * lnew, hq * lq) == 0:
+        return q_out
+    block_d = triton.next_power_of_2(d)
+    block_r = max(1, min(triton.next_power_of_2(max(lnew, lq)), 4096 // block_d))
+    lmax, ks, page, s_bt, pages = _cache_layout(k_cache, block_table)
+    vs = _cache_layout(v_cache, block_table)[1]
+    _kvcache_append_rotary_kernel[(b * (hkv + hq), triton.cdiv(max(lnew, lq), block_r))](
+        k_cache, v_cache, k_new, v_new, q, q_out, cache_seqlens,
+        block_table if block_table is not None else cache_seqlens, cos, sin,
+        hkv, hq, lnew, lq, lmax, cos.shape[0], d, cos.shape[1], *ks, *vs, *k_new.stride(), *v_new.stride(),
+        *q.stride(), *q_out.stride(), cos.stride(0), sin.stride(0), s_bt, page, pages,
+        PAGED=block_table is not None, INTERLEAVED=interleaved, CAUSAL=causal, BLOCK_R=block_r, BLOCK_D=block_d,
+        num_warps=1 if INTERPRET else 4,
+    )
+    return q_out
 
 
 def _decode(q, k_cache, v_cache, cache_seqlens, lnew, causal, scale, block_table=None):
@@ -1133,6 +1221,21 @@ def _(k_cache, v_cache, k_new, v_new, cache_seqlens, block_table) -> None:
     return None
 
 
+@torch.library.custom_op("aigc_kernels::kvcache_append_rotary_triton", mutates_args=("k_cache", "v_cache"))
+def kvcache_append_rotary_op(k_cache: torch.Tensor, v_cache: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor,
+                             cache_seqlens: torch.Tensor, block_table: torch.Tensor | None, q: torch.Tensor,
+                             cos: torch.Tensor, sin: torch.Tensor, interleaved: bool, causal: bool) -> torch.Tensor:
+    """The append with k_new rotated at cache_seqlens[b] + i as it is written (v_new copied), in one launch with
+    q's rotation at cache_seqlens[b] + i (causal) or cache_seqlens[b]; returns q rotated."""
+    return _append_rotary(k_cache, v_cache, k_new, v_new, cache_seqlens, block_table, q, cos, sin, interleaved,
+                          causal)
+
+
+@kvcache_append_rotary_op.register_fake
+def _(k_cache, v_cache, k_new, v_new, cache_seqlens, block_table, q, cos, sin, interleaved, causal):
+    return torch.empty_like(q, memory_format=torch.contiguous_format)
+
+
 @torch.library.custom_op("aigc_kernels::attention_decode_triton", mutates_args=())
 def attention_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cache_seqlens: torch.Tensor,
                      lnew: int, causal: bool, scale: float, block_table: torch.Tensor | None) -> torch.Tensor:
@@ -1210,10 +1313,15 @@ def kvcache_append(k_cache, v_cache, k_new, v_new, cache_seqlens, block_table=No
 
 
 def attention_with_kvcache(q, k_cache, v_cache, cache_seqlens, k_new=None, v_new=None, causal=True, scale=None,
-                           block_table=None):
+                           block_table=None, rotary_cos=None, rotary_sin=None, rotary_interleaved=False):
     scale = softmax_scale(q, scale)
     lnew = 0
-    if k_new is not None:
+    if rotary_cos is not None:  # one launch: q rotated, k_new rotated into the cache, v_new copied
+        unit = (lambda t: t if t.stride(-1) == 1 else t.contiguous())  # noqa: E731  (the angle columns)
+        q = kvcache_append_rotary_op(k_cache, v_cache, k_new, v_new, cache_seqlens, block_table, q,
+                                     unit(rotary_cos), unit(rotary_sin), rotary_interleaved, causal)
+        lnew = k_new.shape[2]
+    elif k_new is not None:
         kvcache_append_op(k_cache, v_cache, k_new, v_new, cache_seqlens, block_table)
         lnew = k_new.shape[2]
     return attention_decode(rowmajor(q), k_cache, v_cache, cache_seqlens, lnew, causal, scale, block_table)

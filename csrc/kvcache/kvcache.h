@@ -51,4 +51,32 @@ void kvcache_append_launch(at::Tensor& k_cache, at::Tensor& v_cache, const at::T
                            const at::Tensor& v_new, const at::Tensor& cache_seqlens,
                            const at::Tensor* block_table = nullptr);
 
+// The append with the rotary embedding inside: k_new rotated into the cache, v_new copied, q rotated into q_out
+// (see kvcache_rotary_kernel). cos/sin (Lro, half): float32 or the caches' dtype, unit column stride.
+inline void check_kvcache_rotary_args(const at::Tensor& k_new, const at::Tensor& q, const at::Tensor& cos,
+                                      const at::Tensor& sin) {
+  const char* op = "aigc_kernels::kvcache_append_rotary";
+  const auto dt = k_new.scalar_type();
+  TORCH_CHECK(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16, op,
+              ": expected float32, float16 or bfloat16 tensors, got ", dt);
+  TORCH_CHECK(q.dim() == 4 && q.size(0) == k_new.size(0) && q.size(3) == k_new.size(3) && q.scalar_type() == dt &&
+                  q.device() == k_new.device(),
+              op, ": expected q (", k_new.size(0), ", Hq, Lq, ", k_new.size(3), ") of dtype ", dt, " on ",
+              k_new.device(), ", got ", q.scalar_type(), " ", q.sizes(), " on ", q.device());
+  TORCH_CHECK(cos.dim() == 2 && sin.sizes() == cos.sizes() && cos.size(1) >= 1 && 2 * cos.size(1) <= k_new.size(3),
+              op, ": expected cos and sin of one shape (Lro, rotary_dim / 2) with 2 <= rotary_dim <= D = ",
+              k_new.size(3), ", got ", cos.sizes(), " and ", sin.sizes());
+  for (const at::Tensor* t : {&cos, &sin}) {
+    TORCH_CHECK(t->scalar_type() == cos.scalar_type() && (t->scalar_type() == at::kFloat || t->scalar_type() == dt) &&
+                    t->device() == k_new.device() && t->stride(1) == 1,
+                op, ": expected cos/sin of one dtype, float32 or ", dt, ", on ", k_new.device(),
+                " with unit column stride, got ", t->scalar_type(), " on ", t->device(), " strides ", t->strides());
+  }
+}
+
+void kvcache_rotary_launch(at::Tensor& k_cache, at::Tensor& v_cache, const at::Tensor& k_new,
+                           const at::Tensor& v_new, const at::Tensor& cache_seqlens, const at::Tensor* block_table,
+                           const at::Tensor& q, at::Tensor& q_out, const at::Tensor& cos, const at::Tensor& sin,
+                           bool interleaved, bool causal);
+
 }  // namespace aigc_kernels

@@ -70,4 +70,81 @@ void kvcache_append_launch(at::Tensor& k_cache, at::Tensor& v_cache, const at::T
   }
 }
 
+namespace {
+
+inline Strides4 element_strides(const at::Tensor& t, bool paged = false) { return strides_of(t, 1, paged); }
+
+template <typename T, typename C>
+void launch_rotary(const RotaryAppendParams& p, bool interleaved, int blocks, int threads, cudaStream_t stream) {
+  if (interleaved) {
+    kvcache_rotary_kernel<T, C, true><<<blocks, threads, 0, stream>>>(p);
+  } else {
+    kvcache_rotary_kernel<T, C, false><<<blocks, threads, 0, stream>>>(p);
+  }
+}
+
+template <typename T>
+void launch_rotary_angles(const RotaryAppendParams& p, bool cos_f32, bool interleaved, int blocks, int threads,
+                          cudaStream_t stream) {
+  if (cos_f32) {
+    launch_rotary<T, float>(p, interleaved, blocks, threads, stream);
+  } else {
+    launch_rotary<T, T>(p, interleaved, blocks, threads, stream);
+  }
+}
+
+}  // namespace
+
+void kvcache_rotary_launch(at::Tensor& k_cache, at::Tensor& v_cache, const at::Tensor& k_new,
+                           const at::Tensor& v_new, const at::Tensor& cache_seqlens, const at::Tensor* block_table,
+                           const at::Tensor& q, at::Tensor& q_out, const at::Tensor& cos, const at::Tensor& sin,
+                           bool interleaved, bool causal) {
+  const bool paged = block_table != nullptr;
+  RotaryAppendParams p{};
+  p.k_cache = k_cache.data_ptr();
+  p.v_cache = v_cache.data_ptr();
+  p.k_new = k_new.data_ptr();
+  p.v_new = v_new.data_ptr();
+  p.q = q.data_ptr();
+  p.q_out = q_out.data_ptr();
+  p.cos = cos.data_ptr();
+  p.sin = sin.data_ptr();
+  p.cache_seqlens = cache_seqlens.data_ptr<int32_t>();
+  p.block_table = paged ? block_table->data_ptr<int32_t>() : nullptr;
+  p.kc = element_strides(k_cache, paged);
+  p.vc = element_strides(v_cache, paged);
+  p.kn = element_strides(k_new);
+  p.vn = element_strides(v_new);
+  p.qs = element_strides(q);
+  p.qo = element_strides(q_out);
+  p.cos_stride = cos.stride(0);
+  p.sin_stride = sin.stride(0);
+  p.bt_stride = paged ? block_table->stride(0) : 0;
+  p.page_size = paged ? k_cache.size(1) : 1;
+  p.num_pages = paged ? k_cache.size(0) : 0;
+  p.batch = k_new.size(0);
+  p.heads_kv = k_new.size(1);
+  p.heads_q = q.size(1);
+  p.lnew = k_new.size(2);
+  p.lq = q.size(2);
+  p.D = k_new.size(3);
+  p.half = cos.size(1);
+  p.lmax = paged ? block_table->size(1) * k_cache.size(1) : k_cache.size(2);
+  p.lro = cos.size(0);
+  p.causal = causal;
+  const int64_t rows = p.batch * (p.heads_kv * p.lnew + p.heads_q * p.lq);
+  if (rows == 0) return;
+  const int threads = p.D >= 128 ? 64 : 32;  // a thread per rotary pair (D / 2 of them) up to 64
+  const int blocks = static_cast<int>(rows < 65536 ? rows : 65536);
+  const bool cos_f32 = cos.scalar_type() == at::kFloat;
+  auto stream = at::cuda::getCurrentCUDAStream();
+  switch (k_cache.scalar_type()) {
+    case at::kFloat: launch_rotary<float, float>(p, interleaved, blocks, threads, stream); break;
+    case at::kHalf: launch_rotary_angles<__half>(p, cos_f32, interleaved, blocks, threads, stream); break;
+    case at::kBFloat16: launch_rotary_angles<__nv_bfloat16>(p, cos_f32, interleaved, blocks, threads, stream); break;
+    default: TORCH_CHECK(false, "aigc_kernels::kvcache_append_rotary: expected float32, float16 or bfloat16 caches");
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
 }  // namespace aigc_kernels
