@@ -12,7 +12,24 @@
 //                 (k 2t+8, n g); C c0..c3 = (g, 2t), (g, 2t+1), (g+8, 2t), (g+8, 2t+1); lane = 4g + t
 // This checks the kernels' index arithmetic, masking, pipelining order and reductions against a
 // float64 reference; it cannot check the hardware's own semantics (those are what the PTX ISA
-// says, which is also what this file encodes). cp.async copies complete immediately.
+// says, which is also what this file encodes).
+//
+// Hazards and costs it models (the instruments of the "speed visible without a GPU" issue, first part):
+//   cp.async: the copy lands only when its thread waits on its group (cp.async.wait_group N applies all
+//     but the N newest committed groups, oldest first); from the issue until then the destination's 16
+//     bytes read as NaN (0xFF in every dtype the kernels use), so a missing or short wait poisons the
+//     result. AIGC_EMU_ASYNC=eager switches this off (copies complete at once: the detector off), and
+//     AIGC_EMU_PLANT=skip_wait plants the defect (every wait does nothing), for the tests that show both.
+//   ldmatrix banks: each warp-wide ldmatrix .x4 is served in 4 phases of 8 row addresses (16 bytes each);
+//     a phase takes as many shared-memory wavefronts as the most distinct 4-byte words any one of the 32
+//     banks holds among its rows (ideal 1). Counted per source site ("function file:line" of the ldmatrix
+//     wrapper's caller) beside the ideal; report_banks() prints them as JSON.
+//   cp.async requests: the k-th cp.async of every lane of a warp since the last barrier is one warp-wide
+//     request; its 16-byte shared stores are served 8 lanes (128 bytes) a phase, counted in wavefronts like
+//     ldmatrix's (ideal 1 a phase), and its global reads in 32-byte sectors beside the fewest that hold the
+//     bytes (a zero-fill reads nothing). Per site; report_copies() prints them as JSON.
+// Not modelled yet: bank conflicts of plain ld/st.shared and wgmma operand reads; global sectors of plain
+// loads/stores; wgmma/TMA/mbarrier async semantics; a shared-memory race detector.
 #pragma once
 #ifndef AIGC_EMULATE
 #error "emulate.h is for host builds with AIGC_EMULATE"
@@ -29,7 +46,10 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <functional>
+#include <map>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -42,7 +62,29 @@ struct Slot {
   float f;
 };
 
+// One pending 16-byte cp.async: its destination and the source bytes (global memory does not change under a
+// kernel's reads, so they are taken at the issue).
+struct AsyncCopy {
+  unsigned char* dst;
+  std::array<unsigned char, 16> data;
+};
+struct AsyncState {
+  std::vector<AsyncCopy> open;                 // issued, not yet committed
+  std::deque<std::vector<AsyncCopy>> groups;  // committed, oldest first
+};
+
+// The k-th cp.async of each lane of a warp since the last barrier: one warp-wide request (the kernels' copy
+// loops run the same trip count on every lane of a warp but the last partial one).
+struct WarpCopy {
+  std::string site;
+  std::array<const unsigned char*, 32> dst{}, src{};  // src null: zero-fill (no global read)
+  std::array<bool, 32> active{};
+};
+
 struct Block {
+  std::vector<AsyncState> async;  // per thread
+  std::vector<int> async_seq;     // per thread: cp.async calls since the last barrier
+  std::vector<std::vector<WarpCopy>> warp_copies;  // per warp
   std::vector<ucontext_t> ctx;
   std::vector<std::vector<char>> stacks;
   std::vector<char> done;
@@ -71,12 +113,15 @@ inline void yield() {
 
 inline int tid() { return block()->cur; }
 
+void flush_copies(Block* b);  // counts the warp-wide cp.async requests gathered since the last barrier
+
 inline void sync_threads() {
   Block* b = block();
   const long gen = b->cta_gen;
   if (++b->cta_arrived == b->nthreads) {
     b->cta_arrived = 0;
     ++b->cta_gen;
+    flush_copies(b);
     return;
   }
   while (b->cta_gen == gen) yield();
@@ -114,6 +159,9 @@ inline void run_block(dim3 block_idx, dim3 grid_dim, int nthreads, size_t smem_b
   b.ctx.resize(nthreads);
   b.stacks.resize(nthreads);
   b.done.assign(nthreads, 0);
+  b.async.assign(nthreads, AsyncState{});
+  b.async_seq.assign(nthreads, 0);
+  b.warp_copies.resize((nthreads + 31) / 32);
   b.warp_arrived.assign((nthreads + 31) / 32, 0);
   b.warp_gen.assign((nthreads + 31) / 32, 0);
   b.slots.resize((nthreads + 31) / 32);
@@ -137,6 +185,7 @@ inline void run_block(dim3 block_idx, dim3 grid_dim, int nthreads, size_t smem_b
     }
     if (all_done) break;
   }
+  flush_copies(&b);
   block() = nullptr;
 }
 
@@ -178,11 +227,169 @@ inline uint16_t load16(const unsigned char* p) {
   return v;
 }
 
-inline void ldmatrix_x4(uint32_t (&r)[4], const void* p, bool trans) {
+// ---- instruments ----------------------------------------------------------------------------
+inline bool env_is(const char* name, const char* value) {
+  const char* v = std::getenv(name);
+  return v != nullptr && std::strcmp(v, value) == 0;
+}
+inline bool async_eager() {
+  static const bool on = env_is("AIGC_EMU_ASYNC", "eager");
+  return on;
+}
+inline bool plant_skip_wait() {
+  static const bool on = env_is("AIGC_EMU_PLANT", "skip_wait");
+  return on;
+}
+
+inline void record_copy(const void* dst, const void* src, bool valid, const char* site) {
+  Block* b = block();
+  const int t = tid(), k = b->async_seq[t]++;
+  auto& reqs = b->warp_copies[t / 32];
+  if (static_cast<int>(reqs.size()) <= k) reqs.resize(k + 1);
+  WarpCopy& w = reqs[k];
+  if (w.site.empty()) w.site = site;
+  w.dst[t % 32] = static_cast<const unsigned char*>(dst);
+  w.src[t % 32] = valid ? static_cast<const unsigned char*>(src) : nullptr;
+  w.active[t % 32] = true;
+}
+
+inline void cp_async16(void* dst, const void* src, bool valid, const char* site = "") {
+  record_copy(dst, src, valid, site);
+  AsyncCopy c;
+  c.dst = static_cast<unsigned char*>(dst);
+  if (valid) std::memcpy(c.data.data(), src, 16); else c.data.fill(0);
+  if (async_eager()) {
+    std::memcpy(c.dst, c.data.data(), 16);
+    return;
+  }
+  std::memset(c.dst, 0xFF, 16);  // in flight: NaN until the wait
+  block()->async[tid()].open.push_back(c);
+}
+inline void cp_async_commit() {
+  AsyncState& s = block()->async[tid()];
+  s.groups.push_back(std::move(s.open));
+  s.open.clear();
+}
+inline void cp_async_wait(int n) {
+  if (plant_skip_wait()) return;
+  AsyncState& s = block()->async[tid()];
+  while (static_cast<int>(s.groups.size()) > n) {
+    for (const AsyncCopy& c : s.groups.front()) std::memcpy(c.dst, c.data.data(), 16);
+    s.groups.pop_front();
+  }
+}
+
+struct BankCount {
+  long requests = 0, wavefronts = 0, ideal = 0;
+};
+inline std::map<std::string, BankCount>& ldmatrix_banks() {
+  static std::map<std::string, BankCount> m;
+  return m;
+}
+// Wavefronts of one phase: 8 rows of 16 bytes; per bank, the distinct 4-byte words asked of it.
+inline int phase_wavefronts(const unsigned char* const (&rows)[8]) {
+  std::array<std::vector<uintptr_t>, 32> words;
+  for (const unsigned char* row : rows)
+    for (int w = 0; w < 4; ++w) {
+      const uintptr_t word = (reinterpret_cast<uintptr_t>(row) - reinterpret_cast<uintptr_t>(dynamic_smem())) / 4 + w;
+      auto& bank = words[word % 32];
+      if (std::find(bank.begin(), bank.end(), word) == bank.end()) bank.push_back(word);
+    }
+  size_t most = 1;
+  for (const auto& bank : words) most = std::max(most, bank.size());
+  return static_cast<int>(most);
+}
+// Per cp.async site: warp-wide requests, shared-memory wavefronts of the 16-byte stores (served 8 lanes = 128
+// bytes a phase) and their ideal, global 32-byte sectors read and the fewest that could hold the bytes.
+struct CopyCount {
+  long requests = 0, wavefronts = 0, wavefronts_ideal = 0, sectors = 0, sectors_ideal = 0;
+};
+inline std::map<std::string, CopyCount>& copy_counts() {
+  static std::map<std::string, CopyCount> m;
+  return m;
+}
+
+inline void flush_copies(Block* b) {
+  const uintptr_t base = reinterpret_cast<uintptr_t>(dynamic_smem());
+  for (auto& reqs : b->warp_copies) {
+    for (const WarpCopy& w : reqs) {
+      CopyCount& c = copy_counts()[w.site];
+      ++c.requests;
+      for (int phase = 0; phase < 4; ++phase) {
+        std::array<std::vector<uintptr_t>, 32> banks;
+        int lanes = 0;
+        for (int l = 8 * phase; l < 8 * phase + 8; ++l) {
+          if (!w.active[l]) continue;
+          ++lanes;
+          for (int j = 0; j < 4; ++j) {
+            const uintptr_t word = (reinterpret_cast<uintptr_t>(w.dst[l]) - base) / 4 + j;
+            auto& bank = banks[word % 32];
+            if (std::find(bank.begin(), bank.end(), word) == bank.end()) bank.push_back(word);
+          }
+        }
+        if (lanes == 0) continue;
+        size_t most = 1;
+        for (const auto& bank : banks) most = std::max(most, bank.size());
+        c.wavefronts += static_cast<long>(most);
+        ++c.wavefronts_ideal;
+      }
+      std::vector<uintptr_t> sectors;
+      int reads = 0;
+      for (int l = 0; l < 32; ++l) {
+        if (!w.active[l] || w.src[l] == nullptr) continue;
+        ++reads;
+        for (uintptr_t a = reinterpret_cast<uintptr_t>(w.src[l]) / 32;
+             a <= (reinterpret_cast<uintptr_t>(w.src[l]) + 15) / 32; ++a) {
+          if (std::find(sectors.begin(), sectors.end(), a) == sectors.end()) sectors.push_back(a);
+        }
+      }
+      c.sectors += static_cast<long>(sectors.size());
+      c.sectors_ideal += (16L * reads + 31) / 32;
+    }
+    reqs.clear();
+  }
+  std::fill(b->async_seq.begin(), b->async_seq.end(), 0);
+}
+
+// {"site": [requests, wavefronts, ideal], ...}
+inline void report_banks(std::FILE* f) {
+  std::fprintf(f, "{");
+  bool first = true;
+  for (const auto& [site, c] : ldmatrix_banks()) {
+    std::fprintf(f, "%s\"%s\": [%ld, %ld, %ld]", first ? "" : ", ", site.c_str(), c.requests, c.wavefronts, c.ideal);
+    first = false;
+  }
+  std::fprintf(f, "}");
+}
+// {"site": [requests, smem wavefronts, ideal, global sectors, ideal], ...}
+inline void report_copies(std::FILE* f) {
+  std::fprintf(f, "{");
+  bool first = true;
+  for (const auto& [site, c] : copy_counts()) {
+    std::fprintf(f, "%s\"%s\": [%ld, %ld, %ld, %ld, %ld]", first ? "" : ", ", site.c_str(), c.requests, c.wavefronts,
+                 c.wavefronts_ideal, c.sectors, c.sectors_ideal);
+    first = false;
+  }
+  std::fprintf(f, "}");
+}
+
+inline void ldmatrix_x4(uint32_t (&r)[4], const void* p, bool trans, const char* file = __builtin_FILE(),
+                        int line = __builtin_LINE(), const char* func = __builtin_FUNCTION()) {
   my_slot().ptr = static_cast<const unsigned char*>(p);
   sync_warp();
   const int lane = tid() % 32;
   auto& s = warp_slots();
+  if (lane == 0) {
+    const char* base = std::strrchr(file, '/');
+    BankCount& c = ldmatrix_banks()[std::string(func) + " " + (base ? base + 1 : file) + ":" + std::to_string(line)];
+    ++c.requests;
+    c.ideal += 4;
+    for (int i = 0; i < 4; ++i) {
+      const unsigned char* rows[8];
+      for (int j = 0; j < 8; ++j) rows[j] = s[8 * i + j].ptr;
+      c.wavefronts += phase_wavefronts(rows);
+    }
+  }
   for (int i = 0; i < 4; ++i) {
     uint16_t lo, hi;
     if (!trans) {

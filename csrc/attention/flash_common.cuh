@@ -55,8 +55,16 @@ template <typename T>
 __device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
   ::emu::mma<T>(c, a, b0, b1);
 }
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) { ::emu::ldmatrix_x4(r, p, false); }
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* p) { ::emu::ldmatrix_x4(r, p, true); }
+// (the emulator counts bank conflicts per call site: the caller's function, file and line)
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p, const char* file = __builtin_FILE(),
+                                            int line = __builtin_LINE(), const char* func = __builtin_FUNCTION()) {
+  ::emu::ldmatrix_x4(r, p, false, file, line, func);
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* p,
+                                                  const char* file = __builtin_FILE(), int line = __builtin_LINE(),
+                                                  const char* func = __builtin_FUNCTION()) {
+  ::emu::ldmatrix_x4(r, p, true, file, line, func);
+}
 #else
 template <typename T>
 __device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
@@ -139,13 +147,14 @@ __device__ __forceinline__ void acc_to_a(uint32_t (&a)[4], const float (&c0)[4],
 
 // ---- asynchronous copies --------------------------------------------------------------------
 // 16 bytes global -> shared; src_bytes = 0 fills zeros (src must still be a valid address).
-#ifdef AIGC_EMULATE
-__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
-  if (valid) std::memcpy(dst, src, 16); else std::memset(dst, 0, 16);
+#ifdef AIGC_EMULATE  // data lands at the matching wait (emulate.h); NaN until then
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid,
+                                           const char* site = __builtin_FUNCTION()) {
+  ::emu::cp_async16(dst, src, valid, site);
 }
-__device__ __forceinline__ void cp_async_commit() {}
+__device__ __forceinline__ void cp_async_commit() { ::emu::cp_async_commit(); }
 template <int N>
-__device__ __forceinline__ void cp_async_wait() {}
+__device__ __forceinline__ void cp_async_wait() { ::emu::cp_async_wait(N); }
 #else
 __device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),

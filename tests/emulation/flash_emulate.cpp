@@ -12,7 +12,9 @@
 //     contiguous keys, each sequence using a drawn prefix of its cu_seqlens_k rows.
 //
 // Prints one JSON line: the max abs error of out, lse, dq, dk, dv (the ones computed) and the
-// max abs value of each reference, for the test's bounds.
+// max abs value of each reference, for the test's bounds; and the ldmatrix bank figures per site
+// ([requests, wavefronts, ideal wavefronts]) and the cp.async ones ([requests, shared wavefronts, ideal,
+// global sectors, ideal]), csrc/emulate.h.
 #include <algorithm>
 #include <cinttypes>
 #include <cstdio>
@@ -96,8 +98,10 @@ int run(const std::string& mode, int B, int HQ, int HKV, int LQ, int LK, bool ca
   auto li = [&](int b, int h, int i) -> int64_t {
     return packed ? static_cast<int64_t>(h) * total_q + cu_q[b] + i : (static_cast<int64_t>(b) * HQ + h) * LQ + i;
   };
-  std::vector<uint16_t> q(static_cast<size_t>(total_q) * HQ * D), k(static_cast<size_t>(total_k) * HKV * D),
-      v(k.size()), dout(q.size()), out(q.size(), to_bits<T>(NAN)), dq(q.size(), to_bits<T>(NAN)),
+  using Global = std::vector<uint16_t, emu_test::DeviceAligned<uint16_t>>;  // (256-byte aligned, as on a GPU)
+  Global q(static_cast<size_t>(total_q) * HQ * D), k(static_cast<size_t>(total_k) * HKV * D), v(k.size()),
+      dout(q.size());
+  std::vector<uint16_t> out(q.size(), to_bits<T>(NAN)), dq(q.size(), to_bits<T>(NAN)),
       dk(k.size(), to_bits<T>(NAN)), dv(k.size(), to_bits<T>(NAN));
   for (auto* t : {&q, &k, &v, &dout}) {
     for (auto& x : *t) x = to_bits<T>(normal(rng));
@@ -191,7 +195,7 @@ int run(const std::string& mode, int B, int HQ, int HKV, int LQ, int LK, bool ca
   p.window_left = wl;
   p.window_right = right;
   p.num_splits = decode ? splits : 1;
-  std::vector<uint16_t> kp, vp;
+  Global kp, vp;
   std::vector<int> table;
   if (page > 0) {  // the same keys in shuffled pages (num_pages, page, HKV, D)
     const int width = (LK + page - 1) / page + 1, num_pages = B * width + 3;
@@ -312,9 +316,13 @@ int run(const std::string& mode, int B, int HQ, int HKV, int LQ, int LK, bool ca
     }
   }
   std::printf("{\"out\": [%.6g, %.6g], \"lse\": [%.6g, %.6g], \"dq\": [%.6g, %.6g], \"dk\": [%.6g, %.6g], "
-              "\"dv\": [%.6g, %.6g]}\n",
+              "\"dv\": [%.6g, %.6g], \"ldmatrix\": ",
               e_out.err, e_out.ref, e_lse.err, e_lse.ref, e_dq.err, e_dq.ref, e_dk.err, e_dk.ref, e_dv.err,
               e_dv.ref);
+  emu::report_banks(stdout);  // per site: [requests, wavefronts, ideal]
+  std::printf(", \"cp.async\": ");
+  emu::report_copies(stdout);  // per site: [requests, smem wavefronts, ideal, global sectors, ideal]
+  std::printf("}\n");
   return 0;
 }
 
