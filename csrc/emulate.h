@@ -28,8 +28,13 @@
 //     request; its 16-byte shared stores are served 8 lanes (128 bytes) a phase, counted in wavefronts like
 //     ldmatrix's (ideal 1 a phase), and its global reads in 32-byte sectors beside the fewest that hold the
 //     bytes (a zero-fill reads nothing). Per site; report_copies() prints them as JSON.
+//   wgmma: an issued wgmma's accumulators read NaN until the wgmma.wait_group covering its group (values chain
+//     through pending ones); a wgmma with no wgmma.fence since the thread's last wait, or reading shared memory
+//     that cp.async filled with no fence.proxy.async by its writer before the barrier, aborts naming the hazard.
+//     AIGC_EMU_PLANT=skip_wgmma_wait | skip_wgmma_fence | skip_proxy_fence plants each defect;
+//     AIGC_EMU_ASYNC=eager turns the model off.
 // Not modelled yet: bank conflicts of plain ld/st.shared and wgmma operand reads; global sectors of plain
-// loads/stores; wgmma/TMA/mbarrier async semantics; a shared-memory race detector.
+// loads/stores; TMA and mbarriers (no kernel uses them yet); a shared-memory race detector.
 #pragma once
 #ifndef AIGC_EMULATE
 #error "emulate.h is for host builds with AIGC_EMULATE"
@@ -81,7 +86,26 @@ struct WarpCopy {
   std::array<bool, 32> active{};
 };
 
+// wgmma's asynchronous protocol, per thread: the accumulators an issued wgmma writes read as NaN until the
+// wgmma.wait_group that covers its group (the values chain through the pending ones, as the hardware
+// accumulates in order); a wgmma needs a wgmma.fence since the thread's last wait (the registers were touched);
+// shared memory that cp.async filled needs fence.proxy.async by its writer before the barrier that orders it
+// with wgmma's (async-proxy) reads.
+struct PendingAcc {
+  float* d;
+  std::vector<float> value;
+};
+struct WgmmaState {
+  bool fenced = false;          // wgmma.fence since the last wgmma.wait_group
+  bool proxy_unfenced = false;  // cp.async data landed by this thread, no fence.proxy.async since
+  std::vector<PendingAcc> open;
+  std::deque<std::vector<PendingAcc>> groups;
+  std::map<float*, std::vector<float>> latest;  // the newest pending value of each accumulator
+};
+
 struct Block {
+  std::vector<WgmmaState> wgmma;  // per thread
+  bool proxy_hazard = false;      // since the last barrier: some thread's cp.async data not proxy-fenced
   std::vector<AsyncState> async;  // per thread
   std::vector<int> async_seq;     // per thread: cp.async calls since the last barrier
   std::vector<std::vector<WarpCopy>> warp_copies;  // per warp
@@ -122,6 +146,8 @@ inline void sync_threads() {
     b->cta_arrived = 0;
     ++b->cta_gen;
     flush_copies(b);
+    b->proxy_hazard = false;
+    for (const WgmmaState& w : b->wgmma) b->proxy_hazard = b->proxy_hazard || w.proxy_unfenced;
     return;
   }
   while (b->cta_gen == gen) yield();
@@ -160,6 +186,7 @@ inline void run_block(dim3 block_idx, dim3 grid_dim, int nthreads, size_t smem_b
   b.stacks.resize(nthreads);
   b.done.assign(nthreads, 0);
   b.async.assign(nthreads, AsyncState{});
+  b.wgmma.assign(nthreads, WgmmaState{});
   b.async_seq.assign(nthreads, 0);
   b.warp_copies.resize((nthreads + 31) / 32);
   b.warp_arrived.assign((nthreads + 31) / 32, 0);
@@ -240,6 +267,13 @@ inline bool plant_skip_wait() {
   static const bool on = env_is("AIGC_EMU_PLANT", "skip_wait");
   return on;
 }
+// AIGC_EMU_PLANT=skip_wgmma_wait | skip_wgmma_fence | skip_proxy_fence: that call does nothing.
+inline bool planted(const char* what) { return env_is("AIGC_EMU_PLANT", what); }
+[[noreturn]] inline void hazard(const char* what) {
+  std::fprintf(stderr, "emulate.h hazard (thread %d of block %u,%u,%u): %s\n", tid(), block()->block_idx.x,
+               block()->block_idx.y, block()->block_idx.z, what);
+  std::abort();
+}
 
 inline void record_copy(const void* dst, const void* src, bool valid, const char* site) {
   Block* b = block();
@@ -275,6 +309,7 @@ inline void cp_async_wait(int n) {
   AsyncState& s = block()->async[tid()];
   while (static_cast<int>(s.groups.size()) > n) {
     for (const AsyncCopy& c : s.groups.front()) std::memcpy(c.dst, c.data.data(), 16);
+    if (!s.groups.front().empty()) block()->wgmma[tid()].proxy_unfenced = true;  // written by the generic proxy
     s.groups.pop_front();
   }
 }
@@ -468,23 +503,80 @@ inline uint16_t mnmajor(const Desc& d, int k, int mn) {
   return load16(d.start + (k / 8) * d.lbo + (mn / 8) * d.sbo + (k % 8) * 16 + (mn % 8) * 2);
 }
 
+// ---- wgmma's asynchronous protocol (see WgmmaState) -------------------------------------------
+inline void wgmma_fence() {
+  if (!planted("skip_wgmma_fence")) block()->wgmma[tid()].fenced = true;
+}
+inline void wgmma_commit() {
+  if (async_eager()) return;
+  WgmmaState& st = block()->wgmma[tid()];
+  st.groups.push_back(std::move(st.open));
+  st.open.clear();
+}
+inline void wgmma_wait(int n) {
+  if (planted("skip_wgmma_wait")) return;
+  WgmmaState& st = block()->wgmma[tid()];
+  st.fenced = false;  // the accumulators are the thread's registers again
+  while (static_cast<int>(st.groups.size()) > n) {
+    for (const PendingAcc& p : st.groups.front()) std::memcpy(p.d, p.value.data(), p.value.size() * sizeof(float));
+    st.groups.pop_front();
+  }
+  if (st.groups.empty() && st.open.empty()) st.latest.clear();
+}
+inline void fence_proxy_async() {
+  if (!planted("skip_proxy_fence")) block()->wgmma[tid()].proxy_unfenced = false;
+}
+// Before a wgmma: the checks, and the accumulator it starts from (the newest pending value, else d).
+template <int N>
+inline void wgmma_begin(float (&acc)[N / 8][4], float (&d)[N / 8][4]) {
+  std::memcpy(acc, d, sizeof(acc));
+  if (async_eager()) return;
+  WgmmaState& st = block()->wgmma[tid()];
+  if (!st.fenced) hazard("wgmma.mma_async without a wgmma.fence since the thread's last wgmma.wait_group");
+  if (block()->proxy_hazard) {
+    hazard("wgmma reads shared memory that cp.async (the generic proxy) wrote, with no fence.proxy.async by its "
+           "writer before the barrier");
+  }
+  const auto it = st.latest.find(&d[0][0]);
+  if (it != st.latest.end()) std::memcpy(acc, it->second.data(), sizeof(acc));
+}
+// After it: d holds NaN until the wait that covers this wgmma's group.
+template <int N>
+inline void wgmma_end(float (&d)[N / 8][4], const float (&acc)[N / 8][4]) {
+  if (async_eager()) {
+    std::memcpy(d, acc, sizeof(acc));
+    return;
+  }
+  WgmmaState& st = block()->wgmma[tid()];
+  std::vector<float> value(&acc[0][0], &acc[0][0] + N / 2);
+  st.latest[&d[0][0]] = value;
+  st.open.push_back({&d[0][0], std::move(value)});
+  for (int j = 0; j < N / 8; ++j)
+    for (int e = 0; e < 4; ++e) d[j][e] = NAN;
+}
+
 // D (64 x N, this thread's fragment) += A (64 x 16, K-major smem) B (16 x N, K-major smem).
 template <typename T, int N>
 inline void wgmma_ss(float (&d)[N / 8][4], uint64_t desc_a, uint64_t desc_b) {
+  float acc[N / 8][4];
+  wgmma_begin<N>(acc, d);
   const Desc a = decode(desc_a), b = decode(desc_b);
   const int w = (tid() / 32) % 4, lane = tid() % 32, g = lane / 4, t = lane % 4;
   for (int j = 0; j < N / 8; ++j)
     for (int e = 0; e < 4; ++e) {
       const int row = 16 * w + g + (e >= 2 ? 8 : 0), col = 8 * j + 2 * t + (e & 1);
-      float acc = d[j][e];
-      for (int k = 0; k < 16; ++k) acc += to_f<T>(kmajor(a, row, k)) * to_f<T>(kmajor(b, col, k));
-      d[j][e] = acc;
+      float x = acc[j][e];
+      for (int k = 0; k < 16; ++k) x += to_f<T>(kmajor(a, row, k)) * to_f<T>(kmajor(b, col, k));
+      acc[j][e] = x;
     }
+  wgmma_end<N>(d, acc);
 }
 
 // D += A (this warp's 16 rows from registers, the mma.sync A layout) B (16 x N, MN-major smem).
 template <typename T, int N>
 inline void wgmma_rs(float (&d)[N / 8][4], const uint32_t (&a)[4], uint64_t desc_b) {
+  float start[N / 8][4];
+  wgmma_begin<N>(start, d);
   std::memcpy(my_slot().a, a, sizeof(my_slot().a));
   sync_warp();
   auto& s = warp_slots();
@@ -498,12 +590,12 @@ inline void wgmma_rs(float (&d)[N / 8][4], const uint32_t (&a)[4], uint64_t desc
   for (int j = 0; j < N / 8; ++j)
     for (int e = 0; e < 4; ++e) {
       const int row = g + (e >= 2 ? 8 : 0), col = 8 * j + 2 * t + (e & 1);
-      float acc = d[j][e];
+      float acc = start[j][e];
       for (int k = 0; k < 16; ++k) acc += A(row, k) * to_f<T>(mnmajor(b, k, col));
       out[j][e] = acc;
     }
   sync_warp();
-  std::memcpy(d, out, sizeof(out));
+  wgmma_end<N>(d, out);
 }
 
 }  // namespace emu

@@ -7,9 +7,10 @@ the KV-cache append with and without the rotary embedding (tests/emulation/kvcac
 kvcache_rotary_emulate.cpp) and the rotary kernel.
 
 The emulator's instruments (csrc/emulate.h): cp.async data lands at the matching wait_group (NaN before),
-and the shared-memory wavefronts of ldmatrix and cp.async stores and the global sectors of cp.async reads are
+wgmma accumulators are NaN until their wgmma.wait_group and a missing wgmma.fence or fence.proxy.async stops
+the run, and the shared-memory wavefronts of ldmatrix and cp.async stores and the global sectors of cp.async reads are
 counted per site; the attention tests gate those figures, and tests/emulation/hazard_emulate.cpp plants each
-defect they see (a missing wait, a conflicting layout, an uncoalesced read).
+defect they see (a missing wait, a conflicting layout, an uncoalesced read; the wgmma ones in the forward).
 
 For attention this checks the kernels' index arithmetic, GQA packing, masks, varlen offsets,
 split-K merge, the two-kernel backward, and the wgmma forward's shared-memory layouts against its
@@ -189,6 +190,25 @@ def test_a_missing_wait_in_the_flash_kernels_is_caught(build):
         assert planted["out"][0] > 1.0, planted
         unseen = run(exe, [*case, 11], AIGC_EMU_PLANT="skip_wait", AIGC_EMU_ASYNC="eager")
         assert unseen["out"][0] <= REL["f16"] * max(unseen["out"][1], 1.0) + 1e-3, unseen
+
+
+@pytest.mark.parametrize("plant,caught", [("skip_wgmma_wait", "poisoned"),
+                                          ("skip_wgmma_fence", "without a wgmma.fence"),
+                                          ("skip_proxy_fence", "no fence.proxy.async")])
+def test_wgmma_protocol_defects_are_caught(build, plant, caught):
+    """The sm_90a wgmma forward with a wgmma.wait_group, a wgmma.fence or the fence.proxy.async after its
+    cp.async data removed: the accumulators stay NaN, or the emulator stops naming the hazard; with the detector
+    off the same kernel passes."""
+    exe = build("flash_emulate")
+    args = [*("fwdw", "f16", 64, 1, 2, 2, 37, 45, 0, -1, -1, 0, 1), 11]
+    res = subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "AIGC_EMU_PLANT": plant})
+    if caught == "poisoned":
+        assert res.returncode == 0 and json.loads(res.stdout)["out"][0] > 1.0, res.stdout
+    else:
+        assert res.returncode != 0 and caught in res.stderr, res.stderr
+    unseen = run(exe, args, AIGC_EMU_PLANT=plant, AIGC_EMU_ASYNC="eager")
+    assert unseen["out"][0] <= REL["f16"] * max(unseen["out"][1], 1.0) + 1e-3, unseen
 
 
 @pytest.mark.parametrize("src,dst,conflict,sectors", [(16, 16, 1, 1), (64, 16, 1, 2), (16, 128, 8, 1),

@@ -28,11 +28,12 @@ template <typename T, int N>
 __device__ __forceinline__ void wgmma_rs(float (&d)[N / 8][4], const uint32_t (&a)[4], uint64_t desc_b) {
   ::emu::wgmma_rs<T, N>(d, a, desc_b);
 }
-__device__ __forceinline__ void wgmma_fence() {}
-__device__ __forceinline__ void wgmma_commit() {}
+// (emulate.h models the protocol: pending accumulators, the fences' checks)
+__device__ __forceinline__ void wgmma_fence() { ::emu::wgmma_fence(); }
+__device__ __forceinline__ void wgmma_commit() { ::emu::wgmma_commit(); }
 template <int N>
-__device__ __forceinline__ void wgmma_wait() {}
-__device__ __forceinline__ void fence_proxy_async() {}
+__device__ __forceinline__ void wgmma_wait() { ::emu::wgmma_wait(N); }
+__device__ __forceinline__ void fence_proxy_async() { ::emu::fence_proxy_async(); }
 #elif defined(__CUDA_ARCH_FEAT_SM90_ALL)
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
