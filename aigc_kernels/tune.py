@@ -82,6 +82,16 @@ def _op_cases(op: str, quick: bool, grad: bool) -> list[TuneCase]:
                     lens = torch.full((batch,), cache, dtype=torch.int32, device=dev)
                     return (q, kc, vc, lens), {}
                 cs.append(TuneCase(op, f"batch={batch} cache={cache} GQA 32/8{tag}", make, grad))
+        # paged caches (the "paged" dispatch key): pages of 16 and 64 rows, in table order
+        for batch, cache, page in (((8, 4096, 64),) if quick else ((1, 4096, 16), (8, 4096, 64), (8, 32768, 16))):
+            def make(dev, dt, batch=batch, cache=cache, page=page):
+                q = _randn((batch, 32, 1, 128), dev, dt)
+                pages = batch * cache // page
+                kc, vc = _randn((pages, page, 8, 128), dev, dt), _randn((pages, page, 8, 128), dev, dt)
+                table = torch.arange(pages, dtype=torch.int32, device=dev).view(batch, cache // page)
+                lens = torch.full((batch,), cache, dtype=torch.int32, device=dev)
+                return (q, kc, vc, lens), {"block_table": table}
+            cs.append(TuneCase(op, f"batch={batch} cache={cache} paged (page {page}) GQA 32/8{tag}", make, grad))
     elif op in ("layer_norm", "rms_norm"):
         widths = (768, 4096) if quick else (768, 1024, 2048, 4096, 8192)
         for n in widths:

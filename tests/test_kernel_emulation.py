@@ -170,6 +170,15 @@ def check_memory_figures(mode: str, d: int, figures: dict) -> None:
 FWD = ("fwd", "f16", 64, 1, 2, 2, 37, 45, 0, -1, -1, 0, 1)
 
 
+def test_recorded_emulator_figures_are_current(build):
+    """benchmarks/model/emulator_figures.json and README's table are what the kernels' source gives today."""
+    import sys
+
+    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "emulator_figures.py"), "--check", "--exe",
+                          str(build("flash_emulate"))], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
 def test_cp_async_lands_at_its_wait(build):
     """csrc/emulate.h's cp.async: the data lands at the thread's wait_group, the destination reads NaN until
     then. A planted missing wait is caught; with the detector off (copies complete at once) it is not."""
