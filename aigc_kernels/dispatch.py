@@ -134,10 +134,12 @@ def _varlen_key(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
 
 
 def _kvcache_key(q, k_cache, v_cache, cache_seqlens, k_new=None, v_new=None, causal=True, scale=None,
-                 block_table=None, rotary_cos=None, rotary_sin=None, rotary_interleaved=False):
+                 block_table=None, rotary_cos=None, rotary_sin=None, rotary_interleaved=False, window_size=None):
     feats = [_dt(q)] + (["causal"] if causal else []) + (["append"] if k_new is not None else [])
     if rotary_cos is not None:
         feats.append("rotary")
+    if window_size is not None:
+        feats.append("window")
     hkv = k_cache.shape[1] if block_table is None else k_cache.shape[2]
     if q.shape[1] != hkv:
         feats.append("gqa")
@@ -204,10 +206,11 @@ def _varlen_sig(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
 
 
 def _kvcache_sig(q, k_cache, v_cache, cache_seqlens, k_new=None, v_new=None, causal=True, scale=None,
-                 block_table=None, rotary_cos=None, rotary_sin=None, rotary_interleaved=False):
+                 block_table=None, rotary_cos=None, rotary_sin=None, rotary_interleaved=False, window_size=None):
     return ("attention_with_kvcache", q.dtype, q.shape, k_cache.shape, causal, k_new is None,
             None if block_table is None else block_table.shape,
-            None if rotary_cos is None else (rotary_cos.dtype, rotary_cos.shape, rotary_interleaved))
+            None if rotary_cos is None else (rotary_cos.dtype, rotary_cos.shape, rotary_interleaved),
+            _window(window_size))
 
 
 def _append_sig(k_cache, v_cache, k_new, v_new, cache_seqlens, block_table=None):

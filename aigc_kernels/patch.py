@@ -278,12 +278,7 @@ def hf_attention_forward(module, query, key, value, attention_mask, dropout: flo
             bias = bias[..., :q_len]
         mask = bias if mask is None else (bias.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool
                                           else bias + mask)
-    window = None
-    if sliding_window is not None and attention_mask is None:  # with a mask, the mask carries the window
-        if not isinstance(sliding_window, int) or sliding_window < 1:
-            raise ValueError("aigc_kernels attention: expected sliding_window to be an int >= 1, "
-                             f"got {sliding_window!r}")
-        window = (sliding_window - 1, -1)
+    window = _window_of(sliding_window) if attention_mask is None else None  # (a mask carries the window)
     if want_weights:
         from . import native
 
@@ -305,6 +300,16 @@ def hf_attention_forward(module, query, key, value, attention_mask, dropout: flo
     return out.transpose(1, 2).contiguous(), None
 
 
+def _window_of(sliding_window) -> tuple[int, int] | None:
+    """transformers' sliding_window (a token sees itself and the sliding_window - 1 keys before it) as the
+    library's window_size."""
+    if sliding_window is None:
+        return None
+    if not isinstance(sliding_window, int) or isinstance(sliding_window, bool) or sliding_window < 1:
+        raise ValueError(f"aigc_kernels attention: expected sliding_window to be an int >= 1, got {sliding_window!r}")
+    return (sliding_window - 1, -1)
+
+
 def _hf_packed(module, query, key, value, cu_q, cu_k, max_q, max_k, scaling, softcap, sinks, sliding_window,
                want_weights, backend, is_causal):
     """Packed sequences in one row (batch 1, cu_seq_lens): flash-attention's semantics, through attention_varlen."""
@@ -312,7 +317,7 @@ def _hf_packed(module, query, key, value, cu_q, cu_k, max_q, max_k, scaling, sof
         raise TypeError("aigc_kernels attention: packed sequences (cu_seq_lens_q) are supported for batch 1 without "
                         "softcap, sinks or output_attentions")
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
-    window = (sliding_window - 1, -1) if sliding_window is not None else None
+    window = _window_of(sliding_window)
     q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # (L, H, D)
     out = ops.attention_varlen(q, k, v, cu_q.to(torch.int32), cu_k.to(torch.int32), int(max_q), int(max_k),
                                causal=bool(causal), scale=scaling, window_size=window, backend=backend)
@@ -330,9 +335,10 @@ def _hf_paged_decode(module, query, key, value, block_table, k_cache, v_cache, c
     if missing:
         raise TypeError(f"aigc_kernels attention ({type(module).__name__}): a paged KV cache needs block_table, "
                         f"k_cache, v_cache and cu_seq_lens_k together; missing {missing}")
-    if want_weights or softcap is not None or sinks is not None or sliding_window is not None:
+    if want_weights or softcap is not None or sinks is not None:
         raise TypeError(f"aigc_kernels attention ({type(module).__name__}): a paged KV cache is supported without "
-                        "softcap, sinks, sliding_window or output_attentions")
+                        "softcap, sinks or output_attentions")
+    window = _window_of(sliding_window)
     if query.shape[0] != 1 or block_table.dim() != 2:
         raise ValueError(f"aigc_kernels attention: expected packed decode tokens (1, H, N, D) and a block table "
                          f"(N, max_pages), got q {tuple(query.shape)} and block_table {tuple(block_table.shape)}")
@@ -349,7 +355,7 @@ def _hf_paged_decode(module, query, key, value, block_table, k_cache, v_cache, c
         v_new = value[0, :, live].transpose(0, 1).unsqueeze(2)
         res = ops.attention_with_kvcache(q, k_cache, v_cache, lens[live] - 1, k_new=k_new, v_new=v_new,
                                          causal=True, scale=scaling, block_table=block_table[live].to(torch.int32),
-                                         backend=backend)
+                                         window_size=window, backend=backend)
         out[live] = res[:, :, 0].to(out.dtype)
     return out.unsqueeze(0), None
 

@@ -565,11 +565,12 @@ def _lengths_fit(cache_seqlens: torch.Tensor, lnew: int, lmax: int) -> bool:
 
 
 def kvcache_call(q, k_cache, v_cache, cache_seqlens, k_new=None, v_new=None, causal=True, scale=None,
-                 block_table=None, rotary_cos=None, rotary_sin=None, rotary_interleaved=False) -> KVCacheCall:
+                 block_table=None, rotary_cos=None, rotary_sin=None, rotary_interleaved=False,
+                 window_size=None) -> KVCacheCall:
     # the fast path covers a decoding step's call, the append included (~150 such calls per token); every
     # tensor attribute costs ~0.06-0.12 us, so each is read once (the full check below says what is wrong)
     rotary = rotary_cos is not None or rotary_sin is not None or rotary_interleaved is not False
-    if block_table is not None or rotary:
+    if block_table is not None or rotary or window_size is not None:
         op = "ak.attention_with_kvcache"
         if block_table is not None:
             _paged_kvcache_args_full(op, q, k_cache, v_cache, cache_seqlens, k_new, v_new, block_table, scale)
@@ -578,8 +579,9 @@ def kvcache_call(q, k_cache, v_cache, cache_seqlens, k_new=None, v_new=None, cau
         _flag(op, "causal", causal)
         if rotary:
             rotary_for_append(op, q, k_new, cache_seqlens, rotary_cos, rotary_sin, rotary_interleaved)
+        window_size = window(op, window_size)
         return _new(KVCacheCall, (q, k_cache, v_cache, cache_seqlens, k_new, v_new, causal, _scale(scale),
-                                  block_table, rotary_cos, rotary_sin, rotary_interleaved))
+                                  block_table, rotary_cos, rotary_sin, rotary_interleaved, window_size))
     if ((scale is None or (type(scale) is float and scale == scale)) and type(causal) is bool and isinstance(q, _T)
             and isinstance(k_cache, _T) and isinstance(v_cache, _T) and isinstance(cache_seqlens, _T)):
         qs, ks, dt, cpu = q.shape, k_cache.shape, q.dtype, q.is_cpu
@@ -603,11 +605,11 @@ def kvcache_call(q, k_cache, v_cache, cache_seqlens, k_new=None, v_new=None, cau
             # (on a GPU the kernels assert on the device: reading the lengths would synchronize)
             if not cpu or torch.compiler.is_compiling() or _lengths_fit(cache_seqlens, lnew, ks[2]):
                 return _new(KVCacheCall, (q, k_cache, v_cache, cache_seqlens, k_new, v_new, causal, scale, None,
-                                          None, None, False))
+                                          None, None, False, None))
     _kvcache_args_full(q, k_cache, v_cache, cache_seqlens, k_new, v_new, scale)
     _flag("ak.attention_with_kvcache", "causal", causal)
     return _new(KVCacheCall, (q, k_cache, v_cache, cache_seqlens, k_new, v_new, causal, _scale(scale), None, None,
-                              None, False))
+                              None, False, None))
 
 
 def kvcache_host_start(q, k_cache, v_cache, cache_seqlens, k_new=None, v_new=None, causal=True, scale=None):
@@ -814,10 +816,11 @@ def rotary_call(x, cos, sin, position_ids=None, interleaved=False, inplace=False
 
 
 def _kvcache_public_call(q, k_cache, v_cache, cache_seqlens, k_new=None, v_new=None, causal=True, scale=None,
-                        rotary_cos=None, rotary_sin=None, rotary_interleaved=False, block_table=None) -> KVCacheCall:
+                        rotary_cos=None, rotary_sin=None, rotary_interleaved=False, block_table=None,
+                        window_size=None) -> KVCacheCall:
     """make_call's attention_with_kvcache: the public arguments (in the public order)."""
     return kvcache_call(q, k_cache, v_cache, cache_seqlens, k_new, v_new, causal, scale, block_table, rotary_cos,
-                        rotary_sin, rotary_interleaved)
+                        rotary_sin, rotary_interleaved, window_size)
 
 
 _BUILDERS = {"attention": attention_call, "attention_varlen": attention_varlen_call,

@@ -71,10 +71,11 @@ TORCH_LIBRARY(aigc_kernels, m) {
       "int window_right) -> (Tensor, Tensor, Tensor)");
   // Decoding: q (B, Hq, Lq, D) against the first cache_seqlens[b] + lnew rows of the caches
   // (B, Hkv, Lmax, D), or of paged caches (num_pages, page_size, Hkv, D) through block_table (B, max_pages);
-  // split-K over the cache (num_splits = 0: chosen from the shapes) + combine.
+  // split-K over the cache (num_splits = 0: chosen from the shapes) + combine; window_left/right (-1 =
+  // unbounded) around each query's bottom-right diagonal (causal caps the right at 0).
   m.def(
       "flash_decode(Tensor q, Tensor k_cache, Tensor v_cache, Tensor cache_seqlens, int lnew, bool causal, "
-      "float scale, int num_splits, Tensor? block_table=None) -> Tensor");
+      "float scale, int num_splits, Tensor? block_table=None, int window_left=-1, int window_right=-1) -> Tensor");
 }
 
 // The module only has to exist for `import aigc_kernels._C` to load the shared library (and so

@@ -51,6 +51,8 @@ def main() -> int:
         "kvcache_append": (ops.kvcache_append.default, (kc, vc, t(2, 2, 1, 64), t(2, 2, 1, 64), lens)),
         # paged caches (num_pages, page_size, Hkv, D) through a block table
         "flash_decode (paged)": (ops.flash_decode.default, (t(2, 4, 1, 64), kp, vp, lens, 1, True, 0.125, 0, table)),
+        "flash_decode (window)": (ops.flash_decode.default, (t(2, 4, 1, 64), kc, vc, lens, 1, True, 0.125, 0, None,
+                                                             7, -1)),
         "kvcache_append (paged)": (ops.kvcache_append.default, (kp, vp, t(2, 2, 1, 64), t(2, 2, 1, 64), lens,
                                                                table)),
         # the append with the rotary embedding inside (returns q rotated)

@@ -28,18 +28,18 @@ END = "<!-- emulator-figures:end -->"
 
 # (label, flash_emulate arguments: MODE DTYPE D B HQ HKV LQ LK CAUSAL WL WR PACKED SPLITS SEED [PAGE])
 CASES = [
-    ("forward mma.sync fp16 d=32", ("fwd", "f16", 32, 1, 2, 2, 128, 128, 0, -1, -1, 0, 1, 5)),
-    ("forward mma.sync fp16 d=64", ("fwd", "f16", 64, 1, 2, 2, 128, 128, 0, -1, -1, 0, 1, 5)),
-    ("forward mma.sync fp16 d=96", ("fwd", "f16", 96, 1, 2, 2, 128, 128, 0, -1, -1, 0, 1, 5)),
-    ("forward mma.sync bf16 d=128 causal GQA", ("fwd", "bf16", 128, 1, 4, 2, 128, 128, 1, -1, -1, 0, 1, 5)),
-    ("forward mma.sync fp16 d=256", ("fwd", "f16", 256, 1, 2, 1, 64, 128, 0, -1, -1, 0, 1, 5)),
-    ("forward + backward mma.sync fp16 d=64", ("bwd", "f16", 64, 1, 2, 2, 128, 128, 1, -1, -1, 0, 1, 5)),
-    ("forward + backward mma.sync bf16 d=128", ("bwd", "bf16", 128, 1, 2, 2, 128, 128, 0, -1, -1, 0, 1, 5)),
-    ("decode split-K bf16 d=128 GQA 32/8, pages of 16", ("decode", "bf16", 128, 2, 32, 8, 1, 300, 1, -1, -1, 0, 3,
+    ("forward mma.sync fp16 d=32", ("fwd", "f16", 32, 1, 2, 2, 64, 64, 0, -1, -1, 0, 1, 5)),
+    ("forward mma.sync fp16 d=64", ("fwd", "f16", 64, 1, 2, 2, 64, 64, 0, -1, -1, 0, 1, 5)),
+    ("forward mma.sync fp16 d=96", ("fwd", "f16", 96, 1, 2, 2, 64, 64, 0, -1, -1, 0, 1, 5)),
+    ("forward mma.sync bf16 d=128 causal GQA", ("fwd", "bf16", 128, 1, 4, 2, 64, 64, 1, -1, -1, 0, 1, 5)),
+    ("forward mma.sync fp16 d=256", ("fwd", "f16", 256, 1, 2, 1, 64, 64, 0, -1, -1, 0, 1, 5)),
+    ("forward + backward mma.sync fp16 d=64", ("bwd", "f16", 64, 1, 2, 2, 64, 64, 1, -1, -1, 0, 1, 5)),
+    ("forward + backward mma.sync bf16 d=128", ("bwd", "bf16", 128, 1, 2, 2, 64, 64, 0, -1, -1, 0, 1, 5)),
+    ("decode split-K bf16 d=128 GQA 32/8, pages of 16", ("decode", "bf16", 128, 2, 32, 8, 1, 200, 1, -1, -1, 0, 3,
                                                          5, 16)),
-    ("varlen over pages of 32 bf16 d=128", ("fwd", "bf16", 128, 3, 8, 2, 40, 200, 1, -1, -1, 1, 1, 5, 32)),
-    ("forward wgmma (sm_90a) fp16 d=64", ("fwdw", "f16", 64, 1, 2, 2, 128, 128, 0, -1, -1, 0, 1, 5)),
-    ("forward wgmma (sm_90a) bf16 d=128 causal", ("fwdw", "bf16", 128, 1, 2, 2, 128, 128, 1, -1, -1, 0, 1, 5)),
+    ("varlen over pages of 32 bf16 d=128", ("fwd", "bf16", 128, 3, 8, 2, 24, 120, 1, -1, -1, 1, 1, 5, 32)),
+    ("forward wgmma (sm_90a) fp16 d=64", ("fwdw", "f16", 64, 1, 2, 2, 64, 64, 0, -1, -1, 0, 1, 5)),
+    ("forward wgmma (sm_90a) bf16 d=128 causal", ("fwdw", "bf16", 128, 1, 2, 2, 64, 64, 1, -1, -1, 0, 1, 5)),
 ]
 NOTE = ("Counts from csrc/emulate.h on the emulated device (per warp-wide request: shared-memory wavefronts, "
         "global 32-byte sectors) beside the ideal; not times, and not a performance model.")

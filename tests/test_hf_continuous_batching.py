@@ -10,9 +10,9 @@ containing "flash"). transformers then calls it as a flash implementation:
   (block_table=...), the new keys written into the pages by the library's append.
 
 Greedy tokens must equal transformers' own "sdpa" continuous batching and plain ``generate()``, for a
-GPT-2-style and a Llama-style (GQA) tiny model, with pages of 16 tokens, prompts crossing page boundaries,
-a prompt of one token and two prompts sharing a page (transformers' prefix sharing), on the torch backend and
-the Triton backend (the interpreter on CPU).
+GPT-2-style, a Llama-style (GQA) and a Mistral-style (a sliding window of 7 keys) tiny model, with pages of 16
+tokens, prompts crossing page boundaries, a prompt of one token and two prompts sharing a page (transformers'
+prefix sharing), on the torch backend and the Triton backend (the interpreter on CPU).
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ PAGE = 16
 SHARED = list(range(3, 3 + PAGE))  # one full page two prompts begin with
 PROMPTS = [SHARED + [40, 41, 42, 43], SHARED + [50, 51], [7], [60 + i for i in range(PAGE - 2)]]
 NEW = 6
+SLIDING = 7
 
 
 def tiny(name: str):
@@ -46,6 +47,11 @@ def tiny(name: str):
         cfg = transformers.GPT2Config(vocab_size=V, n_embd=64, n_layer=2, n_head=4, n_positions=64,
                                       initializer_range=0.2, attn_implementation="sdpa")
         return transformers.GPT2LMHeadModel(cfg).eval()
+    if name == "mistral":  # a sliding window shorter than the prompts
+        cfg = transformers.MistralConfig(vocab_size=V, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                         sliding_window=SLIDING, initializer_range=0.2, attn_implementation="sdpa")
+        return transformers.MistralForCausalLM(cfg).eval()
     cfg = transformers.LlamaConfig(vocab_size=V, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
                                    initializer_range=0.2, attn_implementation="sdpa")
@@ -118,8 +124,11 @@ def reference(name: str):
 
 @pytest.mark.interpreter
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("name", ["gpt2", "llama"])
-@pytest.mark.parametrize("fast_path", [False, True], ids=["varlen", "paged-decode"])
+@pytest.mark.parametrize("name,fast_path", [(n, f) for n in ("gpt2", "llama") for f in (False, True)]
+                         # transformers 5.25 keeps sliding-window models off its decode fast path ("TODO" in
+                         # continuous_api.py): the window reaches the library on the varlen path only
+                         + [("mistral", False)],
+                         ids=lambda v: {False: "varlen", True: "paged-decode"}.get(v, v) if isinstance(v, bool) else v)
 def test_generate_batch_gives_sdpa_tokens_on_the_library(name, backend, fast_path, counted, monkeypatch):
     cb_ref, plain = reference(name)
     assert cb_ref == plain  # transformers' two paths agree: the reference is sound
@@ -204,10 +213,13 @@ def _paged_call(lens, page, hkv=2, hq=4, d=16, pages=24, seed=0):
     return q, k, v, k_cache, v_cache, table, cu_k
 
 
+@pytest.mark.parametrize("sliding_window", [None, 6])
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_paged_decode_call_against_float64(backend):
+def test_paged_decode_call_against_float64(backend, sliding_window):
     """The decode-fast-path call as transformers makes it, checked against float64 over the gathered pages; a
-    padding request (length 0, a table row of -1) is skipped and its row is zero; the new token lands in its page."""
+    padding request (length 0, a table row of -1) is skipped and its row is zero; the new token lands in its page.
+    With a sliding window (what a sliding-window layer passes; transformers 5.25 does not yet run such models on
+    this path) the new token sees itself and the sliding_window - 1 keys before it."""
     lens = [5, 16, 17, 1, 0]
     page = 8
     q, k, v, k_cache, v_cache, table, cu_k = _paged_call(lens, page)
@@ -218,7 +230,7 @@ def test_paged_decode_call_against_float64(backend):
     out, weights = patch_mod.hf_attention_forward(module, q, k, v, None, scaling=0.25, block_table=table,
                                                   k_cache=k_cache, v_cache=v_cache, cu_seq_lens_k=cu_k,
                                                   cu_seq_lens_q=torch.arange(len(lens) + 1, dtype=torch.int32),
-                                                  max_length_q=1, max_length_k=1)
+                                                  max_length_q=1, max_length_k=1, sliding_window=sliding_window)
     assert weights is None and out.shape == (1, len(lens), 4, 16)
     for b, length in enumerate(lens):
         if length == 0:
@@ -228,7 +240,8 @@ def test_paged_decode_call_against_float64(backend):
         pg, slot = int(table[b, pos // page]), pos % page
         torch.testing.assert_close(k_cache[pg, slot], k[0, :, b])
         torch.testing.assert_close(v_cache[pg, slot], v[0, :, b])
-        rows = [(int(table[b, t // page]), t % page) for t in range(length)]
+        first = 0 if sliding_window is None else max(0, length - sliding_window)
+        rows = [(int(table[b, t // page]), t % page) for t in range(first, length)]
         keys = torch.stack([k_cache[p, s] for p, s in rows]).double()  # (L, Hkv, D)
         vals = torch.stack([v_cache[p, s] for p, s in rows]).double()
         keys, vals = keys.repeat_interleave(2, dim=1), vals.repeat_interleave(2, dim=1)

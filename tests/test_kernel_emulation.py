@@ -101,6 +101,8 @@ CASES = [
     ("decode", "bf16", 64, 2, 4, 4, 3, 500, 1, -1, -1, 0, 7),
     ("decode", "f16", 256, 2, 4, 1, 1, 200, 0, -1, -1, 0, 2),
     ("decode", "bf16", 128, 2, 32, 8, 1, 257, 1, -1, -1, 0, 1),
+    ("decode", "f16", 128, 2, 8, 2, 3, 300, 1, 40, -1, 0, 3),  # sliding window (split-K from its first key)
+    ("decode", "bf16", 64, 2, 4, 4, 2, 200, 0, 17, 5, 0, 2),  # window both sides, not causal
     # the sm_90a wgmma forward (descriptors over the no-swizzle core-matrix layouts)
     ("fwdw", "f16", 64, 1, 2, 2, 37, 45, 0, -1, -1, 0, 1),
     ("fwdw", "bf16", 128, 2, 8, 2, 150, 130, 1, -1, -1, 0, 1),
@@ -118,6 +120,7 @@ PAGED_CASES = [
     ("decode", "f16", 128, 2, 32, 8, 1, 257, 1, -1, -1, 0, 1, 64),
     ("decode", "bf16", 64, 2, 4, 4, 3, 500, 0, -1, -1, 0, 7, 48),
     ("decodew", "f16", 128, 3, 8, 2, 1, 300, 1, -1, -1, 0, 3, 32),
+    ("decode", "f16", 128, 2, 8, 2, 1, 300, 1, 63, -1, 0, 4, 16),  # a sliding window over pages
     ("fwd", "bf16", 128, 3, 8, 2, 40, 300, 1, -1, -1, 1, 1, 16),  # GQA, causal bottom-right per sequence
     ("fwd", "f16", 64, 4, 4, 1, 17, 200, 0, -1, -1, 1, 1, 64),  # MQA
     ("fwd", "f16", 32, 3, 4, 4, 33, 150, 1, 20, -1, 1, 1, 1),  # sliding window, page size 1

@@ -4,8 +4,9 @@ sequence b in page block_table[b, t // page_size] at slot t % page_size.
 
 Each case is compared with the same cache laid out contiguously (B, Hkv, Lmax, D) on the same backend, and
 with the float64 reference. The "torch" backend (pages gathered) and the Triton kernels (the split-K decode and
-the append read/write the pages in place; under the interpreter on CPU) run paged caches; the CUDA kernels
-refuse them by name (auto routes the call elsewhere).
+the append read/write the pages in place; under the interpreter on CPU) run here; the CUDA kernels read and write
+the pages in place too (their source runs under emulation in tests/test_kernel_emulation.py, their C++ CPU
+implementations and fake impls here, on a GPU the gpu-marked tests).
 """
 
 from __future__ import annotations
@@ -52,6 +53,32 @@ def paged_setup(page: int, lens: list[int], lnew: int, *, b_heads=(4, 2), d=16, 
     vn = torch.randn(b, hkv, lnew, d, generator=g).to(dtype) if lnew else None
     return dict(q=q, kc=kc, vc=vc, table=table, lens=torch.tensor(lens, dtype=I32), kn=kn, vn=vn, dk=dense_k,
                 dv=dense_v)
+
+
+@pytest.mark.parametrize("window,causal", [((5, -1), True), ((6, 2), False), ((0, 0), False), ((9, 4), True)])
+@pytest.mark.parametrize("paged", [False, True], ids=["contiguous", "paged"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_kvcache_window_equals_the_reference(backend, paged, window, causal):
+    """window_size on attention_with_kvcache (FA2's flash_attn_with_kvcache window): each new query sees the keys
+    within (left, right) of its bottom-right diagonal (causal caps right at 0); lengths 0 and across pages."""
+    s = paged_setup(16, [3, 40, 0, 17], lnew=3)
+    kc, vc = (s["kc"].clone(), s["vc"].clone()) if paged else (s["dk"].clone(), s["dv"].clone())
+    out = ak.attention_with_kvcache(s["q"], kc, vc, s["lens"], k_new=s["kn"], v_new=s["vn"], causal=causal,
+                                    window_size=window, block_table=s["table"] if paged else None, backend=backend)
+    ref_args = (s["q"].double(), s["dk"].double(), s["dv"].double(), s["lens"])
+    new = dict(k_new=s["kn"].double(), v_new=s["vn"].double(), causal=causal)
+    ref = R.attention_with_kvcache(*ref_args, **new, window_size=window)
+    torch.testing.assert_close(out.double(), ref, atol=2e-5, rtol=2e-5)
+    full = R.attention_with_kvcache(s["q"].double(), s["dk"].double(), s["dv"].double(), s["lens"], **new)
+    assert not torch.allclose(ref, full)  # the window changes the answer
+
+
+def test_kvcache_window_bad_input_is_named():
+    s = paged_setup(16, [3, 4], lnew=1)
+    for bad, err in (((5,), TypeError), ((-2, 0), ValueError), ("5", TypeError)):
+        with pytest.raises(err, match="window_size"):
+            ak.attention_with_kvcache(s["q"], s["dk"].clone(), s["dv"].clone(), s["lens"], k_new=s["kn"],
+                                      v_new=s["vn"], window_size=bad)
 
 
 def dense_rows(kc, table, lens, lnew, page):

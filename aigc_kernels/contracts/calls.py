@@ -73,6 +73,7 @@ class KVCacheCall(NamedTuple):
     rotary_cos: Tensor | None
     rotary_sin: Tensor | None
     rotary_interleaved: bool
+    window_size: tuple[int, int] | None  # (left, right) around the bottom-right diagonal; causal caps right at 0
 
     op = "attention_with_kvcache"
     softmax_scale = property(_softmax_scale)

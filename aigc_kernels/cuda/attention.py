@@ -36,7 +36,8 @@ def _flash_bwd_fake(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seq
 
 
 @torch.library.register_fake("aigc_kernels::flash_decode")
-def _flash_decode_fake(q, k_cache, v_cache, cache_seqlens, lnew, causal, scale, num_splits, block_table=None):
+def _flash_decode_fake(q, k_cache, v_cache, cache_seqlens, lnew, causal, scale, num_splits, block_table=None,
+                       window_left=-1, window_right=-1):
     return _contiguous_like(q)
 
 
@@ -88,7 +89,8 @@ def attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seql
 
 
 def attention_with_kvcache(q, k_cache, v_cache, cache_seqlens, k_new=None, v_new=None, causal=True, scale=None,
-                           block_table=None, rotary_cos=None, rotary_sin=None, rotary_interleaved=False):
+                           block_table=None, rotary_cos=None, rotary_sin=None, rotary_interleaved=False,
+                           window_size=None):
     lnew, block_table = 0, index_operand(block_table)
     if rotary_cos is not None:  # one launch: q rotated, k_new rotated into the cache, v_new copied
         q = kvcache_append_rotary(k_cache, v_cache, k_new, v_new, cache_seqlens, block_table, q, rotary_cos,
@@ -97,5 +99,6 @@ def attention_with_kvcache(q, k_cache, v_cache, cache_seqlens, k_new=None, v_new
     elif k_new is not None:  # in place, into the pages when paged
         torch.ops.aigc_kernels.kvcache_append(k_cache, v_cache, k_new, v_new, cache_seqlens, block_table)
         lnew = k_new.shape[2]
+    window = () if window_size is None else window_pair(window_size)
     return torch.ops.aigc_kernels.flash_decode(_flash_operand(q), k_cache, v_cache, cache_seqlens, lnew, causal,
-                                               softmax_scale(q, scale), 0, block_table)
+                                               softmax_scale(q, scale), 0, block_table, *window)

@@ -368,8 +368,8 @@ def kvcache_append(k_cache, v_cache, k_new, v_new, cache_seqlens, block_table=No
 
 
 def attention_with_kvcache(q, k_cache, v_cache, cache_seqlens, k_new=None, v_new=None, causal=True, scale=None,
-                           block_table=None, rotary_cos=None, rotary_sin=None, rotary_interleaved=False, *,
-                           _start=-1):
+                           block_table=None, rotary_cos=None, rotary_sin=None, rotary_interleaved=False,
+                           window_size=None, *, _start=-1):
     if rotary_cos is not None:  # q and k_new rotated at their cache positions (ak.rotary's arithmetic), then as usual
         start = cache_seqlens.to(torch.long).unsqueeze(1)  # (B, 1)
         pos_k = start + torch.arange(k_new.shape[2], device=start.device)
@@ -392,13 +392,13 @@ def attention_with_kvcache(q, k_cache, v_cache, cache_seqlens, k_new=None, v_new
                 start = values[0]
         return attention_with_kvcache(q, _paged_gather(k_cache, block_table, pages),
                                       _paged_gather(v_cache, block_table, pages), lens, None, None, causal, scale,
-                                      _start=start)
+                                      window_size=window_size, _start=start)
     # one read of the lengths for the append and the attention; _start >= 0: the one host length, read
     # and checked by the caller (ops.attention_with_kvcache's one-frame CPU path)
     start = _host_length(cache_seqlens) if _start < 0 else _start
     lnew = 0 if k_new is None else _append(k_cache, v_cache, k_new, v_new, cache_seqlens, start)
     qs = q.shape
-    if start is not None and (n := start + lnew) > 0 and qs[0] and qs[1] and qs[2] and qs[3]:
+    if window_size is None and start is not None and (n := start + lnew) > 0 and qs[0] and qs[1] and qs[2] and qs[3]:
         # one length for the whole batch (and host lengths, so host tensors): SDPA over that prefix of the
         # caches, with no mask to build
         ks = k_cache.shape
@@ -426,7 +426,13 @@ def attention_with_kvcache(q, k_cache, v_cache, cache_seqlens, k_new=None, v_new
     lengths = (cache_seqlens.to(torch.long) + lnew).view(-1, 1, 1)  # (B, 1, 1) valid keys per batch
     j = torch.arange(lmax, device=q.device).view(1, 1, lmax)
     keep = j < lengths
-    if causal and lq > 1:
-        i = torch.arange(lq, device=q.device).view(1, lq, 1)
-        keep = keep & (j <= i + (lengths - lq))
+    i = torch.arange(lq, device=q.device).view(1, lq, 1)
+    diag = i + (lengths - lq)  # the key aligned with query i (bottom-right)
+    left, right = window_size if window_size is not None else (-1, -1)
+    if causal:
+        right = 0 if right < 0 else min(right, 0)
+    if right >= 0 and lq > 1:  # (one query row's diagonal is the last valid key: nothing past it)
+        keep = keep & (j <= diag + right)
+    if left >= 0:
+        keep = keep & (j >= diag - left)
     return _masked_sdpa(q, k_cache, v_cache, keep.unsqueeze(1), None, 0.0, scale)

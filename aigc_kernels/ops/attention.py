@@ -103,6 +103,7 @@ def attention_with_kvcache(
     rotary_sin: torch.Tensor | None = None,
     rotary_interleaved: bool = False,
     block_table: torch.Tensor | None = None,
+    window_size: tuple[int, int] | None = None,
     backend: str | None = None,
 ) -> torch.Tensor:
     """Decoding attention over a KV cache, appending the new keys/values first.
@@ -124,6 +125,9 @@ def attention_with_kvcache(
             t % page_size; pages in any order, shared between sequences or not; entries past a sequence's pages
             are not read. Every backend runs paged caches: "torch" gathers the pages, the Triton and CUDA
             kernels read (and the appends write) each row through the table in place.
+        window_size: (left, right), -1 = unbounded: query i of batch b (at cache position cache_seqlens[b] + i
+            with the new keys) sees keys j with i + off - left <= j <= i + off + right, off = its valid keys - Lq
+            (FA2's flash_attn_with_kvcache window; causal caps right at 0). A sliding-window model's decode.
 
     Returns:
         (B, Hq, Lq, D).
@@ -136,12 +140,13 @@ def attention_with_kvcache(
     # Anything else takes the general path below, whose checks and errors are the contract.
     if ((backend == "auto" or (backend is None and not _scoped_backends and _backend._global_backend is None
                                and _ENV_DATA is not None and _ENV_KEY not in _ENV_DATA)) and not _explaining
-            and block_table is None and not rotary and _backend._CPU_AUTO.get("attention_with_kvcache") is _native_kv
+            and block_table is None and not rotary and window_size is None
+            and _backend._CPU_AUTO.get("attention_with_kvcache") is _native_kv
             and (start := validation.kvcache_host_start(q, k_cache, v_cache, cache_seqlens, k_new, v_new, causal,
                                                         scale)) is not None):
         return _native_kv(q, k_cache, v_cache, cache_seqlens, k_new, v_new, causal, scale, _start=start)
     call = validation.kvcache_call(q, k_cache, v_cache, cache_seqlens, k_new, v_new, causal, scale, block_table,
-                                   rotary_cos, rotary_sin, rotary_interleaved)
+                                   rotary_cos, rotary_sin, rotary_interleaved, window_size)
     return (fast("attention_with_kvcache", q, backend) or select(call, backend))(*call)
 
 

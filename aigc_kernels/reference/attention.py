@@ -230,9 +230,13 @@ def attention_with_kvcache(
     rotary_cos: torch.Tensor | None = None,
     rotary_sin: torch.Tensor | None = None,
     rotary_interleaved: bool = False,
+    window_size: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """Decoding attention over a KV cache: q (B, Hq, Lq, D), caches (B, Hkv, Lmax, D) -- or, with a block table
     (B, max_pages), paged caches (num_pages, page_size, Hkv, D) (see kvcache_append).
+
+    window_size=(left, right) keeps keys i + off - left <= j <= i + off + right of query i (off = valid keys - Lq;
+    causal caps right at 0), as FA2's flash_attn_with_kvcache.
 
     With rotary_cos/rotary_sin (Lro, R/2), k_new is rotated at positions cache_seqlens[b] + i before it is
     written, and q at cache_seqlens[b] + i (causal) or cache_seqlens[b] (not causal), as FA2 does.
@@ -265,7 +269,8 @@ def attention_with_kvcache(
     lengths = (cache_seqlens.to(torch.long) + (k_new.shape[2] if k_new is not None else 0)).view(-1, 1, 1)
     j = torch.arange(lmax, device=q.device).view(1, 1, lmax)
     keep = j < lengths  # (B, 1, Lmax): valid cache rows
-    if causal:
-        i = torch.arange(lq, device=q.device).view(1, lq, 1)
-        keep = keep & band_mask(i, j, lengths - lq, causal=True)  # (B, Lq, Lmax)
+    i = torch.arange(lq, device=q.device).view(1, lq, 1)
+    band = band_mask(i, j, lengths - lq, causal=causal, window_size=window_size)  # (B, Lq, Lmax) or None
+    if band is not None:
+        keep = keep & band
     return attention(q, k_cache, v_cache, attn_mask=keep.unsqueeze(1), scale=scale)

@@ -701,7 +701,7 @@ def _decode_split_kernel(
     stride_btb, PAGE, NUM_PAGES,  # PAGED: kb/vb stride the pages, kn/vn the slots of a page of PAGE rows
     stride_pb, stride_ph, stride_pm, stride_ps,  # PART_O (B, Hq, Lq, S, D) float32 strides (d contiguous)
     stride_lb, stride_lh, stride_lm,  # PART_LSE (B, Hq, Lq, S) (split contiguous)
-    HKV, GROUPS, LQ, LQ_TOTAL, Q_OFFSET, LNEW, HEAD_DIM, sm_scale, chunk,
+    HKV, GROUPS, LQ, LQ_TOTAL, Q_OFFSET, LNEW, HEAD_DIM, sm_scale, chunk, WL, WR,
     IS_CAUSAL: tl.constexpr, IEEE: tl.constexpr, PAGED: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
@@ -711,7 +711,8 @@ def _decode_split_kernel(
     PAGED: key row n of batch b is slot n % PAGE of page BT[b, n // PAGE] (one table read per row, so
     pages of any size; rows past the valid keys read no page). A page id outside [0, NUM_PAGES) -- a bad
     table on the device, where validation cannot read it -- is never dereferenced: its rows count as
-    keys the query does not see."""
+    keys the query does not see. WL / WR (-1 = unbounded): the window around each query's bottom-right
+    diagonal; the split's first key block starts at the first key any of its rows sees."""
     pid_bh = tl.program_id(0)
     split = tl.program_id(1)
     b = pid_bh // HKV
@@ -732,6 +733,7 @@ def _decode_split_kernel(
     acc = tl.zeros([BLOCK_R, BLOCK_D], dtype=tl.float32)
     lo = split * chunk
     hi = tl.minimum(lo + chunk, lk)
+    lo = tl.maximum(lo, tl.where(WL >= 0, tl.maximum(Q_OFFSET + lk - LQ_TOTAL - WL, 0), 0))
     if PAGED:
         k_base = K + hk * stride_kh
         v_base = V + hk * stride_vh
@@ -748,8 +750,10 @@ def _decode_split_kernel(
         else:
             s = tl.dot(q, k) * qk_scale
         keep = n_ok[None, :] & r_ok[:, None]
+        diag = (Q_OFFSET + i + (lk - LQ_TOTAL))[:, None]  # the key aligned with each query row
         if IS_CAUSAL:
-            keep &= offs_n[None, :] <= (Q_OFFSET + i + (lk - LQ_TOTAL))[:, None]
+            keep &= offs_n[None, :] <= diag
+        keep &= ((WR < 0) | (offs_n[None, :] <= diag + WR)) & ((WL < 0) | (offs_n[None, :] >= diag - WL))
         s = tl.where(keep, s, float("-inf"))
         p, alpha, m_new, l_i = _softmax_step(s, m_i, l_i)
         v = tl.load(v_base + v_rows[:, None] + offs_d[None, :], mask=n_ok[:, None] & d_ok[None, :], other=0.0)
@@ -1101,7 +1105,7 @@ def _append_rotary(k_cache, v_cache, k_new, v_new, cache_seqlens, block_table, q
     return q_out
 
 
-def _decode(q, k_cache, v_cache, cache_seqlens, lnew, causal, scale, block_table=None):
+def _decode(q, k_cache, v_cache, cache_seqlens, lnew, causal, scale, block_table=None, wl=-1, wr=-1):
     b, hq, lq, d = q.shape
     lmax, ks, page, s_bt, pages = _cache_layout(k_cache, block_table)
     vs = _cache_layout(v_cache, block_table)[1]
@@ -1134,7 +1138,7 @@ def _decode(q, k_cache, v_cache, cache_seqlens, lnew, causal, scale, block_table
             qc.stride(0), qc.stride(1), qc.stride(2), ks[0], ks[1], ks[2], vs[0], vs[1], vs[2], s_bt, page, pages,
             part_o.stride(0), part_o.stride(1), part_o.stride(2), part_o.stride(3),
             part_lse.stride(0), part_lse.stride(1), part_lse.stride(2),
-            hkv, groups, n, lq, r0, lnew, d, scale, chunk,
+            hkv, groups, n, lq, r0, lnew, d, scale, chunk, wl, wr,
             IS_CAUSAL=causal, IEEE=q.dtype == torch.float32, PAGED=block_table is not None,
             BLOCK_R=max(16, triton.next_power_of_2(groups * n)),
             BLOCK_N=block_n, BLOCK_D=block_d, num_warps=1 if INTERPRET else 4,
@@ -1238,14 +1242,15 @@ def _(k_cache, v_cache, k_new, v_new, cache_seqlens, block_table, q, cos, sin, i
 
 @torch.library.custom_op("aigc_kernels::attention_decode_triton", mutates_args=())
 def attention_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cache_seqlens: torch.Tensor,
-                     lnew: int, causal: bool, scale: float, block_table: torch.Tensor | None) -> torch.Tensor:
+                     lnew: int, causal: bool, scale: float, block_table: torch.Tensor | None, window_left: int = -1,
+                     window_right: int = -1) -> torch.Tensor:
     """Split-K decoding: q (B, Hq, Lq, D) against the first cache_seqlens[b] + lnew cache rows (paged caches
-    through block_table)."""
-    return _decode(q, k_cache, v_cache, cache_seqlens, lnew, causal, scale, block_table)
+    through block_table), within the window (-1 = unbounded) around each query's bottom-right diagonal."""
+    return _decode(q, k_cache, v_cache, cache_seqlens, lnew, causal, scale, block_table, window_left, window_right)
 
 
 @attention_decode.register_fake
-def _(q, k_cache, v_cache, cache_seqlens, lnew, causal, scale, block_table):
+def _(q, k_cache, v_cache, cache_seqlens, lnew, causal, scale, block_table, window_left=-1, window_right=-1):
     return torch.empty_like(q)
 
 
@@ -1313,7 +1318,8 @@ def kvcache_append(k_cache, v_cache, k_new, v_new, cache_seqlens, block_table=No
 
 
 def attention_with_kvcache(q, k_cache, v_cache, cache_seqlens, k_new=None, v_new=None, causal=True, scale=None,
-                           block_table=None, rotary_cos=None, rotary_sin=None, rotary_interleaved=False):
+                           block_table=None, rotary_cos=None, rotary_sin=None, rotary_interleaved=False,
+                           window_size=None):
     scale = softmax_scale(q, scale)
     lnew = 0
     if rotary_cos is not None:  # one launch: q rotated, k_new rotated into the cache, v_new copied
@@ -1324,4 +1330,7 @@ def attention_with_kvcache(q, k_cache, v_cache, cache_seqlens, k_new=None, v_new
     elif k_new is not None:
         kvcache_append_op(k_cache, v_cache, k_new, v_new, cache_seqlens, block_table)
         lnew = k_new.shape[2]
-    return attention_decode(rowmajor(q), k_cache, v_cache, cache_seqlens, lnew, causal, scale, block_table)
+    wl, wr = window_pair(window_size)
+    if causal:  # causal caps the window's right side at the diagonal
+        wr = 0 if wr < 0 else min(wr, 0)
+    return attention_decode(rowmajor(q), k_cache, v_cache, cache_seqlens, lnew, causal, scale, block_table, wl, wr)

@@ -363,8 +363,10 @@ int decode_splits(int64_t ctas, int64_t lmax, int64_t requested, int sms) {
 
 at::Tensor flash_decode_cuda(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                              const at::Tensor& cache_seqlens, int64_t lnew, bool causal, double scale,
-                             int64_t num_splits, const std::optional<at::Tensor>& block_table) {
+                             int64_t num_splits, const std::optional<at::Tensor>& block_table,
+                             int64_t window_left, int64_t window_right) {
   const char* op = "aigc_kernels::flash_decode";
+  check_window(op, window_left, window_right);
   TORCH_CHECK(q.dim() == 4, op, ": expected q of shape (B, Hq, Lq, D), got ", q.sizes());
   check_common(op, q, false);
   check_operand(op, "q", q, q, 4);
@@ -396,7 +398,7 @@ at::Tensor flash_decode_cuda(const at::Tensor& q, const at::Tensor& k_cache, con
   if (paged) fill_paged(p, k_cache, v_cache, *block_table);
   at::Tensor lse = new_lse(q, false);
   fill_lse(p, lse, false);
-  fill_band(p, scale, causal, -1, -1);
+  fill_band(p, scale, causal, window_left, window_right);
   p.seqused_k = cache_seqlens.data_ptr<int>();
   p.seqused_k_add = static_cast<int>(lnew);
   fill_sizes(p, std::nullopt, std::nullopt, batch, hq, hkv, lq, lmax);
