@@ -32,21 +32,33 @@ def _varlen_attn_fn():
     return varlen_attn
 
 
-def _band(lq: int, lk: int, causal: bool, window_size, device) -> torch.Tensor | None:
-    """(Lq, Lk) bool keep-mask of bottom-right causal masking and the window; None when nothing is masked."""
+def _window_bounds(causal: bool, window_size) -> tuple[int, int]:
+    """(left, right) of the window (-1 = unbounded), causal capping the right side at the diagonal."""
     left, right = window_size if window_size is not None else (-1, -1)
     if causal:
         right = 0 if right < 0 else min(right, 0)
+    return left, right
+
+
+def _window_keep(j: torch.Tensor, diag: torch.Tensor, left: int, right: int) -> torch.Tensor | None:
+    """Bool keep-mask of keys j for queries whose bottom-right diagonal key is diag (broadcast); None when the
+    window bounds nothing."""
+    keep = None
+    if right >= 0:
+        keep = j <= diag + right
+    if left >= 0:
+        far = j >= diag - left
+        keep = far if keep is None else keep & far
+    return keep
+
+
+def _band(lq: int, lk: int, causal: bool, window_size, device) -> torch.Tensor | None:
+    """(Lq, Lk) bool keep-mask of bottom-right causal masking and the window; None when nothing is masked."""
+    left, right = _window_bounds(causal, window_size)
     if left < 0 and right < 0:
         return None
     diag = torch.arange(lq, device=device).unsqueeze(1) + (lk - lq)
-    j = torch.arange(lk, device=device).unsqueeze(0)
-    keep = torch.ones(lq, lk, dtype=torch.bool, device=device)
-    if right >= 0:
-        keep &= j <= diag + right
-    if left >= 0:
-        keep &= j >= diag - left
-    return keep
+    return _window_keep(torch.arange(lk, device=device).unsqueeze(0), diag, left, right)
 
 
 # Packing costs two views (~2 us); SDPA's enable_gqa on CPU copies (groups - 1) x the keys and values.
@@ -259,9 +271,7 @@ def attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seql
         k, v, cu_seqlens_k = _varlen_keys(k, v, cu_seqlens_k, block_table, seqused_k)
     if (q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and not torch.compiler.is_compiling()
             and (_varlen_attn := _varlen_attn_fn()) is not None):
-        left, right = window_size if window_size is not None else (-1, -1)
-        if causal:
-            right = 0 if right < 0 else min(right, 0)
+        left, right = _window_bounds(causal, window_size)
         groups = q.shape[1] // k.shape[1]
         if groups > 1:
             k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
@@ -426,13 +436,10 @@ def attention_with_kvcache(q, k_cache, v_cache, cache_seqlens, k_new=None, v_new
     lengths = (cache_seqlens.to(torch.long) + lnew).view(-1, 1, 1)  # (B, 1, 1) valid keys per batch
     j = torch.arange(lmax, device=q.device).view(1, 1, lmax)
     keep = j < lengths
-    i = torch.arange(lq, device=q.device).view(1, lq, 1)
-    diag = i + (lengths - lq)  # the key aligned with query i (bottom-right)
-    left, right = window_size if window_size is not None else (-1, -1)
-    if causal:
-        right = 0 if right < 0 else min(right, 0)
-    if right >= 0 and lq > 1:  # (one query row's diagonal is the last valid key: nothing past it)
-        keep = keep & (j <= diag + right)
-    if left >= 0:
-        keep = keep & (j >= diag - left)
+    diag = torch.arange(lq, device=q.device).view(1, lq, 1) + (lengths - lq)  # query i's bottom-right key
+    left, right = _window_bounds(causal, window_size)
+    # (one query row's diagonal is its last valid key: nothing past it to mask on the right)
+    band = _window_keep(j, diag, left, right if lq > 1 else -1)
+    if band is not None:
+        keep = keep & band
     return _masked_sdpa(q, k_cache, v_cache, keep.unsqueeze(1), None, 0.0, scale)

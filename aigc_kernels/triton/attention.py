@@ -1330,7 +1330,5 @@ def attention_with_kvcache(q, k_cache, v_cache, cache_seqlens, k_new=None, v_new
     elif k_new is not None:
         kvcache_append_op(k_cache, v_cache, k_new, v_new, cache_seqlens, block_table)
         lnew = k_new.shape[2]
-    wl, wr = window_pair(window_size)
-    if causal:  # causal caps the window's right side at the diagonal
-        wr = 0 if wr < 0 else min(wr, 0)
+    wl, wr = window_pair(window_size)  # (IS_CAUSAL caps the right side at the diagonal in the kernel)
     return attention_decode(rowmajor(q), k_cache, v_cache, cache_seqlens, lnew, causal, scale, block_table, wl, wr)
