@@ -33,8 +33,18 @@
 //     that cp.async filled with no fence.proxy.async by its writer before the barrier, aborts naming the hazard.
 //     AIGC_EMU_PLANT=skip_wgmma_wait | skip_wgmma_fence | skip_proxy_fence plants each defect;
 //     AIGC_EMU_ASYNC=eager turns the model off.
-// Not modelled yet: bank conflicts of plain ld/st.shared and wgmma operand reads; global sectors of plain
-// loads/stores; TMA and mbarriers (no kernel uses them yet); a shared-memory race detector.
+//   wgmma operand banks: each 128-byte core matrix of a wgmma's shared-memory operand counted as one request (the
+//     model: a no-swizzle core matrix is contiguous, ideal 1), per wgmma shape and operand.
+//   plain ld/st.shared (flash_common.cuh's ld_shared / st_shared): warp-wide requests (the k-th access of each lane
+//     at a site since the last barrier), 128 / width lanes a phase, counted in wavefronts per site.
+//   races: per 2 bytes of dynamic shared memory, the last writer and the current interval's readers (see
+//     shadow_read / shadow_write); a conflicting access with no barrier between stops the run naming both sites.
+//     Threads of one block waiting at two different __syncthreads stop it too. AIGC_EMU_RACE=off switches the
+//     detector off; AIGC_EMU_PLANT=skip_sync:FILE:LINE removes one __syncthreads (the planted defect);
+//     AIGC_EMU_ORDER=SEED runs each block's fibers in a permutation drawn afresh every round (the default: thread
+//     order), so a result that depends on the interleaving shows as a changed output.
+// Not modelled yet: races on static __shared__ arrays (the norm kernels' reductions: seeded orders only); global
+// sectors of plain loads/stores; TMA and mbarriers (no kernel uses them yet).
 #pragma once
 #ifndef AIGC_EMULATE
 #error "emulate.h is for host builds with AIGC_EMULATE"
@@ -54,6 +64,7 @@
 #include <deque>
 #include <functional>
 #include <map>
+#include <random>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -72,6 +83,8 @@ struct Slot {
 struct AsyncCopy {
   unsigned char* dst;
   std::array<unsigned char, 16> data;
+  uint32_t epoch;  // the barrier interval of the issue: the copy may write any time from then to its wait
+  int site;
 };
 struct AsyncState {
   std::vector<AsyncCopy> open;                 // issued, not yet committed
@@ -103,7 +116,30 @@ struct WgmmaState {
   std::map<float*, std::vector<float>> latest;  // the newest pending value of each accumulator
 };
 
+// The race detector's record of one 2-byte unit of dynamic shared memory (every access the kernels make is a
+// multiple of 2 bytes, 2-byte aligned): its last writer, and its readers, in the barrier interval of each.
+struct ShadowUnit {
+  int32_t writer = -1, reader = -1;   // thread; reader -2: more than one thread this interval
+  int32_t reader_warp = -1;           // the readers' warp, -1: more than one warp
+  uint32_t w_epoch = 0, r_epoch = 0;  // barrier interval (cta_gen + 1); 0: never
+  uint32_t w_wgen = 0, r_wgen = 0;    // the warp's collective generation at the access (the newest read's)
+  uint16_t w_site = 0, r_site = 0;
+};
+
+// The k-th plain shared-memory access (ld/st.shared through flash_common.cuh's ld_shared / st_shared) of every
+// lane of a warp at one site since the last barrier: one warp-wide request.
+struct WarpAccess {
+  int width = 0;
+  std::array<const unsigned char*, 32> addr{};
+  std::array<bool, 32> active{};
+};
+
 struct Block {
+  std::vector<ShadowUnit> shadow;  // per 2 bytes of dynamic shared memory
+  std::vector<std::map<int, std::vector<WarpAccess>>> warp_plain;  // per warp, per site: the k-th request
+  std::vector<std::map<int, int>> plain_seq;                        // per thread, per site: accesses so far
+  const char* barrier_file = nullptr;  // where the threads of this barrier generation wait
+  int barrier_line = 0;
   std::vector<WgmmaState> wgmma;  // per thread
   bool proxy_hazard = false;      // since the last barrier: some thread's cp.async data not proxy-fenced
   std::vector<AsyncState> async;  // per thread
@@ -137,11 +173,28 @@ inline void yield() {
 
 inline int tid() { return block()->cur; }
 
-void flush_copies(Block* b);  // counts the warp-wide cp.async requests gathered since the last barrier
+void flush_copies(Block* b);  // counts the warp-wide requests gathered since the last barrier
+inline bool planted_barrier(const char* file, int line);
+[[noreturn]] inline void hazard(const char* what);
 
-inline void sync_threads() {
+inline const char* base_name(const char* file) {
+  const char* base = std::strrchr(file, '/');
+  return base ? base + 1 : file;
+}
+
+inline void sync_threads(const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+  if (planted_barrier(file, line)) return;
   Block* b = block();
   const long gen = b->cta_gen;
+  if (b->cta_arrived == 0) {
+    b->barrier_file = file;
+    b->barrier_line = line;
+  } else if (b->barrier_line != line || std::strcmp(b->barrier_file, file) != 0) {
+    const std::string what = "threads of the block wait at different barriers (" + std::string(base_name(file)) + ":" +
+                             std::to_string(line) + " and " + base_name(b->barrier_file) + ":" +
+                             std::to_string(b->barrier_line) + ")";
+    hazard(what.c_str());
+  }
   if (++b->cta_arrived == b->nthreads) {
     b->cta_arrived = 0;
     ++b->cta_gen;
@@ -182,6 +235,9 @@ inline void run_block(dim3 block_idx, dim3 grid_dim, int nthreads, size_t smem_b
   b.block_idx = block_idx;
   b.grid_dim = grid_dim;
   b.smem.assign(smem_bytes + 16, 0xAB);  // poisoned: reads of never-written shared memory show up
+  b.shadow.assign((smem_bytes + 16) / 2 + 1, ShadowUnit{});
+  b.warp_plain.resize((nthreads + 31) / 32);
+  b.plain_seq.resize(nthreads);
   b.ctx.resize(nthreads);
   b.stacks.resize(nthreads);
   b.done.assign(nthreads, 0);
@@ -202,9 +258,19 @@ inline void run_block(dim3 block_idx, dim3 grid_dim, int nthreads, size_t smem_b
     b.ctx[t].uc_link = &b.sched;
     makecontext(&b.ctx[t], fiber_entry, 0);
   }
+  // The order the fibers run in each round: thread order, or (AIGC_EMU_ORDER=SEED) a permutation drawn afresh
+  // every round from SEED and the block, so a result that depends on the interleaving changes with SEED.
+  std::vector<int> order(nthreads);
+  for (int t = 0; t < nthreads; ++t) order[t] = t;
+  const char* seed = std::getenv("AIGC_EMU_ORDER");
+  if (seed != nullptr && *seed == '\0') seed = nullptr;
+  std::mt19937 rng(seed ? static_cast<unsigned>(std::strtoul(seed, nullptr, 10)) * 2654435761u +
+                              (block_idx.z * grid_dim.y + block_idx.y) * grid_dim.x + block_idx.x
+                        : 0u);
   for (;;) {
     bool all_done = true;
-    for (int t = 0; t < nthreads; ++t) {
+    if (seed != nullptr) std::shuffle(order.begin(), order.end(), rng);
+    for (int t : order) {
       if (b.done[t]) continue;
       all_done = false;
       b.cur = t;
@@ -275,6 +341,111 @@ inline bool planted(const char* what) { return env_is("AIGC_EMU_PLANT", what); }
   std::abort();
 }
 
+// AIGC_EMU_PLANT=skip_sync:FILE:LINE (FILE the base name): that __syncthreads does nothing.
+inline bool planted_barrier(const char* file, int line) {
+  static const std::string plant = [] {
+    const char* v = std::getenv("AIGC_EMU_PLANT");
+    return std::string(v != nullptr && std::strncmp(v, "skip_sync:", 10) == 0 ? v + 10 : "");
+  }();
+  return !plant.empty() && plant == std::string(base_name(file)) + ":" + std::to_string(line);
+}
+
+// ---- the race detector ----------------------------------------------------------------------------
+// Per 2 bytes of dynamic shared memory: the last writer and the readers of the current barrier interval (a
+// __syncthreads generation). A read of bytes another thread wrote in the same interval, a write of bytes another
+// thread read or wrote in it, stop the run naming both threads and source sites -- whatever order the fibers ran
+// in. Accesses by the lanes of one warp are ordered by a warp collective between them (ldmatrix, mma, shfl: each
+// is a sync_warp here). A cp.async writes any time from its issue to its thread's wait_group: it conflicts with
+// another thread's access in any interval of that span. wgmma's operand reads are recorded at the issue, as
+// the warpgroup's first thread's. Not seen: static __shared__ arrays (one copy per kernel, outside the dynamic
+// shared memory), global memory. AIGC_EMU_RACE=off switches it off.
+inline bool race_off() {
+  static const bool off = env_is("AIGC_EMU_RACE", "off");
+  return off;
+}
+inline std::vector<std::string>& site_names() {
+  static std::vector<std::string> v{"?"};
+  return v;
+}
+inline int site_id(const std::string& name) {
+  static std::map<std::string, int> ids;
+  const auto it = ids.find(name);
+  if (it != ids.end()) return it->second;
+  site_names().push_back(name);
+  return ids[name] = static_cast<int>(site_names().size()) - 1;
+}
+// "function file:line" of a call site, interned
+inline int call_site(const char* func, const char* file, int line) {
+  static std::map<std::tuple<const char*, const char*, int>, int> ids;
+  const auto key = std::make_tuple(func, file, line);
+  const auto it = ids.find(key);
+  if (it != ids.end()) return it->second;
+  return ids[key] = site_id(std::string(func) + " " + base_name(file) + ":" + std::to_string(line));
+}
+inline uint32_t epoch() { return static_cast<uint32_t>(block()->cta_gen + 1); }
+inline size_t smem_unit(const void* p) {
+  return static_cast<size_t>(static_cast<const unsigned char*>(p) - dynamic_smem()) / 2;
+}
+[[noreturn]] inline void race(const char* kind, const void* p, int other, int other_site, int site) {
+  const std::string who = other == -2 ? std::string("several threads") : "thread " + std::to_string(other);
+  const std::string what = std::string("shared-memory race (") + kind + ") at byte " +
+                           std::to_string(static_cast<const unsigned char*>(p) - dynamic_smem()) + ": this thread at " +
+                           site_names()[site] + ", " + who + " at " + site_names()[other_site] +
+                           ", with no barrier between";
+  hazard(what.c_str());
+}
+// Whether an access by `other` (a thread, or -2 with `other_warp` the readers' one warp, or -1 several) at warp
+// generation `wgen` in this interval is ordered before this thread's.
+inline bool ordered(int other, int other_warp, uint32_t wgen) {
+  const int t = tid(), w = t / 32;
+  if (other == t) return true;
+  return other_warp == w && static_cast<uint32_t>(block()->warp_gen[w]) > wgen;
+}
+inline void shadow_read(const void* p, int bytes, int site) {
+  if (race_off()) return;
+  Block* b = block();
+  const int t = tid(), w = t / 32;
+  const uint32_t e = epoch(), g = static_cast<uint32_t>(b->warp_gen[w]);
+  const size_t u0 = smem_unit(p);
+  for (size_t u = u0; u < u0 + static_cast<size_t>(bytes + 1) / 2; ++u) {
+    ShadowUnit& s = b->shadow[u];
+    if (s.w_epoch == e && !ordered(s.writer, s.writer / 32, s.w_wgen)) {
+      race("a read of another thread's write", dynamic_smem() + 2 * u, s.writer, s.w_site, site);
+    }
+    if (s.r_epoch != e) {
+      s.reader = t, s.reader_warp = w, s.r_wgen = g, s.r_epoch = e;
+    } else {
+      if (s.reader != t) s.reader = -2;
+      if (s.reader_warp != w) s.reader_warp = -1;
+      s.r_wgen = std::max(s.r_wgen, g);
+    }
+    s.r_site = static_cast<uint16_t>(site);
+  }
+}
+// A write by this thread that may land any time in the intervals since..now.
+inline void shadow_write(const void* p, int bytes, int site, uint32_t since = 0) {
+  if (race_off()) return;
+  Block* b = block();
+  const int t = tid(), w = t / 32;
+  const uint32_t e = epoch(), g = static_cast<uint32_t>(b->warp_gen[w]);
+  if (since == 0) since = e;
+  const size_t u0 = smem_unit(p);
+  for (size_t u = u0; u < u0 + static_cast<size_t>(bytes + 1) / 2; ++u) {
+    ShadowUnit& s = b->shadow[u];
+    auto clash = [&](uint32_t at, int other, int other_warp, uint32_t wgen) {
+      if (at == 0 || at < since) return false;
+      return at < e ? other != t : !ordered(other, other_warp, wgen);
+    };
+    if (clash(s.r_epoch, s.reader, s.reader_warp, s.r_wgen)) {
+      race("a write of bytes another thread read", dynamic_smem() + 2 * u, s.reader, s.r_site, site);
+    }
+    if (clash(s.w_epoch, s.writer, s.writer / 32, s.w_wgen)) {
+      race("two threads' writes", dynamic_smem() + 2 * u, s.writer, s.w_site, site);
+    }
+    s.writer = t, s.w_epoch = e, s.w_wgen = g, s.w_site = static_cast<uint16_t>(site);
+  }
+}
+
 inline void record_copy(const void* dst, const void* src, bool valid, const char* site) {
   Block* b = block();
   const int t = tid(), k = b->async_seq[t]++;
@@ -291,7 +462,12 @@ inline void cp_async16(void* dst, const void* src, bool valid, const char* site 
   record_copy(dst, src, valid, site);
   AsyncCopy c;
   c.dst = static_cast<unsigned char*>(dst);
+  c.epoch = epoch();
+  static std::map<const char*, int> ids;  // the site is a function name (__builtin_FUNCTION)
+  const auto it = ids.find(site);
+  c.site = it != ids.end() ? it->second : (ids[site] = site_id(std::string("cp.async ") + site));
   if (valid) std::memcpy(c.data.data(), src, 16); else c.data.fill(0);
+  shadow_write(c.dst, 16, c.site);  // in flight from now: no other thread may touch these bytes
   if (async_eager()) {
     std::memcpy(c.dst, c.data.data(), 16);
     return;
@@ -308,7 +484,10 @@ inline void cp_async_wait(int n) {
   if (plant_skip_wait()) return;
   AsyncState& s = block()->async[tid()];
   while (static_cast<int>(s.groups.size()) > n) {
-    for (const AsyncCopy& c : s.groups.front()) std::memcpy(c.dst, c.data.data(), 16);
+    for (const AsyncCopy& c : s.groups.front()) {
+      shadow_write(c.dst, 16, c.site, c.epoch);  // landed now; it was in flight since its issue
+      std::memcpy(c.dst, c.data.data(), 16);
+    }
     if (!s.groups.front().empty()) block()->wgmma[tid()].proxy_unfenced = true;  // written by the generic proxy
     s.groups.pop_front();
   }
@@ -344,6 +523,7 @@ inline std::map<std::string, CopyCount>& copy_counts() {
   return m;
 }
 
+inline void flush_plain(Block* b);
 inline void flush_copies(Block* b) {
   const uintptr_t base = reinterpret_cast<uintptr_t>(dynamic_smem());
   for (auto& reqs : b->warp_copies) {
@@ -384,13 +564,14 @@ inline void flush_copies(Block* b) {
     reqs.clear();
   }
   std::fill(b->async_seq.begin(), b->async_seq.end(), 0);
+  flush_plain(b);
 }
 
-// {"site": [requests, wavefronts, ideal], ...}
-inline void report_banks(std::FILE* f) {
+// {"site": [requests, wavefronts, ideal], ...}: ldmatrix's by default
+inline void report_banks(std::FILE* f, const std::map<std::string, BankCount>& counts = ldmatrix_banks()) {
   std::fprintf(f, "{");
   bool first = true;
-  for (const auto& [site, c] : ldmatrix_banks()) {
+  for (const auto& [site, c] : counts) {
     std::fprintf(f, "%s\"%s\": [%ld, %ld, %ld]", first ? "" : ", ", site.c_str(), c.requests, c.wavefronts, c.ideal);
     first = false;
   }
@@ -408,15 +589,86 @@ inline void report_copies(std::FILE* f) {
   std::fprintf(f, "}");
 }
 
+// ---- plain ld/st.shared (flash_common.cuh's ld_shared / st_shared) ------------------------------------------
+// Each access is checked by the race detector and gathered into warp-wide requests (the k-th access of every lane
+// at one site since the last barrier); a request of W-byte accesses is served 128 / W lanes a phase, each phase in
+// as many wavefronts as the most distinct 4-byte words one bank holds among its lanes (a word many lanes read is
+// one: a broadcast). Counted per site beside the ideal (one a phase with an active lane).
+inline std::map<std::string, BankCount>& plain_banks() {
+  static std::map<std::string, BankCount> m;
+  return m;
+}
+inline void record_plain(const void* p, int width, int site) {
+  Block* b = block();
+  const int t = tid(), k = b->plain_seq[t][site]++;
+  auto& reqs = b->warp_plain[t / 32][site];
+  if (static_cast<int>(reqs.size()) <= k) reqs.resize(k + 1);
+  WarpAccess& a = reqs[k];
+  a.width = width;
+  a.addr[t % 32] = static_cast<const unsigned char*>(p);
+  a.active[t % 32] = true;
+}
+inline void flush_plain(Block* b) {
+  const uintptr_t base = reinterpret_cast<uintptr_t>(dynamic_smem());
+  for (auto& sites : b->warp_plain) {
+    for (auto& [site, reqs] : sites) {
+      BankCount& c = plain_banks()[site_names()[site]];
+      for (const WarpAccess& a : reqs) {
+        ++c.requests;
+        const int lanes = std::max(1, std::min(32, 128 / std::max(1, a.width)));
+        for (int l0 = 0; l0 < 32; l0 += lanes) {
+          std::array<std::vector<uintptr_t>, 32> banks;
+          bool any = false;
+          for (int l = l0; l < l0 + lanes; ++l) {
+            if (!a.active[l]) continue;
+            any = true;
+            const uintptr_t first = (reinterpret_cast<uintptr_t>(a.addr[l]) - base) / 4;
+            const uintptr_t last = (reinterpret_cast<uintptr_t>(a.addr[l]) - base + a.width - 1) / 4;
+            for (uintptr_t word = first; word <= last; ++word) {
+              auto& bank = banks[word % 32];
+              if (std::find(bank.begin(), bank.end(), word) == bank.end()) bank.push_back(word);
+            }
+          }
+          if (!any) continue;
+          size_t most = 1;
+          for (const auto& bank : banks) most = std::max(most, bank.size());
+          c.wavefronts += static_cast<long>(most);
+          ++c.ideal;
+        }
+      }
+    }
+    sites.clear();
+  }
+  for (auto& seq : b->plain_seq) seq.clear();
+}
+template <typename T>
+inline T ld_shared(const T* p, const char* func, const char* file, int line) {
+  const int site = call_site(func, file, line);
+  shadow_read(p, sizeof(T), site);
+  static std::map<int, int> ids;
+  const auto it = ids.find(site);
+  record_plain(p, sizeof(T), it != ids.end() ? it->second : (ids[site] = site_id("ld.shared " + site_names()[site])));
+  return *p;
+}
+template <typename T>
+inline void st_shared(T* p, T v, const char* func, const char* file, int line) {
+  const int site = call_site(func, file, line);
+  shadow_write(p, sizeof(T), site);
+  static std::map<int, int> ids;
+  const auto it = ids.find(site);
+  record_plain(p, sizeof(T), it != ids.end() ? it->second : (ids[site] = site_id("st.shared " + site_names()[site])));
+  *p = v;
+}
+
 inline void ldmatrix_x4(uint32_t (&r)[4], const void* p, bool trans, const char* file = __builtin_FILE(),
                         int line = __builtin_LINE(), const char* func = __builtin_FUNCTION()) {
   my_slot().ptr = static_cast<const unsigned char*>(p);
   sync_warp();
-  const int lane = tid() % 32;
+  const int lane = tid() % 32, site = call_site(func, file, line);
+  shadow_read(p, 16, site);  // this lane's row address
   auto& s = warp_slots();
   if (lane == 0) {
-    const char* base = std::strrchr(file, '/');
-    BankCount& c = ldmatrix_banks()[std::string(func) + " " + (base ? base + 1 : file) + ":" + std::to_string(line)];
+    BankCount& c = ldmatrix_banks()[site_names()[site]];
     ++c.requests;
     c.ideal += 4;
     for (int i = 0; i < 4; ++i) {
@@ -555,12 +807,42 @@ inline void wgmma_end(float (&d)[N / 8][4], const float (&acc)[N / 8][4]) {
     for (int e = 0; e < 4; ++e) d[j][e] = NAN;
 }
 
+// A wgmma's shared-memory operand of MN rows x 16 K: its core matrices (8 rows of 16 contiguous bytes at
+// start + (mn / 8) * SBO + (k / 8) * LBO, either major-ness), each modelled as one request served in as many
+// wavefronts as the most distinct words a bank holds among its 128 bytes (ideal 1: a no-swizzle core matrix is
+// contiguous). Read by the warpgroup's first thread for the race detector, at the issue. Per site (the wgmma's
+// shape, and "A" or "B": each shape is issued from one place in the forward).
+inline std::map<std::string, BankCount>& wgmma_banks() {
+  static std::map<std::string, BankCount> m;
+  return m;
+}
+inline void wgmma_operand(const Desc& d, int mn, int site, const char* which) {
+  if (tid() % 128 != 0) return;
+  static std::map<std::pair<int, const char*>, int> ids;
+  const auto key = std::make_pair(site, which);
+  const auto it = ids.find(key);
+  const int s = it != ids.end() ? it->second : (ids[key] = site_id(site_names()[site] + " " + which));
+  BankCount& c = wgmma_banks()[site_names()[s]];
+  ++c.requests;
+  for (int m8 = 0; m8 < mn / 8; ++m8)
+    for (int k8 = 0; k8 < 2; ++k8) {
+      const unsigned char* rows[8];
+      for (int r = 0; r < 8; ++r) rows[r] = d.start + m8 * d.sbo + k8 * d.lbo + r * 16;
+      c.wavefronts += phase_wavefronts(rows);
+      ++c.ideal;
+      for (const unsigned char* row : rows) shadow_read(row, 16, s);
+    }
+}
+
 // D (64 x N, this thread's fragment) += A (64 x 16, K-major smem) B (16 x N, K-major smem).
 template <typename T, int N>
 inline void wgmma_ss(float (&d)[N / 8][4], uint64_t desc_a, uint64_t desc_b) {
+  static const int site = site_id("wgmma_ss m64n" + std::to_string(N) + "k16");
   float acc[N / 8][4];
   wgmma_begin<N>(acc, d);
   const Desc a = decode(desc_a), b = decode(desc_b);
+  wgmma_operand(a, 64, site, "A");
+  wgmma_operand(b, N, site, "B");
   const int w = (tid() / 32) % 4, lane = tid() % 32, g = lane / 4, t = lane % 4;
   for (int j = 0; j < N / 8; ++j)
     for (int e = 0; e < 4; ++e) {
@@ -575,6 +857,7 @@ inline void wgmma_ss(float (&d)[N / 8][4], uint64_t desc_a, uint64_t desc_b) {
 // D += A (this warp's 16 rows from registers, the mma.sync A layout) B (16 x N, MN-major smem).
 template <typename T, int N>
 inline void wgmma_rs(float (&d)[N / 8][4], const uint32_t (&a)[4], uint64_t desc_b) {
+  static const int site = site_id("wgmma_rs m64n" + std::to_string(N) + "k16");
   float start[N / 8][4];
   wgmma_begin<N>(start, d);
   std::memcpy(my_slot().a, a, sizeof(my_slot().a));
@@ -585,6 +868,7 @@ inline void wgmma_rs(float (&d)[N / 8][4], const uint32_t (&a)[4], uint64_t desc
     return to_f<T>(static_cast<uint16_t>((col % 2) ? (wd >> 16) : (wd & 0xFFFF)));
   };
   const Desc b = decode(desc_b);
+  wgmma_operand(b, N, site, "B");
   const int lane = tid() % 32, g = lane / 4, t = lane % 4;
   float out[N / 8][4];
   for (int j = 0; j < N / 8; ++j)

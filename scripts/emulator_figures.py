@@ -1,6 +1,7 @@
 """Record what the emulator's instruments (csrc/emulate.h) count for today's CUDA attention kernels: per kernel
-case and source site, the shared-memory wavefronts of ldmatrix and of cp.async stores, and the global 32-byte
-sectors of cp.async reads, each beside its ideal. Counts on the emulated hardware, not times.
+case and source site, the shared-memory wavefronts of ldmatrix, of wgmma's operand reads, of plain ld/st.shared
+and of cp.async stores, and the global 32-byte sectors of cp.async reads, each beside its ideal. Counts on the
+emulated hardware, not times.
 
     python scripts/emulator_figures.py           # rewrites benchmarks/model/emulator_figures.json and README's block
     python scripts/emulator_figures.py --check   # exit 1 if either is stale (tests/test_kernel_emulation.py runs it)
@@ -85,6 +86,12 @@ def measure(exe: Path) -> dict:
                           "measured": wavefronts, "ideal": ideal})
             sites.append({"site": site, "kind": "cp.async read (global sectors)", "requests": requests,
                           "measured": sectors, "ideal": sectors_ideal})
+        for site, (requests, wavefronts, ideal) in sorted(figures["shared"].items()):
+            sites.append({"site": site, "kind": "ld/st.shared (smem wavefronts)", "requests": requests,
+                          "measured": wavefronts, "ideal": ideal})
+        for site, (requests, wavefronts, ideal) in sorted(figures["wgmma"].items()):
+            sites.append({"site": site, "kind": "wgmma operand (smem wavefronts)", "requests": requests,
+                          "measured": wavefronts, "ideal": ideal})
         cases.append({"case": label, "args": list(args), "sites": sites})
     return {"note": NOTE, "cases": cases}
 
@@ -99,11 +106,12 @@ def _worst(case: dict, kind: str) -> str:
 
 def readme_block(data: dict) -> str:
     lines = [BEGIN, "",
-             "| kernel case (emulated) | ldmatrix wavefronts / ideal | cp.async store wavefronts / ideal | "
-             "cp.async read sectors / ideal |",
-             "|---|---|---|---|"]
+             "| kernel case (emulated) | ldmatrix wavefronts / ideal | wgmma operand wavefronts / ideal | "
+             "ld/st.shared wavefronts / ideal | cp.async store wavefronts / ideal | cp.async read sectors / ideal |",
+             "|---|---|---|---|---|---|"]
     for case in data["cases"]:
-        lines.append(f"| {case['case']} | {_worst(case, 'ldmatrix')} | {_worst(case, 'cp.async store')} | "
+        lines.append(f"| {case['case']} | {_worst(case, 'ldmatrix')} | {_worst(case, 'wgmma')} | "
+                     f"{_worst(case, 'ld/st.shared')} | {_worst(case, 'cp.async store')} | "
                      f"{_worst(case, 'cp.async read')} |")
     lines += ["", f"Worst site of each kind per case; every site in `{JSON_PATH.relative_to(ROOT)}`. {NOTE}", "",
               END]

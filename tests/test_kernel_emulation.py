@@ -10,7 +10,9 @@ The emulator's instruments (csrc/emulate.h): cp.async data lands at the matching
 wgmma accumulators are NaN until their wgmma.wait_group and a missing wgmma.fence or fence.proxy.async stops
 the run, and the shared-memory wavefronts of ldmatrix and cp.async stores and the global sectors of cp.async reads are
 counted per site; the attention tests gate those figures, and tests/emulation/hazard_emulate.cpp plants each
-defect they see (a missing wait, a conflicting layout, an uncoalesced read; the wgmma ones in the forward).
+defect they see (a missing wait, a conflicting layout, an uncoalesced read; the wgmma ones in the forward). A race
+detector watches every dynamic shared-memory byte the kernels touch (each __syncthreads of the attention kernels
+removed in turn is caught), and seeded thread orders (AIGC_EMU_ORDER) must give bitwise-equal outputs.
 
 For attention this checks the kernels' index arithmetic, GQA packing, masks, varlen offsets,
 split-K merge, the two-kernel backward, and the wgmma forward's shared-memory layouts against its
@@ -168,6 +170,13 @@ def check_memory_figures(mode: str, d: int, figures: dict) -> None:
         assert requests > 0 and sectors == sectors_ideal, f"cp.async {site}: {sectors} sectors for {sectors_ideal}"
         budget = WGMMA_CP_ASYNC_CONFLICT if wgmma else CP_ASYNC_CONFLICT.get(d, 1.0)
         assert wavefronts <= budget * ideal, f"cp.async {site}: {wavefronts} wavefronts for {ideal} ideal"
+    # wgmma's operand core matrices (contiguous 128 bytes in the no-swizzle layout) and the backward's plain
+    # lse/delta accesses (consecutive floats, or a broadcast) are conflict-free
+    assert bool(figures["wgmma"]) == wgmma, figures["wgmma"]
+    assert bool(figures["shared"]) == (mode == "bwd"), figures["shared"]
+    for kind in ("wgmma", "shared"):
+        for site, (requests, wavefronts, ideal) in figures[kind].items():
+            assert requests > 0 and wavefronts == ideal, f"{kind} {site}: {wavefronts} wavefronts for {ideal} ideal"
 
 
 FWD = ("fwd", "f16", 64, 1, 2, 2, 37, 45, 0, -1, -1, 0, 1)
@@ -221,6 +230,110 @@ def test_wgmma_protocol_defects_are_caught(build, plant, caught):
         assert res.returncode != 0 and caught in res.stderr, res.stderr
     unseen = run(exe, args, AIGC_EMU_PLANT=plant, AIGC_EMU_ASYNC="eager")
     assert unseen["out"][0] <= REL["f16"] * max(unseen["out"][1], 1.0) + 1e-3, unseen
+
+
+def _barriers(name: str) -> list[int]:
+    """The lines of csrc/attention/NAME that hold a __syncthreads."""
+    lines = (ROOT / "csrc" / "attention" / name).read_text().splitlines()
+    return [i for i, line in enumerate(lines, 1) if "__syncthreads()" in line]
+
+
+# A forward over 3 key blocks and a backward over 3 query and 3 key blocks: every barrier guards a reuse
+BARRIER_RUNS = {"flash_fwd.cuh": [("fwd", "f16", 64, 1, 2, 2, 37, 145, 0, -1, -1, 0, 1),
+                                  ("fwdw", "f16", 64, 1, 2, 2, 37, 145, 0, -1, -1, 0, 1)],
+                "flash_bwd.cuh": [("bwd", "f16", 64, 1, 2, 2, 137, 145, 0, -1, -1, 0, 1)]}
+BARRIER_CASES = [(name, line, case) for name, cases in BARRIER_RUNS.items() for line in _barriers(name)
+                 for case in cases]
+
+
+def test_every_barrier_of_the_attention_kernels_is_planted():
+    assert len(_barriers("flash_fwd.cuh")) == 2 and len(_barriers("flash_bwd.cuh")) == 4, "new barrier: plant it"
+
+
+@pytest.mark.parametrize("name,line,case", BARRIER_CASES, ids=lambda c: str(c[0]) if isinstance(c, tuple) else str(c))
+def test_a_missing_barrier_is_caught_by_the_race_detector(build, name, line, case):
+    """Each __syncthreads of the attention kernels removed (AIGC_EMU_PLANT=skip_sync:FILE:LINE): the race detector
+    stops the run naming the two accesses; with it switched off (AIGC_EMU_RACE=off, copies eager) the run goes to
+    the end and no race is named -- for some barriers every value is still right (below)."""
+    exe = build("flash_emulate")
+    args = [*case, 11]
+    plant = {"AIGC_EMU_PLANT": f"skip_sync:{name}:{line}"}
+    res = subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True, timeout=600,
+                         env={**os.environ, **plant})
+    assert res.returncode != 0 and "shared-memory race" in res.stderr and "with no barrier between" in res.stderr, (
+        res.returncode, res.stderr[-2000:])
+    off = subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True, timeout=600,
+                         env={**os.environ, **plant, "AIGC_EMU_RACE": "off", "AIGC_EMU_ASYNC": "eager"})
+    assert off.returncode == 0 and "race" not in off.stderr, off.stderr[-2000:]
+
+
+def test_a_race_only_the_detector_sees(build):
+    """The mma.sync forward without the barrier before a K/V stage is refilled (the last __syncthreads of
+    flash_fwd.cuh): every value is right, in thread order and in seeded orders -- the race is invisible to a
+    value check on the emulator -- and the detector names it."""
+    exe = build("flash_emulate")
+    case = [*BARRIER_RUNS["flash_fwd.cuh"][0], 11]
+    plant = {"AIGC_EMU_PLANT": f"skip_sync:flash_fwd.cuh:{_barriers('flash_fwd.cuh')[-1]}",
+             "AIGC_EMU_RACE": "off", "AIGC_EMU_ASYNC": "eager"}
+    clean = run(exe, case)
+    for order in ("", "1", "2"):  # "": thread order
+        assert run(exe, case, **plant, AIGC_EMU_ORDER=order)["digest"] == clean["digest"], order
+
+
+# Seeded fiber orders: the kernels' outputs are bitwise the same whatever order the threads run in
+ORDER_CASES = [FWD, ("bwd", "f16", 64, 2, 4, 2, 37, 45, 1, -1, -1, 0, 1),
+               ("decode", "f16", 64, 2, 8, 1, 4, 1000, 1, -1, -1, 0, 16),
+               ("fwdw", "bf16", 128, 2, 8, 2, 150, 130, 1, -1, -1, 0, 1)]
+
+
+@pytest.mark.parametrize("case", ORDER_CASES, ids=lambda c: "-".join(map(str, c[:3])))
+def test_outputs_do_not_depend_on_the_thread_order(build, case):
+    exe = build("flash_emulate")
+    want = run(exe, [*case, 11])["digest"]
+    for seed in ("1", "7"):
+        assert run(exe, [*case, 11], AIGC_EMU_ORDER=seed)["digest"] == want, seed
+
+
+def test_seeded_orders_see_a_race_the_thread_order_hides(build):
+    """The wgmma forward without the barrier before a K/V stage is refilled, detectors off: thread order gives the
+    right values bit for bit, seeded orders do not -- what the orders are for where the detector cannot look
+    (static __shared__ arrays, global memory)."""
+    exe = build("flash_emulate")
+    case = [*BARRIER_RUNS["flash_fwd.cuh"][1], 11]
+    plant = {"AIGC_EMU_PLANT": f"skip_sync:flash_fwd.cuh:{_barriers('flash_fwd.cuh')[-1]}",
+             "AIGC_EMU_RACE": "off", "AIGC_EMU_ASYNC": "eager"}
+    clean = run(exe, case)["digest"]
+    assert run(exe, case, **plant)["digest"] == clean
+    assert all(run(exe, case, **plant, AIGC_EMU_ORDER=seed)["digest"] != clean for seed in ("1", "2"))
+
+
+@pytest.mark.parametrize("kind", ["raw", "waw", "war", "cp_async", "barriers", "synced", "warp"])
+def test_the_race_detector_on_planted_races(build, kind):
+    """ld/st.shared between threads with no barrier (a read of a neighbour's write, two writes, a write of what a
+    neighbour read, a read of a neighbour's cp.async data after the wait but before a barrier) and threads waiting
+    at two different barriers stop the run; the same accesses across a barrier, or between lanes of one warp
+    after a warp collective, do not; with the detector off none is named."""
+    exe = build("hazard_emulate")
+    res = subprocess.run([str(exe), "race", kind], capture_output=True, text=True, timeout=60)
+    if kind in ("synced", "warp"):
+        assert res.returncode == 0 and json.loads(res.stdout) == {"ok": 1}, res.stderr
+        return
+    want = "different barriers" if kind == "barriers" else "shared-memory race"
+    assert res.returncode != 0 and want in res.stderr, res.stderr
+    if kind != "barriers":
+        assert run(exe, ["race", kind], AIGC_EMU_RACE="off") == {"ok": 1}
+
+
+@pytest.mark.parametrize("op,width,stride,wavefronts,ideal", [("st", 4, 4, 1, 1), ("st", 4, 8, 2, 1),
+                                                              ("st", 4, 128, 32, 1), ("ld", 4, 0, 1, 1),
+                                                              ("st", 16, 16, 4, 4), ("st", 8, 16, 4, 2),
+                                                              ("ld", 8, 8, 2, 2)])
+def test_plain_shared_access_bank_conflicts_are_counted(build, op, width, stride, wavefronts, ideal):
+    """One warp's ld/st.shared of WIDTH bytes a lane, STRIDE bytes apart: consecutive floats take one wavefront,
+    8-byte strides two, 128-byte strides 32 (one bank); one address read by every lane is a broadcast; 16-byte
+    accesses are served 8 lanes a phase, 8-byte ones 16 (a 16-byte stride of 8-byte accesses conflicts 2-way)."""
+    res = run(build("hazard_emulate"), ["plain", op, width, stride])
+    assert res == {"requests": 1, "wavefronts": wavefronts, "ideal": ideal}, res
 
 
 @pytest.mark.parametrize("src,dst,conflict,sectors", [(16, 16, 1, 1), (64, 16, 1, 2), (16, 128, 8, 1),

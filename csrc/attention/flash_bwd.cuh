@@ -89,8 +89,8 @@ __global__ void __launch_bounds__(BwdCfg<D>::kThreads) dkdv_kernel(const BwdPara
         l2 = l == -INFINITY ? INFINITY : l * kLog2e;
         dl = p.delta[l_off + i];
       }
-      sL[st * kBM + r] = l2;
-      sDelta[st * kBM + r] = dl;
+      st_shared(sL + st * kBM + r, l2);
+      st_shared(sDelta + st * kBM + r, dl);
     }
   };
 
@@ -156,10 +156,10 @@ __global__ void __launch_bounds__(BwdCfg<D>::kThreads) dkdv_kernel(const BwdPara
       for (int e4 = 0; e4 < 4; ++e4) {
         const int col = nt * 8 + 2 * t + (e4 & 1);
         const int j = n0 + wkey + g + (e4 >> 1) * 8;
-        float pr = exp2f(st_[nt][e4] * p.scale_log2 - lt[col]);
+        float pr = exp2f(st_[nt][e4] * p.scale_log2 - ld_shared(lt + col));
         if (masked && !band.visible(i0 + col, j)) pr = 0.f;
         st_[nt][e4] = pr;
-        dpt[nt][e4] = pr * (dpt[nt][e4] - deltat[col]);
+        dpt[nt][e4] = pr * (dpt[nt][e4] - ld_shared(deltat + col));
       }
     }
 

@@ -315,13 +315,24 @@ int run(const std::string& mode, int B, int HQ, int HKV, int LQ, int LK, bool ca
       return 2;
     }
   }
+  // FNV-1a of every output bit: equal across fiber orders (AIGC_EMU_ORDER) unless the result depends on them
+  uint64_t digest = 1469598103934665603ull;
+  auto mix = [&](const auto& v) {
+    const auto* bytes = reinterpret_cast<const unsigned char*>(v.data());
+    for (size_t i = 0; i < v.size() * sizeof(v[0]); ++i) digest = (digest ^ bytes[i]) * 1099511628211ull;
+  };
+  mix(out), mix(lse), mix(dq), mix(dk), mix(dv);
   std::printf("{\"out\": [%.6g, %.6g], \"lse\": [%.6g, %.6g], \"dq\": [%.6g, %.6g], \"dk\": [%.6g, %.6g], "
-              "\"dv\": [%.6g, %.6g], \"ldmatrix\": ",
+              "\"dv\": [%.6g, %.6g], \"digest\": \"%016llx\", \"ldmatrix\": ",
               e_out.err, e_out.ref, e_lse.err, e_lse.ref, e_dq.err, e_dq.ref, e_dk.err, e_dk.ref, e_dv.err,
-              e_dv.ref);
+              e_dv.ref, static_cast<unsigned long long>(digest));
   emu::report_banks(stdout);  // per site: [requests, wavefronts, ideal]
   std::printf(", \"cp.async\": ");
   emu::report_copies(stdout);  // per site: [requests, smem wavefronts, ideal, global sectors, ideal]
+  std::printf(", \"shared\": ");
+  emu::report_banks(stdout, emu::plain_banks());  // ld/st.shared per site: [requests, wavefronts, ideal]
+  std::printf(", \"wgmma\": ");
+  emu::report_banks(stdout, emu::wgmma_banks());  // operand core matrices per site: [requests, wavefronts, ideal]
   std::printf("}\n");
   return 0;
 }

@@ -11,6 +11,16 @@
 //                          one warp's cp.async of 16 bytes a lane, lane * SRC_STRIDE bytes into global memory,
 //                          lane * DST_STRIDE bytes into shared: {"requests", "wavefronts", "wavefronts_ideal",
 //                          "sectors", "sectors_ideal"}
+//   hazard_emulate race KIND
+//                          64 threads share floats through ld/st.shared (flash_common.cuh's ld_shared / st_shared):
+//                          raw (a neighbour's write read with no barrier), waw (two threads write one float), war
+//                          (a float written that a neighbour read), cp_async (a neighbour's cp.async data read with
+//                          no barrier after the wait), barriers (threads wait at two different __syncthreads);
+//                          synced (the same as raw with the barrier) and warp (a lane of the same warp, after a warp
+//                          collective) are race-free: {"ok": 1}, else the emulator stops naming the race
+//   hazard_emulate plain ld|st WIDTH STRIDE
+//                          one warp's WIDTH-byte ld/st.shared (4, 8, 16), lane * STRIDE bytes apart:
+//                          {"requests", "wavefronts", "ideal"}
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -94,6 +104,61 @@ int copy_counts(int src_stride, int dst_stride) {
   return 0;
 }
 
+int race_case(const std::string& kind) {
+  constexpr int kThreads = 64;
+  std::vector<__half> src(kThreads * 8, __float2half(1.f));
+  emu::launch(dim3(1), kThreads, kThreads * 16 + 64 * sizeof(float), [&] {
+    AIGC_DYNAMIC_SMEM(smem);
+    float* f = reinterpret_cast<float*>(smem + kThreads * 16);
+    const int t = threadIdx.x;
+    float x = 0.f;
+    if (kind == "raw" || kind == "synced") {
+      st_shared(f + t, 1.f);
+      if (kind == "synced") __syncthreads();
+      x = ld_shared(f + (t + 1) % kThreads);
+    } else if (kind == "warp") {
+      st_shared(f + t, 1.f);
+      x = __shfl_xor_sync(0xffffffffu, x, 1);  // a warp collective orders the lanes' accesses
+      x += ld_shared(f + (t ^ 1));
+    } else if (kind == "waw") {
+      st_shared(f + t / 2, 1.f);
+    } else if (kind == "war") {
+      x = ld_shared(f + (t + 1) % kThreads);
+      st_shared(f + t, x);
+    } else if (kind == "cp_async") {
+      cp_async16(smem + t * 16, src.data() + t * 8, true);
+      cp_async_commit();
+      cp_async_wait<0>();
+      const __half* h = reinterpret_cast<const __half*>(smem);
+      x = __half2float(ld_shared(h + ((t + 1) % kThreads) * 8));
+    } else if (kind == "barriers") {
+      if (t < 32) {
+        __syncthreads();
+      } else {
+        __syncthreads();
+      }
+    }
+    (void)x;
+  });
+  std::printf("{\"ok\": 1}\n");
+  return 0;
+}
+
+template <typename V>
+int plain_case(bool store, int stride) {
+  emu::launch(dim3(1), 32, 32 * stride + 64, [&] {
+    AIGC_DYNAMIC_SMEM(smem);
+    V* p = reinterpret_cast<V*>(smem + threadIdx.x * stride);
+    if (store) st_shared(p, V{}); else (void)ld_shared(static_cast<const V*>(p));
+  });
+  emu::BankCount total;
+  for (const auto& [site, c] : emu::plain_banks()) total.requests += c.requests, total.wavefronts += c.wavefronts,
+                                                    total.ideal += c.ideal;
+  std::printf("{\"requests\": %ld, \"wavefronts\": %ld, \"ideal\": %ld}\n", total.requests, total.wavefronts,
+              total.ideal);
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -106,6 +171,15 @@ int main(int argc, char** argv) {
     if (stride == 80) return bank_case<80>();
   }
   if (mode == "copies" && argc == 4) return copy_counts(std::atoi(argv[2]), std::atoi(argv[3]));
-  std::fprintf(stderr, "usage: %s wait | nowait | banks 64|72|80 | copies SRC_STRIDE DST_STRIDE\n", argv[0]);
+  if (mode == "race" && argc == 3) return race_case(argv[2]);
+  if (mode == "plain" && argc == 5) {
+    const bool store = std::string(argv[2]) == "st";
+    const int width = std::atoi(argv[3]), stride = std::atoi(argv[4]);
+    if (width == 4) return plain_case<float>(store, stride);
+    if (width == 8) return plain_case<float2>(store, stride);
+    if (width == 16) return plain_case<float4>(store, stride);
+  }
+  std::fprintf(stderr, "usage: %s wait | nowait | banks 64|72|80 | copies SRC_STRIDE DST_STRIDE | race KIND | "
+               "plain ld|st 4|8|16 STRIDE\n", argv[0]);
   return 2;
 }
