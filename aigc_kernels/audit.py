@@ -45,7 +45,7 @@ from pathlib import Path
 
 import torch
 
-from . import _device, _files
+from . import _device, _files, sass
 
 
 @dataclasses.dataclass(frozen=True)
@@ -574,27 +574,12 @@ def _tool(name: str) -> str | None:
     return str(path) if path.exists() else shutil.which(name)
 
 
-_RESOURCE = re.compile(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)")
-
-
 def resource_usage(path: str) -> list[dict]:
     """[{arch, function, registers, stack, shared, local}] of every kernel in a cubin or fatbinary."""
     tool = _tool("cuobjdump")
     if tool is None:
         raise RuntimeError("cuobjdump not found (triton's wheel ships one in triton/backends/nvidia/bin)")
-    out = subprocess.run([tool, "--dump-resource-usage", path], capture_output=True, text=True, check=True).stdout
-    rows, arch, fn = [], None, None
-    for line in out.splitlines():
-        line = line.strip()
-        if line.startswith("arch = "):
-            arch = line.split("=", 1)[1].strip()
-        elif line.startswith("Function "):
-            fn = line[len("Function "):].rstrip(":")
-        elif fn is not None and (m := _RESOURCE.search(line)):
-            reg, stack, shared, local = map(int, m.groups())
-            rows.append(dict(arch=arch, function=fn, registers=reg, stack=stack, shared=shared, local=local))
-            fn = None
-    return rows
+    return sass.resource_usage(path, tool)
 
 
 def _compile_one(arch: str, module: str, kernel: str, spec_data: str) -> dict:

@@ -11,6 +11,8 @@
     aigc-kernels audit [--arch 90a,80] [--json F]
                                        compile every Triton kernel for GPU targets (no GPU needed): errors,
                                        shared memory, registers, spills, wgmma/TMA use; exit 1 on a finding
+    aigc-kernels audit --perf [--json F]
+                                       the performance model: our CUDA attention kernels' bounds beside FA2's
     aigc-kernels compare BASE.json NEW.json [--threshold PCT]
                                        per-case ratios; exit 1 when a case is slower by more than PCT %
 """
@@ -278,6 +280,18 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from . import audit
 
     console = _console()
+    if args.perf:
+        import json
+
+        from . import perf
+
+        data = perf.model()
+        perf.render(data, console)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(data, f, indent=1)
+            console.print(f"wrote {args.json}")
+        return 0
     targets = [t.strip().removeprefix("sm_") for t in args.arch.split(",") if t.strip()]
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("audit", total=None)
@@ -408,6 +422,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=None, help="parallel compile processes (default: the CPU count)")
     p.add_argument("--json", metavar="FILE", help="also write every record as JSON")
     p.add_argument("--verbose", action="store_true", help="list every compiled config, not only the problems")
+    p.add_argument("--perf", action="store_true",
+                   help="the performance model instead: each CUDA attention kernel's bound beside FA2's, from the "
+                        "recorded SASS and emulator figures (a bound, not a measurement)")
     p.set_defaults(func=cmd_audit)
     p = sub.add_parser("compare", help="compare two bench JSON files; exit 1 on a regression")
     p.add_argument("base")

@@ -56,6 +56,31 @@ def parse(text: str) -> dict[tuple[str, str], list[Instr]]:
     return out
 
 
+_RESOURCE = re.compile(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)")
+
+
+def parse_resource_usage(text: str) -> list[dict]:
+    """[{arch, function, registers, stack, shared, local}] from ``cuobjdump --dump-resource-usage`` output."""
+    rows, arch, fn = [], None, None
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("arch = "):
+            arch = line.split("=", 1)[1].strip()
+        elif line.startswith("Function "):
+            fn = line[len("Function "):].rstrip(":")
+        elif fn is not None and (m := _RESOURCE.search(line)):
+            reg, stack, shared, local = map(int, m.groups())
+            rows.append(dict(arch=arch, function=fn, registers=reg, stack=stack, shared=shared, local=local))
+            fn = None
+    return rows
+
+
+def resource_usage(path: str, tool: str) -> list[dict]:
+    """``parse_resource_usage`` of a cubin, fatbinary or shared library."""
+    out = subprocess.run([tool, "--dump-resource-usage", path], capture_output=True, text=True, check=True).stdout
+    return parse_resource_usage(out)
+
+
 def demangle(names: list[str]) -> list[str]:
     """C++ names through c++filt (unchanged where it is missing)."""
     import shutil
@@ -85,6 +110,18 @@ def mma_flops(ins: Instr) -> int:
             m, n, k = map(int, dims.groups())
             return 2 * m * n * k // 4
     return 0
+
+
+def hgmma_smem_bytes(ins: Instr) -> float:
+    """Shared-memory operand bytes an HGMMA reads, per warp: B (N x K) always, A (M x K) too when it comes from
+    shared memory (the "SS" form: the operand after the destination is a descriptor, not a register)."""
+    parts = ins.op.split(".")
+    if parts[0] != "HGMMA" or len(parts) < 2 or not (dims := re.match(r"(\d+)x(\d+)x(\d+)", parts[1])):
+        return 0.0
+    m, n, k = map(int, dims.groups())
+    args = [a.strip() for a in ins.operands.split(",")]
+    a_in_registers = len(args) > 1 and re.match(r"R\d+$", args[1]) is not None
+    return ((0 if a_in_registers else m * k) + n * k) * 2 / 4
 
 
 def _is_mma(ins: Instr) -> bool:
@@ -121,6 +158,7 @@ class Mix:
     mma: int = 0  # HMMA + HGMMA
     hgmma: int = 0
     mma_flops: int = 0
+    smem_operand_bytes: float = 0.0  # what HGMMA reads from shared memory, per warp (a quarter of the warpgroup's)
     ldsm: int = 0
     lds: int = 0
     sts: int = 0
@@ -142,6 +180,7 @@ class Mix:
             self.mma += 1
             self.hgmma += ins.base == "HGMMA"
             self.mma_flops += mma_flops(ins)
+            self.smem_operand_bytes += hgmma_smem_bytes(ins)
         counters = {"LDSM": "ldsm", "LDS": "lds", "STS": "sts", "LDGSTS": "ldgsts", "LDG": "ldg", "STG": "stg",
                     "BRA": "branches", "BSSY": "convergence", "BSYNC": "convergence", "BAR": "barriers",
                     "MUFU": "mufu"}

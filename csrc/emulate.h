@@ -37,14 +37,14 @@
 //     model: a no-swizzle core matrix is contiguous, ideal 1), per wgmma shape and operand.
 //   plain ld/st.shared (flash_common.cuh's ld_shared / st_shared): warp-wide requests (the k-th access of each lane
 //     at a site since the last barrier), 128 / width lanes a phase, counted in wavefronts per site.
-//   races: per 2 bytes of dynamic shared memory, the last writer and the current interval's readers (see
+//   races: per 2 bytes of shared memory (dynamic, and static __shared__ arrays accessed through ld_shared /
+//     st_shared), the last writer and the current interval's readers (see
 //     shadow_read / shadow_write); a conflicting access with no barrier between stops the run naming both sites.
 //     Threads of one block waiting at two different __syncthreads stop it too. AIGC_EMU_RACE=off switches the
 //     detector off; AIGC_EMU_PLANT=skip_sync:FILE:LINE removes one __syncthreads (the planted defect);
 //     AIGC_EMU_ORDER=SEED runs each block's fibers in a permutation drawn afresh every round (the default: thread
 //     order), so a result that depends on the interleaving shows as a changed output.
-// Not modelled yet: races on static __shared__ arrays (the norm kernels' reductions: seeded orders only); global
-// sectors of plain loads/stores; TMA and mbarriers (no kernel uses them yet).
+// Not modelled yet: global sectors of plain loads/stores; TMA and mbarriers (no kernel uses them yet).
 #pragma once
 #ifndef AIGC_EMULATE
 #error "emulate.h is for host builds with AIGC_EMULATE"
@@ -136,6 +136,7 @@ struct WarpAccess {
 
 struct Block {
   std::vector<ShadowUnit> shadow;  // per 2 bytes of dynamic shared memory
+  std::map<uintptr_t, ShadowUnit> static_shadow;  // per 2 bytes of static __shared__ arrays (address / 2)
   std::vector<std::map<int, std::vector<WarpAccess>>> warp_plain;  // per warp, per site: the k-th request
   std::vector<std::map<int, int>> plain_seq;                        // per thread, per site: accesses so far
   const char* barrier_file = nullptr;  // where the threads of this barrier generation wait
@@ -357,8 +358,8 @@ inline bool planted_barrier(const char* file, int line) {
 // in. Accesses by the lanes of one warp are ordered by a warp collective between them (ldmatrix, mma, shfl: each
 // is a sync_warp here). A cp.async writes any time from its issue to its thread's wait_group: it conflicts with
 // another thread's access in any interval of that span. wgmma's operand reads are recorded at the issue, as
-// the warpgroup's first thread's. Not seen: static __shared__ arrays (one copy per kernel, outside the dynamic
-// shared memory), global memory. AIGC_EMU_RACE=off switches it off.
+// the warpgroup's first thread's. Static __shared__ arrays are seen where the kernel reaches them through
+// ld_shared / st_shared (smem.cuh); global memory is not. AIGC_EMU_RACE=off switches it off.
 inline bool race_off() {
   static const bool off = env_is("AIGC_EMU_RACE", "off");
   return off;
@@ -383,13 +384,21 @@ inline int call_site(const char* func, const char* file, int line) {
   return ids[key] = site_id(std::string(func) + " " + base_name(file) + ":" + std::to_string(line));
 }
 inline uint32_t epoch() { return static_cast<uint32_t>(block()->cta_gen + 1); }
-inline size_t smem_unit(const void* p) {
-  return static_cast<size_t>(static_cast<const unsigned char*>(p) - dynamic_smem()) / 2;
+// The record of the 2 bytes at p: dynamic shared memory by offset, a static __shared__ array (one copy per kernel
+// here, outside the block's buffer) by address, fresh for every block.
+inline ShadowUnit& shadow_at(const unsigned char* p) {
+  Block* b = block();
+  const unsigned char* base = dynamic_smem();
+  if (p >= base && p < b->smem.data() + b->smem.size()) return b->shadow[static_cast<size_t>(p - base) / 2];
+  return b->static_shadow[reinterpret_cast<uintptr_t>(p) / 2];
 }
 [[noreturn]] inline void race(const char* kind, const void* p, int other, int other_site, int site) {
   const std::string who = other == -2 ? std::string("several threads") : "thread " + std::to_string(other);
-  const std::string what = std::string("shared-memory race (") + kind + ") at byte " +
-                           std::to_string(static_cast<const unsigned char*>(p) - dynamic_smem()) + ": this thread at " +
+  const unsigned char* at = static_cast<const unsigned char*>(p);
+  const Block* b = block();
+  const bool dynamic = at >= dynamic_smem() && at < b->smem.data() + b->smem.size();
+  const std::string where = dynamic ? "byte " + std::to_string(at - dynamic_smem()) : std::string("a static array");
+  const std::string what = std::string("shared-memory race (") + kind + ") at " + where + ": this thread at " +
                            site_names()[site] + ", " + who + " at " + site_names()[other_site] +
                            ", with no barrier between";
   hazard(what.c_str());
@@ -406,11 +415,11 @@ inline void shadow_read(const void* p, int bytes, int site) {
   Block* b = block();
   const int t = tid(), w = t / 32;
   const uint32_t e = epoch(), g = static_cast<uint32_t>(b->warp_gen[w]);
-  const size_t u0 = smem_unit(p);
-  for (size_t u = u0; u < u0 + static_cast<size_t>(bytes + 1) / 2; ++u) {
-    ShadowUnit& s = b->shadow[u];
+  const unsigned char* p0 = static_cast<const unsigned char*>(p);
+  for (const unsigned char* at = p0; at < p0 + bytes; at += 2) {
+    ShadowUnit& s = shadow_at(at);
     if (s.w_epoch == e && !ordered(s.writer, s.writer / 32, s.w_wgen)) {
-      race("a read of another thread's write", dynamic_smem() + 2 * u, s.writer, s.w_site, site);
+      race("a read of another thread's write", at, s.writer, s.w_site, site);
     }
     if (s.r_epoch != e) {
       s.reader = t, s.reader_warp = w, s.r_wgen = g, s.r_epoch = e;
@@ -429,18 +438,18 @@ inline void shadow_write(const void* p, int bytes, int site, uint32_t since = 0)
   const int t = tid(), w = t / 32;
   const uint32_t e = epoch(), g = static_cast<uint32_t>(b->warp_gen[w]);
   if (since == 0) since = e;
-  const size_t u0 = smem_unit(p);
-  for (size_t u = u0; u < u0 + static_cast<size_t>(bytes + 1) / 2; ++u) {
-    ShadowUnit& s = b->shadow[u];
+  const unsigned char* p0 = static_cast<const unsigned char*>(p);
+  for (const unsigned char* at = p0; at < p0 + bytes; at += 2) {
+    ShadowUnit& s = shadow_at(at);
     auto clash = [&](uint32_t at, int other, int other_warp, uint32_t wgen) {
       if (at == 0 || at < since) return false;
       return at < e ? other != t : !ordered(other, other_warp, wgen);
     };
     if (clash(s.r_epoch, s.reader, s.reader_warp, s.r_wgen)) {
-      race("a write of bytes another thread read", dynamic_smem() + 2 * u, s.reader, s.r_site, site);
+      race("a write of bytes another thread read", at, s.reader, s.r_site, site);
     }
     if (clash(s.w_epoch, s.writer, s.writer / 32, s.w_wgen)) {
-      race("two threads' writes", dynamic_smem() + 2 * u, s.writer, s.w_site, site);
+      race("two threads' writes", at, s.writer, s.w_site, site);
     }
     s.writer = t, s.w_epoch = e, s.w_wgen = g, s.w_site = static_cast<uint16_t>(site);
   }
@@ -609,7 +618,6 @@ inline void record_plain(const void* p, int width, int site) {
   a.active[t % 32] = true;
 }
 inline void flush_plain(Block* b) {
-  const uintptr_t base = reinterpret_cast<uintptr_t>(dynamic_smem());
   for (auto& sites : b->warp_plain) {
     for (auto& [site, reqs] : sites) {
       BankCount& c = plain_banks()[site_names()[site]];
@@ -622,8 +630,9 @@ inline void flush_plain(Block* b) {
           for (int l = l0; l < l0 + lanes; ++l) {
             if (!a.active[l]) continue;
             any = true;
-            const uintptr_t first = (reinterpret_cast<uintptr_t>(a.addr[l]) - base) / 4;
-            const uintptr_t last = (reinterpret_cast<uintptr_t>(a.addr[l]) - base + a.width - 1) / 4;
+            // absolute words: a bank count does not change with where the buffer starts (4-byte aligned)
+            const uintptr_t first = reinterpret_cast<uintptr_t>(a.addr[l]) / 4;
+            const uintptr_t last = (reinterpret_cast<uintptr_t>(a.addr[l]) + a.width - 1) / 4;
             for (uintptr_t word = first; word <= last; ++word) {
               auto& bank = banks[word % 32];
               if (std::find(bank.begin(), bank.end(), word) == bank.end()) bank.push_back(word);

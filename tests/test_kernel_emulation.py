@@ -232,9 +232,9 @@ def test_wgmma_protocol_defects_are_caught(build, plant, caught):
     assert unseen["out"][0] <= REL["f16"] * max(unseen["out"][1], 1.0) + 1e-3, unseen
 
 
-def _barriers(name: str) -> list[int]:
-    """The lines of csrc/attention/NAME that hold a __syncthreads."""
-    lines = (ROOT / "csrc" / "attention" / name).read_text().splitlines()
+def _barriers(name: str, folder: str = "attention") -> list[int]:
+    """The lines of csrc/FOLDER/NAME that hold a __syncthreads."""
+    lines = (ROOT / "csrc" / folder / name).read_text().splitlines()
     return [i for i, line in enumerate(lines, 1) if "__syncthreads()" in line]
 
 
@@ -278,6 +278,27 @@ def test_a_race_only_the_detector_sees(build):
     clean = run(exe, case)
     for order in ("", "1", "2"):  # "": thread order
         assert run(exe, case, **plant, AIGC_EMU_ORDER=order)["digest"] == clean["digest"], order
+
+
+NORM_BARRIER_CASE = ["f16", "same", 9, 4096, 0, 0, 0, 0, 8, 4, 1]  # 512-thread rows: 16 warps in the reduction
+
+
+def test_a_missing_barrier_in_the_norm_reduction_is_caught(build):
+    """The norm kernels' block reduction (a static __shared__ array through ld_shared / st_shared) with either
+    barrier removed: the race detector names it. Without the first (the previous call may still be reading the
+    array) every value is still right, in thread order and seeded orders: only the detector sees it."""
+    exe = build("norm_emulate")
+    first, second = _barriers("norm_kernels.cuh", "norm")
+    clean = run(exe, NORM_BARRIER_CASE)
+    for line in (first, second):
+        plant = {"AIGC_EMU_PLANT": f"skip_sync:norm_kernels.cuh:{line}"}
+        res = subprocess.run([str(exe), *map(str, NORM_BARRIER_CASE)], capture_output=True, text=True, timeout=600,
+                             env={**os.environ, **plant})
+        assert res.returncode != 0 and "shared-memory race" in res.stderr and "a static array" in res.stderr, (
+            res.stderr[-2000:])
+    hidden = {"AIGC_EMU_PLANT": f"skip_sync:norm_kernels.cuh:{first}", "AIGC_EMU_RACE": "off"}
+    for order in ("", "1", "2"):
+        assert run(exe, NORM_BARRIER_CASE, **hidden, AIGC_EMU_ORDER=order) == clean, order
 
 
 # Seeded fiber orders: the kernels' outputs are bitwise the same whatever order the threads run in

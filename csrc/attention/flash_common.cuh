@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "../smem.cuh"
 #include "flash.h"
 
 namespace aigc_kernels {
@@ -144,31 +145,6 @@ __device__ __forceinline__ void acc_to_a(uint32_t (&a)[4], const float (&c0)[4],
   a[2] = pack2<T>(c1[0], c1[1]);
   a[3] = pack2<T>(c1[2], c1[3]);
 }
-
-// ---- plain shared-memory accesses ----------------------------------------------------------------
-// Under emulation each goes through the race detector and the bank counter (emulate.h); on the device a plain
-// ld/st.shared.
-#ifdef AIGC_EMULATE
-template <typename T>
-__device__ __forceinline__ T ld_shared(const T* p, const char* file = __builtin_FILE(), int line = __builtin_LINE(),
-                                       const char* func = __builtin_FUNCTION()) {
-  return ::emu::ld_shared(p, func, file, line);
-}
-template <typename T>
-__device__ __forceinline__ void st_shared(T* p, T v, const char* file = __builtin_FILE(),
-                                          int line = __builtin_LINE(), const char* func = __builtin_FUNCTION()) {
-  ::emu::st_shared(p, v, func, file, line);
-}
-#else
-template <typename T>
-__device__ __forceinline__ T ld_shared(const T* p) {
-  return *p;
-}
-template <typename T>
-__device__ __forceinline__ void st_shared(T* p, T v) {
-  *p = v;
-}
-#endif
 
 // ---- asynchronous copies --------------------------------------------------------------------
 // 16 bytes global -> shared; src_bytes = 0 fills zeros (src must still be a valid address).

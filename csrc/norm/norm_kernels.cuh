@@ -9,6 +9,7 @@
 // summed afterwards in a fixed order: deterministic, no atomics.
 #pragma once
 #include "../launch.h"
+#include "../smem.cuh"
 #include "../vec.cuh"
 #include "norm.h"
 
@@ -26,9 +27,9 @@ __device__ __forceinline__ float block_sum(float v, float* smem) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
   v = warp_sum(v);
   __syncthreads();  // smem may still be read by the previous call
-  if (lane == 0) smem[warp] = v;
+  if (lane == 0) st_shared(smem + warp, v);
   __syncthreads();
-  v = lane < warps ? smem[lane] : 0.f;
+  v = lane < warps ? ld_shared(smem + lane) : 0.f;
   return warp_sum(v);
 }
 

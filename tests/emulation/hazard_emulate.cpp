@@ -31,6 +31,7 @@
 #include "common.h"
 #include "attention/flash_common.cuh"
 
+using namespace aigc_kernels;
 using namespace aigc_kernels::flash;
 
 namespace {
