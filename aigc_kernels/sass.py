@@ -195,6 +195,7 @@ class Mix:
         d = {k: v for k, v in self.__dict__.items() if k != "widths"}
         d["widths"] = dict(sorted(self.widths.items()))
         d["instructions_per_mma"] = round(self.instructions / self.mma, 2) if self.mma else None
+        d["flops_per_instruction"] = round(self.mma_flops / self.instructions) if self.instructions else 0
         d["mma_per_ldsm"] = round(self.mma / self.ldsm, 2) if self.ldsm else None
         return d
 

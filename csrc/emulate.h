@@ -510,17 +510,31 @@ inline std::map<std::string, BankCount>& ldmatrix_banks() {
   return m;
 }
 // Wavefronts of one phase: 8 rows of 16 bytes; per bank, the distinct 4-byte words asked of it.
-inline int phase_wavefronts(const unsigned char* const (&rows)[8]) {
-  std::array<std::vector<uintptr_t>, 32> words;
-  for (const unsigned char* row : rows)
-    for (int w = 0; w < 4; ++w) {
-      const uintptr_t word = (reinterpret_cast<uintptr_t>(row) - reinterpret_cast<uintptr_t>(dynamic_smem())) / 4 + w;
-      auto& bank = words[word % 32];
+// One shared-memory phase: the 4-byte words it asks of each of the 32 banks. It takes as many wavefronts as the
+// most distinct words one bank holds (a word asked by several lanes is one: a broadcast), 1 at least. Absolute
+// addresses serve: the count does not change with where a (4-byte aligned) buffer starts.
+struct Phase {
+  std::array<std::vector<uintptr_t>, 32> banks;
+  bool empty = true;
+  void add(const void* p, int bytes) {
+    const uintptr_t first = reinterpret_cast<uintptr_t>(p) / 4;
+    const uintptr_t last = (reinterpret_cast<uintptr_t>(p) + bytes - 1) / 4;
+    for (uintptr_t word = first; word <= last; ++word) {
+      auto& bank = banks[word % 32];
       if (std::find(bank.begin(), bank.end(), word) == bank.end()) bank.push_back(word);
     }
-  size_t most = 1;
-  for (const auto& bank : words) most = std::max(most, bank.size());
-  return static_cast<int>(most);
+    empty = false;
+  }
+  int wavefronts() const {
+    size_t most = 1;
+    for (const auto& bank : banks) most = std::max(most, bank.size());
+    return static_cast<int>(most);
+  }
+};
+inline int phase_wavefronts(const unsigned char* const (&rows)[8]) {
+  Phase phase;
+  for (const unsigned char* row : rows) phase.add(row, 16);
+  return phase.wavefronts();
 }
 // Per cp.async site: warp-wide requests, shared-memory wavefronts of the 16-byte stores (served 8 lanes = 128
 // bytes a phase) and their ideal, global 32-byte sectors read and the fewest that could hold the bytes.
@@ -534,27 +548,16 @@ inline std::map<std::string, CopyCount>& copy_counts() {
 
 inline void flush_plain(Block* b);
 inline void flush_copies(Block* b) {
-  const uintptr_t base = reinterpret_cast<uintptr_t>(dynamic_smem());
   for (auto& reqs : b->warp_copies) {
     for (const WarpCopy& w : reqs) {
       CopyCount& c = copy_counts()[w.site];
       ++c.requests;
-      for (int phase = 0; phase < 4; ++phase) {
-        std::array<std::vector<uintptr_t>, 32> banks;
-        int lanes = 0;
-        for (int l = 8 * phase; l < 8 * phase + 8; ++l) {
-          if (!w.active[l]) continue;
-          ++lanes;
-          for (int j = 0; j < 4; ++j) {
-            const uintptr_t word = (reinterpret_cast<uintptr_t>(w.dst[l]) - base) / 4 + j;
-            auto& bank = banks[word % 32];
-            if (std::find(bank.begin(), bank.end(), word) == bank.end()) bank.push_back(word);
-          }
-        }
-        if (lanes == 0) continue;
-        size_t most = 1;
-        for (const auto& bank : banks) most = std::max(most, bank.size());
-        c.wavefronts += static_cast<long>(most);
+      for (int l0 = 0; l0 < 32; l0 += 8) {
+        Phase phase;
+        for (int l = l0; l < l0 + 8; ++l)
+          if (w.active[l]) phase.add(w.dst[l], 16);
+        if (phase.empty) continue;
+        c.wavefronts += phase.wavefronts();
         ++c.wavefronts_ideal;
       }
       std::vector<uintptr_t> sectors;
@@ -625,23 +628,11 @@ inline void flush_plain(Block* b) {
         ++c.requests;
         const int lanes = std::max(1, std::min(32, 128 / std::max(1, a.width)));
         for (int l0 = 0; l0 < 32; l0 += lanes) {
-          std::array<std::vector<uintptr_t>, 32> banks;
-          bool any = false;
-          for (int l = l0; l < l0 + lanes; ++l) {
-            if (!a.active[l]) continue;
-            any = true;
-            // absolute words: a bank count does not change with where the buffer starts (4-byte aligned)
-            const uintptr_t first = reinterpret_cast<uintptr_t>(a.addr[l]) / 4;
-            const uintptr_t last = (reinterpret_cast<uintptr_t>(a.addr[l]) + a.width - 1) / 4;
-            for (uintptr_t word = first; word <= last; ++word) {
-              auto& bank = banks[word % 32];
-              if (std::find(bank.begin(), bank.end(), word) == bank.end()) bank.push_back(word);
-            }
-          }
-          if (!any) continue;
-          size_t most = 1;
-          for (const auto& bank : banks) most = std::max(most, bank.size());
-          c.wavefronts += static_cast<long>(most);
+          Phase phase;
+          for (int l = l0; l < l0 + lanes; ++l)
+            if (a.active[l]) phase.add(a.addr[l], a.width);
+          if (phase.empty) continue;
+          c.wavefronts += phase.wavefronts();
           ++c.ideal;
         }
       }

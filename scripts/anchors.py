@@ -131,15 +131,7 @@ def compile_file(src: Path, name: str) -> Path:
 def kernels(cubin: Path) -> list[tuple[str, dict]]:
     sass = _sass_module()
     fns = {name: ins for (arch, name), ins in sass.parse(sass.dump(str(cubin), _tool("cuobjdump"))).items()}
-    names = sass.demangle(list(fns))
-    out = []
-    for name, ins in zip(names, fns.values(), strict=True):
-        fig = sass.figures(ins)
-        if fig["main_loop"] is not None:
-            fig["main_loop"]["flops_per_instruction"] = round(fig["main_loop"]["mma_flops"] /
-                                                              fig["main_loop"]["instructions"])
-        out.append((name, fig))
-    return out
+    return [(name, sass.figures(ins)) for name, ins in zip(sass.demangle(list(fns)), fns.values(), strict=True)]
 
 
 def _registers(cubin: Path) -> dict[str, int]:

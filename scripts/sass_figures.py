@@ -113,8 +113,6 @@ def measure(path: Path) -> dict:
     for name, ins in sorted(zip(names, functions.values(), strict=True)):
         fig = sass.figures(ins)
         loop = fig["main_loop"]
-        if loop is not None:
-            loop["flops_per_instruction"] = round(loop["mma_flops"] / loop["instructions"])
         kernels.append({"kernel": name.split("(", 1)[0].removeprefix("void "), "registers": regs_by_name[name],
                         "instructions": fig["kernel"]["instructions"], "mma": fig["kernel"]["mma"], "main_loop": loop})
     return {"note": NOTE, "arch": ARCH, "nvcc": nvcc_version(), "kernels": kernels}
@@ -195,7 +193,7 @@ def anchor_block(data: dict, anchors: dict) -> str:
                          "|  |  |  |  |")
             continue
         a, b = ours["main_loop"], fa2["main_loop"]
-        b_flops = round(b["mma_flops"] / b["instructions"])
+        b_flops = b["flops_per_instruction"]
         ratio = a["flops_per_instruction"] / b_flops
 
         def per_ldsm(loop: dict) -> str:
