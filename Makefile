@@ -20,8 +20,13 @@ report: setup
 lint: setup
 	$(BIN)/ruff check .
 
+# Two pytest workers where pytest-xdist is installed (the dev extras): a test file stays on one worker, so its
+# module fixtures (the emulator builds, the wheel) are built once. TEST_JOBS=0 runs in one process.
+TEST_JOBS ?= 2
+XDIST = $$($(BIN)/python -c "import xdist" 2>/dev/null && [ "$(TEST_JOBS)" != 0 ] && echo "-n $(TEST_JOBS) --dist loadfile")
+
 test: lint
-	$(INTERPRET) $(BIN)/python -m pytest
+	$(INTERPRET) $(BIN)/python -m pytest $(XDIST)
 
 # An abi3 wheel with aigc_kernels._C built against torch $(TORCH) (default: the installed one) -> dist/
 wheel: setup

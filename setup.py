@@ -142,8 +142,10 @@ def write_build_info(**facts: str) -> None:
 def enable_ccache(cuda_home: str) -> None:
     """Route the C++ and CUDA compiles through ccache when it is installed (AIGC_KERNELS_CCACHE=0 disables).
 
-    Paths are made relative to the checkout and the build folder is left out of the hash, so a
-    fresh clone (CI) reuses what an earlier build in another folder compiled.
+    Paths under csrc/ are made relative to the build folder, which is always <checkout>/build/temp-ext
+    (see ``_build_ext``), and that folder is left out of the hash: a build from a copy of the tree (the
+    packaging test's wheel, `make wheel`) reuses what the editable install compiled. Paths outside csrc/
+    (torch's headers in the virtual environment) stay absolute, so the environment is part of the key.
     """
     ccache = shutil.which("ccache")
     if ccache is None or os.environ.get("AIGC_KERNELS_CCACHE", "1") == "0":
@@ -152,7 +154,7 @@ def enable_ccache(cuda_home: str) -> None:
     masquerade = Path("/usr/lib/ccache/c++")
     if "CXX" not in os.environ and masquerade.exists():
         os.environ["CXX"] = str(masquerade)
-    os.environ.setdefault("CCACHE_BASEDIR", str(ROOT))
+    os.environ.setdefault("CCACHE_BASEDIR", str(ROOT / "csrc"))
     os.environ.setdefault("CCACHE_NOHASHDIR", "1")
     print(f"aigc-kernels: compiling through ccache ({ccache})")
 
@@ -208,7 +210,17 @@ def cuda_extension():
                      cuda_home=cuda_home, python_abi="abi3 (Python >= 3.10)")
     print(f"aigc-kernels: building aigc_kernels._C with CUDA_HOME={cuda_home}, archs {archs}, "
           f"torch {torch.__version__} (CUDA {torch.version.cuda})")
-    return [ext], {"build_ext": BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)}, torch
+    base = BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)
+
+    class _build_ext(base):
+        """One build folder inside the checkout, whatever pip asks (an editable install picks a fresh
+        temporary one): the relative paths ccache hashes are then the same for every copy of the tree."""
+
+        def finalize_options(self):
+            super().finalize_options()
+            self.build_temp = str(ROOT / "build" / "temp-ext")
+
+    return [ext], {"build_ext": _build_ext}, torch
 
 
 def requirements(torch_module) -> list[str]:

@@ -3,7 +3,7 @@
 # `timeout`, each writing its own JSON into $OUT as it goes (a run cut off still returns what it did).
 #
 #   OUT=/some/dir bash scripts/gpu_run.sh            # on the GPU (bundle/ from `make device-bundle` if sent)
-#   OUT=/tmp/dry bash scripts/gpu_run.sh --dry-run   # the same stages on CPU in < 3 min (a test runs it)
+#   OUT=/tmp/dry bash scripts/gpu_run.sh --dry-run   # the same stages on CPU in a few minutes (a test runs it)
 #
 # Stages (seconds allowed, GPU; 570 in all):
 #   1 setup   (60)  _C from bundle/ (built ahead for this torch), else nvcc; info; copy + GEMM ceilings

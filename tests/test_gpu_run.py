@@ -22,7 +22,8 @@ def test_gpu_run_dry_run(tmp_path):
     stages = {s["stage"]: s for s in summary["stages"]}
     assert list(stages) == ["setup", "warm", "check", "tune", "bench", "tests", "sanitize"]
     assert all(s["status"] == "ok" for s in stages.values()), stages
-    assert summary["total_seconds"] < 180
+    # a quick check, not a timing: the bound leaves room for a second pytest worker beside it on 2 cores
+    assert summary["total_seconds"] < 280
     runs = sorted((tmp_path / "results").glob("*.json"))
     tables = [p for p in runs if p.name.startswith("tune-")]
     assert len(runs) == 2 and len(tables) == 1
