@@ -582,22 +582,46 @@ def resource_usage(path: str) -> list[dict]:
     return sass.resource_usage(path, tool)
 
 
-def _compile_one(arch: str, module: str, kernel: str, spec_data: str) -> dict:
-    """Compile one recorded specialization for ``arch`` (in a worker process) and read its costs."""
+def preload(arch: str, module: str, kernel: str, spec_data: str):
+    """Triton's compiled kernel (asm: ttgir, ptx, cubin; metadata) of one recorded specialization for ``arch``."""
     from triton.runtime.driver import driver
 
-    t0 = time.perf_counter()
     saved = _active_driver()
     driver.set_active(CompileOnlyDriver(TARGETS[arch]))
     try:
         jit = _jit_function(getattr(importlib.import_module(module), kernel))
-        jit.device_caches.clear()  # this worker may have compiled it for another target before
-        compiled = jit.preload(spec_data)
+        jit.device_caches.clear()  # this process may have compiled it for another target before
+        return jit.preload(spec_data)
+    finally:
+        _restore_driver(saved)
+
+
+_MMA_LAYOUT = re.compile(r"^#(\w+) = #ttg\.nvidia_mma<\{versionMajor = (\d+)")
+_DOT = re.compile(r"= (tt\.dot|ttng\.warp_group_dot) .*?: (?:tensor|!ttg\.memdesc)<(\d+)x(\d+)x\w+.*"
+                  r"-> tensor<(\d+)x(\d+)x\w+, #(\w+)>")
+
+
+def dots(ttgir: str) -> list[dict]:
+    """Every tl.dot of a kernel as Triton lowered it (its TTGIR): [{m, n, k, mma: 2 (mma.sync) | 3 (wgmma) | 0 (FMA),
+    count}], from the MMA layout of its result."""
+    lines = ttgir.splitlines()
+    versions = {m.group(1): int(m.group(2)) for m in map(_MMA_LAYOUT.match, lines) if m}
+    found: dict[tuple, int] = {}
+    for line in lines:
+        if m := _DOT.search(line):
+            key = (int(m.group(4)), int(m.group(5)), int(m.group(3)), versions.get(m.group(6), 0))
+            found[key] = found.get(key, 0) + 1
+    return [dict(m=m, n=n, k=k, mma=v, count=c) for (m, n, k, v), c in sorted(found.items(), reverse=True)]
+
+
+def _compile_one(arch: str, module: str, kernel: str, spec_data: str) -> dict:
+    """Compile one recorded specialization for ``arch`` (in a worker process) and read its costs."""
+    t0 = time.perf_counter()
+    try:
+        compiled = preload(arch, module, kernel, spec_data)
     except Exception as exc:  # a compile error is a finding, reported per config
         msg = f"{type(exc).__name__}: {exc}".strip()
         return dict(status="error", error=msg[-600:], compile_s=time.perf_counter() - t0)
-    finally:
-        _restore_driver(saved)
     ptx = compiled.asm.get("ptx", "")
     uses = [name for name, pattern in (("wgmma", "wgmma.mma_async"), ("mma.sync", "mma.sync"),
                                        ("tma", "cp.async.bulk.tensor")) if pattern in ptx]
@@ -611,6 +635,25 @@ def _compile_one(arch: str, module: str, kernel: str, spec_data: str) -> dict:
     if result.get("stack"):  # a stack frame: ask ptxas how much of it is register spilling
         result["spill"] = _spill_stores(arch, ptx)
     return result
+
+
+def kernel_figures(arch: str, rec: Record) -> dict:
+    """What the performance model reads of one Triton specialization compiled for ``arch``: its launch shape and
+    resources, every tl.dot's MMA version (TTGIR), and its SASS instruction mix and main loop (aigc_kernels/sass)."""
+    compiled = preload(arch, rec.module, rec.kernel, rec.spec_data)
+    tool = _tool("cuobjdump")
+    if tool is None:
+        raise RuntimeError("cuobjdump not found (triton's wheel ships one in triton/backends/nvidia/bin)")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(compiled.asm["cubin"])
+        f.flush()
+        usage = resource_usage(f.name)
+        functions = sass.parse(sass.dump(f.name, tool))
+    fig = sass.figures(max(functions.values(), key=len) if functions else [])
+    return dict(kernel=rec.kernel, module=rec.module, config=rec.config, specialization=rec.specialization,
+                num_warps=rec.num_warps, num_stages=rec.num_stages, shared=int(compiled.metadata.shared),
+                registers=usage[0]["registers"] if usage else None, dots=dots(compiled.asm.get("ttgir", "")),
+                mix=fig["kernel"], main_loop=fig["main_loop"])
 
 
 _PTXAS_SPILL = re.compile(r"(\d+) bytes spill stores")

@@ -22,7 +22,13 @@ below it: published FA2 forward figures sit at about half its bound here (see CA
 is its bound against its anchor's, side by side, not the absolute figure.
 
 Not modelled: instruction latency and dependency stalls, the warp scheduler's policy, L2 behaviour, the prologue
-and epilogue of each CTA (outside the main loop), causal load imbalance beyond the tail, clock throttling.
+and epilogue of each CTA (outside the main loop), causal load imbalance beyond the tail, clock throttling, and the
+serialization of a wgmma kernel's softmax with its HGMMAs where nothing overlaps them (the calibration point for our
+Triton forward shows the cost).
+
+Our Triton attention kernels enter through their own sm_90a compile (benchmarks/model/triton_figures.json). The
+norms (norm_model) are row kernels: HBM bytes, issued instructions a row, and a DRAM round trip per row a CTA takes
+in turn, for ours (CUDA, Triton) and Liger-Kernel's Triton kernels.
 """
 
 from __future__ import annotations
@@ -39,10 +45,10 @@ MODEL_DIR = ROOT / "benchmarks" / "model"
 HARDWARE = {
     "H100 SXM": dict(sms=132, clock_ghz=1.83, wgmma_flops_per_clk=4096, mma_sync_fraction=2 / 3, issue_per_clk=4,
                      smem_bytes_per_clk=128, mufu_per_clk=16, hbm_tbs=3.0, registers=65536, smem_bytes=228 * 1024,
-                     threads=2048),
+                     threads=2048, ctas=32, dram_latency_ns=600, gemm_tflops=798.0),
     "H200": dict(sms=132, clock_ghz=1.83, wgmma_flops_per_clk=4096, mma_sync_fraction=2 / 3, issue_per_clk=4,
                  smem_bytes_per_clk=128, mufu_per_clk=16, hbm_tbs=4.3, registers=65536, smem_bytes=228 * 1024,
-                 threads=2048),
+                 threads=2048, ctas=32, dram_latency_ns=600, gemm_tflops=790.0),
 }
 SOURCES = {
     "sms, clock, wgmma rate": "NVIDIA H100 SXM datasheet: 989 TFLOP/s dense bf16 = 132 SMs x 4096 FLOP/clock x "
@@ -55,7 +61,14 @@ SOURCES = {
     "mufu": "CUDA C++ Programming Guide, arithmetic instruction throughput, compute capability 9.0: 16 results a "
             "clock per SM for exp2 / reciprocal",
     "hbm": "measured copy ceilings (../shared/GPU.md): H100 ~3.0 TB/s, H200 ~4.3 TB/s",
-    "limits": "compute capability 9.0: 64K 32-bit registers, 228 KB shared memory, 2048 threads per SM",
+    "gemm": "measured cuBLAS bf16 8192^3 ceilings (../shared/GPU.md): H100 ~798 TFLOP/s, H200 ~790: every GEMM of the "
+            "FFN rows runs at this ceiling (ours, Triton's and cuBLAS's alike), so the rows compare what is around "
+            "the GEMMs",
+    "limits": "compute capability 9.0: 64K 32-bit registers, 228 KB shared memory, 2048 threads, 32 CTAs per SM",
+    "dram latency": "an ASSUMPTION, not a measured figure: 600 ns from a load's issue to its data, within the range "
+                    "published microbenchmarks of Hopper report (Luo et al., arXiv 2501.12084; Chips and Cheese, "
+                    "'Nvidia's H100: Funny L2, and Tons of Bandwidth', 2023); the first GPU run calibrates it. It "
+                    "only enters the norms' latency term.",
 }
 # FA2's published H100 figures, d = 128, bf16 (../shared/GPU.md: forward 335-370 TFLOP/s at 8k-16k tokens,
 # backward ~322): the calibration points. The band is what a bound may be over the measurement: at least 1 (a bound
@@ -65,6 +78,11 @@ CALIBRATION = [
      "band": (1.0, 2.2)},
     {"problem": "backward bf16 d=128 L=16384 non-causal", "design": "FA2 backward d=128",
      "published_tflops": (322.0, 322.0), "band": (1.0, 2.2)},
+    # Our Triton forward follows Triton's fused-attention tutorial (published ~400-480 on H100, ../shared/GPU.md):
+    # the one wgmma design with a published neighbour. The model lets the softmax overlap the HGMMAs perfectly,
+    # which a kernel without ping-pong or warp specialization does not do; this point shows how much that costs.
+    {"problem": "forward bf16 d=128 L=16384 non-causal", "design": "ours Triton d=128", "side": "ours",
+     "published_tflops": (400.0, 480.0), "band": (1.0, 2.2), "published_as": "Triton's tutorial kernel"},
 ]
 
 
@@ -128,6 +146,43 @@ def designs() -> list[Design]:
     ]
 
 
+# Our Triton attention kernels (benchmarks/model/triton_figures.json, scripts/triton_figures.py): (design label,
+# the recorded case, kernel, which of the config's blocks the CTA owns / a trip covers). The forward and dQ own BLOCK_M
+# query rows and take BLOCK_N keys a trip; dK/dV owns BLOCK_N keys and takes BLOCK_M query rows a trip; the decode's
+# split kernel holds BLOCK_R packed query rows. Their layouts are Triton's swizzled ones: taken as conflict-free.
+TRITON_ATTENTION = [
+    ("Triton d=64", "attention bf16 d=64 L=1024 fwd+bwd", "_attn_fwd_tma_kernel", "M", "N"),
+    ("Triton d=128", "attention bf16 d=128 L=1024 fwd+bwd", "_attn_fwd_tma_kernel", "M", "N"),
+    ("Triton dK/dV d=64", "attention bf16 d=64 L=1024 fwd+bwd", "_attn_bwd_dkdv_kernel", "N", "M"),
+    ("Triton dQ d=64", "attention bf16 d=64 L=1024 fwd+bwd", "_attn_bwd_dq_kernel", "M", "N"),
+    ("Triton dK/dV d=128", "attention bf16 d=128 L=1024 fwd+bwd", "_attn_bwd_dkdv_kernel", "N", "M"),
+    ("Triton dQ d=128", "attention bf16 d=128 L=1024 fwd+bwd", "_attn_bwd_dq_kernel", "M", "N"),
+    ("Triton decode d=128", "attention decode bf16 d=128 GQA 4 B=1 cache=16384", "_decode_split_kernel", "R", "N"),
+]
+
+
+def _triton_kernel(case: str, kernel: str) -> dict | None:
+    path = MODEL_DIR / "triton_figures.json"
+    data = json.loads(path.read_text()) if path.exists() else {}
+    group = next((c for c in data.get("cases", []) if c["case"] == case), None)
+    return next((k for k in group["kernels"] if k["kernel"] == kernel), None) if group else None
+
+
+def triton_designs() -> list[Design]:
+    out = []
+    for label, case, kernel, own, trip in TRITON_ATTENTION:
+        rec = _triton_kernel(case, kernel)
+        if rec is None:
+            continue
+        blocks = dict(part.split("=") for part in rec["config"].split() if "=" in part)
+        d = 64 if "d=64" in label else 128
+        rows, keys = int(blocks[own]), int(blocks[trip])
+        copied = 2 * keys * d * 2  # the two tiles a trip brings in (K, V; or Q, dO), by TMA or cp.async
+        out.append(Design(f"ours {label}", "Triton", f"{case}|{kernel}", rec["num_warps"], rows, keys, d,
+                          rec["shared"], copied))
+    return out
+
+
 @dataclass(frozen=True)
 class Problem:
     label: str
@@ -178,7 +233,9 @@ def _records() -> tuple[dict, dict, dict]:
 
 
 def _figures(design: Design, ours: dict, anchors: dict) -> dict | None:
-    if design.who == "ours":
+    if design.who == "Triton":
+        row = _triton_kernel(*design.record.split("|"))
+    elif design.who == "ours":
         row = next((k for k in ours.get("kernels", []) if k["kernel"] == design.record), None)
     else:
         row = anchors.get("anchors", {}).get(design.record)
@@ -272,14 +329,19 @@ def _pairs() -> list[tuple[str, list[str], list[str]]]:
             ("decode bf16 d=128", ["ours mma.sync d=128"], ["FA2 split-KV d=128"]),
             ("decode paged bf16 d=128", ["ours mma.sync d=128 paged"], ["FA2 split-KV d=128"]),
             ("backward bf16 d=64", ["ours dK/dV d=64", "ours dQ d=64"], ["FA2 backward d=64"]),
-            ("backward bf16 d=128", ["ours dK/dV d=128", "ours dQ d=128"], ["FA2 backward d=128"])]
+            ("backward bf16 d=128", ["ours dK/dV d=128", "ours dQ d=128"], ["FA2 backward d=128"]),
+            ("forward bf16 d=64", ["ours Triton d=64"], ["FA2 d=64"]),
+            ("forward bf16 d=128", ["ours Triton d=128"], ["FA2 d=128"]),
+            ("decode bf16 d=128", ["ours Triton decode d=128"], ["FA2 split-KV d=128"]),
+            ("backward bf16 d=64", ["ours Triton dK/dV d=64", "ours Triton dQ d=64"], ["FA2 backward d=64"]),
+            ("backward bf16 d=128", ["ours Triton dK/dV d=128", "ours Triton dQ d=128"], ["FA2 backward d=128"])]
 
 
 def model() -> dict:
     """The model's rows for every problem, design pair and GPU, and the calibration against FA2's published
     figures. Designs whose figures are not recorded (anchors not built) are left out, and said so."""
     ours_rec, anchor_rec, emulator = _records()
-    by_label = {d.label: d for d in designs()}
+    by_label = {d.label: d for d in [*designs(), *triton_designs()]}
     rows, missing = [], set()
     for gpu, hw in HARDWARE.items():
         for prob in problems():
@@ -303,8 +365,9 @@ def model() -> dict:
                 rows.append(row)
     calibration = []
     for point in CALIBRATION:
-        fa2 = next((r["anchor"] for r in rows if r["gpu"] == "H100 SXM" and r["problem"] == point["problem"]
-                    and r["anchor"]["design"] == point["design"] and "tflops" in r["anchor"]), None)
+        side = point.get("side", "anchor")
+        fa2 = next((r[side] for r in rows if r["gpu"] == "H100 SXM" and r["problem"] == point["problem"]
+                    and r[side]["design"] == point["design"] and "tflops" in r[side]), None)
         if fa2 is not None:
             lo, hi = point["published_tflops"]
             ratio = fa2["tflops"] / ((lo + hi) / 2)
@@ -312,7 +375,316 @@ def model() -> dict:
                                 "within_band": point["band"][0] <= ratio <= point["band"][1]})
     return {"note": "A bound from the compiled code, not a measurement (aigc_kernels/perf.py says what it counts).",
             "hardware": HARDWARE, "sources": SOURCES, "calibration": calibration, "missing": sorted(missing),
-            "rows": rows}
+            "rows": rows, "norm_rows": norm_model(), "ffn_rows": ffn_model()}
+
+# ---------------------------------------------------------------------------------------------------------------
+# Norms: memory-bound row kernels. Per problem (rows x columns, bf16) and direction, a design's time is at least
+#   hbm      the compulsory bytes (x, residual, y, the sum s; dy, dx, ds; the per-CTA weight-gradient partials the
+#            design writes and a second pass reads back) at the measured copy ceiling;
+#   issue    rows x warps x instructions a row (the SASS of its loop over rows, else of the whole kernel) / 4 a clock
+#            per SM, over the SMs;
+#   latency  a CTA takes its rows one after another, each at least one DRAM round trip (no kernel here prefetches
+#            the next row), and at most occupancy x SMs CTAs run at once: rows a CTA x waves x the latency.
+# The largest is the limiter. The instruction count is static (a kernel serving LayerNorm and RMSNorm counts both
+# branches), so the issue term may overstate a little; the latency is an assumed parameter (SOURCES).
+# ---------------------------------------------------------------------------------------------------------------
+NORM_ROWS = 4096
+NORM_WIDTHS = (1024, 4096, 8192)
+NORM_DESIGNS = ("ours CUDA", "ours Triton", "Liger")
+
+
+@dataclass(frozen=True)
+class NormProblem:
+    fn: str  # "LayerNorm" | "RMSNorm"
+    cols: int
+    direction: str  # "forward" | "backward"
+    residual: bool = False
+    rows: int = NORM_ROWS
+
+    @property
+    def label(self) -> str:
+        extra = " + residual" if self.residual else ""
+        return f"{self.fn} {self.direction} bf16 {self.rows}x{self.cols}{extra}"
+
+    def bytes(self, partial_rows: int = 0) -> float:
+        """HBM bytes: the row traffic, the statistics, and (backward) partial weight-gradient rows written once and
+        read back once by the reduction."""
+        stats = (2 if self.fn == "LayerNorm" else 1) * 4 * self.rows
+        row = self.rows * self.cols * 2
+        if self.direction == "forward":
+            tensors = 2 + (2 if self.residual else 0)  # x, y (+ residual in, sum out)
+        else:
+            tensors = 3 + (1 if self.residual else 0)  # x (or the sum), dy, dx (+ the sum's own gradient)
+        params = (2 if self.fn == "LayerNorm" else 1) * self.cols * 2
+        partials = (2 if self.fn == "LayerNorm" else 1) * partial_rows * self.cols * 4 * 2
+        return tensors * row + stats + params + partials
+
+
+def norm_problems() -> list[NormProblem]:
+    out = []
+    for fn in ("LayerNorm", "RMSNorm"):
+        for direction in ("forward", "backward"):
+            for n in NORM_WIDTHS:
+                out.append(NormProblem(fn, n, direction))
+            out.append(NormProblem(fn, 4096, direction, residual=True))
+    return out
+
+
+def _cuda_norm_shape(vectors: int, max_threads: int, cached: int = 16, vec: int = 8) -> tuple[int, int]:
+    """(threads, items) csrc/norm/norm_kernels.cuh's shape_for picks for a row of ``vectors`` 16-byte vectors."""
+    max_items = min(cached // vec, 8)
+    items, it = 0, 1
+    while it <= max_items:
+        if vectors <= max_threads * it:
+            items = it
+            break
+        it *= 2
+    per = -(-vectors // items) if items else vectors
+    return min(max(-(-per // 32) * 32, 32), max_threads), items
+
+
+def _norm_design(who: str, prob: NormProblem, hw: dict, sass_rec: dict, triton_rec: dict) -> dict | None:
+    """{kernel, threads, ctas, registers, shared, instructions (a row), partial_rows} of one design, or None."""
+    rows = prob.rows
+    if who == "ours CUDA":
+        fwd = prob.direction == "forward"
+        threads, items = _cuda_norm_shape(prob.cols // 8, 1024 if fwd else 512)
+        if items == 0:
+            return None  # the looped kernels: not in these problems
+        name = (f"aigc_kernels::norm::norm_{'fwd' if fwd else 'bwd'}_kernel<__nv_bfloat16, __nv_bfloat16, 8, "
+                f"{items}>")
+        rec = next((k for k in sass_rec.get("kernels", []) if k["kernel"] == name), None)
+        if rec is None:
+            return None
+        ctas = rows if fwd else min(rows, 2 * hw["sms"])
+        loop = rec.get("main_loop")
+        return dict(kernel=name, threads=threads, ctas=ctas, registers=rec["registers"], shared=0,
+                    instructions=(loop or rec)["instructions"], partial_rows=0 if fwd else ctas)
+    case = f"{prob.fn} bf16 {rows}x{prob.cols}{' residual' if prob.residual else ''} fwd+bwd"
+    group = next((c for c in triton_rec.get("cases", []) if c["who"] == who.removeprefix("ours ").replace(
+        "Triton", "ours") and c["case"] == case), None)
+    if group is None:
+        return None
+    fwd = prob.direction == "forward"
+    kernel = next((k for k in group["kernels"] if ("forward" in k["kernel"] or "fwd" in k["kernel"]) == fwd), None)
+    if kernel is None:
+        return None
+    if fwd:
+        ctas, partial = rows, 0
+    elif who == "Liger":
+        ctas = partial = hw["sms"]  # liger_kernel/ops: a program per SM, a float32 partial dW row each
+    else:  # aigc_kernels/triton/norm.py: 4 programs per SM, rows split evenly
+        per = -(-rows // (4 * hw["sms"]))
+        ctas = partial = -(-rows // per)
+    loop = kernel.get("main_loop")
+    return dict(kernel=kernel["kernel"], threads=kernel["num_warps"] * 32, ctas=ctas,
+                registers=kernel["registers"], shared=kernel["shared"],
+                instructions=(loop or kernel["mix"])["instructions"], partial_rows=partial)
+
+
+def norm_bound(prob: NormProblem, d: dict, hw: dict) -> dict:
+    """The three terms, limiter, time and bandwidth of one norm design at one problem."""
+    threads = d["threads"]
+    per_sm = max(1, min(hw["threads"] // threads, hw["ctas"],
+                        hw["registers"] // (max(d["registers"] or 1, 1) * threads),
+                        hw["smem_bytes"] // (d["shared"] + 1024)))
+    slots = per_sm * hw["sms"]
+    rows_per_cta = math.ceil(prob.rows / d["ctas"])
+    waves = math.ceil(d["ctas"] / slots)
+    hbm_bytes = prob.bytes(d["partial_rows"])
+    terms = {"hbm": hbm_bytes / (hw["hbm_tbs"] * 1e12),
+             "issue": prob.rows * (threads // 32) * d["instructions"] / hw["issue_per_clk"] / hw["sms"]
+             / (hw["clock_ghz"] * 1e9),
+             "latency": rows_per_cta * waves * hw["dram_latency_ns"] * 1e-9}
+    limiter = max(terms, key=terms.get)
+    seconds = terms[limiter]
+    compulsory = prob.bytes(0)
+    return {"kernel": d["kernel"], "limiter": limiter, "ctas": d["ctas"], "ctas_per_sm": per_sm,
+            "instructions_per_row": d["instructions"], "terms_us": {k: round(v * 1e6, 2) for k, v in terms.items()},
+            "microseconds": round(seconds * 1e6, 2), "gbs": round(compulsory / seconds / 1e9),
+            "hbm_fraction": round(compulsory / seconds / (hw["hbm_tbs"] * 1e12), 3)}
+
+
+def norm_model() -> list[dict]:
+    sass_rec, _, _ = _records()
+    path = MODEL_DIR / "triton_figures.json"
+    triton_rec = json.loads(path.read_text()) if path.exists() else {}
+    rows = []
+    for gpu, hw in HARDWARE.items():
+        for prob in norm_problems():
+            row = {"gpu": gpu, "problem": prob.label}
+            for who in NORM_DESIGNS:
+                d = _norm_design(who, prob, hw, sass_rec, triton_rec)
+                row[who] = norm_bound(prob, d, hw) if d is not None else None
+            if row["Liger"]:
+                for who in ("ours CUDA", "ours Triton"):
+                    if row[who]:
+                        row[f"{who} / Liger"] = round(row["Liger"]["microseconds"] / row[who]["microseconds"], 3)
+            rows.append(row)
+    return rows
+
+
+def norm_markdown(rows: list[dict], gpu: str = "H100 SXM") -> str:
+    def cell(side: dict | None) -> str:
+        if side is None:
+            return "-"
+        return f"{side['gbs']:g} GB/s, {side['hbm_fraction'] * 100:.0f}% ({side['limiter']})"
+
+    lines = ["| problem | bound, ours CUDA (limiter) | bound, ours Triton | bound, Liger (Triton) | CUDA / Liger | "
+             "Triton / Liger |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["gpu"] == gpu:
+            ratios = [f"{r[k]:.2f}x" if k in r else "-" for k in ("ours CUDA / Liger", "ours Triton / Liger")]
+            lines.append(f"| {r['problem']} | {cell(r['ours CUDA'])} | {cell(r['ours Triton'])} | "
+                         f"{cell(r['Liger'])} | {ratios[0]} | {ratios[1]} |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The SwiGLU FFN at Llama-7B's sizes (d 4096, hidden 11008, 4096 tokens), forward and backward: each side's steps
+# in turn, a GEMM at the measured cuBLAS ceiling (or its bytes), a copy or elementwise pass at the larger of its
+# HBM bytes and its issued instructions (from its SASS: CUDA's loop a lane takes per element, Liger's kernel per
+# row). What differs between the sides is around the GEMMs: the concatenated weight ours builds per call, the
+# separate activation pass, the pre-activations kept for the backward.
+# ---------------------------------------------------------------------------------------------------------------
+FFN = dict(tokens=4096, d=4096, hidden=11008)
+
+
+def _elementwise_issue(kernel: dict | None, elements: float, per_lane: bool, hw: dict, cols: int = 0) -> float:
+    """Seconds of instruction issue for an elementwise kernel over ``elements``: a grid-stride kernel issues its loop
+    once per 32 elements (a lane each); a row kernel (Liger's) its instructions x warps once per row of ``cols``."""
+    if kernel is None:
+        return 0.0
+    if per_lane:
+        warp_instr = elements * (kernel.get("main_loop") or kernel)["instructions"] / 32
+    else:
+        warp_instr = elements / cols * kernel["mix"]["instructions"] * kernel["num_warps"]
+    return warp_instr / hw["issue_per_clk"] / hw["sms"] / (hw["clock_ghz"] * 1e9)
+
+
+def gelu_ffn_steps(side: str, direction: str) -> list[dict]:
+    """Linear + GELU (tanh) FFN: ours fuse the activation into the GEMMs (cuBLASLt's GELU / DGELU epilogues on CUDA,
+    the Triton GEMM's epilogue and prologue), keep the pre-activation and recompute h in the backward; the anchor is
+    cuBLAS GEMMs with PyTorch's separate GELU passes (h saved)."""
+    t, d, h = FFN["tokens"], FFN["d"], FFN["hidden"]
+    b = 2
+
+    def gemm(name, m, n, k, extra=0):
+        return dict(step=name, flops=2.0 * m * n * k, bytes=float((m * k + k * n + m * n) * b + extra), issue_s=0.0)
+
+    def mem(name, nbytes):
+        return dict(step=name, flops=0.0, bytes=float(nbytes), issue_s=0.0)
+
+    if direction == "forward":
+        if side == "anchor":
+            return [gemm("GEMM x W_in^T (cuBLAS)", t, h, d), mem("GELU (eager)", 2 * t * h * b),
+                    gemm("GEMM h W_out^T", t, d, h)]
+        return [gemm("GEMM x W_in^T, GELU in the epilogue; pre-activation kept", t, h, d, t * h * b),
+                gemm("GEMM h W_out^T", t, d, h)]
+    common = [gemm("GEMM dW_out = dout^T h", d, h, t), gemm("GEMM dx = dz W_in", t, d, h),
+              gemm("GEMM dW_in = dz^T x", h, d, t)]
+    if side == "anchor":
+        return [gemm("GEMM dh = dout W_out", t, h, d), mem("GELU backward (eager): dh, pre -> dz", 3 * t * h * b),
+                *common]
+    recompute = mem("h = GELU(pre) again for dW_out", 2 * t * h * b)
+    if side == "ours Triton":
+        recompute = {**recompute, "step": "GELU(pre) in dW_out's prologue", "bytes": 0.0}
+    return [gemm("GEMM dh = dout W_out, dz = dh gelu'(pre) in the epilogue", t, h, d, t * h * b), recompute, *common]
+
+
+def ffn_steps(side: str, direction: str, hw: dict, sass_rec: dict, triton_rec: dict) -> list[dict]:
+    t, d, h = FFN["tokens"], FFN["d"], FFN["hidden"]
+    b = 2  # bf16
+
+    def gemm(name, m, n, k):
+        return dict(step=name, flops=2.0 * m * n * k, bytes=float((m * k + k * n + m * n) * b), issue_s=0.0)
+
+    def mem(name, nbytes, issue_s=0.0):
+        return dict(step=name, flops=0.0, bytes=float(nbytes), issue_s=issue_s)
+
+    def cuda(kernel):
+        return next((k for k in sass_rec.get("kernels", []) if k["kernel"] == f"aigc_kernels::gemm::{kernel}"), None)
+
+    liger = next((c for c in triton_rec.get("cases", []) if c["who"] == "Liger" and c["case"].startswith("SwiGLU")),
+                 None)
+
+    def liger_kernel(name):
+        return next((k for k in liger["kernels"] if k["kernel"] == name), None) if liger else None
+
+    cat = mem("concatenate [W_in; W_gate] (a copy per call)", 2 * 2 * d * h * b)
+    if direction == "forward":
+        if side == "ours CUDA":
+            gated = cuda("gated_fwd_kernel<c10::BFloat16>")
+            return [cat, gemm("GEMM x [W_in; W_gate]^T (cuBLASLt)", t, 2 * h, d),
+                    mem("gated activation (CUDA)", 3 * t * h * b, _elementwise_issue(gated, t * h, True, hw)),
+                    gemm("GEMM h W_out^T", t, d, h)]
+        if side == "ours Triton":
+            first = gemm("GEMM x W_in^T, x W_gate^T, act in the epilogue; U, G kept", t, 2 * h, d)
+            first["bytes"] += t * h * b  # h written beside the two pre-activations
+            return [first, gemm("GEMM h W_out^T", t, d, h)]
+        fwd = liger_kernel("_swiglu_forward_kernel")
+        return [gemm("GEMM x W_in^T (cuBLAS)", t, h, d), gemm("GEMM x W_gate^T (cuBLAS)", t, h, d),
+                mem("Liger SwiGLU", 3 * t * h * b, _elementwise_issue(fwd, t * h, False, hw, h)),
+                gemm("GEMM h W_out^T", t, d, h)]
+    common = [gemm("GEMM dh = dout W_out", t, h, d), gemm("GEMM dW_out = dout^T h", d, h, t)]
+    grads = [gemm("GEMM dW_in = du^T x", h, d, t), gemm("GEMM dW_gate = dg^T x", h, d, t)]
+    if side == "ours CUDA":
+        bwd, fwd = cuda("gated_bwd_kernel<c10::BFloat16>"), cuda("gated_fwd_kernel<c10::BFloat16>")
+        return [*common, mem("gated backward (CUDA): dh, U, G -> dU, dG", 5 * t * h * b,
+                             _elementwise_issue(bwd, t * h, True, hw)),
+                mem("gated forward again (CUDA): h for dW_out", 3 * t * h * b,
+                    _elementwise_issue(fwd, t * h, True, hw)),
+                cat, gemm("GEMM dx = [dU dG] [W_in; W_gate]", t, d, 2 * h), *grads]
+    if side == "ours Triton":
+        return [*common, mem("gated backward (Triton; issue not read)", 5 * t * h * b), cat,
+                gemm("GEMM dx = [dU dG] [W_in; W_gate]", t, d, 2 * h), *grads]
+    bwd = liger_kernel("_swiglu_backward_kernel")
+    return [*common, mem("Liger SwiGLU backward (recomputes h)", 5 * t * h * b,
+                         _elementwise_issue(bwd, t * h, False, hw, h)),
+            gemm("GEMM dx += dU W_in", t, d, h), gemm("GEMM dx += dG W_gate", t, d, h), *grads]
+
+
+def ffn_model() -> list[dict]:
+    sass_rec, _, _ = _records()
+    path = MODEL_DIR / "triton_figures.json"
+    triton_rec = json.loads(path.read_text()) if path.exists() else {}
+    rows = []
+    for gpu, hw in HARDWARE.items():
+        for kind, anchor in (("SwiGLU", "cuBLAS + Liger SwiGLU"), ("Linear + GELU", "cuBLAS + eager GELU")):
+            for direction in ("forward", "backward"):
+                row = {"gpu": gpu, "problem": f"{kind} FFN {direction} bf16, d {FFN['d']}, hidden {FFN['hidden']}, "
+                                              f"{FFN['tokens']} tokens", "anchor_name": anchor}
+                for side in ("ours CUDA", "ours Triton", "anchor"):
+                    steps = (ffn_steps("Liger" if side == "anchor" else side, direction, hw, sass_rec, triton_rec)
+                             if kind == "SwiGLU" else gelu_ffn_steps(side, direction))
+                    for st in steps:
+                        times = {"tensor": st["flops"] / (hw["gemm_tflops"] * 1e12),
+                                 "hbm": st["bytes"] / (hw["hbm_tbs"] * 1e12), "issue": st["issue_s"]}
+                        st["limiter"] = max(times, key=times.get)
+                        st["microseconds"] = round(times[st["limiter"]] * 1e6, 1)
+                        st["bytes"], st["issue_s"] = round(st["bytes"]), round(st["issue_s"] * 1e6, 1)
+                    copy = sum(st["bytes"] for st in steps if st["step"].startswith("concatenate"))
+                    row[side] = {"microseconds": round(sum(st["microseconds"] for st in steps), 1),
+                                 "weight_copy_bytes": copy,
+                                 "not_gemm_us": round(sum(st["microseconds"] for st in steps if st["flops"] == 0), 1),
+                                 "steps": steps}
+                for side in ("ours CUDA", "ours Triton"):
+                    row[f"{side} / anchor"] = round(row["anchor"]["microseconds"] / row[side]["microseconds"], 3)
+                rows.append(row)
+    return rows
+
+
+def ffn_markdown(rows: list[dict], gpu: str = "H100 SXM") -> str:
+    lines = ["| problem | ours CUDA: us (outside GEMMs; weight copy MB) | ours Triton | anchor | ours CUDA / anchor | "
+             "ours Triton / anchor |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["gpu"] == gpu:
+            cells = [f"{r[s]['microseconds']:g} ({r[s]['not_gemm_us']:g}; {r[s]['weight_copy_bytes'] / 1e6:.0f})"
+                     for s in ("ours CUDA", "ours Triton", "anchor")]
+            cells[2] = f"{r['anchor_name']}: {cells[2]}"
+            lines.append(f"| {r['problem']} | {' | '.join(cells)} | {r['ours CUDA / anchor']:.2f}x | "
+                         f"{r['ours Triton / anchor']:.2f}x |")
+    return "\n".join(lines)
 
 
 def _cell(side: dict, problem: str = "") -> str:
@@ -334,16 +706,33 @@ def markdown(data: dict, gpu: str = "H100 SXM") -> str:
         ratio = f"{r['ours_over_anchor']:.2f}x" if "ours_over_anchor" in r else "-"
         lines.append(f"| {r['problem']} | {r['ours']['design'].replace('ours ', '')} | "
                      f"{_cell(r['ours'], r['problem'])} | {_cell(r['anchor'], r['problem'])} | {ratio} |")
+    lines += ["", _notes(data)] if _notes(data) else []
+    if data.get("norm_rows"):
+        lines += ["", "Norms (bf16; the bound's terms: HBM bytes at the copy ceiling, issued instructions, and a DRAM "
+                  "round trip per row a CTA takes in turn; GB/s of compulsory bytes, % of the ceiling):", "",
+                  norm_markdown(data["norm_rows"], gpu)]
+    if data.get("ffn_rows"):
+        lines += ["", "The FFNs (every GEMM at the measured cuBLAS ceiling; the rest at its HBM bytes or its "
+                  "issued instructions -- for CUDA's activation kernels the static count of every branch of their "
+                  "switch over activations, an overstatement; steps in turn; microseconds):", "",
+                  ffn_markdown(data["ffn_rows"], gpu)]
+    return "\n".join(lines)
+
+
+def _notes(data: dict) -> str:
+    lines = []
     for cal in data.get("calibration") or []:
         lo, hi = cal["published_tflops"]
         published = f"~{lo:g}" if lo == hi else f"{lo:g}-{hi:g}"
-        lines += ["", f"Calibration: the model bounds {cal['design']} at {cal['model_tflops']:g} TFLOP/s on H100 SXM "
-                  f"({cal['problem']}); published {published}: the bound is {cal['bound_over_published']:g}x the "
+        lines += [f"Calibration: the model bounds {cal['design']} at {cal['model_tflops']:g} TFLOP/s on H100 SXM "
+                  f"({cal['problem']}); published {published}"
+                  f"{' for ' + cal['published_as'] if cal.get('published_as') else ''}: the bound is "
+                  f"{cal['bound_over_published']:g}x the "
                   f"measurement, {'inside' if cal['within_band'] else 'OUTSIDE'} the stated band "
                   f"{cal['band'][0]:g}-{cal['band'][1]:g}x."]
     if data.get("missing"):
-        lines += ["", "Not recorded (make anchors): " + ", ".join(data["missing"]) + "."]
-    return "\n".join(lines)
+        lines += ["Not recorded (make anchors): " + ", ".join(data["missing"]) + "."]
+    return "\n\n".join(lines)
 
 
 def render(data: dict, console) -> None:
@@ -359,4 +748,16 @@ def render(data: dict, console) -> None:
                 table.add_row(r["problem"], r["ours"]["design"], _cell(r["ours"], r["problem"]),
                               _cell(r["anchor"], r["problem"]), ratio)
         console.print(table)
-    console.print(markdown(data).split("\n\n", 1)[-1] if data.get("calibration") or data.get("missing") else "")
+        norms = Table(title=f"norms, {gpu}: a bound, not a measurement (GB/s of compulsory bytes, % of the ceiling)")
+        for col in ("problem", *NORM_DESIGNS, "CUDA / Liger", "Triton / Liger"):
+            norms.add_column(col)
+        for r in data.get("norm_rows", []):
+            if r["gpu"] == gpu:
+                cells = [f"{r[w]['gbs']:g} GB/s {r[w]['hbm_fraction'] * 100:.0f}% ({r[w]['limiter']})" if r[w] else "-"
+                         for w in NORM_DESIGNS]
+                ratios = [f"{r[k]:.2f}x" if k in r else "-" for k in ("ours CUDA / Liger", "ours Triton / Liger")]
+                norms.add_row(r["problem"], *cells, *ratios)
+        console.print(norms)
+        console.print(f"FFNs, {gpu} (a bound, not a measurement):")
+        console.print(ffn_markdown(data.get("ffn_rows", []), gpu))
+    console.print(_notes(data))

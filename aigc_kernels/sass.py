@@ -140,13 +140,12 @@ def loops(instrs: list[Instr]) -> list[tuple[int, int]]:
 
 
 def main_loop(instrs: list[Instr]) -> tuple[int, int] | None:
-    """The loop whose body holds the most MMA instructions (the smallest such body where several hold them)."""
+    """The loop whose body holds the most MMA instructions (the smallest such body where several hold them); in a
+    kernel with no MMA in any loop (a norm's loop over rows), the outermost loop: the largest body."""
     best, best_key = None, None
     for lo, hi in loops(instrs):
         mma = sum(1 for i in instrs if lo <= i.addr <= hi and _is_mma(i))
-        if mma == 0:
-            continue
-        key = (mma, -(hi - lo))
+        key = (mma, -(hi - lo)) if mma else (0, hi - lo)
         if best_key is None or key > best_key:
             best, best_key = (lo, hi), key
     return best

@@ -44,7 +44,10 @@
 //     detector off; AIGC_EMU_PLANT=skip_sync:FILE:LINE removes one __syncthreads (the planted defect);
 //     AIGC_EMU_ORDER=SEED runs each block's fibers in a permutation drawn afresh every round (the default: thread
 //     order), so a result that depends on the interleaving shows as a changed output.
-// Not modelled yet: global sectors of plain loads/stores; TMA and mbarriers (no kernel uses them yet).
+//   plain ld/st.global (smem.cuh's ld_global / st_global; vec.cuh's load / store): warp-wide requests gathered the
+//     same way, counted in 32-byte sectors beside the fewest that hold the bytes, with the access width per site;
+//     report_global() prints them as JSON.
+// Not modelled yet: TMA and mbarriers (no kernel uses them yet).
 #pragma once
 #ifndef AIGC_EMULATE
 #error "emulate.h is for host builds with AIGC_EMULATE"
@@ -134,11 +137,36 @@ struct WarpAccess {
   std::array<bool, 32> active{};
 };
 
+// Per warp, per site: the k-th request of its lanes; per thread, per site: its accesses so far (since the last
+// barrier, when the requests are counted and cleared).
+struct WarpRequests {
+  std::vector<std::map<int, std::vector<WarpAccess>>> warps;
+  std::vector<std::map<int, int>> seq;
+  void record(const void* p, int width, int site, int t) {
+    const int k = seq[t][site]++;
+    auto& reqs = warps[t / 32][site];
+    if (static_cast<int>(reqs.size()) <= k) reqs.resize(k + 1);
+    WarpAccess& a = reqs[k];
+    a.width = width;
+    a.addr[t % 32] = static_cast<const unsigned char*>(p);
+    a.active[t % 32] = true;
+  }
+  template <typename F>
+  void drain(F&& count) {  // count(site, request) for every request gathered, then forget them
+    for (auto& sites : warps) {
+      for (const auto& [site, reqs] : sites)
+        for (const WarpAccess& a : reqs) count(site, a);
+      sites.clear();
+    }
+    for (auto& m : seq) m.clear();
+  }
+};
+
 struct Block {
   std::vector<ShadowUnit> shadow;  // per 2 bytes of dynamic shared memory
   std::map<uintptr_t, ShadowUnit> static_shadow;  // per 2 bytes of static __shared__ arrays (address / 2)
-  std::vector<std::map<int, std::vector<WarpAccess>>> warp_plain;  // per warp, per site: the k-th request
-  std::vector<std::map<int, int>> plain_seq;                        // per thread, per site: accesses so far
+  WarpRequests plain;   // ld/st.shared through smem.cuh
+  WarpRequests global;  // ld/st.global through smem.cuh (and vec.cuh's load / store)
   const char* barrier_file = nullptr;  // where the threads of this barrier generation wait
   int barrier_line = 0;
   std::vector<WgmmaState> wgmma;  // per thread
@@ -237,8 +265,10 @@ inline void run_block(dim3 block_idx, dim3 grid_dim, int nthreads, size_t smem_b
   b.grid_dim = grid_dim;
   b.smem.assign(smem_bytes + 16, 0xAB);  // poisoned: reads of never-written shared memory show up
   b.shadow.assign((smem_bytes + 16) / 2 + 1, ShadowUnit{});
-  b.warp_plain.resize((nthreads + 31) / 32);
-  b.plain_seq.resize(nthreads);
+  for (WarpRequests* r : {&b.plain, &b.global}) {
+    r->warps.resize((nthreads + 31) / 32);
+    r->seq.resize(nthreads);
+  }
   b.ctx.resize(nthreads);
   b.stacks.resize(nthreads);
   b.done.assign(nthreads, 0);
@@ -547,6 +577,7 @@ inline std::map<std::string, CopyCount>& copy_counts() {
 }
 
 inline void flush_plain(Block* b);
+inline void flush_global(Block* b);
 inline void flush_copies(Block* b) {
   for (auto& reqs : b->warp_copies) {
     for (const WarpCopy& w : reqs) {
@@ -577,6 +608,7 @@ inline void flush_copies(Block* b) {
   }
   std::fill(b->async_seq.begin(), b->async_seq.end(), 0);
   flush_plain(b);
+  flush_global(b);
 }
 
 // {"site": [requests, wavefronts, ideal], ...}: ldmatrix's by default
@@ -610,53 +642,92 @@ inline std::map<std::string, BankCount>& plain_banks() {
   static std::map<std::string, BankCount> m;
   return m;
 }
-inline void record_plain(const void* p, int width, int site) {
-  Block* b = block();
-  const int t = tid(), k = b->plain_seq[t][site]++;
-  auto& reqs = b->warp_plain[t / 32][site];
-  if (static_cast<int>(reqs.size()) <= k) reqs.resize(k + 1);
-  WarpAccess& a = reqs[k];
-  a.width = width;
-  a.addr[t % 32] = static_cast<const unsigned char*>(p);
-  a.active[t % 32] = true;
-}
 inline void flush_plain(Block* b) {
-  for (auto& sites : b->warp_plain) {
-    for (auto& [site, reqs] : sites) {
-      BankCount& c = plain_banks()[site_names()[site]];
-      for (const WarpAccess& a : reqs) {
-        ++c.requests;
-        const int lanes = std::max(1, std::min(32, 128 / std::max(1, a.width)));
-        for (int l0 = 0; l0 < 32; l0 += lanes) {
-          Phase phase;
-          for (int l = l0; l < l0 + lanes; ++l)
-            if (a.active[l]) phase.add(a.addr[l], a.width);
-          if (phase.empty) continue;
-          c.wavefronts += phase.wavefronts();
-          ++c.ideal;
-        }
+  b->plain.drain([](int site, const WarpAccess& a) {
+    BankCount& c = plain_banks()[site_names()[site]];
+    ++c.requests;
+    const int lanes = std::max(1, std::min(32, 128 / std::max(1, a.width)));
+    for (int l0 = 0; l0 < 32; l0 += lanes) {
+      Phase phase;
+      for (int l = l0; l < l0 + lanes; ++l)
+        if (a.active[l]) phase.add(a.addr[l], a.width);
+      if (phase.empty) continue;
+      c.wavefronts += phase.wavefronts();
+      ++c.ideal;
+    }
+  });
+}
+
+// ---- plain ld/st.global (smem.cuh's ld_global / st_global, vec.cuh's load / store) -------------------------
+// Warp-wide requests gathered as the shared ones are; each counted in the 32-byte sectors its active lanes touch
+// beside the fewest that hold the distinct bytes they move, with the access width (bytes a lane, the widest seen
+// at the site: 16 is a 128-bit vector access).
+struct SectorCount {
+  long requests = 0, sectors = 0, ideal = 0;
+  int width = 0;
+};
+inline std::map<std::string, SectorCount>& global_sectors() {
+  static std::map<std::string, SectorCount> m;
+  return m;
+}
+inline void flush_global(Block* b) {
+  b->global.drain([](int site, const WarpAccess& a) {
+    SectorCount& c = global_sectors()[site_names()[site]];
+    ++c.requests;
+    c.width = std::max(c.width, a.width);
+    std::vector<uintptr_t> sectors, bytes;
+    for (int l = 0; l < 32; ++l) {
+      if (!a.active[l]) continue;
+      const uintptr_t first = reinterpret_cast<uintptr_t>(a.addr[l]);
+      for (uintptr_t byte = first; byte < first + a.width; ++byte) {
+        if (std::find(bytes.begin(), bytes.end(), byte) == bytes.end()) bytes.push_back(byte);
+        if (std::find(sectors.begin(), sectors.end(), byte / 32) == sectors.end()) sectors.push_back(byte / 32);
       }
     }
-    sites.clear();
-  }
-  for (auto& seq : b->plain_seq) seq.clear();
+    c.sectors += static_cast<long>(sectors.size());
+    c.ideal += static_cast<long>((bytes.size() + 31) / 32);
+  });
 }
+// {"site": [requests, sectors, ideal, width], ...}
+inline void report_global(std::FILE* f) {
+  std::fprintf(f, "{");
+  bool first = true;
+  for (const auto& [site, c] : global_sectors()) {
+    std::fprintf(f, "%s\"%s\": [%ld, %ld, %ld, %d]", first ? "" : ", ", site.c_str(), c.requests, c.sectors, c.ideal,
+                 c.width);
+    first = false;
+  }
+  std::fprintf(f, "}");
+}
+// A site's id under a prefix ("ld.shared ", "st.global ", ...), interned once per (prefix, call site).
+inline int prefixed_site(const char* prefix, int site) {
+  static std::map<std::pair<const char*, int>, int> ids;
+  const auto it = ids.find({prefix, site});
+  return it != ids.end() ? it->second : (ids[{prefix, site}] = site_id(prefix + site_names()[site]));
+}
+template <typename T>
+inline T ld_global(const T* p, const char* func, const char* file, int line) {
+  block()->global.record(p, sizeof(T), prefixed_site("ld.global ", call_site(func, file, line)), tid());
+  return *p;
+}
+template <typename T>
+inline void st_global(T* p, T v, const char* func, const char* file, int line) {
+  block()->global.record(p, sizeof(T), prefixed_site("st.global ", call_site(func, file, line)), tid());
+  *p = v;
+}
+
 template <typename T>
 inline T ld_shared(const T* p, const char* func, const char* file, int line) {
   const int site = call_site(func, file, line);
   shadow_read(p, sizeof(T), site);
-  static std::map<int, int> ids;
-  const auto it = ids.find(site);
-  record_plain(p, sizeof(T), it != ids.end() ? it->second : (ids[site] = site_id("ld.shared " + site_names()[site])));
+  block()->plain.record(p, sizeof(T), prefixed_site("ld.shared ", site), tid());
   return *p;
 }
 template <typename T>
 inline void st_shared(T* p, T v, const char* func, const char* file, int line) {
   const int site = call_site(func, file, line);
   shadow_write(p, sizeof(T), site);
-  static std::map<int, int> ids;
-  const auto it = ids.find(site);
-  record_plain(p, sizeof(T), it != ids.end() ? it->second : (ids[site] = site_id("st.shared " + site_names()[site])));
+  block()->plain.record(p, sizeof(T), prefixed_site("st.shared ", site), tid());
   *p = v;
 }
 

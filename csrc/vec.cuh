@@ -5,6 +5,8 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include "smem.cuh"
+
 namespace aigc_kernels {
 
 template <typename T>
@@ -31,19 +33,20 @@ struct alignas(sizeof(T) * N) Pack {
   T v[N];
 };
 
+// Global memory only: under emulation each is one access of the sector counter, at the caller's line.
 template <typename T, int N>
-__device__ __forceinline__ void load(const T* p, float (&out)[N]) {
-  const Pack<T, N> pk = *reinterpret_cast<const Pack<T, N>*>(p);
+__device__ __forceinline__ void load(const T* p, float (&out)[N] AIGC_SITE_PARAMS) {
+  const Pack<T, N> pk = ld_global(reinterpret_cast<const Pack<T, N>*>(p) AIGC_SITE_ARGS);
 #pragma unroll
   for (int j = 0; j < N; ++j) out[j] = to_float(pk.v[j]);
 }
 
 template <typename T, int N>
-__device__ __forceinline__ void store(T* p, const float (&in)[N]) {
+__device__ __forceinline__ void store(T* p, const float (&in)[N] AIGC_SITE_PARAMS) {
   Pack<T, N> pk;
 #pragma unroll
   for (int j = 0; j < N; ++j) pk.v[j] = from_float<T>(in[j]);
-  *reinterpret_cast<Pack<T, N>*>(p) = pk;
+  st_global(reinterpret_cast<Pack<T, N>*>(p), pk AIGC_SITE_ARGS);
 }
 
 }  // namespace aigc_kernels

@@ -1,12 +1,13 @@
-"""Record what the emulator's instruments (csrc/emulate.h) count for today's CUDA attention kernels: per kernel
-case and source site, the shared-memory wavefronts of ldmatrix, of wgmma's operand reads, of plain ld/st.shared
-and of cp.async stores, and the global 32-byte sectors of cp.async reads, each beside its ideal. Counts on the
-emulated hardware, not times.
+"""Record what the emulator's instruments (csrc/emulate.h) count for today's CUDA attention and norm kernels: per
+kernel case and source site, the shared-memory wavefronts of ldmatrix, of wgmma's operand reads, of plain
+ld/st.shared and of cp.async stores, and the global 32-byte sectors of cp.async reads and of plain ld/st.global
+(with their access width), each beside its ideal. Counts on the emulated hardware, not times.
 
     python scripts/emulator_figures.py           # rewrites benchmarks/model/emulator_figures.json and README's block
     python scripts/emulator_figures.py --check   # exit 1 if either is stale (tests/test_kernel_emulation.py runs it)
 
-Builds tests/emulation/flash_emulate.cpp with the host compiler (or takes --exe PATH).
+Builds tests/emulation/flash_emulate.cpp and norm_emulate.cpp with the host compiler (or takes --exe PATH and
+--norm-exe PATH).
 """
 
 from __future__ import annotations
@@ -42,6 +43,13 @@ CASES = [
     ("forward wgmma (sm_90a) fp16 d=64", ("fwdw", "f16", 64, 1, 2, 2, 64, 64, 0, -1, -1, 0, 1, 5)),
     ("forward wgmma (sm_90a) bf16 d=128 causal", ("fwdw", "bf16", 128, 1, 2, 2, 64, 64, 1, -1, -1, 0, 1, 5)),
 ]
+# (label, norm_emulate arguments: DTYPE WDTYPE ROWS COLS RMS RESIDUAL HAS_W HAS_B VEC GRID SEED): forward and
+# backward of each
+NORM_CASES = [
+    ("LayerNorm bf16 1024 columns, fwd + bwd", ("bf16", "bf16", 8, 1024, 0, 0, 1, 1, 8, 4, 5)),
+    ("RMSNorm bf16 4096 columns + residual, fwd + bwd", ("bf16", "bf16", 8, 4096, 1, 1, 1, 0, 8, 4, 5)),
+    ("LayerNorm bf16 8192 columns, fp32 weights, fwd + bwd", ("bf16", "f32", 4, 8192, 0, 0, 1, 1, 8, 2, 5)),
+]
 NOTE = ("Counts from csrc/emulate.h on the emulated device (per warp-wide request: shared-memory wavefronts, "
         "global 32-byte sectors) beside the ideal; not times, and not a performance model.")
 
@@ -56,13 +64,13 @@ def _cuda_include() -> str:
     return str(Path(home) / "include")
 
 
-def build(out_dir: Path) -> Path:
+def build(out_dir: Path, name: str = "flash_emulate") -> Path:
     cxx = shutil.which(os.environ.get("CXX", "g++")) or shutil.which("g++")
     if cxx is None:
         raise SystemExit("emulator_figures: needs a host C++ compiler")
-    exe = out_dir / "flash_emulate"
+    exe = out_dir / name
     cmd = [cxx, "-std=c++17", "-O2", "-DAIGC_EMULATE", f"-I{ROOT / 'csrc'}", f"-I{_cuda_include()}",
-           "-Wno-unknown-pragmas", str(ROOT / "tests" / "emulation" / "flash_emulate.cpp"), "-o", str(exe)]
+           "-Wno-unknown-pragmas", str(ROOT / "tests" / "emulation" / f"{name}.cpp"), "-o", str(exe)]
     subprocess.run(cmd, check=True)
     return exe
 
@@ -71,7 +79,13 @@ def _ratio(measured: int, ideal: int) -> float:
     return round(measured / ideal, 3) if ideal else 1.0
 
 
-def measure(exe: Path) -> dict:
+def _global_sites(figures: dict) -> list[dict]:
+    return [{"site": site, "kind": "ld/st.global (global sectors)", "requests": requests, "measured": sectors,
+             "ideal": ideal, "width": width}
+            for site, (requests, sectors, ideal, width) in sorted(figures["global"].items())]
+
+
+def measure(exe: Path, norm_exe: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIGC_EMU_")}  # the model on, nothing planted
     cases = []
     for label, args in CASES:
@@ -92,7 +106,11 @@ def measure(exe: Path) -> dict:
         for site, (requests, wavefronts, ideal) in sorted(figures["wgmma"].items()):
             sites.append({"site": site, "kind": "wgmma operand (smem wavefronts)", "requests": requests,
                           "measured": wavefronts, "ideal": ideal})
+        sites += _global_sites(figures)
         cases.append({"case": label, "args": list(args), "sites": sites})
+    for label, args in NORM_CASES:
+        res = subprocess.run([str(norm_exe), *map(str, args)], capture_output=True, text=True, check=True, env=env)
+        cases.append({"case": label, "args": list(args), "sites": _global_sites(json.loads(res.stdout))})
     return {"note": NOTE, "cases": cases}
 
 
@@ -104,17 +122,27 @@ def _worst(case: dict, kind: str) -> str:
     return f"{_ratio(worst['measured'], worst['ideal']):g}x"
 
 
+def _worst_global(case: dict) -> str:
+    rows = [s for s in case["sites"] if s["kind"].startswith("ld/st.global")]
+    if not rows:
+        return "-"
+    worst = max(rows, key=lambda s: s["measured"] / max(s["ideal"], 1))
+    where = worst["site"].split(" ")[-1]
+    return f"{_ratio(worst['measured'], worst['ideal']):g}x ({where}, {worst['width']}-byte accesses)"
+
+
 def readme_block(data: dict) -> str:
     lines = [BEGIN, "",
              "| kernel case (emulated) | ldmatrix wavefronts / ideal | wgmma operand wavefronts / ideal | "
-             "ld/st.shared wavefronts / ideal | cp.async store wavefronts / ideal | cp.async read sectors / ideal |",
-             "|---|---|---|---|---|---|"]
+             "ld/st.shared wavefronts / ideal | cp.async store wavefronts / ideal | cp.async read sectors / ideal | "
+             "ld/st.global sectors / ideal |",
+             "|---|---|---|---|---|---|---|"]
     for case in data["cases"]:
         lines.append(f"| {case['case']} | {_worst(case, 'ldmatrix')} | {_worst(case, 'wgmma')} | "
                      f"{_worst(case, 'ld/st.shared')} | {_worst(case, 'cp.async store')} | "
-                     f"{_worst(case, 'cp.async read')} |")
-    lines += ["", f"Worst site of each kind per case; every site in `{JSON_PATH.relative_to(ROOT)}`. {NOTE}", "",
-              END]
+                     f"{_worst(case, 'cp.async read')} | {_worst_global(case)} |")
+    lines += ["", f"Worst site of each kind per case (for global accesses its line and the bytes a lane moves per "
+              f"access); every site in `{JSON_PATH.relative_to(ROOT)}`. {NOTE}", "", END]
     return "\n".join(lines)
 
 
@@ -127,10 +155,12 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="exit 1 if the recorded figures are stale")
     parser.add_argument("--exe", type=Path, help="a built tests/emulation/flash_emulate (else built here)")
+    parser.add_argument("--norm-exe", type=Path, help="a built tests/emulation/norm_emulate (else built here)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         exe = args.exe or build(Path(tmp))
-        data = measure(exe)
+        norm_exe = args.norm_exe or build(Path(tmp), "norm_emulate")
+        data = measure(exe, norm_exe)
     text = json.dumps(data, indent=1) + "\n"
     readme = README.read_text()
     new_readme = _splice(readme, readme_block(data))

@@ -29,7 +29,7 @@ END = "<!-- sass-figures:end -->"
 ARCH = "sm_90a"
 NOTE = ("Static counts of the sm_90a SASS of aigc_kernels._C (cuobjdump -sass): the main loop is the backward branch "
         "whose body holds the most MMA instructions, counted once per trip per warp (both sides of an inner branch "
-        "count: an upper bound of what a trip issues). Not times, and not yet the performance model.")
+        "count: an upper bound of what a trip issues). Not times: the performance model's input.")
 
 # The README table's kernels: (label, demangled name prefix)
 TABLE = [

@@ -18,9 +18,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 HAS_GPU = torch.cuda.is_available()
-if os.environ.get("PYTEST_XDIST_WORKER") and not HAS_GPU:
-    # `make test` runs two workers on CI's 2 cores: one intra-op thread each, not two fighting over both
-    torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -187,7 +187,8 @@ def test_recorded_emulator_figures_are_current(build):
     import sys
 
     res = subprocess.run([sys.executable, str(ROOT / "scripts" / "emulator_figures.py"), "--check", "--exe",
-                          str(build("flash_emulate"))], capture_output=True, text=True, timeout=600)
+                          str(build("flash_emulate")), "--norm-exe", str(build("norm_emulate"))],
+                         capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout + res.stderr
 
 
@@ -355,6 +356,19 @@ def test_plain_shared_access_bank_conflicts_are_counted(build, op, width, stride
     accesses are served 8 lanes a phase, 8-byte ones 16 (a 16-byte stride of 8-byte accesses conflicts 2-way)."""
     res = run(build("hazard_emulate"), ["plain", op, width, stride])
     assert res == {"requests": 1, "wavefronts": wavefronts, "ideal": ideal}, res
+
+
+@pytest.mark.parametrize("op,width,stride,sectors,ideal", [("ld", 4, 4, 4, 4), ("st", 2, 2, 2, 2),
+                                                            ("ld", 16, 16, 16, 16), ("ld", 4, 0, 1, 1),
+                                                            ("st", 4, 8, 8, 4), ("ld", 2, 256, 32, 2),
+                                                            ("st", 16, 32, 32, 16)])
+def test_plain_global_access_sectors_are_counted(build, op, width, stride, sectors, ideal):
+    """One warp's ld/st.global (smem.cuh's ld_global / st_global) of WIDTH bytes a lane, STRIDE bytes apart:
+    consecutive accesses touch the fewest 32-byte sectors, one address read by every lane one sector; the planted
+    uncoalesced accesses -- a column of a row-major bf16 matrix (256-byte rows), every other float, every other
+    16-byte vector -- touch 16x, 2x and 2x the sectors their bytes need."""
+    res = run(build("hazard_emulate"), ["global", op, width, stride])
+    assert res == {"requests": 1, "sectors": sectors, "ideal": ideal, "width": width}, res
 
 
 @pytest.mark.parametrize("src,dst,conflict,sectors", [(16, 16, 1, 1), (64, 16, 1, 2), (16, 128, 8, 1),

@@ -3,14 +3,17 @@ recorded SASS figures of ours and of FA2 (benchmarks/model/), calibration includ
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from aigc_kernels import perf
 
+ROOT = Path(__file__).resolve().parents[1]
 HW = perf.HARDWARE["H100 SXM"]
 TILE = perf.Design("t", "ours", "k", warps=4, rows=128, keys=64, head_dim=128, smem_bytes=64 * 1024,
                    copied_bytes=32 * 1024)
@@ -59,8 +62,10 @@ def test_a_worse_loop_gets_a_lower_bound_and_the_limiter_moves():
 def test_the_recorded_model_puts_ours_beside_fa2_and_fa2_inside_its_band():
     data = perf.model()
     assert data["rows"] and not data["missing"], data["missing"]  # make anchors was run and recorded
-    cal = data["calibration"]
-    assert len(cal) == 2 and all(c["within_band"] for c in cal), cal
+    cal = {c["design"]: c for c in data["calibration"]}
+    assert cal["FA2 d=128"]["within_band"] and cal["FA2 backward d=128"]["within_band"], cal
+    # the wgmma Triton forward's bound sits above its published neighbour by more than the band: said, not hidden
+    assert cal["ours Triton d=128"]["bound_over_published"] > 1.0, cal
     for r in data["rows"]:
         assert r["ours"]["tflops"] > 0 and r["anchor"]["tflops"] > 0 and r["ours_over_anchor"] > 0
     # the model's verdict on today's kernels (issue "speed visible without a GPU"): the mma.sync forward at
@@ -68,6 +73,101 @@ def test_the_recorded_model_puts_ours_beside_fa2_and_fa2_inside_its_band():
     row = next(r for r in data["rows"] if r["gpu"] == "H100 SXM" and r["problem"].startswith(
         "forward bf16 d=128 L=16384 non-causal") and r["ours"]["design"] == "ours mma.sync d=128")
     assert row["ours"]["limiter"] == "issue" and row["ours_over_anchor"] < 1.0, row
+
+
+def test_norm_bounds_on_hand_made_designs():
+    """A row kernel is bound by HBM bytes, by its issued instructions, or (few CTAs taking rows in turn) by one DRAM
+    round trip per row; the backward's partial weight-gradient rows add HBM bytes."""
+    fwd = perf.NormProblem("RMSNorm", 4096, "forward")
+    assert fwd.bytes() == 2 * 4096 * 4096 * 2 + 4 * 4096 + 4096 * 2
+    bwd = perf.NormProblem("LayerNorm", 1024, "backward")
+    assert bwd.bytes(132) - bwd.bytes(0) == 2 * 132 * 1024 * 4 * 2
+    lean = dict(kernel="k", threads=256, ctas=4096, registers=32, shared=0, instructions=100, partial_rows=0)
+    assert perf.norm_bound(fwd, lean, HW)["limiter"] == "hbm"
+    assert perf.norm_bound(fwd, lean, HW)["hbm_fraction"] == 1.0
+    assert perf.norm_bound(fwd, {**lean, "instructions": 5000}, HW)["limiter"] == "issue"
+    persistent = {**lean, "ctas": 132, "partial_rows": 132}  # 31 rows a CTA, one after another
+    slow = perf.norm_bound(bwd, persistent, HW)
+    assert slow["limiter"] == "latency" and slow["terms_us"]["latency"] == pytest.approx(32 * 0.6)
+    assert perf.norm_bound(bwd, {**persistent, "ctas": 528}, HW)["limiter"] == "hbm"
+    assert perf._cuda_norm_shape(1024 // 8, 1024) == (128, 1) and perf._cuda_norm_shape(8192 // 8, 512) == (512, 2)
+
+
+def test_the_recorded_norm_rows_put_ours_beside_liger():
+    rows = [r for r in perf.model()["norm_rows"] if r["gpu"] == "H100 SXM"]
+    assert len(rows) == len(perf.norm_problems())
+    for r in rows:
+        assert r["ours CUDA"] and r["ours Triton"], r["problem"]
+        assert r["Liger"] or "residual" in r["problem"], r["problem"]  # Liger's norms take no residual
+    # what the model says today: the forwards reach the HBM ceiling; Liger's backward at 1024 columns (a program
+    # per SM, 31 rows each in turn) is latency-bound where ours (more programs) is not
+    assert all(r[w]["hbm_fraction"] >= 0.9 for r in rows if "forward" in r["problem"] for w in perf.NORM_DESIGNS
+               if r[w])
+    short = next(r for r in rows if r["problem"] == "RMSNorm backward bf16 4096x1024")
+    assert short["Liger"]["limiter"] == "latency" and short["ours Triton / Liger"] > 1.0
+
+
+def test_the_ffn_rows_show_the_weight_copy_where_it_is_made():
+    rows = {r["problem"].split(" bf16")[0]: r for r in perf.model()["ffn_rows"] if r["gpu"] == "H100 SXM"}
+    gelu = rows["Linear + GELU FFN forward"]  # the activation in the GEMM's epilogue: no pass of its own
+    assert gelu["ours CUDA"]["not_gemm_us"] == 0 and gelu["anchor"]["not_gemm_us"] > 0
+    fwd, bwd = rows["SwiGLU FFN forward"], rows["SwiGLU FFN backward"]
+    copy = 2 * 2 * 4096 * 11008 * 2  # W_in and W_gate read and written once more per call
+    assert fwd["ours CUDA"]["weight_copy_bytes"] == copy and fwd["ours Triton"]["weight_copy_bytes"] == 0
+    assert bwd["ours CUDA"]["weight_copy_bytes"] == bwd["ours Triton"]["weight_copy_bytes"] == copy
+    assert fwd["anchor"]["weight_copy_bytes"] == bwd["anchor"]["weight_copy_bytes"] == 0
+    gemm_only = sum(st["microseconds"] for st in fwd["ours Triton"]["steps"])
+    assert fwd["ours Triton"]["not_gemm_us"] == 0 and fwd["ours Triton"]["microseconds"] == pytest.approx(gemm_only)
+
+
+def test_triton_figures_are_current():
+    """benchmarks/model/triton_figures.json is what Triton compiles today for sm_90a (ours and Liger's)."""
+    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "triton_figures.py"), "--check"],
+                         capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stdout + res.stderr[-3000:]
+
+
+def test_ttgir_dots_are_read_with_their_mma_version():
+    from aigc_kernels import audit
+
+    ttgir = "\n".join([
+        "#mma = #ttg.nvidia_mma<{versionMajor = 2, versionMinor = 0, warpsPerCTA = [1, 4], instrShape = [16, 8]}>",
+        "#mma1 = #ttg.nvidia_mma<{versionMajor = 3, versionMinor = 0, warpsPerCTA = [4, 1], "
+        "instrShape = [16, 128, 16]}>",
+        "    %s = tt.dot %q, %k, %c, inputPrecision = tf32 : tensor<32x128xbf16, #ttg.dot_op<{opIdx = 0, parent = "
+        "#mma, kWidth = 2}>> * tensor<128x64xbf16, #ttg.dot_op<{opIdx = 1, parent = #mma, kWidth = 2}>> -> "
+        "tensor<32x64xf32, #mma> loc(#loc1)",
+        "    %d = ttng.warp_group_dot %a, %b, %c {inputPrecision = 0 : i32, isAsync = true} : tensor<64x16xbf16, "
+        "#ttg.dot_op<{opIdx = 0, parent = #mma1, kWidth = 2}>> * !ttg.memdesc<16x128xbf16, #shared1, #smem> -> "
+        "tensor<64x128xf32, #mma1> loc(#loc2)",
+        "    %w = ttng.warp_group_dot_wait %d {pendings = 0 : i32} : tensor<64x128xf32, #mma1> loc(#loc3)"])
+    assert audit.dots(ttgir) == [dict(m=64, n=128, k=16, mma=3, count=1), dict(m=32, n=64, k=128, mma=2, count=1)]
+
+
+def _budgets():
+    spec = importlib.util.spec_from_file_location("budgets", ROOT / "scripts" / "budgets.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_budgets_hold_and_catch_a_regression():
+    script = _budgets()
+    current = script.figures()
+    budgets = json.loads((ROOT / "benchmarks" / "model" / "budgets.json").read_text())["kernels"]
+    assert script.failures(current, budgets) == []
+    worse = json.loads(json.dumps(current))
+    dkdv = next(k for k in worse if k.startswith("Triton _attn_bwd_dkdv_kernel (attention bf16 d=128 L="))
+    worse[dkdv]["min_dot_m"] = 16  # a smaller dot
+    worse["CUDA mma.sync d=128"]["ctas_per_sm"] = 0  # lower occupancy
+    emulated = next(k for k in worse if k.startswith("CUDA emulated: forward mma.sync fp16 d=64"))
+    worse[emulated]["global_sector_ratio"] += 1  # a less coalesced store
+    worse["CUDA new kernel"] = {"ctas_per_sm": 1}
+    bad = script.failures(worse, budgets)
+    assert len(bad) == 4, bad
+    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "budgets.py"), "--check"], capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
 
 
 def test_audit_perf_prints_and_writes_the_model(tmp_path):

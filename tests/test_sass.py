@@ -75,6 +75,17 @@ def test_the_main_loop_is_the_backward_branch_around_the_mma():
     assert whole["widths"] == {"LDG.128": 1, "LDS.U16": 1, "STG.32": 1, "STS.64": 1}
 
 
+def test_a_kernel_without_mma_has_its_outermost_loop_as_main_loop():
+    """A norm's loop over rows holds no MMA: its main loop is the largest backward branch's body."""
+    ins = [sass.Instr(a, op, "", "") for a, op in ((0x0, "LDG.E.128"), (0x10, "FADD"), (0x20, "SHFL.BFLY"),
+                                                   (0x30, "FADD"), (0x40, "BRA"), (0x50, "STG.E.128"),
+                                                   (0x60, "BRA"), (0x70, "EXIT"))]
+    ins[4] = sass.Instr(0x40, "BRA", "@P0", "0x20")  # an inner loop (a reduction)
+    ins[6] = sass.Instr(0x60, "BRA", "@P1", "0x0")  # the loop over rows
+    assert sass.main_loop(ins) == (0x0, 0x60)
+    assert sass.figures(ins)["main_loop"]["instructions"] == 7
+
+
 def test_hgmma_flops_are_counted_per_warp():
     ins = sass.parse(SASS)[("sm_90a", "_Z6wgmmav")]
     assert sass.mma_flops(ins[0]) == 2 * 64 * 128 * 16 // 4

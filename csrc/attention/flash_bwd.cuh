@@ -39,8 +39,8 @@ struct BwdCfg {
 };
 
 template <typename T>
-__device__ __forceinline__ void store_pair(T* dst, float a, float b) {
-  *reinterpret_cast<uint32_t*>(dst) = pack2<T>(a, b);
+__device__ __forceinline__ void store_pair(T* dst, float a, float b AIGC_SITE_PARAMS) {
+  st_global(reinterpret_cast<uint32_t*>(dst), pack2<T>(a, b) AIGC_SITE_ARGS);
 }
 
 template <typename T, int D>
@@ -85,9 +85,9 @@ __global__ void __launch_bounds__(BwdCfg<D>::kThreads) dkdv_kernel(const BwdPara
       const int i = i0 + r;
       float l2 = INFINITY, dl = 0.f;
       if (i < seq.lq) {
-        const float l = p.lse[l_off + i];
+        const float l = ld_global(p.lse + l_off + i);
         l2 = l == -INFINITY ? INFINITY : l * kLog2e;
-        dl = p.delta[l_off + i];
+        dl = ld_global(p.delta + l_off + i);
       }
       st_shared(sL + st * kBM + r, l2);
       st_shared(sDelta + st * kBM + r, dl);
@@ -244,9 +244,9 @@ __global__ void __launch_bounds__(BwdCfg<D>::kThreads) dq_kernel(const BwdParams
     l2[half] = INFINITY;
     dl[half] = 0.f;
     if (i < seq.lq) {
-      const float l = p.lse[l_off + i];
+      const float l = ld_global(p.lse + l_off + i);
       l2[half] = l == -INFINITY ? INFINITY : l * kLog2e;
-      dl[half] = p.delta[l_off + i];
+      dl[half] = ld_global(p.delta + l_off + i);
     }
   }
 

@@ -22,7 +22,7 @@ __global__ void __launch_bounds__(kRowsPerBlock * 32) combine_kernel(const Param
   const int h = static_cast<int>((row / p.seqlen_q) % p.heads_q);
   const int b = static_cast<int>(row / (static_cast<int64_t>(p.seqlen_q) * p.heads_q));
   float m = -INFINITY;
-  for (int s = 0; s < p.num_splits; ++s) m = fmaxf(m, p.lse_accum[s * rows + row]);
+  for (int s = 0; s < p.num_splits; ++s) m = fmaxf(m, ld_global(p.lse_accum + s * rows + row));
   T* out = static_cast<T*>(p.out) + static_cast<int64_t>(b) * p.o_batch_stride +
            static_cast<int64_t>(h) * p.o_head_stride + static_cast<int64_t>(i) * p.o_row_stride;
   for (int d0 = 0; d0 < p.head_dim; d0 += 64) {
@@ -31,15 +31,15 @@ __global__ void __launch_bounds__(kRowsPerBlock * 32) combine_kernel(const Param
     float sum_w = 0.f, o0 = 0.f, o1 = 0.f;
     if (m != -INFINITY) {
       for (int s = 0; s < p.num_splits; ++s) {
-        const float w = exp2f(p.lse_accum[s * rows + row] - m);
-        const float2 o = *reinterpret_cast<const float2*>(p.out_accum + (s * rows + row) * p.head_dim + d);
+        const float w = exp2f(ld_global(p.lse_accum + s * rows + row) - m);
+        const float2 o = ld_global(reinterpret_cast<const float2*>(p.out_accum + (s * rows + row) * p.head_dim + d));
         sum_w += w;
         o0 += w * o.x;
         o1 += w * o.y;
       }
     }
     const float inv = sum_w > 0.f ? 1.f / sum_w : 0.f;
-    *reinterpret_cast<uint32_t*>(out + d) = pack2<T>(o0 * inv, o1 * inv);
+    st_global(reinterpret_cast<uint32_t*>(out + d), pack2<T>(o0 * inv, o1 * inv));
   }
 }
 
@@ -69,12 +69,12 @@ __global__ void __launch_bounds__(kRowsPerBlock * 32) delta_kernel(const BwdPara
   const uint32_t* dout = reinterpret_cast<const uint32_t*>(static_cast<const T*>(p.dout) + do_off);
   float acc = 0.f;
   for (int c = lane; c < p.head_dim / 2; c += 32) {
-    const float2 a = unpack2<T>(o[c]), bb = unpack2<T>(dout[c]);
+    const float2 a = unpack2<T>(ld_global(o + c)), bb = unpack2<T>(ld_global(dout + c));
     acc += a.x * bb.x + a.y * bb.y;
   }
 #pragma unroll
   for (int off = 16; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
-  if (lane == 0) p.delta[l_off] = acc;
+  if (lane == 0) st_global(p.delta + l_off, acc);
 }
 
 }  // namespace flash

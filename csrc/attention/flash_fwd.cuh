@@ -304,19 +304,19 @@ __global__ void __launch_bounds__(FwdCfg<D, kWgmma>::kThreads) fwd_kernel(const 
         float* o = p.out_accum + row * D;
 #pragma unroll
         for (int dt = 0; dt < kDT; ++dt) {
-          *reinterpret_cast<float2*>(o + dt * 8 + 2 * t) =
-              make_float2(acc[mt][dt][half * 2] * inv, acc[mt][dt][half * 2 + 1] * inv);
+          st_global(reinterpret_cast<float2*>(o + dt * 8 + 2 * t),
+                    make_float2(acc[mt][dt][half * 2] * inv, acc[mt][dt][half * 2 + 1] * inv));
         }
-        if (t == 0) p.lse_accum[row] = lse2;
+        if (t == 0) st_global(p.lse_accum + row, lse2);
       } else {
         T* o = out + seq.q_offset(b, p.o_batch_stride, p.o_row_stride) + static_cast<int64_t>(h) * p.o_head_stride +
                static_cast<int64_t>(i) * p.o_row_stride;
 #pragma unroll
         for (int dt = 0; dt < kDT; ++dt) {
-          *reinterpret_cast<uint32_t*>(o + dt * 8 + 2 * t) =
-              pack2<T>(acc[mt][dt][half * 2] * inv, acc[mt][dt][half * 2 + 1] * inv);
+          st_global(reinterpret_cast<uint32_t*>(o + dt * 8 + 2 * t),
+                    pack2<T>(acc[mt][dt][half * 2] * inv, acc[mt][dt][half * 2 + 1] * inv));
         }
-        if (t == 0) p.lse[seq.lse_offset(b, h, p.lse_batch_stride, p.lse_head_stride) + i] = lse2 * kLn2;
+        if (t == 0) st_global(p.lse + seq.lse_offset(b, h, p.lse_batch_stride, p.lse_head_stride) + i, lse2 * kLn2);
       }
     }
   }

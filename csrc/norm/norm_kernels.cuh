@@ -101,8 +101,8 @@ __global__ void __launch_bounds__(kFwdThreads) norm_fwd_kernel(const FwdParams p
     }
   }
   if (threadIdx.x == 0) {
-    if (!p.rms) p.mean[row] = mean;
-    p.rstd[row] = rstd;
+    if (!p.rms) st_global(p.mean + row, mean);
+    st_global(p.rstd + row, rstd);
   }
 }
 
@@ -160,8 +160,8 @@ __global__ void __launch_bounds__(kFwdThreads) norm_fwd_looped_kernel(const FwdP
     store<T, VEC>(y + c, v);
   }
   if (threadIdx.x == 0) {
-    if (!p.rms) p.mean[row] = mean;
-    p.rstd[row] = rstd;
+    if (!p.rms) st_global(p.mean + row, mean);
+    st_global(p.rstd + row, rstd);
   }
 }
 
@@ -184,8 +184,8 @@ __global__ void __launch_bounds__(kBwdThreads) norm_bwd_kernel(const BwdParams p
   for (int64_t row = blockIdx.x; row < p.rows; row += gridDim.x) {
     const T* xs = static_cast<const T*>(p.xs) + row * p.stride_xs;
     const T* dyp = static_cast<const T*>(p.dy) + row * p.stride_dy;
-    const float rstd = p.rstd[row];
-    const float mean = p.rms ? 0.f : p.mean[row];
+    const float rstd = ld_global(p.rstd + row);
+    const float mean = p.rms ? 0.f : ld_global(p.mean + row);
     float xhat[ITEMS][VEC], dy[ITEMS][VEC];
     float s1 = 0.f, s2 = 0.f;
 #pragma unroll
@@ -234,8 +234,8 @@ __global__ void __launch_bounds__(kBwdThreads) norm_bwd_kernel(const BwdParams p
     if (c < p.cols) {
 #pragma unroll
       for (int j = 0; j < VEC; ++j) {
-        if (p.has_w) p.dw_part[part + c + j] = dw[i][j];
-        if (p.has_b) p.db_part[part + c + j] = db[i][j];
+        if (p.has_w) st_global(p.dw_part + part + c + j, dw[i][j]);
+        if (p.has_b) st_global(p.db_part + part + c + j, db[i][j]);
       }
     }
   }
@@ -253,8 +253,8 @@ __global__ void __launch_bounds__(kBwdThreads) norm_bwd_looped_kernel(const BwdP
   for (int64_t row = blockIdx.x; row < p.rows; row += gridDim.x) {
     const T* xs = static_cast<const T*>(p.xs) + row * p.stride_xs;
     const T* dyp = static_cast<const T*>(p.dy) + row * p.stride_dy;
-    const float rstd = p.rstd[row];
-    const float mean = p.rms ? 0.f : p.mean[row];
+    const float rstd = ld_global(p.rstd + row);
+    const float mean = p.rms ? 0.f : ld_global(p.mean + row);
     float s1 = 0.f, s2 = 0.f;
     for (int64_t c = static_cast<int64_t>(threadIdx.x) * VEC; c < p.cols; c += step) {
       float x[VEC], dy[VEC], w[VEC];
@@ -284,8 +284,8 @@ __global__ void __launch_bounds__(kBwdThreads) norm_bwd_looped_kernel(const BwdP
         const float g = p.has_w ? dy[j] * w[j] : dy[j];
         dx[j] = (g - xhat * c1 - c2) * rstd;
         if (p.has_ds) dx[j] += ds[j];
-        if (p.has_w) p.dw_part[part + c + j] += dy[j] * xhat;
-        if (p.has_b) p.db_part[part + c + j] += dy[j];
+        if (p.has_w) st_global(p.dw_part + part + c + j, ld_global(p.dw_part + part + c + j) + dy[j] * xhat);
+        if (p.has_b) st_global(p.db_part + part + c + j, ld_global(p.db_part + part + c + j) + dy[j]);
       }
       store<T, VEC>(dxp + c, dx);
     }

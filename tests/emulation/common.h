@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <new>
 #include <type_traits>
+#include <vector>
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -26,6 +27,9 @@ struct DeviceAligned {
   template <typename U>
   bool operator!=(const DeviceAligned<U>&) const { return false; }
 };
+
+template <typename T>
+using DeviceVector = std::vector<T, DeviceAligned<T>>;  // emulated global memory
 
 template <typename T>
 T from_f(float f) {

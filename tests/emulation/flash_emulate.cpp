@@ -98,10 +98,10 @@ int run(const std::string& mode, int B, int HQ, int HKV, int LQ, int LK, bool ca
   auto li = [&](int b, int h, int i) -> int64_t {
     return packed ? static_cast<int64_t>(h) * total_q + cu_q[b] + i : (static_cast<int64_t>(b) * HQ + h) * LQ + i;
   };
-  using Global = std::vector<uint16_t, emu_test::DeviceAligned<uint16_t>>;  // (256-byte aligned, as on a GPU)
+  using Global = emu_test::DeviceVector<uint16_t>;  // (256-byte aligned, as on a GPU)
   Global q(static_cast<size_t>(total_q) * HQ * D), k(static_cast<size_t>(total_k) * HKV * D), v(k.size()),
       dout(q.size());
-  std::vector<uint16_t> out(q.size(), to_bits<T>(NAN)), dq(q.size(), to_bits<T>(NAN)),
+  emu_test::DeviceVector<uint16_t> out(q.size(), to_bits<T>(NAN)), dq(q.size(), to_bits<T>(NAN)),
       dk(k.size(), to_bits<T>(NAN)), dv(k.size(), to_bits<T>(NAN));
   for (auto* t : {&q, &k, &v, &dout}) {
     for (auto& x : *t) x = to_bits<T>(normal(rng));
@@ -112,7 +112,7 @@ int run(const std::string& mode, int B, int HQ, int HKV, int LQ, int LK, bool ca
         for (int j = used[b]; j < lk[b]; ++j)
           for (int d = 0; d < D; ++d) k[ki(b, h, j) + d] = v[ki(b, h, j) + d] = to_bits<T>(NAN);
   }
-  std::vector<float> lse(static_cast<size_t>(total_q) * HQ, NAN), delta(lse.size(), NAN);
+  emu_test::DeviceVector<float> lse(static_cast<size_t>(total_q) * HQ, NAN), delta(lse.size(), NAN);
   const float scale = 1.f / std::sqrt(static_cast<float>(D));
   const int right = causal ? 0 : wr;
 
@@ -230,7 +230,7 @@ int run(const std::string& mode, int B, int HQ, int HKV, int LQ, int LK, bool ca
       p.seqlen_k = width * page;
     }
   }
-  std::vector<float> oacc, lacc;
+  emu_test::DeviceVector<float> oacc, lacc;
   if (p.num_splits > 1) {
     oacc.assign(static_cast<size_t>(p.num_splits) * B * HQ * LQ * D, NAN);
     lacc.assign(static_cast<size_t>(p.num_splits) * B * HQ * LQ, NAN);
@@ -333,6 +333,8 @@ int run(const std::string& mode, int B, int HQ, int HKV, int LQ, int LK, bool ca
   emu::report_banks(stdout, emu::plain_banks());  // ld/st.shared per site: [requests, wavefronts, ideal]
   std::printf(", \"wgmma\": ");
   emu::report_banks(stdout, emu::wgmma_banks());  // operand core matrices per site: [requests, wavefronts, ideal]
+  std::printf(", \"global\": ");
+  emu::report_global(stdout);  // ld/st.global per site: [requests, sectors, ideal, width]
   std::printf("}\n");
   return 0;
 }

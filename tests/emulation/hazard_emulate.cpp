@@ -19,6 +19,13 @@
 //                          synced (the same as raw with the barrier) and warp (a lane of the same warp, after a warp
 //                          collective) are race-free: {"ok": 1}, else the emulator stops naming the race
 //   hazard_emulate plain ld|st WIDTH STRIDE
+//                          one warp's ld/st.shared of WIDTH bytes a lane, lane * STRIDE bytes apart:
+//                          {"requests", "wavefronts", "ideal"}
+//   hazard_emulate global ld|st WIDTH STRIDE
+//                          one warp's ld/st.global (smem.cuh's ld_global / st_global) of WIDTH bytes a lane,
+//                          lane * STRIDE bytes apart: {"requests", "sectors", "ideal", "width"} (STRIDE = WIDTH is
+//                          coalesced; a column of a row-major matrix is the planted uncoalesced access)
+//   hazard_emulate plain ld|st WIDTH STRIDE
 //                          one warp's WIDTH-byte ld/st.shared (4, 8, 16), lane * STRIDE bytes apart:
 //                          {"requests", "wavefronts", "ideal"}
 #include <cmath>
@@ -160,6 +167,23 @@ int plain_case(bool store, int stride) {
   return 0;
 }
 
+template <typename V>
+int global_case(bool store, int stride) {
+  std::vector<unsigned char> buf(32 * static_cast<size_t>(stride) + 64);
+  unsigned char* base = buf.data() + (32 - reinterpret_cast<uintptr_t>(buf.data()) % 32) % 32;  // sector-aligned
+  emu::launch(dim3(1), 32, 0, [&] {
+    V* p = reinterpret_cast<V*>(base + threadIdx.x * stride);
+    if (store) st_global(p, V{}); else (void)ld_global(static_cast<const V*>(p));
+  });
+  emu::SectorCount total;
+  for (const auto& [site, c] : emu::global_sectors())
+    total.requests += c.requests, total.sectors += c.sectors, total.ideal += c.ideal,
+        total.width = std::max(total.width, c.width);
+  std::printf("{\"requests\": %ld, \"sectors\": %ld, \"ideal\": %ld, \"width\": %d}\n", total.requests, total.sectors,
+              total.ideal, total.width);
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -180,7 +204,14 @@ int main(int argc, char** argv) {
     if (width == 8) return plain_case<float2>(store, stride);
     if (width == 16) return plain_case<float4>(store, stride);
   }
+  if (mode == "global" && argc == 5) {
+    const bool store = std::string(argv[2]) == "st";
+    const int width = std::atoi(argv[3]), stride = std::atoi(argv[4]);
+    if (width == 2) return global_case<__half>(store, stride);
+    if (width == 4) return global_case<float>(store, stride);
+    if (width == 16) return global_case<float4>(store, stride);
+  }
   std::fprintf(stderr, "usage: %s wait | nowait | banks 64|72|80 | copies SRC_STRIDE DST_STRIDE | race KIND | "
-               "plain ld|st 4|8|16 STRIDE\n", argv[0]);
+               "plain ld|st 4|8|16 STRIDE | global ld|st 2|4|16 STRIDE\n", argv[0]);
   return 2;
 }

@@ -30,15 +30,15 @@ int run(int64_t rows, int64_t cols, bool rms, bool residual, bool has_w, bool ha
   std::mt19937 rng(seed);
   std::normal_distribution<float> normal(0.f, 1.f);
   const size_t n = static_cast<size_t>(rows * cols);
-  std::vector<T> x(n), r(n), dy(n), ds(n), y(n, from_f<T>(NAN)), s(n, from_f<T>(NAN)), dx(n, from_f<T>(NAN));
-  std::vector<W> w(cols), b(cols);
+  emu_test::DeviceVector<T> x(n), r(n), dy(n), ds(n), y(n, from_f<T>(NAN)), s(n, from_f<T>(NAN)), dx(n, from_f<T>(NAN));
+  emu_test::DeviceVector<W> w(cols), b(cols);
   for (auto& v : x) v = from_f<T>(normal(rng) * 2.f + 0.5f);
   for (auto& v : r) v = from_f<T>(normal(rng));
   for (auto& v : dy) v = from_f<T>(normal(rng));
   for (auto& v : ds) v = from_f<T>(normal(rng));
   for (auto& v : w) v = from_f<W>(1.f + 0.3f * normal(rng));
   for (auto& v : b) v = from_f<W>(0.3f * normal(rng));
-  std::vector<float> mean(rows, NAN), rstd(rows, NAN);
+  emu_test::DeviceVector<float> mean(rows, NAN), rstd(rows, NAN);
   const float eps = 1e-5f;
 
   FwdParams p{};
@@ -61,7 +61,7 @@ int run(int64_t rows, int64_t cols, bool rms, bool residual, bool has_w, bool ha
   launch_fwd<T, W>(p, vec, nullptr);
 
   BwdParams q{};
-  std::vector<float> dw_part(static_cast<size_t>(grid) * cols, 0.f), db_part(dw_part.size(), 0.f);
+  emu_test::DeviceVector<float> dw_part(static_cast<size_t>(grid) * cols, 0.f), db_part(dw_part.size(), 0.f);
   q.dy = dy.data();
   q.ds = residual ? ds.data() : nullptr;
   q.xs = residual ? static_cast<const void*>(s.data()) : static_cast<const void*>(x.data());
@@ -127,9 +127,11 @@ int run(int64_t rows, int64_t cols, bool rms, bool residual, bool has_w, bool ha
     if (has_b) edb.add(sb, rdb[c]);
   }
   std::printf("{\"y\": [%.6g, %.6g], \"s\": [%.6g, %.6g], \"mean\": [%.6g, %.6g], \"rstd\": [%.6g, %.6g], "
-              "\"dx\": [%.6g, %.6g], \"dw\": [%.6g, %.6g], \"db\": [%.6g, %.6g]}\n",
+              "\"dx\": [%.6g, %.6g], \"dw\": [%.6g, %.6g], \"db\": [%.6g, %.6g], \"global\": ",
               ey.err, ey.ref, es.err, es.ref, em.err, em.ref, er.err, er.ref, edx.err, edx.ref, edw.err, edw.ref,
               edb.err, edb.ref);
+  emu::report_global(stdout);  // ld/st.global per site: [requests, sectors, ideal, width]
+  std::printf("}\n");
   return 0;
 }
 
