@@ -162,8 +162,7 @@ TRITON_ATTENTION = [
 
 
 def _triton_kernel(case: str, kernel: str) -> dict | None:
-    path = MODEL_DIR / "triton_figures.json"
-    data = json.loads(path.read_text()) if path.exists() else {}
+    data = _load("triton_figures.json")
     group = next((c for c in data.get("cases", []) if c["case"] == case), None)
     return next((k for k in group["kernels"] if k["kernel"] == kernel), None) if group else None
 
@@ -224,12 +223,14 @@ def problems() -> list[Problem]:
     return out
 
 
-def _records() -> tuple[dict, dict, dict]:
-    def load(name: str) -> dict:
-        path = MODEL_DIR / name
-        return json.loads(path.read_text()) if path.exists() else {}
+def _load(name: str) -> dict:
+    """A recorded JSON of benchmarks/model/ ({} where it is not recorded)."""
+    path = MODEL_DIR / name
+    return json.loads(path.read_text()) if path.exists() else {}
 
-    return load("sass_figures.json"), load("anchor_figures.json"), load("emulator_figures.json")
+
+def _records() -> tuple[dict, dict, dict]:
+    return _load("sass_figures.json"), _load("anchor_figures.json"), _load("emulator_figures.json")
 
 
 def _figures(design: Design, ours: dict, anchors: dict) -> dict | None:
@@ -506,9 +507,7 @@ def norm_bound(prob: NormProblem, d: dict, hw: dict) -> dict:
 
 
 def norm_model() -> list[dict]:
-    sass_rec, _, _ = _records()
-    path = MODEL_DIR / "triton_figures.json"
-    triton_rec = json.loads(path.read_text()) if path.exists() else {}
+    sass_rec, triton_rec = _load("sass_figures.json"), _load("triton_figures.json")
     rows = []
     for gpu, hw in HARDWARE.items():
         for prob in norm_problems():
@@ -550,13 +549,14 @@ def norm_markdown(rows: list[dict], gpu: str = "H100 SXM") -> str:
 FFN = dict(tokens=4096, d=4096, hidden=11008)
 
 
-def _elementwise_issue(kernel: dict | None, elements: float, per_lane: bool, hw: dict, cols: int = 0) -> float:
+def _elementwise_issue(kernel: dict | None, elements: float, lane: int | None, hw: dict, cols: int = 0) -> float:
     """Seconds of instruction issue for an elementwise kernel over ``elements``: a grid-stride kernel issues its loop
-    once per 32 elements (a lane each); a row kernel (Liger's) its instructions x warps once per row of ``cols``."""
+    once per 32 x ``lane`` elements (``lane`` a thread); a row kernel (Liger's, lane None) its instructions x warps
+    once per row of ``cols``."""
     if kernel is None:
         return 0.0
-    if per_lane:
-        warp_instr = elements * (kernel.get("main_loop") or kernel)["instructions"] / 32
+    if lane:
+        warp_instr = elements * (kernel.get("main_loop") or kernel)["instructions"] / (32 * lane)
     else:
         warp_instr = elements / cols * kernel["mix"]["instructions"] * kernel["num_warps"]
     return warp_instr / hw["issue_per_clk"] / hw["sms"] / (hw["clock_ghz"] * 1e9)
@@ -614,9 +614,9 @@ def ffn_steps(side: str, direction: str, hw: dict, sass_rec: dict, triton_rec: d
     cat = mem("concatenate [W_in; W_gate] (a copy per call)", 2 * 2 * d * h * b)
     if direction == "forward":
         if side == "ours CUDA":
-            gated = cuda("gated_fwd_kernel<c10::BFloat16>")
+            gated = cuda("gated_fwd_kernel<c10::BFloat16, 8>")  # hidden % 8 == 0: 16-byte accesses
             return [cat, gemm("GEMM x [W_in; W_gate]^T (cuBLASLt)", t, 2 * h, d),
-                    mem("gated activation (CUDA)", 3 * t * h * b, _elementwise_issue(gated, t * h, True, hw)),
+                    mem("gated activation (CUDA)", 3 * t * h * b, _elementwise_issue(gated, t * h, 8, hw)),
                     gemm("GEMM h W_out^T", t, d, h)]
         if side == "ours Triton":
             first = gemm("GEMM x W_in^T, x W_gate^T, act in the epilogue; U, G kept", t, 2 * h, d)
@@ -624,30 +624,28 @@ def ffn_steps(side: str, direction: str, hw: dict, sass_rec: dict, triton_rec: d
             return [first, gemm("GEMM h W_out^T", t, d, h)]
         fwd = liger_kernel("_swiglu_forward_kernel")
         return [gemm("GEMM x W_in^T (cuBLAS)", t, h, d), gemm("GEMM x W_gate^T (cuBLAS)", t, h, d),
-                mem("Liger SwiGLU", 3 * t * h * b, _elementwise_issue(fwd, t * h, False, hw, h)),
+                mem("Liger SwiGLU", 3 * t * h * b, _elementwise_issue(fwd, t * h, None, hw, h)),
                 gemm("GEMM h W_out^T", t, d, h)]
     common = [gemm("GEMM dh = dout W_out", t, h, d), gemm("GEMM dW_out = dout^T h", d, h, t)]
     grads = [gemm("GEMM dW_in = du^T x", h, d, t), gemm("GEMM dW_gate = dg^T x", h, d, t)]
     if side == "ours CUDA":
-        bwd, fwd = cuda("gated_bwd_kernel<c10::BFloat16>"), cuda("gated_fwd_kernel<c10::BFloat16>")
+        bwd, fwd = cuda("gated_bwd_kernel<c10::BFloat16, 8>"), cuda("gated_fwd_kernel<c10::BFloat16, 8>")
         return [*common, mem("gated backward (CUDA): dh, U, G -> dU, dG", 5 * t * h * b,
-                             _elementwise_issue(bwd, t * h, True, hw)),
+                             _elementwise_issue(bwd, t * h, 8, hw)),
                 mem("gated forward again (CUDA): h for dW_out", 3 * t * h * b,
-                    _elementwise_issue(fwd, t * h, True, hw)),
+                    _elementwise_issue(fwd, t * h, 8, hw)),
                 cat, gemm("GEMM dx = [dU dG] [W_in; W_gate]", t, d, 2 * h), *grads]
     if side == "ours Triton":
         return [*common, mem("gated backward (Triton; issue not read)", 5 * t * h * b), cat,
                 gemm("GEMM dx = [dU dG] [W_in; W_gate]", t, d, 2 * h), *grads]
     bwd = liger_kernel("_swiglu_backward_kernel")
     return [*common, mem("Liger SwiGLU backward (recomputes h)", 5 * t * h * b,
-                         _elementwise_issue(bwd, t * h, False, hw, h)),
+                         _elementwise_issue(bwd, t * h, None, hw, h)),
             gemm("GEMM dx += dU W_in", t, d, h), gemm("GEMM dx += dG W_gate", t, d, h), *grads]
 
 
 def ffn_model() -> list[dict]:
-    sass_rec, _, _ = _records()
-    path = MODEL_DIR / "triton_figures.json"
-    triton_rec = json.loads(path.read_text()) if path.exists() else {}
+    sass_rec, triton_rec = _load("sass_figures.json"), _load("triton_figures.json")
     rows = []
     for gpu, hw in HARDWARE.items():
         for kind, anchor in (("SwiGLU", "cuBLAS + Liger SwiGLU"), ("Linear + GELU", "cuBLAS + eager GELU")):

@@ -423,12 +423,18 @@ def test_norm_kernels_under_emulation(build, case):
 @pytest.mark.parametrize("act", [0, 1, 2, 3, 4], ids=["none", "relu", "gelu", "gelu_tanh", "silu"])
 def test_activation_kernels_under_emulation(build, dtype, act):
     """The CUDA FFN's elementwise kernels (csrc/gemm/act_kernels.cuh): act, dy * act', and the gated
-    [u | g] product and its gradients, over a grid-stride loop that wraps."""
+    [u | g] product and its gradients, over grid-stride loops that wrap -- the gated ones at an odd hidden size (one
+    element a thread) and at a multiple of the vector width, where every access moves 16 bytes."""
     errs = run(build("act_emulate"), [dtype, act, 3])
     for name in ("act", "dact", "h", "du", "dg"):
         err, ref = errs[name]
         bound = NORM_REL[dtype] * max(ref, 1.0) + (1e-3 if dtype != "f32" else 1e-6)
         assert err <= bound, f"{name}: max |kernel - float64| = {err:.3g} > {bound:.3g} (reference max {ref:.3g})"
+    vec = {site: c for site, c in errs["global"].items() if "gated" in site and not site.split(",")[-1].startswith(
+        " 1>")}
+    assert len(vec) == 8, sorted(errs["global"])  # fwd: u, g, h; bwd: dh, u, g, du, dg
+    for site, (_, sectors, ideal, width) in vec.items():
+        assert width == 16 and sectors <= 1.1 * ideal, (site, sectors, ideal, width)
 
 
 @pytest.mark.parametrize("vector,strided", [(1, 0), (0, 0), (0, 1), (1, 2), (0, 2)],

@@ -3,12 +3,12 @@ recorded SASS figures of ours and of FA2 (benchmarks/model/), calibration includ
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import _scripts
 import pytest
 
 from aigc_kernels import perf
@@ -144,15 +144,8 @@ def test_ttgir_dots_are_read_with_their_mma_version():
     assert audit.dots(ttgir) == [dict(m=64, n=128, k=16, mma=3, count=1), dict(m=32, n=64, k=128, mma=2, count=1)]
 
 
-def _budgets():
-    spec = importlib.util.spec_from_file_location("budgets", ROOT / "scripts" / "budgets.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_the_budgets_hold_and_catch_a_regression():
-    script = _budgets()
+    script = _scripts.script("budgets")
     current = script.figures()
     budgets = json.loads((ROOT / "benchmarks" / "model" / "budgets.json").read_text())["kernels"]
     assert script.failures(current, budgets) == []

@@ -3,13 +3,13 @@ scripts/sass_figures.py's record of the built extension: current, and within the
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import _scripts
 import pytest
 
 from aigc_kernels import sass
@@ -93,15 +93,8 @@ def test_hgmma_flops_are_counted_per_warp():
     assert sass.figures(ins)["kernel"]["hgmma"] == 1
 
 
-def _figures_script():
-    spec = importlib.util.spec_from_file_location("sass_figures", ROOT / "scripts" / "sass_figures.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_the_budgets_hold_on_the_record_and_catch_a_regression():
-    script = _figures_script()
+    script = _scripts.script("sass_figures")
     data = json.loads((ROOT / "benchmarks" / "model" / "sass_figures.json").read_text())
     assert script.budget_failures(data) == []
     worse = json.loads(json.dumps(data))

@@ -15,6 +15,22 @@ inline int blocks_for(int64_t n) {
   return static_cast<int>(b < 65535 * 8 ? (b > 0 ? b : 1) : 65535 * 8);
 }
 
+// The gated kernels' (column chunks, rows) grid for 256 threads, and their vector width: 16 bytes when every row of
+// every buffer starts 16-byte aligned (hidden a multiple of it, aligned bases), else one element.
+inline dim3 gated_grid(int64_t rows, int64_t chunks) {
+  const int64_t x = (chunks + 255) / 256;
+  return dim3(static_cast<unsigned>(x < 1024 ? (x > 0 ? x : 1) : 1024),
+              static_cast<unsigned>(rows < 65535 ? (rows > 0 ? rows : 1) : 65535));
+}
+
+template <typename T>
+bool gated_vectorizable(int64_t hidden, std::initializer_list<const at::Tensor*> ts) {
+  if (hidden % (16 / static_cast<int64_t>(sizeof(T))) != 0) return false;
+  for (const at::Tensor* t : ts)
+    if (reinterpret_cast<uintptr_t>(t->data_ptr()) % 16 != 0) return false;
+  return true;
+}
+
 }  // namespace
 
 void act_fwd(const at::Tensor& z, at::Tensor& y, Act act) {
@@ -38,22 +54,37 @@ void act_bwd(const at::Tensor& dy, const at::Tensor& z, at::Tensor& dz, Act act)
 }
 
 void gated_fwd(const at::Tensor& ug, at::Tensor& h, Act act) {
-  const int64_t n = h.numel();
-  if (n == 0) return;
+  const int64_t rows = h.size(0), hidden = h.size(1);
+  if (h.numel() == 0) return;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, ug.scalar_type(), "aigc_gated_fwd", [&] {
-    gated_fwd_kernel<scalar_t><<<blocks_for(n), 256, 0, at::cuda::getCurrentCUDAStream()>>>(
-        ug.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(), n, h.size(1), static_cast<int>(act));
+    constexpr int kVec = 16 / sizeof(scalar_t);
+    auto stream = at::cuda::getCurrentCUDAStream();
+    if (gated_vectorizable<scalar_t>(hidden, {&ug, &h})) {
+      gated_fwd_kernel<scalar_t, kVec><<<gated_grid(rows, hidden / kVec), 256, 0, stream>>>(
+          ug.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(), rows, hidden, static_cast<int>(act));
+    } else {
+      gated_fwd_kernel<scalar_t, 1><<<gated_grid(rows, hidden), 256, 0, stream>>>(
+          ug.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(), rows, hidden, static_cast<int>(act));
+    }
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 void gated_bwd(const at::Tensor& dh, const at::Tensor& ug, at::Tensor& dudg, Act act) {
-  const int64_t n = dh.numel();
-  if (n == 0) return;
+  const int64_t rows = dh.size(0), hidden = dh.size(1);
+  if (dh.numel() == 0) return;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, ug.scalar_type(), "aigc_gated_bwd", [&] {
-    gated_bwd_kernel<scalar_t><<<blocks_for(n), 256, 0, at::cuda::getCurrentCUDAStream()>>>(
-        dh.data_ptr<scalar_t>(), ug.data_ptr<scalar_t>(), dudg.data_ptr<scalar_t>(), n, dh.size(1),
-        static_cast<int>(act));
+    constexpr int kVec = 16 / sizeof(scalar_t);
+    auto stream = at::cuda::getCurrentCUDAStream();
+    if (gated_vectorizable<scalar_t>(hidden, {&dh, &ug, &dudg})) {
+      gated_bwd_kernel<scalar_t, kVec><<<gated_grid(rows, hidden / kVec), 256, 0, stream>>>(
+          dh.data_ptr<scalar_t>(), ug.data_ptr<scalar_t>(), dudg.data_ptr<scalar_t>(), rows, hidden,
+          static_cast<int>(act));
+    } else {
+      gated_bwd_kernel<scalar_t, 1><<<gated_grid(rows, hidden), 256, 0, stream>>>(
+          dh.data_ptr<scalar_t>(), ug.data_ptr<scalar_t>(), dudg.data_ptr<scalar_t>(), rows, hidden,
+          static_cast<int>(act));
+    }
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }

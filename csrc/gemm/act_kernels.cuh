@@ -1,12 +1,17 @@
 // Elementwise activation kernels for the CUDA linear/FFN: what cuBLASLt's epilogues lack
 // (erf-GELU, SiLU, ReLU with a pre-activation output, the gated SwiGLU/GeGLU product and all
-// the derivatives). Float32 math; one grid-stride loop each. Launched from act_kernels.cu; also
-// run on the CPU by tests/emulation/act_emulate.cpp (csrc/emulate.h).
+// the derivatives). Float32 math; grid-stride loops. The gated kernels walk (row, column chunk) over a 2-D grid --
+// no 64-bit division per element -- and move VEC elements a thread in one access (16 bytes where the launcher
+// finds the hidden size a multiple of VEC and the buffers aligned). Launched from act_kernels.cu; also run on the
+// CPU by tests/emulation/act_emulate.cpp (csrc/emulate.h).
 #pragma once
 #ifdef AIGC_EMULATE
 #include "../emulate.h"
 #endif
 #include <cstdint>
+
+#include "../smem.cuh"
+#include "../vec.cuh"
 
 namespace aigc_kernels {
 namespace gemm {
@@ -55,25 +60,65 @@ __global__ void act_bwd_kernel(const T* __restrict__ dy, const T* __restrict__ z
   }
 }
 
-// ug (M, 2H) = [u | g]; element i of the (M, H) output is (row r, col c) = (i / H, i % H).
-template <typename T>
-__global__ void gated_fwd_kernel(const T* __restrict__ ug, T* __restrict__ h, int64_t n, int64_t hidden, int act) {
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t base = (i / hidden) * 2 * hidden + i % hidden;
-    h[i] = static_cast<T>(act_f(static_cast<float>(ug[base + hidden]), act) * static_cast<float>(ug[base]));
+// VEC consecutive elements of T as float32, in one global access each way (T: float, double, or a 16-bit type that
+// converts through float: c10's or CUDA's).
+template <typename T, int VEC>
+__device__ __forceinline__ void load_f(const T* p, float (&out)[VEC] AIGC_SITE_PARAMS) {
+  const Pack<T, VEC> pk = ld_global(reinterpret_cast<const Pack<T, VEC>*>(p) AIGC_SITE_ARGS);
+#pragma unroll
+  for (int j = 0; j < VEC; ++j) out[j] = static_cast<float>(pk.v[j]);
+}
+template <typename T, int VEC>
+__device__ __forceinline__ void store_f(T* p, const float (&in)[VEC] AIGC_SITE_PARAMS) {
+  Pack<T, VEC> pk;
+#pragma unroll
+  for (int j = 0; j < VEC; ++j) pk.v[j] = static_cast<T>(in[j]);
+  st_global(reinterpret_cast<Pack<T, VEC>*>(p), pk AIGC_SITE_ARGS);
+}
+
+// ug (M, 2H) = [u | g] (row stride 2H), h (M, H): h = act(g) * u. Rows over blockIdx.y, VEC-element chunks of a row
+// over blockIdx.x / threadIdx.x (hidden % VEC == 0).
+template <typename T, int VEC>
+__global__ void gated_fwd_kernel(const T* __restrict__ ug, T* __restrict__ h, int64_t rows, int64_t hidden, int act) {
+  const int64_t chunks = hidden / VEC;
+  for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
+    const T* u = ug + r * 2 * hidden;
+    T* out = h + r * hidden;
+    for (int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; c < chunks;
+         c += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+      float uv[VEC], gv[VEC], o[VEC];
+      load_f<T, VEC>(u + c * VEC, uv);
+      load_f<T, VEC>(u + hidden + c * VEC, gv);
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) o[j] = act_f(gv[j], act) * uv[j];
+      store_f<T, VEC>(out + c * VEC, o);
+    }
   }
 }
 
-template <typename T>
+// dh (M, H), ug (M, 2H) -> dudg (M, 2H) = [dh * act(g) | dh * u * act'(g)]
+template <typename T, int VEC>
 __global__ void gated_bwd_kernel(const T* __restrict__ dh, const T* __restrict__ ug, T* __restrict__ dudg,
-                                 int64_t n, int64_t hidden, int act) {
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t base = (i / hidden) * 2 * hidden + i % hidden;
-    const float d = static_cast<float>(dh[i]), u = static_cast<float>(ug[base]), g = static_cast<float>(ug[base + hidden]);
-    dudg[base] = static_cast<T>(d * act_f(g, act));
-    dudg[base + hidden] = static_cast<T>(d * u * dact_f(g, act));
+                                 int64_t rows, int64_t hidden, int act) {
+  const int64_t chunks = hidden / VEC;
+  for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
+    const T* u = ug + r * 2 * hidden;
+    const T* d = dh + r * hidden;
+    T* out = dudg + r * 2 * hidden;
+    for (int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; c < chunks;
+         c += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+      float dv[VEC], uv[VEC], gv[VEC], du[VEC], dg[VEC];
+      load_f<T, VEC>(d + c * VEC, dv);
+      load_f<T, VEC>(u + c * VEC, uv);
+      load_f<T, VEC>(u + hidden + c * VEC, gv);
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) {
+        du[j] = dv[j] * act_f(gv[j], act);
+        dg[j] = dv[j] * uv[j] * dact_f(gv[j], act);
+      }
+      store_f<T, VEC>(out + c * VEC, du);
+      store_f<T, VEC>(out + hidden + c * VEC, dg);
+    }
   }
 }
 

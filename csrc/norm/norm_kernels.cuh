@@ -231,12 +231,9 @@ __global__ void __launch_bounds__(kBwdThreads) norm_bwd_kernel(const BwdParams p
 #pragma unroll
   for (int i = 0; i < ITEMS; ++i) {
     const int64_t c = (static_cast<int64_t>(i) * blockDim.x + threadIdx.x) * VEC;
-    if (c < p.cols) {
-#pragma unroll
-      for (int j = 0; j < VEC; ++j) {
-        if (p.has_w) st_global(p.dw_part + part + c + j, dw[i][j]);
-        if (p.has_b) st_global(p.db_part + part + c + j, db[i][j]);
-      }
+    if (c < p.cols) {  // the partial rows are float32 and VEC-aligned (fresh buffers, cols % VEC == 0)
+      if (p.has_w) store<float, VEC>(p.dw_part + part + c, dw[i]);
+      if (p.has_b) store<float, VEC>(p.db_part + part + c, db[i]);
     }
   }
 }
@@ -273,21 +270,25 @@ __global__ void __launch_bounds__(kBwdThreads) norm_bwd_looped_kernel(const BwdP
     T* dxp = static_cast<T*>(p.dx) + row * p.stride_dx;
     const T* dsp = p.has_ds ? static_cast<const T*>(p.ds) + row * p.stride_ds : nullptr;
     for (int64_t c = static_cast<int64_t>(threadIdx.x) * VEC; c < p.cols; c += step) {
-      float x[VEC], dy[VEC], w[VEC], ds[VEC], dx[VEC];
+      float x[VEC], dy[VEC], w[VEC], ds[VEC], dx[VEC], pw[VEC], pb[VEC];
       load<T, VEC>(xs + c, x);
       load<T, VEC>(dyp + c, dy);
       if (p.has_w) load<W, VEC>(wp + c, w);
       if (p.has_ds) load<T, VEC>(dsp + c, ds);
+      if (p.has_w) load<float, VEC>(p.dw_part + part + c, pw);  // this block's partial rows, VEC-aligned
+      if (p.has_b) load<float, VEC>(p.db_part + part + c, pb);
 #pragma unroll
       for (int j = 0; j < VEC; ++j) {
         const float xhat = (x[j] - mean) * rstd;
         const float g = p.has_w ? dy[j] * w[j] : dy[j];
         dx[j] = (g - xhat * c1 - c2) * rstd;
         if (p.has_ds) dx[j] += ds[j];
-        if (p.has_w) st_global(p.dw_part + part + c + j, ld_global(p.dw_part + part + c + j) + dy[j] * xhat);
-        if (p.has_b) st_global(p.db_part + part + c + j, ld_global(p.db_part + part + c + j) + dy[j]);
+        pw[j] += dy[j] * xhat;
+        pb[j] += dy[j];
       }
       store<T, VEC>(dxp + c, dx);
+      if (p.has_w) store<float, VEC>(p.dw_part + part + c, pw);
+      if (p.has_b) store<float, VEC>(p.db_part + part + c, pb);
     }
   }
 }

@@ -38,35 +38,53 @@ double dact_ref(double x, int act) {  // central differences in float64 away fro
   return (act_ref(x + h, act) - act_ref(x - h, act)) / (2 * h);
 }
 
-template <typename T>
-int run(int act, unsigned seed) {
-  std::mt19937 rng(seed);
+// The gated kernels over an (m, hidden) output with VEC elements a thread, 64 threads x 2 blocks a row and 3 rows of
+// blocks: both grid-stride loops wrap. Accumulates into eh, eu, eg.
+template <typename T, int VEC>
+void gated(int64_t m, int64_t hidden, int act, std::mt19937& rng, Err& eh, Err& eu, Err& eg) {
   std::normal_distribution<float> normal(0.f, 2.f);
-  const int64_t m = 7, hidden = 211, n = m * hidden;  // 2 blocks of 256 threads: the grid-stride loops wrap
-  std::vector<T> z(n), dy(n), y(n, from_f<T>(NAN)), dz(n, from_f<T>(NAN)), ug(2 * n), h(n, from_f<T>(NAN)),
-      dudg(2 * n, from_f<T>(NAN));
-  for (auto& v : z) v = from_f<T>(normal(rng));
+  const int64_t n = m * hidden;
+  emu_test::DeviceVector<T> dy(n), ug(2 * n), h(n, from_f<T>(NAN)), dudg(2 * n, from_f<T>(NAN));
   for (auto& v : dy) v = from_f<T>(normal(rng));
   for (auto& v : ug) v = from_f<T>(normal(rng));
-  const dim3 grid(2);
-  emu::launch(grid, 256, 0, [&] { act_fwd_kernel<T>(z.data(), y.data(), n, act); });
-  emu::launch(grid, 256, 0, [&] { act_bwd_kernel<T>(dy.data(), z.data(), dz.data(), n, act); });
-  emu::launch(grid, 256, 0, [&] { gated_fwd_kernel<T>(ug.data(), h.data(), n, hidden, act); });
-  emu::launch(grid, 256, 0, [&] { gated_bwd_kernel<T>(dy.data(), ug.data(), dudg.data(), n, hidden, act); });
-  Err ea, ed, eh, eu, eg;
+  const dim3 grid(2, 3);
+  emu::launch(grid, 64, 0, [&] { gated_fwd_kernel<T, VEC>(ug.data(), h.data(), m, hidden, act); });
+  emu::launch(grid, 64, 0, [&] { gated_bwd_kernel<T, VEC>(dy.data(), ug.data(), dudg.data(), m, hidden, act); });
   for (int64_t i = 0; i < n; ++i) {
-    const double x = to_d(z[i]), d = to_d(dy[i]);
-    ea.add(to_d(y[i]), act_ref(x, act));
-    if (act != 1 || std::fabs(x) > 1e-3) ed.add(to_d(dz[i]), d * dact_ref(x, act));
+    const double d = to_d(dy[i]);
     const int64_t base = (i / hidden) * 2 * hidden + i % hidden;
     const double u = to_d(ug[base]), g = to_d(ug[base + hidden]);
     eh.add(to_d(h[i]), act_ref(g, act) * u);
     eu.add(to_d(dudg[base]), d * act_ref(g, act));
     if (act != 1 || std::fabs(g) > 1e-3) eg.add(to_d(dudg[base + hidden]), d * u * dact_ref(g, act));
   }
+}
+
+template <typename T>
+int run(int act, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.f, 2.f);
+  const int64_t m = 7, hidden = 211, n = m * hidden;  // 2 blocks of 256 threads: the grid-stride loops wrap
+  std::vector<T> z(n), dy(n), y(n, from_f<T>(NAN)), dz(n, from_f<T>(NAN));
+  for (auto& v : z) v = from_f<T>(normal(rng));
+  for (auto& v : dy) v = from_f<T>(normal(rng));
+  const dim3 grid(2);
+  emu::launch(grid, 256, 0, [&] { act_fwd_kernel<T>(z.data(), y.data(), n, act); });
+  emu::launch(grid, 256, 0, [&] { act_bwd_kernel<T>(dy.data(), z.data(), dz.data(), n, act); });
+  Err ea, ed, eh, eu, eg;
+  for (int64_t i = 0; i < n; ++i) {
+    const double x = to_d(z[i]), d = to_d(dy[i]);
+    ea.add(to_d(y[i]), act_ref(x, act));
+    if (act != 1 || std::fabs(x) > 1e-3) ed.add(to_d(dz[i]), d * dact_ref(x, act));
+  }
+  constexpr int kVec = 16 / sizeof(T);
+  gated<T, 1>(m, hidden, act, rng, eh, eu, eg);               // an odd hidden size: one element a thread
+  gated<T, kVec>(m, 129 * kVec, act, rng, eh, eu, eg);        // 16-byte accesses, 129 chunks a row
   std::printf("{\"act\": [%.6g, %.6g], \"dact\": [%.6g, %.6g], \"h\": [%.6g, %.6g], \"du\": [%.6g, %.6g], "
-              "\"dg\": [%.6g, %.6g]}\n",
+              "\"dg\": [%.6g, %.6g], \"global\": ",
               ea.err, ea.ref, ed.err, ed.ref, eh.err, eh.ref, eu.err, eu.ref, eg.err, eg.ref);
+  emu::report_global(stdout);  // ld/st.global per site: [requests, sectors, ideal, width]
+  std::printf("}\n");
   return 0;
 }
 
