@@ -9,8 +9,10 @@
 
 namespace aigc_kernels {
 
-template <typename T>
-__device__ __forceinline__ float to_float(T v);
+template <typename T>  // any other type that converts through float (double, c10::Half, c10::BFloat16)
+__device__ __forceinline__ float to_float(T v) {
+  return static_cast<float>(v);
+}
 template <>
 __device__ __forceinline__ float to_float<float>(float v) { return v; }
 template <>
@@ -19,7 +21,9 @@ template <>
 __device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
 
 template <typename T>
-__device__ __forceinline__ T from_float(float v);
+__device__ __forceinline__ T from_float(float v) {
+  return static_cast<T>(v);
+}
 template <>
 __device__ __forceinline__ float from_float<float>(float v) { return v; }
 template <>

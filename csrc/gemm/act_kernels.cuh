@@ -60,22 +60,6 @@ __global__ void act_bwd_kernel(const T* __restrict__ dy, const T* __restrict__ z
   }
 }
 
-// VEC consecutive elements of T as float32, in one global access each way (T: float, double, or a 16-bit type that
-// converts through float: c10's or CUDA's).
-template <typename T, int VEC>
-__device__ __forceinline__ void load_f(const T* p, float (&out)[VEC] AIGC_SITE_PARAMS) {
-  const Pack<T, VEC> pk = ld_global(reinterpret_cast<const Pack<T, VEC>*>(p) AIGC_SITE_ARGS);
-#pragma unroll
-  for (int j = 0; j < VEC; ++j) out[j] = static_cast<float>(pk.v[j]);
-}
-template <typename T, int VEC>
-__device__ __forceinline__ void store_f(T* p, const float (&in)[VEC] AIGC_SITE_PARAMS) {
-  Pack<T, VEC> pk;
-#pragma unroll
-  for (int j = 0; j < VEC; ++j) pk.v[j] = static_cast<T>(in[j]);
-  st_global(reinterpret_cast<Pack<T, VEC>*>(p), pk AIGC_SITE_ARGS);
-}
-
 // ug (M, 2H) = [u | g] (row stride 2H), h (M, H): h = act(g) * u. Rows over blockIdx.y, VEC-element chunks of a row
 // over blockIdx.x / threadIdx.x (hidden % VEC == 0).
 template <typename T, int VEC>
@@ -87,11 +71,11 @@ __global__ void gated_fwd_kernel(const T* __restrict__ ug, T* __restrict__ h, in
     for (int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; c < chunks;
          c += static_cast<int64_t>(gridDim.x) * blockDim.x) {
       float uv[VEC], gv[VEC], o[VEC];
-      load_f<T, VEC>(u + c * VEC, uv);
-      load_f<T, VEC>(u + hidden + c * VEC, gv);
+      load<T, VEC>(u + c * VEC, uv);
+      load<T, VEC>(u + hidden + c * VEC, gv);
 #pragma unroll
       for (int j = 0; j < VEC; ++j) o[j] = act_f(gv[j], act) * uv[j];
-      store_f<T, VEC>(out + c * VEC, o);
+      store<T, VEC>(out + c * VEC, o);
     }
   }
 }
@@ -108,16 +92,16 @@ __global__ void gated_bwd_kernel(const T* __restrict__ dh, const T* __restrict__
     for (int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; c < chunks;
          c += static_cast<int64_t>(gridDim.x) * blockDim.x) {
       float dv[VEC], uv[VEC], gv[VEC], du[VEC], dg[VEC];
-      load_f<T, VEC>(d + c * VEC, dv);
-      load_f<T, VEC>(u + c * VEC, uv);
-      load_f<T, VEC>(u + hidden + c * VEC, gv);
+      load<T, VEC>(d + c * VEC, dv);
+      load<T, VEC>(u + c * VEC, uv);
+      load<T, VEC>(u + hidden + c * VEC, gv);
 #pragma unroll
       for (int j = 0; j < VEC; ++j) {
         du[j] = dv[j] * act_f(gv[j], act);
         dg[j] = dv[j] * uv[j] * dact_f(gv[j], act);
       }
-      store_f<T, VEC>(out + c * VEC, du);
-      store_f<T, VEC>(out + hidden + c * VEC, dg);
+      store<T, VEC>(out + c * VEC, du);
+      store<T, VEC>(out + hidden + c * VEC, dg);
     }
   }
 }
