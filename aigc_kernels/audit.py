@@ -574,12 +574,25 @@ def _tool(name: str) -> str | None:
     return str(path) if path.exists() else shutil.which(name)
 
 
-def resource_usage(path: str) -> list[dict]:
-    """[{arch, function, registers, stack, shared, local}] of every kernel in a cubin or fatbinary."""
+def _cuobjdump() -> str:
     tool = _tool("cuobjdump")
     if tool is None:
         raise RuntimeError("cuobjdump not found (triton's wheel ships one in triton/backends/nvidia/bin)")
-    return sass.resource_usage(path, tool)
+    return tool
+
+
+def resource_usage(path: str) -> list[dict]:
+    """[{arch, function, registers, stack, shared, local}] of every kernel in a cubin or fatbinary."""
+    return sass.resource_usage(path, _cuobjdump())
+
+
+@contextlib.contextmanager
+def _cubin_file(compiled) -> Iterator[str]:
+    """The path of a temporary file holding a compiled Triton kernel's cubin (cuobjdump reads files)."""
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(compiled.asm["cubin"])
+        f.flush()
+        yield f.name
 
 
 def preload(arch: str, module: str, kernel: str, spec_data: str):
@@ -626,10 +639,8 @@ def _compile_one(arch: str, module: str, kernel: str, spec_data: str) -> dict:
     uses = [name for name, pattern in (("wgmma", "wgmma.mma_async"), ("mma.sync", "mma.sync"),
                                        ("tma", "cp.async.bulk.tensor")) if pattern in ptx]
     result = dict(status="ok", shared=int(compiled.metadata.shared), uses=uses, compile_s=time.perf_counter() - t0)
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(compiled.asm["cubin"])
-        f.flush()
-        usage = resource_usage(f.name)
+    with _cubin_file(compiled) as path:
+        usage = resource_usage(path)
     if usage:
         result.update(registers=usage[0]["registers"], stack=usage[0]["stack"] + usage[0]["local"], spill=0)
     if result.get("stack"):  # a stack frame: ask ptxas how much of it is register spilling
@@ -641,14 +652,9 @@ def kernel_figures(arch: str, rec: Record) -> dict:
     """What the performance model reads of one Triton specialization compiled for ``arch``: its launch shape and
     resources, every tl.dot's MMA version (TTGIR), and its SASS instruction mix and main loop (aigc_kernels/sass)."""
     compiled = preload(arch, rec.module, rec.kernel, rec.spec_data)
-    tool = _tool("cuobjdump")
-    if tool is None:
-        raise RuntimeError("cuobjdump not found (triton's wheel ships one in triton/backends/nvidia/bin)")
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(compiled.asm["cubin"])
-        f.flush()
-        usage = resource_usage(f.name)
-        functions = sass.parse(sass.dump(f.name, tool))
+    with _cubin_file(compiled) as path:
+        usage = resource_usage(path)
+        functions = sass.parse(sass.dump(path, _cuobjdump()))
     fig = sass.figures(max(functions.values(), key=len) if functions else [])
     return dict(kernel=rec.kernel, module=rec.module, config=rec.config, specialization=rec.specialization,
                 num_warps=rec.num_warps, num_stages=rec.num_stages, shared=int(compiled.metadata.shared),

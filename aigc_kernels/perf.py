@@ -161,16 +161,16 @@ TRITON_ATTENTION = [
 ]
 
 
-def _triton_kernel(case: str, kernel: str) -> dict | None:
-    data = _load("triton_figures.json")
-    group = next((c for c in data.get("cases", []) if c["case"] == case), None)
+def _triton_kernel(triton: dict, case: str, kernel: str) -> dict | None:
+    """A kernel of triton_figures.json (``triton``) by its case and name."""
+    group = next((c for c in triton.get("cases", []) if c["case"] == case), None)
     return next((k for k in group["kernels"] if k["kernel"] == kernel), None) if group else None
 
 
-def triton_designs() -> list[Design]:
+def triton_designs(triton: dict) -> list[Design]:
     out = []
     for label, case, kernel, own, trip in TRITON_ATTENTION:
-        rec = _triton_kernel(case, kernel)
+        rec = _triton_kernel(triton, case, kernel)
         if rec is None:
             continue
         blocks = dict(part.split("=") for part in rec["config"].split() if "=" in part)
@@ -229,13 +229,15 @@ def _load(name: str) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def _records() -> tuple[dict, dict, dict]:
-    return _load("sass_figures.json"), _load("anchor_figures.json"), _load("emulator_figures.json")
+def _records() -> tuple[dict, dict, dict, dict]:
+    """The recorded figures of our CUDA kernels, FA2's, the emulator's and our Triton kernels'."""
+    return (_load("sass_figures.json"), _load("anchor_figures.json"), _load("emulator_figures.json"),
+            _load("triton_figures.json"))
 
 
-def _figures(design: Design, ours: dict, anchors: dict) -> dict | None:
+def _figures(design: Design, ours: dict, anchors: dict, triton: dict) -> dict | None:
     if design.who == "Triton":
-        row = _triton_kernel(*design.record.split("|"))
+        row = _triton_kernel(triton, *design.record.split("|"))
     elif design.who == "ours":
         row = next((k for k in ours.get("kernels", []) if k["kernel"] == design.record), None)
     else:
@@ -254,11 +256,15 @@ def _conflicts(design: Design, emulator: dict) -> tuple[float, float]:
     if case is None:
         return 1.0, 1.0
 
-    def worst(kind: str) -> float:
-        rows = [s for s in case["sites"] if s["kind"].startswith(kind)]
-        return max((s["measured"] / max(s["ideal"], 1) for s in rows), default=1.0)
+    def of(kind: str) -> list[dict]:
+        return [s for s in case["sites"] if s["kind"].startswith(kind)]
 
-    return worst("ldmatrix"), worst("cp.async store")
+    return worst_ratio(of("ldmatrix")), worst_ratio(of("cp.async store"))
+
+
+def worst_ratio(sites: list[dict]) -> float:
+    """The highest measured / ideal among emulated sites (emulator_figures.json's), 1 where there are none."""
+    return max((s["measured"] / max(s["ideal"], 1) for s in sites), default=1.0)
 
 
 def trip_clocks(design: Design, fig: dict, hw: dict, conflicts: tuple[float, float]) -> dict[str, float]:
@@ -273,12 +279,15 @@ def trip_clocks(design: Design, fig: dict, hw: dict, conflicts: tuple[float, flo
             "smem": smem, "mufu": w * fig["mufu"] * 32 / hw["mufu_per_clk"]}
 
 
+def resident_ctas(threads: int, registers: int | None, shared: int, hw: dict) -> int:
+    """CTAs one SM holds at once: the fewest its threads, 32-bit registers (when known), shared memory (plus 1 KB a
+    CTA) and CTA slots allow; 1 at least."""
+    by_regs = hw["registers"] // (registers * threads) if registers else hw["ctas"]
+    return max(1, min(hw["threads"] // threads, hw["ctas"], by_regs, hw["smem_bytes"] // (shared + 1024)))
+
+
 def occupancy(design: Design, registers: int | None, hw: dict) -> int:
-    threads = design.warps * 32
-    by_threads = hw["threads"] // threads
-    by_regs = hw["registers"] // (max(registers or 0, 1) * threads) if registers else by_threads
-    by_smem = hw["smem_bytes"] // (design.smem_bytes + 1024)
-    return max(1, min(by_threads, by_regs, by_smem))
+    return resident_ctas(design.warps * 32, registers, design.smem_bytes, hw)
 
 
 def _trips(design: Design, prob: Problem, slots: int) -> tuple[int, int]:
@@ -341,8 +350,8 @@ def _pairs() -> list[tuple[str, list[str], list[str]]]:
 def model() -> dict:
     """The model's rows for every problem, design pair and GPU, and the calibration against FA2's published
     figures. Designs whose figures are not recorded (anchors not built) are left out, and said so."""
-    ours_rec, anchor_rec, emulator = _records()
-    by_label = {d.label: d for d in [*designs(), *triton_designs()]}
+    ours_rec, anchor_rec, emulator, triton_rec = _records()
+    by_label = {d.label: d for d in [*designs(), *triton_designs(triton_rec)]}
     rows, missing = [], set()
     for gpu, hw in HARDWARE.items():
         for prob in problems():
@@ -354,7 +363,7 @@ def model() -> dict:
                     parts = []
                     for name in names:
                         design = by_label[name]
-                        fig = _figures(design, ours_rec, anchor_rec)
+                        fig = _figures(design, ours_rec, anchor_rec, triton_rec)
                         if fig is None:
                             missing.add(design.record)
                             break
@@ -462,8 +471,8 @@ def _norm_design(who: str, prob: NormProblem, hw: dict, sass_rec: dict, triton_r
         return dict(kernel=name, threads=threads, ctas=ctas, registers=rec["registers"], shared=0,
                     instructions=(loop or rec)["instructions"], partial_rows=0 if fwd else ctas)
     case = f"{prob.fn} bf16 {rows}x{prob.cols}{' residual' if prob.residual else ''} fwd+bwd"
-    group = next((c for c in triton_rec.get("cases", []) if c["who"] == who.removeprefix("ours ").replace(
-        "Triton", "ours") and c["case"] == case), None)
+    recorded_as = {"ours Triton": "ours", "Liger": "Liger"}[who]  # triton_figures.json's "who"
+    group = next((c for c in triton_rec.get("cases", []) if c["who"] == recorded_as and c["case"] == case), None)
     if group is None:
         return None
     fwd = prob.direction == "forward"
@@ -486,9 +495,7 @@ def _norm_design(who: str, prob: NormProblem, hw: dict, sass_rec: dict, triton_r
 def norm_bound(prob: NormProblem, d: dict, hw: dict) -> dict:
     """The three terms, limiter, time and bandwidth of one norm design at one problem."""
     threads = d["threads"]
-    per_sm = max(1, min(hw["threads"] // threads, hw["ctas"],
-                        hw["registers"] // (max(d["registers"] or 1, 1) * threads),
-                        hw["smem_bytes"] // (d["shared"] + 1024)))
+    per_sm = resident_ctas(threads, d["registers"], d["shared"], hw)
     slots = per_sm * hw["sms"]
     rows_per_cta = math.ceil(prob.rows / d["ctas"])
     waves = math.ceil(d["ctas"] / slots)

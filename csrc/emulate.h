@@ -416,18 +416,20 @@ inline int call_site(const char* func, const char* file, int line) {
 inline uint32_t epoch() { return static_cast<uint32_t>(block()->cta_gen + 1); }
 // The record of the 2 bytes at p: dynamic shared memory by offset, a static __shared__ array (one copy per kernel
 // here, outside the block's buffer) by address, fresh for every block.
+inline bool in_dynamic_smem(const unsigned char* p) {
+  const Block* b = block();
+  return p >= dynamic_smem() && p < b->smem.data() + b->smem.size();
+}
 inline ShadowUnit& shadow_at(const unsigned char* p) {
   Block* b = block();
-  const unsigned char* base = dynamic_smem();
-  if (p >= base && p < b->smem.data() + b->smem.size()) return b->shadow[static_cast<size_t>(p - base) / 2];
+  if (in_dynamic_smem(p)) return b->shadow[static_cast<size_t>(p - dynamic_smem()) / 2];
   return b->static_shadow[reinterpret_cast<uintptr_t>(p) / 2];
 }
 [[noreturn]] inline void race(const char* kind, const void* p, int other, int other_site, int site) {
   const std::string who = other == -2 ? std::string("several threads") : "thread " + std::to_string(other);
   const unsigned char* at = static_cast<const unsigned char*>(p);
-  const Block* b = block();
-  const bool dynamic = at >= dynamic_smem() && at < b->smem.data() + b->smem.size();
-  const std::string where = dynamic ? "byte " + std::to_string(at - dynamic_smem()) : std::string("a static array");
+  const std::string where =
+      in_dynamic_smem(at) ? "byte " + std::to_string(at - dynamic_smem()) : std::string("a static array");
   const std::string what = std::string("shared-memory race (") + kind + ") at " + where + ": this thread at " +
                            site_names()[site] + ", " + who + " at " + site_names()[other_site] +
                            ", with no barrier between";
@@ -566,6 +568,18 @@ inline int phase_wavefronts(const unsigned char* const (&rows)[8]) {
   for (const unsigned char* row : rows) phase.add(row, 16);
   return phase.wavefronts();
 }
+// The 32-byte global sectors a warp-wide request touches and the distinct bytes it moves (the fewest sectors that
+// could hold them: (bytes + 31) / 32).
+struct Sectors {
+  std::vector<uintptr_t> sectors, bytes;
+  void add(const void* p, int width) {
+    const uintptr_t first = reinterpret_cast<uintptr_t>(p);
+    for (uintptr_t byte = first; byte < first + width; ++byte) {
+      if (std::find(bytes.begin(), bytes.end(), byte) == bytes.end()) bytes.push_back(byte);
+      if (std::find(sectors.begin(), sectors.end(), byte / 32) == sectors.end()) sectors.push_back(byte / 32);
+    }
+  }
+};
 // Per cp.async site: warp-wide requests, shared-memory wavefronts of the 16-byte stores (served 8 lanes = 128
 // bytes a phase) and their ideal, global 32-byte sectors read and the fewest that could hold the bytes.
 struct CopyCount {
@@ -591,17 +605,14 @@ inline void flush_copies(Block* b) {
         c.wavefronts += phase.wavefronts();
         ++c.wavefronts_ideal;
       }
-      std::vector<uintptr_t> sectors;
+      Sectors read;
       int reads = 0;
       for (int l = 0; l < 32; ++l) {
         if (!w.active[l] || w.src[l] == nullptr) continue;
         ++reads;
-        for (uintptr_t a = reinterpret_cast<uintptr_t>(w.src[l]) / 32;
-             a <= (reinterpret_cast<uintptr_t>(w.src[l]) + 15) / 32; ++a) {
-          if (std::find(sectors.begin(), sectors.end(), a) == sectors.end()) sectors.push_back(a);
-        }
+        read.add(w.src[l], 16);
       }
-      c.sectors += static_cast<long>(sectors.size());
+      c.sectors += static_cast<long>(read.sectors.size());
       c.sectors_ideal += (16L * reads + 31) / 32;
     }
     reqs.clear();
@@ -675,17 +686,11 @@ inline void flush_global(Block* b) {
     SectorCount& c = global_sectors()[site_names()[site]];
     ++c.requests;
     c.width = std::max(c.width, a.width);
-    std::vector<uintptr_t> sectors, bytes;
-    for (int l = 0; l < 32; ++l) {
-      if (!a.active[l]) continue;
-      const uintptr_t first = reinterpret_cast<uintptr_t>(a.addr[l]);
-      for (uintptr_t byte = first; byte < first + a.width; ++byte) {
-        if (std::find(bytes.begin(), bytes.end(), byte) == bytes.end()) bytes.push_back(byte);
-        if (std::find(sectors.begin(), sectors.end(), byte / 32) == sectors.end()) sectors.push_back(byte / 32);
-      }
-    }
-    c.sectors += static_cast<long>(sectors.size());
-    c.ideal += static_cast<long>((bytes.size() + 31) / 32);
+    Sectors s;
+    for (int l = 0; l < 32; ++l)
+      if (a.active[l]) s.add(a.addr[l], a.width);
+    c.sectors += static_cast<long>(s.sectors.size());
+    c.ideal += static_cast<long>((s.bytes.size() + 31) / 32);
   });
 }
 // {"site": [requests, sectors, ideal, width], ...}

@@ -27,6 +27,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from aigc_kernels import perf  # noqa: E402
+
 MODEL = ROOT / "benchmarks" / "model"
 JSON_PATH = MODEL / "budgets.json"
 README = ROOT / "README.md"
@@ -35,11 +37,6 @@ END = "<!-- budgets:end -->"
 HIGHER = ("ctas_per_sm", "mma_per_ldsm", "global_16B_share", "ldg_stg_128_share", "big_dot_mma", "min_dot_m")
 LOWER = ("instructions_per_mma", "smem_conflict", "global_sector_ratio")
 _WIDTH = {"128": 16, "64": 8, "32": 4, "U16": 2, "S16": 2, "U8": 1, "S8": 1}
-
-
-def _load(name: str) -> dict:
-    path = MODEL / name
-    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def _loop_figures(loop: dict | None) -> dict:
@@ -55,10 +52,10 @@ def _emulator_figures(case: dict) -> dict:
     out = {}
     smem = [s for s in case["sites"] if "wavefronts" in s["kind"]]
     if smem:
-        out["smem_conflict"] = round(max(s["measured"] / max(s["ideal"], 1) for s in smem), 3)
+        out["smem_conflict"] = round(perf.worst_ratio(smem), 3)
     glob = [s for s in case["sites"] if s["kind"].startswith("ld/st.global")]
     if glob:
-        out["global_sector_ratio"] = round(max(s["measured"] / max(s["ideal"], 1) for s in glob), 3)
+        out["global_sector_ratio"] = round(perf.worst_ratio(glob), 3)
         total = sum(s["ideal"] for s in glob)
         out["global_16B_share"] = round(sum(s["ideal"] for s in glob if s["width"] >= 16) / max(total, 1), 3)
     return out
@@ -66,9 +63,7 @@ def _emulator_figures(case: dict) -> dict:
 
 def _triton_figures(k: dict, hw: dict) -> dict:
     threads = k["num_warps"] * 32
-    out = {"ctas_per_sm": max(1, min(hw["threads"] // threads, hw["ctas"],
-                                     hw["registers"] // (max(k["registers"] or 1, 1) * threads),
-                                     hw["smem_bytes"] // (k["shared"] + 1024)))}
+    out = {"ctas_per_sm": perf.resident_ctas(threads, k["registers"], k["shared"], hw)}
     out.update(_loop_figures(k.get("main_loop")))
     widths = {key: n for key, n in k["mix"]["widths"].items() if key.split(".")[0] in ("LDG", "STG")}
     if widths:
@@ -84,15 +79,13 @@ def _triton_figures(k: dict, hw: dict) -> dict:
 
 def figures() -> dict[str, dict]:
     """{kernel label: {figure: value}} from the recorded JSONs."""
-    from aigc_kernels import perf
-
     hw = perf.HARDWARE["H100 SXM"]
-    sass_rec, anchors, emulator = perf._records()
+    sass_rec, anchors, emulator, triton = perf._records()
     out: dict[str, dict] = {}
     for design in perf.designs():
         if design.who != "ours":
             continue
-        fig = perf._figures(design, sass_rec, anchors)
+        fig = perf._figures(design, sass_rec, anchors, triton)
         if fig is None:
             continue
         out[f"CUDA {design.label.removeprefix('ours ')}"] = {
@@ -103,7 +96,7 @@ def figures() -> dict[str, dict]:
             out[f"CUDA {side['kernel'].removeprefix('aigc_kernels::norm::')}"] = {"ctas_per_sm": side["ctas_per_sm"]}
     for case in emulator.get("cases", []):
         out[f"CUDA emulated: {case['case']}"] = _emulator_figures(case)
-    for case in _load("triton_figures.json").get("cases", []):
+    for case in triton.get("cases", []):
         if case["who"] != "ours":
             continue
         for k in case["kernels"]:

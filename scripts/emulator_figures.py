@@ -114,21 +114,22 @@ def measure(exe: Path, norm_exe: Path) -> dict:
     return {"note": NOTE, "cases": cases}
 
 
-def _worst(case: dict, kind: str) -> str:
+def _worst_site(case: dict, kind: str) -> dict | None:
     rows = [s for s in case["sites"] if s["kind"].startswith(kind)]
-    if not rows:
-        return "-"
-    worst = max(rows, key=lambda s: s["measured"] / max(s["ideal"], 1))
-    return f"{_ratio(worst['measured'], worst['ideal']):g}x"
+    return max(rows, key=lambda s: s["measured"] / max(s["ideal"], 1)) if rows else None
+
+
+def _worst(case: dict, kind: str) -> str:
+    worst = _worst_site(case, kind)
+    return "-" if worst is None else f"{_ratio(worst['measured'], worst['ideal']):g}x"
 
 
 def _worst_global(case: dict) -> str:
-    rows = [s for s in case["sites"] if s["kind"].startswith("ld/st.global")]
-    if not rows:
+    worst = _worst_site(case, "ld/st.global")
+    if worst is None:
         return "-"
-    worst = max(rows, key=lambda s: s["measured"] / max(s["ideal"], 1))
     where = worst["site"].split(" ")[-1]
-    return f"{_ratio(worst['measured'], worst['ideal']):g}x ({where}, {worst['width']}-byte accesses)"
+    return f"{_worst(case, 'ld/st.global')} ({where}, {worst['width']}-byte accesses)"
 
 
 def readme_block(data: dict) -> str:

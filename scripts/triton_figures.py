@@ -24,6 +24,8 @@ import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from aigc_kernels.audit import _t  # noqa: E402  (the audit's unfilled inputs: nothing is launched)
+
 JSON_PATH = ROOT / "benchmarks" / "model" / "triton_figures.json"
 ARCH = "90a"
 LIGER_VERSION = "0.8.5"
@@ -34,10 +36,6 @@ ATTENTION = ("bf16 d=64 L=1024 fwd+bwd", "bf16 d=128 L=1024 fwd+bwd", "bf16 d=12
              "decode bf16 d=128 GQA 4 B=1 cache=16384")
 NOTE = ("Triton's sm_90a compile of each kernel at the launcher's default config, read statically (TTGIR dots, "
         "SASS counts); not times.")
-
-
-def _t(*shape, dtype=torch.bfloat16, grad=False):
-    return torch.empty(*shape, dtype=dtype).requires_grad_(grad)
 
 
 def ours_norm(fn: str, n: int, residual: bool):
