@@ -33,10 +33,18 @@ in turn, for ours (CUDA, Triton) and Liger-Kernel's Triton kernels.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+
+try:
+    from .contracts import tables
+except ImportError:  # loaded by path (scripts/sass_figures.py reads the model without importing the package)
+    _spec = importlib.util.spec_from_file_location("_ak_tables", Path(__file__).parent / "contracts" / "tables.py")
+    tables = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(tables)
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_DIR = ROOT / "benchmarks" / "model"
@@ -393,14 +401,18 @@ def model() -> dict:
 #            design writes and a second pass reads back) at the measured copy ceiling;
 #   issue    rows x warps x instructions a row (the SASS of its loop over rows, else of the whole kernel) / 4 a clock
 #            per SM, over the SMs;
-#   latency  a CTA takes its rows one after another, each at least one DRAM round trip (no kernel here prefetches
-#            the next row), and at most occupancy x SMs CTAs run at once: rows a CTA x waves x the latency.
+#   latency  a CTA takes its rows one after another (a warp row group at a time in FA2's kernel), each at least one
+#            DRAM round trip (no kernel here prefetches the next row), and at most occupancy x SMs CTAs run at once:
+#            row steps a CTA x waves x the latency.
 # The largest is the limiter. The instruction count is static (a kernel serving LayerNorm and RMSNorm counts both
 # branches), so the issue term may overstate a little; the latency is an assumed parameter (SOURCES).
 # ---------------------------------------------------------------------------------------------------------------
 NORM_ROWS = 4096
 NORM_WIDTHS = (1024, 4096, 8192)
-NORM_DESIGNS = ("ours CUDA", "ours Triton", "Liger")
+NORM_DESIGNS = ("ours CUDA", "ours Triton", "Liger", "FA2")
+# The anchors each of ours is held against: Liger-Kernel's Triton norms (compiled here through the audit's driver) and
+# FA2's csrc/layer_norm CUDA kernel (scripts/anchors.py), LayerNorm and RMSNorm alike (a runtime flag), with residual.
+NORM_ANCHORS = ("Liger", "FA2")
 
 
 @dataclass(frozen=True)
@@ -415,6 +427,11 @@ class NormProblem:
     def label(self) -> str:
         extra = " + residual" if self.residual else ""
         return f"{self.fn} {self.direction} bf16 {self.rows}x{self.cols}{extra}"
+
+    @property
+    def bwd_row_bytes(self) -> int:
+        """A backward row's bytes as the backward's grid rule counts them (x, dy, dx, and ds with a residual)."""
+        return self.cols * 2 * (4 if self.residual else 3)
 
     def bytes(self, partial_rows: int = 0) -> float:
         """HBM bytes: the row traffic, the statistics, and (backward) partial weight-gradient rows written once and
@@ -453,9 +470,25 @@ def _cuda_norm_shape(vectors: int, max_threads: int, cached: int = 16, vec: int 
     return min(max(-(-per // 32) * 32, 32), max_threads), items
 
 
-def _norm_design(who: str, prob: NormProblem, hw: dict, sass_rec: dict, triton_rec: dict) -> dict | None:
-    """{kernel, threads, ctas, registers, shared, instructions (a row), partial_rows} of one design, or None."""
+def _norm_design(who: str, prob: NormProblem, hw: dict, sass_rec: dict, triton_rec: dict,
+                 anchor_rec: dict | None = None) -> dict | None:
+    """{kernel, threads, ctas, registers, shared, instructions (a loop trip of a warp), partial_rows, and for FA2's
+    kernel rows_per_step (WARPS_M rows a CTA takes at once) and warps_per_row}, or None."""
     rows = prob.rows
+    if who == "FA2":
+        direction = "forward" if prob.direction == "forward" else "backward"
+        rec = anchor_rec.get("anchors", {}).get(f"FA2 LayerNorm {direction} bf16 {prob.cols}")
+        if rec is None or not rec.get("traits"):
+            return None
+        t = rec["traits"]
+        # ln_{fwd,bwd}_kernels.cuh: ctas_per_col = SMs x cudaOccupancyMaxActiveBlocksPerMultiprocessor; the backward
+        # writes one float32 partial row per CTA (dgamma_part, dbeta_part), its finalize kernel sums them
+        ctas = resident_ctas(t["threads"], rec["registers"], t["dynamic_shared"], hw) * hw["sms"]
+        loop = rec.get("main_loop")
+        return dict(kernel=rec["kernel"], threads=t["threads"], ctas=ctas, registers=rec["registers"],
+                    shared=t["dynamic_shared"], instructions=(loop or rec)["instructions"],
+                    partial_rows=0 if direction == "forward" else ctas, rows_per_step=t["warps_m"],
+                    warps_per_row=t["warps_n"])
     if who == "ours CUDA":
         fwd = prob.direction == "forward"
         threads, items = _cuda_norm_shape(prob.cols // 8, 1024 if fwd else 512)
@@ -466,7 +499,8 @@ def _norm_design(who: str, prob: NormProblem, hw: dict, sass_rec: dict, triton_r
         rec = next((k for k in sass_rec.get("kernels", []) if k["kernel"] == name), None)
         if rec is None:
             return None
-        ctas = rows if fwd else min(rows, 2 * hw["sms"])
+        ctas = rows if fwd else tables.norm_bwd_grid(rows, prob.bwd_row_bytes, hw["sms"],
+                                                       tables.NORM_BWD_MAX_PER_SM["cuda"])
         loop = rec.get("main_loop")
         return dict(kernel=name, threads=threads, ctas=ctas, registers=rec["registers"], shared=0,
                     instructions=(loop or rec)["instructions"], partial_rows=0 if fwd else ctas)
@@ -483,8 +517,9 @@ def _norm_design(who: str, prob: NormProblem, hw: dict, sass_rec: dict, triton_r
         ctas, partial = rows, 0
     elif who == "Liger":
         ctas = partial = hw["sms"]  # liger_kernel/ops: a program per SM, a float32 partial dW row each
-    else:  # aigc_kernels/triton/norm.py: 4 programs per SM, rows split evenly
-        per = -(-rows // (4 * hw["sms"]))
+    else:  # aigc_kernels/triton/norm.py: contracts.tables.norm_bwd_grid's programs, rows split evenly
+        per = -(-rows // tables.norm_bwd_grid(rows, prob.bwd_row_bytes, hw["sms"],
+                                                tables.NORM_BWD_MAX_PER_SM["triton"]))
         ctas = partial = -(-rows // per)
     loop = kernel.get("main_loop")
     return dict(kernel=kernel["kernel"], threads=kernel["num_warps"] * 32, ctas=ctas,
@@ -497,13 +532,13 @@ def norm_bound(prob: NormProblem, d: dict, hw: dict) -> dict:
     threads = d["threads"]
     per_sm = resident_ctas(threads, d["registers"], d["shared"], hw)
     slots = per_sm * hw["sms"]
-    rows_per_cta = math.ceil(prob.rows / d["ctas"])
+    steps_per_cta = math.ceil(prob.rows / (d["ctas"] * d.get("rows_per_step", 1)))
     waves = math.ceil(d["ctas"] / slots)
     hbm_bytes = prob.bytes(d["partial_rows"])
     terms = {"hbm": hbm_bytes / (hw["hbm_tbs"] * 1e12),
-             "issue": prob.rows * (threads // 32) * d["instructions"] / hw["issue_per_clk"] / hw["sms"]
-             / (hw["clock_ghz"] * 1e9),
-             "latency": rows_per_cta * waves * hw["dram_latency_ns"] * 1e-9}
+             "issue": prob.rows * d.get("warps_per_row", threads // 32) * d["instructions"] / hw["issue_per_clk"]
+             / hw["sms"] / (hw["clock_ghz"] * 1e9),
+             "latency": steps_per_cta * waves * hw["dram_latency_ns"] * 1e-9}
     limiter = max(terms, key=terms.get)
     seconds = terms[limiter]
     compulsory = prob.bytes(0)
@@ -514,20 +549,26 @@ def norm_bound(prob: NormProblem, d: dict, hw: dict) -> dict:
 
 
 def norm_model() -> list[dict]:
-    sass_rec, triton_rec = _load("sass_figures.json"), _load("triton_figures.json")
+    sass_rec, triton_rec, anchor_rec = _load("sass_figures.json"), _load("triton_figures.json"), \
+        _load("anchor_figures.json")
     rows = []
     for gpu, hw in HARDWARE.items():
         for prob in norm_problems():
             row = {"gpu": gpu, "problem": prob.label}
             for who in NORM_DESIGNS:
-                d = _norm_design(who, prob, hw, sass_rec, triton_rec)
+                d = _norm_design(who, prob, hw, sass_rec, triton_rec, anchor_rec)
                 row[who] = norm_bound(prob, d, hw) if d is not None else None
-            if row["Liger"]:
-                for who in ("ours CUDA", "ours Triton"):
-                    if row[who]:
-                        row[f"{who} / Liger"] = round(row["Liger"]["microseconds"] / row[who]["microseconds"], 3)
+            for anchor in NORM_ANCHORS:
+                if row[anchor]:
+                    for who in ("ours CUDA", "ours Triton"):
+                        if row[who]:
+                            row[f"{who} / {anchor}"] = round(row[anchor]["microseconds"] / row[who]["microseconds"],
+                                                             3)
             rows.append(row)
     return rows
+
+
+NORM_RATIOS = tuple(f"ours {b} / {a}" for a in NORM_ANCHORS for b in ("CUDA", "Triton"))
 
 
 def norm_markdown(rows: list[dict], gpu: str = "H100 SXM") -> str:
@@ -536,13 +577,13 @@ def norm_markdown(rows: list[dict], gpu: str = "H100 SXM") -> str:
             return "-"
         return f"{side['gbs']:g} GB/s, {side['hbm_fraction'] * 100:.0f}% ({side['limiter']})"
 
-    lines = ["| problem | bound, ours CUDA (limiter) | bound, ours Triton | bound, Liger (Triton) | CUDA / Liger | "
-             "Triton / Liger |", "|---|---|---|---|---|---|"]
+    lines = ["| problem | bound, ours CUDA (limiter) | bound, ours Triton | bound, Liger (Triton) | "
+             "bound, FA2 (CUDA) | CUDA / Liger | Triton / Liger | CUDA / FA2 | Triton / FA2 |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r["gpu"] == gpu:
-            ratios = [f"{r[k]:.2f}x" if k in r else "-" for k in ("ours CUDA / Liger", "ours Triton / Liger")]
-            lines.append(f"| {r['problem']} | {cell(r['ours CUDA'])} | {cell(r['ours Triton'])} | "
-                         f"{cell(r['Liger'])} | {ratios[0]} | {ratios[1]} |")
+            ratios = [f"{r[k]:.2f}x" if k in r else "-" for k in NORM_RATIOS]
+            lines.append(f"| {r['problem']} | {' | '.join(cell(r[w]) for w in NORM_DESIGNS)} | {' | '.join(ratios)} |")
     return "\n".join(lines)
 
 
@@ -618,11 +659,13 @@ def ffn_steps(side: str, direction: str, hw: dict, sass_rec: dict, triton_rec: d
     def liger_kernel(name):
         return next((k for k in liger["kernels"] if k["kernel"] == name), None) if liger else None
 
-    cat = mem("concatenate [W_in; W_gate] (a copy per call)", 2 * 2 * d * h * b)
+    # No side concatenates [W_in; W_gate] any more (csrc/gemm/gemm_api.cpp, aigc_kernels/triton/linear.py): a step
+    # named "concatenate ..." would be counted as the weight copy in the rows below.
     if direction == "forward":
         if side == "ours CUDA":
             gated = cuda("gated_fwd_kernel<c10::BFloat16, 8>")  # hidden % 8 == 0: 16-byte accesses
-            return [cat, gemm("GEMM x [W_in; W_gate]^T (cuBLASLt)", t, 2 * h, d),
+            return [gemm("GEMM x W_in^T -> U, the left half of [U G] (cuBLASLt)", t, h, d),
+                    gemm("GEMM x W_gate^T -> G, the right half", t, h, d),
                     mem("gated activation (CUDA)", 3 * t * h * b, _elementwise_issue(gated, t * h, 8, hw)),
                     gemm("GEMM h W_out^T", t, d, h)]
         if side == "ours Triton":
@@ -641,10 +684,12 @@ def ffn_steps(side: str, direction: str, hw: dict, sass_rec: dict, triton_rec: d
                              _elementwise_issue(bwd, t * h, 8, hw)),
                 mem("gated forward again (CUDA): h for dW_out", 3 * t * h * b,
                     _elementwise_issue(fwd, t * h, 8, hw)),
-                cat, gemm("GEMM dx = [dU dG] [W_in; W_gate]", t, d, 2 * h), *grads]
+                gemm("GEMM dx = dU W_in", t, d, h),
+                {**gemm("GEMM dx += dG W_gate (cuBLASLt beta 1: dx read back)", t, d, h),
+                 "bytes": float((t * h + h * d + 2 * t * d) * b)}, *grads]
     if side == "ours Triton":
-        return [*common, mem("gated backward (Triton; issue not read)", 5 * t * h * b), cat,
-                gemm("GEMM dx = [dU dG] [W_in; W_gate]", t, d, 2 * h), *grads]
+        return [*common, mem("gated backward (Triton; issue not read)", 5 * t * h * b),
+                gemm("GEMM dx = dU W_in + dG W_gate, one accumulator over both pairs", t, d, 2 * h), *grads]
     bwd = liger_kernel("_swiglu_backward_kernel")
     return [*common, mem("Liger SwiGLU backward (recomputes h)", 5 * t * h * b,
                          _elementwise_issue(bwd, t * h, None, hw, h)),
@@ -754,13 +799,13 @@ def render(data: dict, console) -> None:
                               _cell(r["anchor"], r["problem"]), ratio)
         console.print(table)
         norms = Table(title=f"norms, {gpu}: a bound, not a measurement (GB/s of compulsory bytes, % of the ceiling)")
-        for col in ("problem", *NORM_DESIGNS, "CUDA / Liger", "Triton / Liger"):
+        for col in ("problem", *NORM_DESIGNS, *(k.removeprefix("ours ") for k in NORM_RATIOS)):
             norms.add_column(col)
         for r in data.get("norm_rows", []):
             if r["gpu"] == gpu:
                 cells = [f"{r[w]['gbs']:g} GB/s {r[w]['hbm_fraction'] * 100:.0f}% ({r[w]['limiter']})" if r[w] else "-"
                          for w in NORM_DESIGNS]
-                ratios = [f"{r[k]:.2f}x" if k in r else "-" for k in ("ours CUDA / Liger", "ours Triton / Liger")]
+                ratios = [f"{r[k]:.2f}x" if k in r else "-" for k in NORM_RATIOS]
                 norms.add_row(r["problem"], *cells, *ratios)
         console.print(norms)
         console.print(f"FFNs, {gpu} (a bound, not a measurement):")

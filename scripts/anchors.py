@@ -59,6 +59,47 @@ ANCHORS = {
 }
 # the backward variant: no dropout/causal/local/alibi, even M/N and K, no softcap (the flags end the name)
 BWD_FLAGS = ">,false,false,false,false,true,true,false>"
+# label -> the flags that end the kernel's name, where the substring above does not pin one variant
+NAME_ENDS = {label: BWD_FLAGS for label in ANCHORS if label.startswith("FA2 backward")}
+
+# FA2's csrc/layer_norm (Apex's persistent LayerNorm: a grid of occupancy x SMs CTAs walks the rows; RMSNorm by a
+# runtime flag, the residual add by a pointer, so one kernel serves every norm problem of the model), compiled with
+# its own flags (its setup.py: FLAGS plus the bf16 operator undefines). The variant: bf16 weights, input, residual and
+# output, float32 statistics, no dropout, column scale or subset, the width a multiple of the kernel's
+# (ln_{fwd,bwd}_kernel<..., Is_dropout, Has_colscale, Has_subset, Is_even_cols>); the backward's second kernel sums
+# the per-CTA partial weight/bias gradients.
+LN_FLAGS = [*FLAGS, "-U__CUDA_NO_BFLOAT16_OPERATORS__", "-U__CUDA_NO_BFLOAT162_OPERATORS__",
+            "-U__CUDA_NO_BFLOAT162_CONVERSIONS__"]
+LN_TYPES = "__nv_bfloat16,__nv_bfloat16,__nv_bfloat16,__nv_bfloat16,float,unsignedint"
+LN_WIDTHS = (1024, 4096, 8192)
+for _n in LN_WIDTHS:
+    for _d in ("fwd", "bwd"):
+        _label = f"FA2 LayerNorm {'forward' if _d == 'fwd' else 'backward'} bf16 {_n}"
+        ANCHORS[_label] = (f"ln_{_d}_{_n}.cu",
+                           f"layer_norm::ln_{_d}_kernel<layer_norm::Kernel_traits<{LN_TYPES},{_n}u,")
+        NAME_ENDS[_label] = ">,false,false,false,true>"
+    _label = f"FA2 LayerNorm backward finalize bf16 {_n}"
+    ANCHORS[_label] = (f"ln_bwd_{_n}.cu",
+                       f"layer_norm::ln_bwd_finalize_kernel<layer_norm::Kernel_traits_finalize<{_n}u,{LN_TYPES},false,")
+    NAME_ENDS[_label] = ">,false,true>"
+
+
+def ln_traits(kernel: str) -> dict | None:
+    """{threads, warps_m, warps_n, dynamic_shared} of an ln_fwd/ln_bwd kernel from its template arguments
+    (Kernel_traits<..., HIDDEN, CTAS_PER_ROW, WARPS_M, WARPS_N, BYTES_PER_LDG>) and ln_kernel_traits.h /
+    ln_utils.cuh's shared-memory sizes, which the launcher passes as dynamic shared memory: the forward's statistics
+    reducer (WARPS_M x WARPS_N x 8 bytes x 2 where WARPS_N > 1), the backward's the same plus the CTA's
+    weight-gradient rows (ROWS_PER_CTA x HIDDEN x 4 bytes)."""
+    import re
+
+    m = re.search(r"ln_(fwd|bwd)_kernel<layer_norm::Kernel_traits<[^>]*?,unsignedint,(\d+)u,(\d+)u,(\d+)u,(\d+)u,",
+                  kernel.replace(" ", ""))
+    if m is None:
+        return None
+    direction, hidden, _ctas_per_row, wm, wn = m.group(1), *map(int, m.groups()[1:])
+    reducer = wm * wn * 8 * 2 if wn > 1 else 0
+    shared = reducer + (wm * hidden * 4 if direction == "bwd" else 0)
+    return {"threads": wm * wn * 32, "warps_m": wm, "warps_n": wn, "dynamic_shared": shared}
 
 
 def _sass_module():
@@ -108,15 +149,24 @@ def _includes() -> list[str]:
     return [f"-I{inc}", f"-I{inc / 'torch' / 'csrc' / 'api' / 'include'}", *after]
 
 
-def compile_file(src: Path, name: str) -> Path:
+def _command(src: Path, name: str) -> tuple[list[str], Path]:
+    """nvcc's command for one FA2 file (attention or layer_norm, by its name) and the file itself."""
     nvcc = shutil.which("nvcc")
     if nvcc is None:
         raise SystemExit("anchors: nvcc not found")
+    if name.startswith("ln_"):
+        ln = src / "csrc" / "layer_norm"
+        return [nvcc, "-cubin", "-gencode", f"arch=compute_{ARCH[3:]},code={ARCH}", *LN_FLAGS, f"-I{ln}",
+                *_includes(), str(ln / name)], ln / name
     fa = src / "csrc" / "flash_attn"
-    cmd = [nvcc, "-cubin", "-gencode", f"arch=compute_{ARCH[3:]},code={ARCH}", *FLAGS, f"-I{fa}", f"-I{fa / 'src'}",
-           f"-I{src / 'csrc' / 'cutlass' / 'include'}", *_includes(), str(fa / "src" / name)]
-    version = subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout
-    key = hashlib.sha256((fa / "src" / name).read_bytes() + " ".join(cmd).encode() + version.encode()).hexdigest()
+    return [nvcc, "-cubin", "-gencode", f"arch=compute_{ARCH[3:]},code={ARCH}", *FLAGS, f"-I{fa}", f"-I{fa / 'src'}",
+            f"-I{src / 'csrc' / 'cutlass' / 'include'}", *_includes(), str(fa / "src" / name)], fa / "src" / name
+
+
+def compile_file(src: Path, name: str) -> Path:
+    cmd, path = _command(src, name)
+    version = subprocess.run([cmd[0], "--version"], capture_output=True, text=True).stdout
+    key = hashlib.sha256(path.read_bytes() + " ".join(cmd).encode() + version.encode()).hexdigest()
     out = CACHE / "cubin" / f"{Path(name).stem}-{key[:16]}.cubin"
     if not out.exists():
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -142,9 +192,9 @@ def _registers(cubin: Path) -> dict[str, int]:
 
 
 def select(label: str, found: list[tuple[str, dict]]) -> tuple[str, dict]:
-    name_part = ANCHORS[label][1]
+    name_part, end = ANCHORS[label][1], NAME_ENDS.get(label, "")
     hits = [(n, f) for n, f in found if name_part in n.replace(" ", "")
-            and (not label.startswith("FA2 backward") or n.replace(" ", "").split("(", 1)[0].endswith(BWD_FLAGS))]
+            and n.replace(" ", "").split("(", 1)[0].endswith(end)]
     if len(hits) != 1:
         raise SystemExit(f"anchors: {label}: {len(hits)} kernels match {name_part!r}")
     return hits[0]
@@ -169,9 +219,11 @@ def main(argv: list[str]) -> int:
             continue
         name, fig = select(label, found)
         regs = _registers(cubin).get(name)
-        recorded["anchors"][label] = {"file": ANCHORS[label][0], "kernel": name.split("(", 1)[0].removeprefix("void "),
-                                      "registers": regs, "instructions": fig["kernel"]["instructions"],
-                                      "main_loop": fig["main_loop"]}
+        kernel = name.split("(", 1)[0].removeprefix("void ")
+        recorded["anchors"][label] = {"file": ANCHORS[label][0], "kernel": kernel, "registers": regs,
+                                      "instructions": fig["kernel"]["instructions"], "main_loop": fig["main_loop"]}
+        if ln_traits(kernel):
+            recorded["anchors"][label]["traits"] = ln_traits(kernel)
     if args.list:
         return 0
     nvcc = subprocess.run([shutil.which("nvcc") or "nvcc", "--version"], capture_output=True, text=True).stdout

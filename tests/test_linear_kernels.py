@@ -234,3 +234,19 @@ def test_tma_gemm_is_not_used_where_it_cannot_run(tma_forced):
     assert L._tma_view(both) is None
     ak.linear(odd, rand(8, 33, dtype=torch.float16), backend="triton")
     assert not tma_forced
+
+
+def test_gemm_sums_two_products_without_a_concatenated_operand():
+    """The gated backward's dx = du W_in + dg W_gate: one accumulator over two operand pairs, the A's strided
+    halves of one (M, 2K) tensor, the B's separate weights (the pointer kernel; the TMA one in test_tma_ffn)."""
+    from aigc_kernels.triton import linear as L
+
+    dudg = rand(13, 2 * 21, seed=3)
+    w_in, w_gate = rand(21, 10, seed=4), rand(21, 10, seed=5)
+    c, _, _, _ = L.gemm(dudg[:, :21], w_in, a2=dudg[:, 21:], b2=w_gate)
+    ref = dudg[:, :21].double() @ w_in.double() + dudg[:, 21:].double() @ w_gate.double()
+    torch.testing.assert_close(c.double(), ref, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="shapes of A"):
+        L.gemm(dudg[:, :21], w_in, a2=dudg[:, :20], b2=w_gate)
+    with pytest.raises(ValueError, match="no prologue, bias"):
+        L.gemm(dudg[:, :21], w_in, a2=dudg[:, 21:], b2=w_gate, act="gelu")

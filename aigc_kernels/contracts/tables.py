@@ -93,3 +93,19 @@ HF_ATTENTION_KEYWORDS: dict[str, tuple[str, str]] = {
     "sinks": ("refused", "a model's own sink parameter (Inkling-2), untested with the library's sinks"),
 }
 HF_KEYWORD_VERDICTS = ("honoured", "refused", "ignored")
+
+
+# The norm backward's grid, both backends. A CTA (program) walks its rows one after another with one row's loads in
+# flight, so keeping HBM busy takes about bandwidth x latency bytes in flight (Little's law: ~2 MiB on an H100,
+# 3.35 TB/s x ~600 ns), a row each; and every CTA writes a float32 partial weight (and bias) gradient row that the
+# second pass reads back, so no more CTAs than that: SMs x k, k = these bytes over a row's bytes (x, dy, dx, and
+# ds with a residual) per SM, rounded down, from 1 to what fits per SM (CUDA 2, Triton 4). csrc/norm/norm_api.cpp
+# states the same rule (kNormBwdBytesInFlight; a test holds the two equal); aigc_kernels/perf.py models it.
+NORM_BWD_BYTES_IN_FLIGHT = 2 << 20
+NORM_BWD_MAX_PER_SM = {"cuda": 2, "triton": 4}
+
+
+def norm_bwd_grid(rows: int, row_bytes: int, sms: int, max_per_sm: int) -> int:
+    """Backward CTAs for ``rows`` rows of ``row_bytes`` bytes on ``sms`` SMs."""
+    per_sm = min(max(NORM_BWD_BYTES_IN_FLIGHT // max(row_bytes, 1) // sms, 1), max_per_sm)
+    return max(1, min(rows, per_sm * sms))

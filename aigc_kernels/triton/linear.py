@@ -7,7 +7,8 @@ One persistent, tile-swizzled GEMM kernel does all the matrix products:
 * epilogue: + bias, then the activation, in registers before the single store of C; it can also
   store the pre-activation Z (saved for the backward) and, in the gated form, compute
   act(A @ B2 + b2) * (A @ B + b) from two accumulators (one pass over A for the concatenated
-  [W_in; W_gate], writing the intermediate once);
+  [W_in; W_gate], writing the intermediate once), or sum two products A @ B + A2 @ B2 in one
+  accumulator (the gated backward's dx = du W_in + dg W_gate, with no concatenated weight);
 * prologues, applied to operand tiles as they are loaded: "dact" (A * act'(Z), the gradient of
   the activation fused into the gradient GEMMs), "gate" (act(Z) * A, recomputing a SwiGLU output)
   and act(B) (recomputing an activation output);
@@ -199,13 +200,14 @@ def _tile_coords(tile, num_m, num_n, GROUP_M: tl.constexpr):
     return pid_m, pid_n
 
 
-@_tuning.autotune(_configs, ["M_BUCKET", "N_BUCKET", "K_BUCKET", "IEEE", "A_PRO", "B_PRO", "GATED", "STORE_Z"], _prune)
+@_tuning.autotune(_configs, ["M_BUCKET", "N_BUCKET", "K_BUCKET", "IEEE", "A_PRO", "B_PRO", "GATED", "SUM2", "STORE_Z"],
+                  _prune)
 @triton.jit
 def _gemm_kernel(
-    A, ZA, B, ZB, B2, BIAS, BIAS2, C, ZOUT, ZOUT2, ROWSUM,
+    A, ZA, B, ZB, A2, B2, BIAS, BIAS2, C, ZOUT, ZOUT2, ROWSUM,
     M, N, K,
     M_BUCKET, N_BUCKET, K_BUCKET,  # the sizes' tuning buckets (autotune key only)
-    stride_am, stride_ak,  # A (M, K); ZA shares A's strides
+    stride_am, stride_ak,  # A (M, K); ZA and A2 share A's strides
     stride_bk, stride_bn,  # B (K, N); ZB and B2 share them
     stride_cm, stride_cn,  # C (M, N); ZOUT, ZOUT2 are contiguous (M, N)
     NUM_PROGS,
@@ -214,6 +216,7 @@ def _gemm_kernel(
     B_PRO: tl.constexpr,  # 0: B; 1: act(B); 2 (gate): act(ZB) * B
     ACT: tl.constexpr,  # the epilogue's activation
     HAS_BIAS: tl.constexpr, STORE_Z: tl.constexpr, GATED: tl.constexpr, ROW_SUM: tl.constexpr,
+    SUM2: tl.constexpr,  # acc += A2 @ B2 after A @ B (no prologues, no row sum)
     IEEE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
@@ -268,6 +271,18 @@ def _gemm_kernel(
                     acc2 += tl.dot(a, b2, input_precision="ieee")
                 else:
                     acc2 += tl.dot(a, b2)
+        if SUM2:  # the second product, over the same K
+            for k0 in range(0, K, BLOCK_K):
+                offs_k = k0 + offs_k0
+                k_ok = offs_k < K
+                a = tl.load(A2 + a_rows + offs_k[None, :].to(tl.int64) * stride_ak, mask=m_ok[:, None] & k_ok[None, :],
+                            other=0.0)
+                b = tl.load(B2 + offs_k[:, None].to(tl.int64) * stride_bk + b_cols, mask=k_ok[:, None] & n_ok[None, :],
+                            other=0.0)
+                if IEEE:
+                    acc += tl.dot(a, b, input_precision="ieee")
+                else:
+                    acc += tl.dot(a, b)
         _epilogue(acc, acc2, offs_m, offs_n, M, N, BIAS, BIAS2, C, ZOUT, ZOUT2, stride_cm, stride_cn,
                   ACT, HAS_BIAS, STORE_Z, GATED)
         if ROW_SUM:
@@ -282,7 +297,7 @@ def _tma_configs(mode: str):
 def _tma_block_hook(nargs):
     """The descriptors' block shapes follow the config's tiles (set before each launch)."""
     bm, bn, bk = nargs["BLOCK_M"], nargs["BLOCK_N"], nargs["BLOCK_K"]
-    nargs["desc_a"].block_shape = [bk, bm] if nargs["A_T"] else [bm, bk]
+    nargs["desc_a"].block_shape = nargs["desc_a2"].block_shape = [bk, bm] if nargs["A_T"] else [bm, bk]
     b_block = [bn, bk] if nargs["B_T"] else [bk, bn]
     nargs["desc_b"].block_shape = b_block
     nargs["desc_b2"].block_shape = b_block
@@ -302,15 +317,26 @@ def _tma_b_dot(a, desc_b, k0, n0, acc, B_T: tl.constexpr, IEEE: tl.constexpr):
     return acc
 
 
-@_tuning.autotune(_tma_configs, ["M_BUCKET", "N_BUCKET", "K_BUCKET", "IEEE", "A_T", "B_T", "GATED", "STORE_Z"],
+@triton.jit
+def _tma_a(desc_a, k0, m0, A_T: tl.constexpr):
+    """The A tile at (m0, k0), read through its descriptor ((K, M) storage when A_T)."""
+    if A_T:
+        a = desc_a.load([k0, m0]).T
+    else:
+        a = desc_a.load([m0, k0])
+    return a
+
+
+@_tuning.autotune(_tma_configs, ["M_BUCKET", "N_BUCKET", "K_BUCKET", "IEEE", "A_T", "B_T", "GATED", "SUM2", "STORE_Z"],
                   _gemm_prune(_GEMM_TMA, tma=True))
 @triton.jit
 def _gemm_tma_kernel(
-    desc_a, desc_b, desc_b2, BIAS, BIAS2, C, ZOUT, ZOUT2, ROWSUM,
+    desc_a, desc_b, desc_a2, desc_b2, BIAS, BIAS2, C, ZOUT, ZOUT2, ROWSUM,
     M, N, K, M_BUCKET, N_BUCKET, K_BUCKET, stride_cm, stride_cn, NUM_PROGS,
     A_T: tl.constexpr,  # A's storage is (K, M) (e.g. dY^T of a weight gradient), else (M, K)
     B_T: tl.constexpr,  # B's storage is (N, K) (an nn.Linear weight), else (K, N)
     ACT: tl.constexpr, HAS_BIAS: tl.constexpr, STORE_Z: tl.constexpr, GATED: tl.constexpr, ROW_SUM: tl.constexpr,
+    SUM2: tl.constexpr,  # acc += A2 @ B2 after A @ B (A2 laid out as A, B2 as B)
     IEEE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
@@ -327,15 +353,15 @@ def _gemm_tma_kernel(
         acc2 = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
         rsum = tl.zeros([BLOCK_M], dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
-            if A_T:
-                a = desc_a.load([k0, m0]).T
-            else:
-                a = desc_a.load([m0, k0])
+            a = _tma_a(desc_a, k0, m0, A_T)
             if ROW_SUM:
                 rsum += tl.sum(a.to(tl.float32), 1)
             acc = _tma_b_dot(a, desc_b, k0, n0, acc, B_T, IEEE)
             if GATED:
                 acc2 = _tma_b_dot(a, desc_b2, k0, n0, acc2, B_T, IEEE)
+        if SUM2:
+            for k0 in range(0, K, BLOCK_K):
+                acc = _tma_b_dot(_tma_a(desc_a2, k0, m0, A_T), desc_b2, k0, n0, acc, B_T, IEEE)
         offs_m = m0 + tl.arange(0, BLOCK_M)
         offs_n = n0 + tl.arange(0, BLOCK_N)
         _epilogue(acc, acc2, offs_m, offs_n, M, N, BIAS, BIAS2, C, ZOUT, ZOUT2, stride_cm, stride_cn,
@@ -348,7 +374,7 @@ def _gemm_tma_kernel(
 @triton.jit
 def _gated_grad_kernel(DH, U, G, DUDG, H, numel, ACT: tl.constexpr, BLOCK: tl.constexpr):
     """du = dh * act(g), dg = dh * u * act'(g) over contiguous (M, H) inputs, written side by side
-    into DUDG (M, 2H) so one GEMM against [W_in; W_gate] gives dx."""
+    into DUDG (M, 2H): its halves are the A operands of dx = du W_in + dg W_gate and of dW_in, dW_gate."""
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     ok = offs < numel
     dh = tl.load(DH + offs, mask=ok, other=0.0).to(tl.float32)
@@ -364,8 +390,9 @@ def _gated_grad_kernel(DH, U, G, DUDG, H, numel, ACT: tl.constexpr, BLOCK: tl.co
 # ----------------------------------------------------------------------------------------------
 def gemm(a: torch.Tensor, b: torch.Tensor, *, out: torch.Tensor | None = None, bias=None, act=None,
          za=None, a_pro: int = 0, zb=None, b_pro: int = 0, pro_act=None, store_z: bool = False,
-         b2=None, bias2=None, row_sum: bool = False, out_dtype=None):
-    """C = epilogue(prologue(A) @ prologue(B)) for A (M, K) and B (K, N) of any strides.
+         b2=None, bias2=None, a2=None, row_sum: bool = False, out_dtype=None):
+    """C = epilogue(prologue(A) @ prologue(B)) for A (M, K) and B (K, N) of any strides; with ``a2``,
+    C = A @ B + A2 @ B2 (A2 (M, K) and B2 (K, N) another pair: no prologues, bias, activation or row sum).
 
     Returns (C, Z, Z2, rowsum): Z/Z2 the stored pre-activations (or None), rowsum the float32
     (M,) sums of prologue(A) over K (or None).
@@ -373,7 +400,18 @@ def gemm(a: torch.Tensor, b: torch.Tensor, *, out: torch.Tensor | None = None, b
     m, k = a.shape
     n = b.shape[1]
     c = out if out is not None else torch.empty(m, n, device=a.device, dtype=out_dtype or a.dtype)
-    gated = b2 is not None
+    sum2 = a2 is not None
+    if sum2:
+        if b2 is None or a2.shape != a.shape or b2.shape != b.shape:
+            raise ValueError(f"gemm: A2 {tuple(a2.shape)} and B2 {tuple(() if b2 is None else b2.shape)} must have "
+                             f"the shapes of A {tuple(a.shape)} and B {tuple(b.shape)}")
+        if a_pro or b_pro or row_sum or store_z or bias is not None or act is not None:
+            raise ValueError("gemm: the summed form (a2) takes no prologue, bias, activation or row sum")
+        if a2.stride() != a.stride():  # the kernels take one set of strides per pair
+            a, a2 = a.contiguous(), a2.contiguous()
+        if b2.stride() != b.stride():
+            b, b2 = b.contiguous(), b2.contiguous()
+    gated = b2 is not None and not sum2
     z = torch.empty(m, n, device=a.device, dtype=c.dtype) if store_z else None
     z2 = torch.empty(m, n, device=a.device, dtype=c.dtype) if (store_z and gated) else None
     rs = torch.zeros(m, device=a.device, dtype=torch.float32) if row_sum else None
@@ -393,19 +431,20 @@ def gemm(a: torch.Tensor, b: torch.Tensor, *, out: torch.Tensor | None = None, b
         return c, z, z2, rs
     dummy = c
     progs = 4 if INTERPRET else _device.sm_count(a.device)
-    views = _tma_views(a, b, b2) if a_pro == 0 and b_pro == 0 else None
+    views = _tma_views(a, b, b2, a2) if a_pro == 0 and b_pro == 0 else None
     if views is not None:
-        _gemm_tma(views, bias, bias2, c, z, z2, rs, act, store_z, row_sum, progs, gated)
+        _gemm_tma(views, bias, bias2, c, z, z2, rs, act, store_z, row_sum, progs, gated, sum2)
         return c, z, z2, rs
     grid = lambda meta: (min(progs, triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"])),)  # noqa: E731
     _gemm_kernel[grid](
-        a, za if za is not None else dummy, b, zb if zb is not None else dummy, b2 if gated else dummy,
+        a, za if za is not None else dummy, b, zb if zb is not None else dummy, a2 if sum2 else dummy,
+        b2 if b2 is not None else dummy,
         bias if bias is not None else dummy, bias2 if bias2 is not None else dummy, c,
         z if z is not None else dummy, z2 if z2 is not None else dummy, rs if rs is not None else dummy,
         m, n, k, *_buckets(m, n, k), a.stride(0), a.stride(1), b.stride(0), b.stride(1), c.stride(0), c.stride(1),
         progs,
         A_PRO=a_pro, PRO_ACT=ACT_IDS[pro_act], B_PRO=b_pro, ACT=ACT_IDS[act], HAS_BIAS=bias is not None,
-        STORE_Z=store_z, GATED=gated, ROW_SUM=row_sum, IEEE=a.dtype == torch.float32,
+        STORE_Z=store_z, GATED=gated, ROW_SUM=row_sum, SUM2=sum2, IEEE=a.dtype == torch.float32,
     )
     return c, z, z2, rs
 
@@ -428,8 +467,8 @@ def _tma_view(t: torch.Tensor) -> tuple[torch.Tensor, bool] | None:
     return store, trans
 
 
-def _tma_views(a, b, b2) -> list[tuple[torch.Tensor, bool]] | None:
-    """The (storage, transposed?) views of A, B and B2 (B's again when there is none) for the TMA
+def _tma_views(a, b, b2, a2=None) -> list[tuple[torch.Tensor, bool]] | None:
+    """The (storage, transposed?) views of A, B, B2 and A2 (B's and A's again when absent) for the TMA
     GEMM, or None where it does not run: no descriptors, turned off, not Hopper (unless forced),
     or an operand TMA cannot describe."""
     if TensorDescriptor is None or TMA_MODE == "0":
@@ -437,14 +476,15 @@ def _tma_views(a, b, b2) -> list[tuple[torch.Tensor, bool]] | None:
     if TMA_MODE != "1" and (INTERPRET or not _device.on_gpu(a) or _device.capability(a.device)[0] < 9
                             or a.dtype == torch.float32):  # fp32: the pointer kernel's small FMA tiles
         return None
-    views = [_tma_view(t) for t in (a, b, b2 if b2 is not None else b)]
-    if any(v is None for v in views) or views[1][1] != views[2][1]:  # B and B2 share one descriptor layout
+    views = [_tma_view(t) for t in (a, b, b2 if b2 is not None else b, a2 if a2 is not None else a)]
+    # B and B2 share one descriptor layout, A and A2 another
+    if any(v is None for v in views) or views[1][1] != views[2][1] or views[0][1] != views[3][1]:
         return None
     return views
 
 
-def _gemm_tma(views, bias, bias2, c, z, z2, rs, act, store_z, row_sum, progs, gated):
-    (sa, a_t), (sb, b_t), (sb2, _) = views
+def _gemm_tma(views, bias, bias2, c, z, z2, rs, act, store_z, row_sum, progs, gated, sum2=False):
+    (sa, a_t), (sb, b_t), (sb2, _), (sa2, _) = views
     m, n = c.shape
     k = sa.shape[0] if a_t else sa.shape[1]
 
@@ -454,11 +494,12 @@ def _gemm_tma(views, bias, bias2, c, z, z2, rs, act, store_z, row_sum, progs, ga
     dummy = c
     grid = lambda meta: (min(progs, triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"])),)  # noqa: E731
     _gemm_tma_kernel[grid](
-        desc(sa), desc(sb), desc(sb2), bias if bias is not None else dummy, bias2 if bias2 is not None else dummy, c,
+        desc(sa), desc(sb), desc(sa2), desc(sb2), bias if bias is not None else dummy,
+        bias2 if bias2 is not None else dummy, c,
         z if z is not None else dummy, z2 if z2 is not None else dummy, rs if rs is not None else dummy,
         m, n, k, *_buckets(m, n, k), c.stride(0), c.stride(1), progs,
         A_T=a_t, B_T=b_t, ACT=ACT_IDS[act], HAS_BIAS=bias is not None, STORE_Z=store_z, GATED=gated,
-        ROW_SUM=row_sum, IEEE=sa.dtype == torch.float32,
+        ROW_SUM=row_sum, SUM2=sum2, IEEE=sa.dtype == torch.float32,
     )
 
 
@@ -552,7 +593,7 @@ def ffn_bwd(dout: torch.Tensor, x: torch.Tensor, w_in: torch.Tensor, b_in: torch
         dw_gate, db_gate = x.new_empty(0), None
     else:
         dudg = _gated_grads(dh, z1, z2, activation)  # (M, 2H) = [du, dg]
-        dx, _, _, _ = gemm(dudg, torch.cat([w_in, w_gate], 0))
+        dx, _, _, _ = gemm(dudg[:, :h], w_in, a2=dudg[:, h:], b2=w_gate)  # du W_in + dg W_gate, one accumulator
         # Strided views of [du, dg] as the A operands: separate outputs, no copies.
         dw_in, _, _, db_in = gemm(dudg[:, :h].t(), x, row_sum=b_in is not None)
         dw_gate, _, _, db_gate = gemm(dudg[:, h:].t(), x, row_sum=b_gate is not None)

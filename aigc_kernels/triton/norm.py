@@ -29,6 +29,7 @@ import triton.language as tl
 
 from .. import _device
 from ..contracts import norm as contract
+from ..contracts.tables import NORM_BWD_MAX_PER_SM, norm_bwd_grid
 
 MAX_FUSED_N = 16384  # widest row kept whole in registers (elements)
 LOOP_BLOCK_N = 4096  # column block of the looped path for wider rows
@@ -228,9 +229,11 @@ def _block(n: int, bwd: bool = False) -> tuple[int, bool, int]:
     return LOOP_BLOCK_N, False, 8
 
 
-def _programs(x: torch.Tensor) -> int:
-    """Backward programs: a few per SM on a GPU (the partial-sum rows), few under the interpreter."""
-    return 4 * _device.sm_count(x.device) if _device.on_gpu(x) else 4
+def _programs(x: torch.Tensor, row_bytes: int) -> int:
+    """Backward programs: contracts.tables.norm_bwd_grid on a GPU, few under the interpreter."""
+    if not _device.on_gpu(x):
+        return 4
+    return norm_bwd_grid(x.shape[0], row_bytes, _device.sm_count(x.device), NORM_BWD_MAX_PER_SM["triton"])
 
 
 def _fwd(x, weight, bias, residual, eps: float, is_rms: bool, store_s: bool):
@@ -257,7 +260,7 @@ def _fwd(x, weight, bias, residual, eps: float, is_rms: bool, store_s: bool):
 def _bwd(dy, ds, xs, weight, mean, rstd, has_bias: bool, is_rms: bool):
     m, n = xs.shape
     dx = torch.empty_like(xs)
-    programs = max(1, min(m, _programs(xs)))
+    programs = max(1, min(m, _programs(xs, n * xs.element_size() * (4 if ds is not None else 3))))
     rows_per_program = triton.cdiv(m, programs) if m else 0
     programs = triton.cdiv(m, rows_per_program) if m else 0
     has_w = weight is not None

@@ -9,6 +9,12 @@
 #include <c10/util/Exception.h>
 #include <cublasLt.h>
 
+#include <cstdint>
+#include <cstring>
+#include <mutex>
+#include <optional>
+#include <unordered_map>
+
 #include "gemm.h"
 
 namespace aigc_kernels {
@@ -55,7 +61,30 @@ struct Pref {
   ~Pref() { if (h) cublasLtMatmulPreferenceDestroy(h); }
 };
 
-constexpr size_t kWorkspace = 32u << 20;
+// The heuristic's choice per problem: what the descriptors say (types, transposes, sizes, leading dimensions,
+// epilogue, accumulate) and what it may assume (each operand's pointer alignment, the workspace size), per device.
+// Asked once per key; every later call with that key reuses the algorithm (and an empty entry: "none found").
+struct AlgoKey {
+  int64_t v[17];
+  bool operator==(const AlgoKey& o) const { return std::memcmp(v, o.v, sizeof(v)) == 0; }
+};
+struct AlgoKeyHash {
+  size_t operator()(const AlgoKey& k) const {
+    uint64_t h = 1469598103934665603ull;
+    for (int64_t x : k.v) h = (h ^ static_cast<uint64_t>(x)) * 1099511628211ull;
+    return static_cast<size_t>(h);
+  }
+};
+std::mutex algo_mutex;
+std::unordered_map<AlgoKey, std::optional<cublasLtMatmulAlgo_t>, AlgoKeyHash> algo_cache;
+
+// The largest power of two (at most 256) that divides a pointer: what cuBLASLt may assume of it.
+uint32_t alignment(const void* p) {
+  const auto a = reinterpret_cast<uintptr_t>(p);
+  uint32_t align = 256;
+  while (align > 1 && a % align != 0) align /= 2;
+  return align;
+}
 
 }  // namespace
 
@@ -69,7 +98,7 @@ static std::pair<at::Tensor, bool> row_major(const at::Tensor& t, bool transpose
 }
 
 bool lt_matmul(const at::Tensor& a_in, bool a_t_in, const at::Tensor& b_in, bool b_t_in, at::Tensor& out,
-               Epilogue epi, const at::Tensor* bias, at::Tensor* aux, at::Tensor* bias_grad) {
+               Epilogue epi, const at::Tensor* bias, at::Tensor* aux, at::Tensor* bias_grad, bool accumulate) {
   // Logical sizes: A (M, K), B (K, N), out (M, N). Storage: A is (M, K) or, when a_t, (K, M).
   const auto [a, a_t] = row_major(a_in, a_t_in);
   const auto [b, b_t] = row_major(b_in, b_t_in);
@@ -130,19 +159,52 @@ bool lt_matmul(const at::Tensor& a_in, bool a_t_in, const at::Tensor& b_in, bool
   AIGC_LT_CHECK(cublasLtMatrixLayoutCreate(&ld_out.h, cuda_type(out.scalar_type()), n, m, ld(out)));
 
   auto handle = at::cuda::getCurrentCUDABlasLtHandle();
-  Pref pref;
-  AIGC_LT_CHECK(cublasLtMatmulPreferenceCreate(&pref.h));
-  const size_t ws = kWorkspace;
-  AIGC_LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref.h, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
-  cublasLtMatmulHeuristicResult_t result{};
-  int found = 0;
-  const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(handle, desc.h, la.h, lb.h, ld_out.h, ld_out.h, pref.h,
-                                                           1, &result, &found);
-  if (st != CUBLAS_STATUS_SUCCESS || found == 0) return false;
-  auto workspace = at::empty({static_cast<int64_t>(kWorkspace)}, out.options().dtype(at::kByte));
-  const float alpha = 1.f, beta = 0.f;
+  // torch's own cuBLASLt workspace for this handle and stream (from its caching allocator, kept across calls)
+  const size_t ws = at::cuda::getCUDABlasLtWorkspaceSize();
+  void* workspace = ws > 0 ? at::cuda::getCUDABlasLtWorkspace() : nullptr;
+  const uint32_t align_a = alignment(b.data_ptr()), align_b = alignment(a.data_ptr()),
+                 align_d = alignment(out.data_ptr());  // cuBLASLt's A is our B (the file's header)
+  const AlgoKey key{{out.get_device(), static_cast<int64_t>(dt), static_cast<int64_t>(cuda_type(out.scalar_type())),
+                     static_cast<int64_t>(op_lt_a), static_cast<int64_t>(op_lt_b), m, n, k, ld(b), ld(a), ld(out),
+                     static_cast<int64_t>(lt_epi),
+                     bias ? static_cast<int64_t>(bias->scalar_type()) : -1, accumulate ? 1 : 0,
+                     static_cast<int64_t>(align_a) | (static_cast<int64_t>(align_b) << 16), align_d,
+                     static_cast<int64_t>(ws)}};
+  std::optional<cublasLtMatmulAlgo_t> algo;
+  bool cached = false;
+  {
+    const std::lock_guard<std::mutex> lock(algo_mutex);
+    const auto it = algo_cache.find(key);
+    if (it != algo_cache.end()) {
+      algo = it->second;
+      cached = true;
+    }
+  }
+  if (!cached) {
+    Pref pref;
+    AIGC_LT_CHECK(cublasLtMatmulPreferenceCreate(&pref.h));
+    AIGC_LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref.h, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
+    // Only algorithms that hold for these pointers (a strided half of a tensor need not be 256-byte aligned).
+    AIGC_LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref.h, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &align_a,
+                                                       sizeof(align_a)));
+    AIGC_LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref.h, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &align_b,
+                                                       sizeof(align_b)));
+    AIGC_LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref.h, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &align_d,
+                                                       sizeof(align_d)));
+    AIGC_LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref.h, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align_d,
+                                                       sizeof(align_d)));
+    cublasLtMatmulHeuristicResult_t result{};
+    int found = 0;
+    const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(handle, desc.h, la.h, lb.h, ld_out.h, ld_out.h, pref.h,
+                                                             1, &result, &found);
+    if (st == CUBLAS_STATUS_SUCCESS && found > 0) algo = result.algo;
+    const std::lock_guard<std::mutex> lock(algo_mutex);
+    algo_cache.emplace(key, algo);
+  }
+  if (!algo) return false;
+  const float alpha = 1.f, beta = accumulate ? 1.f : 0.f;  // accumulate: out = A @ B + out
   AIGC_LT_CHECK(cublasLtMatmul(handle, desc.h, &alpha, b.data_ptr(), la.h, a.data_ptr(), lb.h, &beta, out.data_ptr(),
-                               ld_out.h, out.data_ptr(), ld_out.h, &result.algo, workspace.data_ptr(), kWorkspace,
+                               ld_out.h, out.data_ptr(), ld_out.h, &*algo, workspace, ws,
                                at::cuda::getCurrentCUDAStream()));
   return true;
 }

@@ -23,9 +23,13 @@ enum class Epilogue : int { kDefault = 0, kBias = 1, kGeluAux = 2, kRowSumA = 3,
 //   kRowSumA:     also bias_grad (M,) float32 = A summed over K (a bias gradient, from the dW GEMM)
 //   kDGeluAux:    out = (A @ B) * gelu_tanh'(aux), aux the forward's pre-activation (M, N): the
 //                 activation's derivative fused into the gradient GEMM's epilogue
+// accumulate: out = A @ B + out (beta 1; the sum in float32, one rounding). out may be a strided view
+// (row stride >= N, unit column stride), e.g. one half of a wider tensor.
+// The heuristic's algorithm is cached per (device, types, sizes, strides, epilogue, pointer alignments), and the
+// workspace is torch's own cuBLASLt workspace of the current handle and stream.
 // Returns false when cuBLASLt has no algorithm for the request (the caller falls back).
 bool lt_matmul(const at::Tensor& a, bool a_t, const at::Tensor& b, bool b_t, at::Tensor& out, Epilogue epi,
-               const at::Tensor* bias, at::Tensor* aux, at::Tensor* bias_grad);
+               const at::Tensor* bias, at::Tensor* aux, at::Tensor* bias_grad, bool accumulate = false);
 
 // Elementwise kernels (act_kernels.cu); all tensors contiguous (M, N) unless noted.
 void act_fwd(const at::Tensor& z, at::Tensor& y, Act act);                            // y = act(z)

@@ -44,13 +44,17 @@ void check_linear_args(const char* op, const at::Tensor& x, const at::Tensor& w,
 using gemm::Act;
 using gemm::Epilogue;
 
-// out = A @ B (+ bias); A is x (M, K) or, a_t, stored (K, M); B is (K, N) or, b_t, stored (N, K).
+// out = A @ B (+ bias) (accumulate: out += A @ B); A is x (M, K) or, a_t, stored (K, M); B is (K, N) or, b_t,
+// stored (N, K). out may be a strided view with unit column stride (one half of a wider tensor).
 void matmul(const at::Tensor& a, bool a_t, const at::Tensor& b, bool b_t, at::Tensor& out,
-            const at::Tensor* bias, at::Tensor* row_sum_a) {
+            const at::Tensor* bias, at::Tensor* row_sum_a, bool accumulate = false) {
   const Epilogue epi = row_sum_a ? Epilogue::kRowSumA : (bias ? Epilogue::kBias : Epilogue::kDefault);
-  if (gemm::lt_matmul(a, a_t, b, b_t, out, epi, bias, nullptr, row_sum_a)) return;
+  if (gemm::lt_matmul(a, a_t, b, b_t, out, epi, bias, nullptr, row_sum_a, accumulate)) return;
   const at::Tensor am = a_t ? a.t() : a, bm = b_t ? b.t() : b;
-  if (bias) {
+  if (accumulate) {
+    TORCH_CHECK(!bias && !row_sum_a, "aigc_kernels: an accumulating GEMM takes no bias or row sum");
+    out.addmm_(am, bm);
+  } else if (bias) {
     at::addmm_out(out, *bias, am, bm);
   } else {
     at::mm_out(out, am, bm);
@@ -108,7 +112,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_bwd_cuda(const at::Tensor&
 }
 
 // The FFN's first layer: (pre, h) with pre the (M, H) pre-activation, or gated the (M, 2H) [u | g]
-// of one GEMM over [W_in; W_gate], and h (M, H) = act(pre) or act(g) * u.
+// written by two GEMMs into its halves (no concatenated weight), and h (M, H) = act(pre) or act(g) * u.
 std::pair<at::Tensor, at::Tensor> ffn_first_layer(const at::Tensor& x, const at::Tensor& w_in,
                                                   const std::optional<at::Tensor>& b_in, Act act,
                                                   const std::optional<at::Tensor>& w_gate,
@@ -120,14 +124,10 @@ std::pair<at::Tensor, at::Tensor> ffn_first_layer(const at::Tensor& x, const at:
     matmul(x, false, w_in, true, pre, b_in ? &*b_in : nullptr, nullptr);
     gemm::act_fwd(pre, h, act);
   } else {
-    const auto w_cat = at::cat({w_in, *w_gate}, 0);
-    std::optional<at::Tensor> b_cat;
-    if (b_in || b_gate) {
-      b_cat = at::cat({b_in ? *b_in : at::zeros({hidden}, x.options()),
-                       b_gate ? *b_gate : at::zeros({hidden}, x.options())});
-    }
     pre = at::empty({m, 2 * hidden}, x.options());
-    matmul(x, false, w_cat, true, pre, b_cat ? &*b_cat : nullptr, nullptr);
+    auto u = pre.narrow(1, 0, hidden), g = pre.narrow(1, hidden, hidden);  // row stride 2H
+    matmul(x, false, w_in, true, u, b_in ? &*b_in : nullptr, nullptr);
+    matmul(x, false, *w_gate, true, g, b_gate ? &*b_gate : nullptr, nullptr);
     gemm::gated_fwd(pre, h, act);
   }
   return {pre, h};
@@ -190,11 +190,13 @@ std::vector<at::Tensor> ffn_bwd_cuda(const at::Tensor& dout, const at::Tensor& x
     auto dudg = at::empty({m, 2 * hidden}, x.options());
     gemm::gated_bwd(dh, pre, dudg, act);
     gemm::gated_fwd(pre, h, act);
-    matmul(dudg, false, at::cat({w_in, *w_gate}, 0), false, dx, nullptr, nullptr);
+    // Strided halves of [du | dg] (row stride 2H) as the A operands: no copies, no concatenated weight.
+    const auto du = dudg.narrow(1, 0, hidden), dg = dudg.narrow(1, hidden, hidden);
+    matmul(du, false, w_in, false, dx, nullptr, nullptr);                                   // dx = du W_in
+    matmul(dg, false, *w_gate, false, dx, nullptr, nullptr, /*accumulate=*/true);           //    + dg W_gate
     dw_gate = at::empty_like(*w_gate, at::MemoryFormat::Contiguous);
-    // Strided halves of [du | dg] (row stride 2H) as the A operands: no copies.
-    matmul(dudg.narrow(1, 0, hidden), true, xc, false, dw_in, nullptr, b_in ? &db_in : nullptr);
-    matmul(dudg.narrow(1, hidden, hidden), true, xc, false, dw_gate, nullptr, b_gate ? &db_gate : nullptr);
+    matmul(du, true, xc, false, dw_in, nullptr, b_in ? &db_in : nullptr);
+    matmul(dg, true, xc, false, dw_gate, nullptr, b_gate ? &db_gate : nullptr);
   }
   matmul(dout_c, true, h, false, dw_out, nullptr, has_b_out ? &db_out : nullptr);  // dW_out = dout^T @ h
   return {dx, dw_in, db_in, dw_out, db_out, dw_gate, db_gate};

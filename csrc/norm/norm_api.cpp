@@ -7,6 +7,7 @@
 #include <cuda_fp16.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <optional>
 #include <tuple>
 
@@ -125,6 +126,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> norm_fwd_cuda(
   return {y, s, mean, rstd};
 }
 
+// The backward's grid: SMs x k CTAs, k = the bytes HBM needs in flight (Little's law, ~2 MiB on an H100) over one
+// row's bytes per SM, rounded down, 1 to max_per_sm -- enough rows in flight, and no more float32 partial-gradient
+// rows than that (aigc_kernels/contracts/tables.py's norm_bwd_grid says why; a test holds the two equal).
+constexpr int64_t kNormBwdBytesInFlight = int64_t{2} << 20;
+
+int64_t norm_bwd_grid(int64_t rows, int64_t row_bytes, int sms, int max_per_sm) {
+  const int64_t per_sm = std::clamp<int64_t>(kNormBwdBytesInFlight / std::max<int64_t>(row_bytes, 1) / sms, 1,
+                                             max_per_sm);
+  return std::max<int64_t>(1, std::min<int64_t>(rows, per_sm * sms));
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_bwd_cuda(
     const at::Tensor& dy, const std::optional<at::Tensor>& ds, const at::Tensor& xs,
     const std::optional<at::Tensor>& weight, const at::Tensor& mean, const at::Tensor& rstd, bool has_bias,
@@ -142,7 +154,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_bwd_cuda(
   const c10::cuda::CUDAGuard guard(xs.device());
   auto dx = at::empty_like(xs, at::MemoryFormat::Contiguous);
   const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  const int64_t grid = std::max<int64_t>(1, std::min<int64_t>(rows, 2 * sms));
+  const int64_t row_bytes = cols * xs.element_size() * (ds ? 4 : 3);  // xs, dy, dx (+ ds) of one row
+  const int64_t grid = norm_bwd_grid(rows, row_bytes, sms, /*max_per_sm=*/2);
   auto f32 = xs.options().dtype(at::kFloat);
   const bool has_w = weight.has_value();
   auto dw_part = has_w ? at::zeros({grid, cols}, f32) : at::empty({0}, f32);
