@@ -679,11 +679,9 @@ def ffn_steps(side: str, direction: str, hw: dict, sass_rec: dict, triton_rec: d
     common = [gemm("GEMM dh = dout W_out", t, h, d), gemm("GEMM dW_out = dout^T h", d, h, t)]
     grads = [gemm("GEMM dW_in = du^T x", h, d, t), gemm("GEMM dW_gate = dg^T x", h, d, t)]
     if side == "ours CUDA":
-        bwd, fwd = cuda("gated_bwd_kernel<c10::BFloat16, 8>"), cuda("gated_fwd_kernel<c10::BFloat16, 8>")
-        return [*common, mem("gated backward (CUDA): dh, U, G -> dU, dG", 5 * t * h * b,
+        bwd = cuda("gated_bwd_kernel<c10::BFloat16, 8>")
+        return [*common, mem("gated backward (CUDA): dh, U, G -> dU, dG, and h again for dW_out", 6 * t * h * b,
                              _elementwise_issue(bwd, t * h, 8, hw)),
-                mem("gated forward again (CUDA): h for dW_out", 3 * t * h * b,
-                    _elementwise_issue(fwd, t * h, 8, hw)),
                 gemm("GEMM dx = dU W_in", t, d, h),
                 {**gemm("GEMM dx += dG W_gate (cuBLASLt beta 1: dx read back)", t, d, h),
                  "bytes": float((t * h + h * d + 2 * t * d) * b)}, *grads]

@@ -192,16 +192,32 @@ struct MNMajorLayout {
 };
 
 // Copy ROWS x D elements, rows [row0, row0 + ROWS) of a sequence starting at base with
-// row_stride, into a smem tile of layout L; rows >= nrows are zero-filled.
+// row_stride, into a smem tile of layout L; rows >= nrows are zero-filled. Where the threads cover whole rows
+// (every tile of the kernels), the copy is unrolled: a thread keeps one 16-byte column and steps its row and
+// source by constants, so a tile costs its cp.async instructions and a compare each, not a strided loop.
 template <typename T, int ROWS, int D, int NTHREADS, typename L = PaddedLayout>
 __device__ __forceinline__ void load_tile(T* tile, const T* base, int64_t row_stride, int row0, int nrows,
                                           int tid) {
   constexpr int kChunks = D / 8;
-  for (int c = tid; c < ROWS * kChunks; c += NTHREADS) {
-    const int r = c / kChunks, col = (c % kChunks) * 8;
-    const bool ok = row0 + r < nrows;
-    const T* src = ok ? base + (row0 + r) * row_stride + col : base;
-    cp_async16(tile + L::template at<ROWS, D>(r, col), src, ok);
+  if constexpr (NTHREADS % kChunks == 0 && ROWS % (NTHREADS / kChunks) == 0) {
+    constexpr int kRowStep = NTHREADS / kChunks;
+    const int col = (tid % kChunks) * 8, r_first = tid / kChunks;
+    const T* src = base + static_cast<int64_t>(row0 + r_first) * row_stride + col;
+    const int64_t src_step = static_cast<int64_t>(kRowStep) * row_stride;
+#pragma unroll
+    for (int it = 0; it < ROWS / kRowStep; ++it) {
+      const int r = r_first + it * kRowStep;
+      const bool ok = row0 + r < nrows;
+      cp_async16(tile + L::template at<ROWS, D>(r, col), ok ? src : base, ok);
+      src += src_step;
+    }
+  } else {
+    for (int c = tid; c < ROWS * kChunks; c += NTHREADS) {
+      const int r = c / kChunks, col = (c % kChunks) * 8;
+      const bool ok = row0 + r < nrows;
+      const T* src = ok ? base + (row0 + r) * row_stride + col : base;
+      cp_async16(tile + L::template at<ROWS, D>(r, col), src, ok);
+    }
   }
 }
 
@@ -223,6 +239,10 @@ __device__ __forceinline__ void load_tile_paged(T* tile, const T* base, int64_t 
 }
 
 // ---- visibility -----------------------------------------------------------------------------
+// Integer division rounding up / down, with a negative numerator giving 0 (a block index before the first).
+__device__ __forceinline__ int ceil_div_nonneg(int a, int b) { return a <= 0 ? 0 : (a + b - 1) / b; }
+__device__ __forceinline__ int floor_div_nonneg(int a, int b) { return a <= 0 ? 0 : a / b; }
+
 struct Band {
   int lq, lk, off, left, right;  // off = lk - lq; left/right < 0: unbounded
 

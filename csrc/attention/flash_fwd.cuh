@@ -147,8 +147,11 @@ __global__ void __launch_bounds__(FwdCfg<D, kWgmma>::kThreads) fwd_kernel(const 
     cp_async_commit();
   }
 
+  // One key block: wait for its tiles (prefetching the next block's), S = Q K^T, the online softmax, O += P V.
+  // kMasked: the per-element band mask; blocks every row of the CTA sees whole run without it.
   int stage = 0;
-  for (int nb = nb_lo; nb < nb_hi; ++nb) {
+  auto step = [&](const int nb, auto masked_tag) {
+    constexpr bool kMasked = decltype(masked_tag)::value;
     if (nb + 1 < nb_hi) {
       const int next = stage ^ 1;
       load_kv(sK + next * kBN * kS, sV + next * kBN * kS, (nb + 1) * kBN);
@@ -207,7 +210,12 @@ __global__ void __launch_bounds__(FwdCfg<D, kWgmma>::kThreads) fwd_kernel(const 
 
     // Online softmax over this key block.
     const int n0 = nb * kBN;
-    const bool masked = spans || !band.all_visible(i_min, i_max, n0, n0 + kBN - 1);
+#ifdef AIGC_EMULATE
+    if (!kMasked && (spans || !band.all_visible(i_min, i_max, n0, n0 + kBN - 1))) {
+      fprintf(stderr, "fwd_kernel: key block %d run unmasked but not visible whole\n", nb);
+      abort();
+    }
+#endif
 #pragma unroll
     for (int mt = 0; mt < kMT; ++mt) {
 #pragma unroll
@@ -218,7 +226,7 @@ __global__ void __launch_bounds__(FwdCfg<D, kWgmma>::kThreads) fwd_kernel(const 
 #pragma unroll
           for (int e = 0; e < 2; ++e) {
             float x = s[mt][nt][half * 2 + e] * p.scale_log2;
-            if (masked && !band.visible(qi[mt][half], n0 + nt * 8 + 2 * t + e)) x = -INFINITY;
+            if (kMasked && !band.visible(qi[mt][half], n0 + nt * 8 + 2 * t + e)) x = -INFINITY;
             s[mt][nt][half * 2 + e] = x;
             mx = fmaxf(mx, x);
           }
@@ -285,7 +293,22 @@ __global__ void __launch_bounds__(FwdCfg<D, kWgmma>::kThreads) fwd_kernel(const 
     }
     __syncthreads();  // the next iteration overwrites this stage
     stage ^= 1;
+  };
+  // The blocks every row of the CTA sees whole form one run [u_lo, u_hi) (Band: keys [i + off - left,
+  // i + off + right] of [0, lk)): the window's lower edge and the causal/right edge are masked, the rest is not.
+  // A CTA spanning two heads of a GQA group masks every block.
+  int u_lo = nb_hi, u_hi = nb_hi;
+  if (!spans) {
+    u_lo = band.left < 0 ? 0 : ceil_div_nonneg(i_max + band.off - band.left, kBN);
+    u_hi = seq.lk / kBN;
+    if (band.right >= 0) u_hi = min(u_hi, floor_div_nonneg(i_min + band.off + band.right + 1, kBN));
+    u_lo = min(max(u_lo, nb_lo), nb_hi);
+    u_hi = min(max(u_hi, u_lo), nb_hi);
   }
+  int nb = nb_lo;
+  for (; nb < u_lo; ++nb) step(nb, std::true_type{});
+  for (; nb < u_hi; ++nb) step(nb, std::false_type{});
+  for (; nb < nb_hi; ++nb) step(nb, std::true_type{});
 
   // Epilogue: normalize, write out and lse (or the split's partials).
   T* out = static_cast<T*>(p.out);

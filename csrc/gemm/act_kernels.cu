@@ -26,8 +26,8 @@ inline dim3 gated_grid(int64_t rows, int64_t chunks) {
 template <typename T>
 bool gated_vectorizable(int64_t hidden, std::initializer_list<const at::Tensor*> ts) {
   if (hidden % (16 / static_cast<int64_t>(sizeof(T))) != 0) return false;
-  for (const at::Tensor* t : ts)
-    if (reinterpret_cast<uintptr_t>(t->data_ptr()) % 16 != 0) return false;
+  for (const at::Tensor* t : ts)  // (a null entry: an output not asked for)
+    if (t != nullptr && reinterpret_cast<uintptr_t>(t->data_ptr()) % 16 != 0) return false;
   return true;
 }
 
@@ -59,32 +59,39 @@ void gated_fwd(const at::Tensor& ug, at::Tensor& h, Act act) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, ug.scalar_type(), "aigc_gated_fwd", [&] {
     constexpr int kVec = 16 / sizeof(scalar_t);
     auto stream = at::cuda::getCurrentCUDAStream();
-    if (gated_vectorizable<scalar_t>(hidden, {&ug, &h})) {
-      gated_fwd_kernel<scalar_t, kVec><<<gated_grid(rows, hidden / kVec), 256, 0, stream>>>(
-          ug.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(), rows, hidden, static_cast<int>(act));
-    } else {
-      gated_fwd_kernel<scalar_t, 1><<<gated_grid(rows, hidden), 256, 0, stream>>>(
-          ug.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(), rows, hidden, static_cast<int>(act));
-    }
+    const bool vec = gated_vectorizable<scalar_t>(hidden, {&ug, &h});
+    with_act(static_cast<int>(act), [&](auto a) {
+      constexpr int kAct = decltype(a)::value;
+      if (vec) {
+        gated_fwd_kernel<scalar_t, kVec, kAct><<<gated_grid(rows, hidden / kVec), 256, 0, stream>>>(
+            ug.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(), rows, hidden);
+      } else {
+        gated_fwd_kernel<scalar_t, 1, kAct><<<gated_grid(rows, hidden), 256, 0, stream>>>(
+            ug.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(), rows, hidden);
+      }
+    });
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-void gated_bwd(const at::Tensor& dh, const at::Tensor& ug, at::Tensor& dudg, Act act) {
+void gated_bwd(const at::Tensor& dh, const at::Tensor& ug, at::Tensor& dudg, Act act, at::Tensor* h) {
   const int64_t rows = dh.size(0), hidden = dh.size(1);
   if (dh.numel() == 0) return;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, ug.scalar_type(), "aigc_gated_bwd", [&] {
     constexpr int kVec = 16 / sizeof(scalar_t);
     auto stream = at::cuda::getCurrentCUDAStream();
-    if (gated_vectorizable<scalar_t>(hidden, {&dh, &ug, &dudg})) {
-      gated_bwd_kernel<scalar_t, kVec><<<gated_grid(rows, hidden / kVec), 256, 0, stream>>>(
-          dh.data_ptr<scalar_t>(), ug.data_ptr<scalar_t>(), dudg.data_ptr<scalar_t>(), rows, hidden,
-          static_cast<int>(act));
-    } else {
-      gated_bwd_kernel<scalar_t, 1><<<gated_grid(rows, hidden), 256, 0, stream>>>(
-          dh.data_ptr<scalar_t>(), ug.data_ptr<scalar_t>(), dudg.data_ptr<scalar_t>(), rows, hidden,
-          static_cast<int>(act));
-    }
+    scalar_t* h_ptr = h ? h->data_ptr<scalar_t>() : nullptr;
+    const bool vec = gated_vectorizable<scalar_t>(hidden, {&dh, &ug, &dudg, h});
+    with_act(static_cast<int>(act), [&](auto a) {
+      constexpr int kAct = decltype(a)::value;
+      if (vec) {
+        gated_bwd_kernel<scalar_t, kVec, kAct><<<gated_grid(rows, hidden / kVec), 256, 0, stream>>>(
+            dh.data_ptr<scalar_t>(), ug.data_ptr<scalar_t>(), dudg.data_ptr<scalar_t>(), h_ptr, rows, hidden);
+      } else {
+        gated_bwd_kernel<scalar_t, 1, kAct><<<gated_grid(rows, hidden), 256, 0, stream>>>(
+            dh.data_ptr<scalar_t>(), ug.data_ptr<scalar_t>(), dudg.data_ptr<scalar_t>(), h_ptr, rows, hidden);
+      }
+    });
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }

@@ -9,6 +9,7 @@
 #include "../emulate.h"
 #endif
 #include <cstdint>
+#include <type_traits>
 
 #include "../smem.cuh"
 #include "../vec.cuh"
@@ -43,6 +44,19 @@ __device__ __forceinline__ float dact_f(float x, int act) {
   }
 }
 
+// Calls f(std::integral_constant<int, ACT>{}) for a runtime activation id: the gated kernels take the activation as
+// a template parameter, so their loops carry no switch over activations.
+template <typename F>
+void with_act(int act, F&& f) {
+  switch (act) {
+    case 1: f(std::integral_constant<int, 1>{}); break;
+    case 2: f(std::integral_constant<int, 2>{}); break;
+    case 3: f(std::integral_constant<int, 3>{}); break;
+    case 4: f(std::integral_constant<int, 4>{}); break;
+    default: f(std::integral_constant<int, 0>{}); break;
+  }
+}
+
 template <typename T>
 __global__ void act_fwd_kernel(const T* __restrict__ z, T* __restrict__ y, int64_t n, int act) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
@@ -62,8 +76,9 @@ __global__ void act_bwd_kernel(const T* __restrict__ dy, const T* __restrict__ z
 
 // ug (M, 2H) = [u | g] (row stride 2H), h (M, H): h = act(g) * u. Rows over blockIdx.y, VEC-element chunks of a row
 // over blockIdx.x / threadIdx.x (hidden % VEC == 0).
-template <typename T, int VEC>
-__global__ void gated_fwd_kernel(const T* __restrict__ ug, T* __restrict__ h, int64_t rows, int64_t hidden, int act) {
+template <typename T, int VEC, int ACT>
+__global__ void gated_fwd_kernel(const T* __restrict__ ug, T* __restrict__ h, int64_t rows, int64_t hidden) {
+  constexpr int act = ACT;
   const int64_t chunks = hidden / VEC;
   for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
     const T* u = ug + r * 2 * hidden;
@@ -80,10 +95,12 @@ __global__ void gated_fwd_kernel(const T* __restrict__ ug, T* __restrict__ h, in
   }
 }
 
-// dh (M, H), ug (M, 2H) -> dudg (M, 2H) = [dh * act(g) | dh * u * act'(g)]
-template <typename T, int VEC>
+// dh (M, H), ug (M, 2H) -> dudg (M, 2H) = [dh * act(g) | dh * u * act'(g)], and (h not null) h (M, H) = act(g) * u
+// again for the backward's dW_out GEMM: from the u and g this pass reads anyway, no second pass over them.
+template <typename T, int VEC, int ACT>
 __global__ void gated_bwd_kernel(const T* __restrict__ dh, const T* __restrict__ ug, T* __restrict__ dudg,
-                                 int64_t rows, int64_t hidden, int act) {
+                                 T* __restrict__ h, int64_t rows, int64_t hidden) {
+  constexpr int act = ACT;
   const int64_t chunks = hidden / VEC;
   for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
     const T* u = ug + r * 2 * hidden;
@@ -91,17 +108,20 @@ __global__ void gated_bwd_kernel(const T* __restrict__ dh, const T* __restrict__
     T* out = dudg + r * 2 * hidden;
     for (int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; c < chunks;
          c += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-      float dv[VEC], uv[VEC], gv[VEC], du[VEC], dg[VEC];
+      float dv[VEC], uv[VEC], gv[VEC], du[VEC], dg[VEC], hv[VEC];
       load<T, VEC>(d + c * VEC, dv);
       load<T, VEC>(u + c * VEC, uv);
       load<T, VEC>(u + hidden + c * VEC, gv);
 #pragma unroll
       for (int j = 0; j < VEC; ++j) {
-        du[j] = dv[j] * act_f(gv[j], act);
+        const float a = act_f(gv[j], act);
+        du[j] = dv[j] * a;
         dg[j] = dv[j] * uv[j] * dact_f(gv[j], act);
+        hv[j] = a * uv[j];
       }
       store<T, VEC>(out + c * VEC, du);
       store<T, VEC>(out + hidden + c * VEC, dg);
+      if (h != nullptr) store<T, VEC>(h + r * hidden + c * VEC, hv);
     }
   }
 }

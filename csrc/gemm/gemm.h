@@ -36,8 +36,9 @@ void act_fwd(const at::Tensor& z, at::Tensor& y, Act act);                      
 void act_bwd(const at::Tensor& dy, const at::Tensor& z, at::Tensor& dz, Act act);      // dz = dy * act'(z)
 // ug (M, 2H) = [u | g]: h (M, H) = act(g) * u
 void gated_fwd(const at::Tensor& ug, at::Tensor& h, Act act);
-// dh (M, H), ug (M, 2H) -> dudg (M, 2H) = [dh * act(g) | dh * u * act'(g)]
-void gated_bwd(const at::Tensor& dh, const at::Tensor& ug, at::Tensor& dudg, Act act);
+// dh (M, H), ug (M, 2H) -> dudg (M, 2H) = [dh * act(g) | dh * u * act'(g)]; h (M, H), when given, = act(g) * u
+// (the forward's output again, from the same pass)
+void gated_bwd(const at::Tensor& dh, const at::Tensor& ug, at::Tensor& dudg, Act act, at::Tensor* h = nullptr);
 
 }  // namespace gemm
 }  // namespace aigc_kernels

@@ -188,8 +188,7 @@ std::vector<at::Tensor> ffn_bwd_cuda(const at::Tensor& dout, const at::Tensor& x
     matmul(dz, true, xc, false, dw_in, nullptr, b_in ? &db_in : nullptr);
   } else {
     auto dudg = at::empty({m, 2 * hidden}, x.options());
-    gemm::gated_bwd(dh, pre, dudg, act);
-    gemm::gated_fwd(pre, h, act);
+    gemm::gated_bwd(dh, pre, dudg, act, &h);  // and h = act(g) * u for dW_out, in the same pass
     // Strided halves of [du | dg] (row stride 2H) as the A operands: no copies, no concatenated weight.
     const auto du = dudg.narrow(1, 0, hidden), dg = dudg.narrow(1, hidden, hidden);
     matmul(du, false, w_in, false, dx, nullptr, nullptr);                                   // dx = du W_in

@@ -39,22 +39,29 @@ double dact_ref(double x, int act) {  // central differences in float64 away fro
 }
 
 // The gated kernels over an (m, hidden) output with VEC elements a thread, 64 threads x 2 blocks a row and 3 rows of
-// blocks: both grid-stride loops wrap. Accumulates into eh, eu, eg.
+// blocks: both grid-stride loops wrap. Accumulates into eh (h of the forward and of the backward's second output),
+// eu, eg.
 template <typename T, int VEC>
 void gated(int64_t m, int64_t hidden, int act, std::mt19937& rng, Err& eh, Err& eu, Err& eg) {
   std::normal_distribution<float> normal(0.f, 2.f);
   const int64_t n = m * hidden;
-  emu_test::DeviceVector<T> dy(n), ug(2 * n), h(n, from_f<T>(NAN)), dudg(2 * n, from_f<T>(NAN));
+  emu_test::DeviceVector<T> dy(n), ug(2 * n), h(n, from_f<T>(NAN)), h2(n, from_f<T>(NAN));
+  emu_test::DeviceVector<T> dudg(2 * n, from_f<T>(NAN));
   for (auto& v : dy) v = from_f<T>(normal(rng));
   for (auto& v : ug) v = from_f<T>(normal(rng));
   const dim3 grid(2, 3);
-  emu::launch(grid, 64, 0, [&] { gated_fwd_kernel<T, VEC>(ug.data(), h.data(), m, hidden, act); });
-  emu::launch(grid, 64, 0, [&] { gated_bwd_kernel<T, VEC>(dy.data(), ug.data(), dudg.data(), m, hidden, act); });
+  with_act(act, [&](auto a) {
+    constexpr int kAct = decltype(a)::value;
+    emu::launch(grid, 64, 0, [&] { gated_fwd_kernel<T, VEC, kAct>(ug.data(), h.data(), m, hidden); });
+    emu::launch(grid, 64, 0,
+                [&] { gated_bwd_kernel<T, VEC, kAct>(dy.data(), ug.data(), dudg.data(), h2.data(), m, hidden); });
+  });
   for (int64_t i = 0; i < n; ++i) {
     const double d = to_d(dy[i]);
     const int64_t base = (i / hidden) * 2 * hidden + i % hidden;
     const double u = to_d(ug[base]), g = to_d(ug[base + hidden]);
     eh.add(to_d(h[i]), act_ref(g, act) * u);
+    eh.add(to_d(h2[i]), act_ref(g, act) * u);
     eu.add(to_d(dudg[base]), d * act_ref(g, act));
     if (act != 1 || std::fabs(g) > 1e-3) eg.add(to_d(dudg[base + hidden]), d * u * dact_ref(g, act));
   }
