@@ -120,10 +120,10 @@ def designs() -> list[Design]:
     return [
         Design("ours mma.sync d=64", "ours", ours.format(d=64, w="false"), 4, 128, 64, 64,
                (128 + 4 * 64) * _pad(64) * 2, 2 * 64 * 64 * 2, "forward mma.sync fp16 d=64"),
-        Design("ours mma.sync d=128", "ours", ours.format(d=128, w="false"), 8, 128, 64, 128,
+        Design("ours mma.sync d=128", "ours", ours.format(d=128, w="false"), 4, 128, 64, 128,
                (128 + 4 * 64) * _pad(128) * 2, 2 * 64 * 128 * 2, "forward mma.sync bf16 d=128 causal GQA"),
         Design("ours mma.sync d=128 paged", "ours", "aigc_kernels::flash::fwd_kernel<__nv_bfloat16, 128, false, true>",
-               8, 128, 64, 128, (128 + 4 * 64) * _pad(128) * 2, 2 * 64 * 128 * 2,
+               4, 128, 64, 128, (128 + 4 * 64) * _pad(128) * 2, 2 * 64 * 128 * 2,
                "decode split-K bf16 d=128 GQA 32/8, pages of 16"),
         Design("ours wgmma d=64", "ours", ours.format(d=64, w="true"), 8, 128, 64, 64, (128 + 4 * 64) * 64 * 2,
                2 * 64 * 64 * 2, "forward wgmma (sm_90a) fp16 d=64"),

@@ -69,11 +69,14 @@ def test_the_recorded_model_puts_ours_beside_fa2_and_fa2_inside_its_band():
     assert cal["ours Triton d=128"]["bound_over_published"] > 1.0, cal
     for r in data["rows"]:
         assert r["ours"]["tflops"] > 0 and r["anchor"]["tflops"] > 0 and r["ours_over_anchor"] > 0
-    # the model's verdict on today's kernels (issue "speed visible without a GPU"): the mma.sync forward at
-    # d=128 is bound below FA2 by its instruction issue
-    row = next(r for r in data["rows"] if r["gpu"] == "H100 SXM" and r["problem"].startswith(
-        "forward bf16 d=128 L=16384 non-causal") and r["ours"]["design"] == "ours mma.sync d=128")
-    assert row["ours"]["limiter"] == "issue" and row["ours_over_anchor"] < 1.0, row
+    # the model's verdict on today's kernels: the mma.sync forward at d=128 (FA2's 4 warps x 32 rows, the unmasked
+    # key blocks without a mask) is bound where FA2 is, by shared-memory reads, at FA2's bound; the wgmma forward
+    # (no overlap of softmax and HGMMA) is still well below it
+    rows = {r["ours"]["design"]: r for r in data["rows"] if r["gpu"] == "H100 SXM" and r["problem"].startswith(
+        "forward bf16 d=128 L=16384 non-causal")}
+    mma, wgmma = rows["ours mma.sync d=128"], rows["ours wgmma d=128"]
+    assert mma["ours"]["limiter"] == mma["anchor"]["limiter"] == "smem" and mma["ours_over_anchor"] >= 0.99, mma
+    assert wgmma["ours_over_anchor"] < 0.7, wgmma
 
 
 def test_norm_bounds_on_hand_made_designs():

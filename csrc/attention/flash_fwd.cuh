@@ -31,11 +31,11 @@ namespace flash {
 template <int D, bool kWgmma = false>
 struct FwdCfg {
   // Registers bound the tile: per thread, O takes MT * D / 2 floats and S takes MT * BN / 2.
-  // mma.sync: D <= 64: 4 warps x 32 rows; D = 96/128: 8 warps x 16 rows; D = 256: 4 warps x 16 rows.
-  // wgmma (sm_90a; D = 64, 128): 2 warpgroups x 64 rows.
-  static constexpr int kWarps = kWgmma ? 8 : ((D == 96 || D == 128) ? 8 : 4);
+  // mma.sync: D <= 128: 4 warps x 32 rows (FA2's 128 x 64 tile: each K/V fragment read from shared memory by 4
+  // warps, not 8); D = 256: 4 warps x 16 rows. wgmma (sm_90a; D = 64, 128): 2 warpgroups x 64 rows.
+  static constexpr int kWarps = kWgmma ? 8 : 4;
   static constexpr int kThreads = kWarps * 32;
-  static constexpr int kMT = kWgmma ? 1 : (D <= 64 ? 2 : 1);  // 16-row MMA tiles per warp
+  static constexpr int kMT = kWgmma ? 1 : (D <= 128 ? 2 : 1);  // 16-row MMA tiles per warp
   static constexpr int kBM = 16 * kMT * kWarps;
   static constexpr int kBN = kWgmma ? 64 : (D <= 128 ? 64 : 32);
   static constexpr int kStride = kWgmma ? D : Pad<D>::kStride;   // elements per tile row
