@@ -140,15 +140,18 @@ def loops(instrs: list[Instr]) -> list[tuple[int, int]]:
 
 
 def main_loop(instrs: list[Instr]) -> tuple[int, int] | None:
-    """The loop whose body holds the most MMA instructions (the smallest such body where several hold them); in a
-    kernel with no MMA in any loop (a norm's loop over rows), the outermost loop: the largest body."""
-    best, best_key = None, None
-    for lo, hi in loops(instrs):
-        mma = sum(1 for i in instrs if lo <= i.addr <= hi and _is_mma(i))
-        key = (mma, -(hi - lo)) if mma else (0, hi - lo)
-        if best_key is None or key > best_key:
-            best, best_key = (lo, hi), key
-    return best
+    """The innermost loop holding MMA instructions with the most of them (the smallest such body where several
+    hold as many): a loop around MMA loops -- over the heads of a GQA group, or a kernel's masked and unmasked runs
+    of blocks -- is not the main loop, the runs inside it are. In a kernel with no MMA in any loop (a norm's loop
+    over rows), the outermost loop: the largest body."""
+    found = loops(instrs)
+    mma = {lp: sum(1 for i in instrs if lp[0] <= i.addr <= lp[1] and _is_mma(i)) for lp in found}
+    holding = [lp for lp in found if mma[lp]]
+    innermost = [lp for lp in holding
+                 if not any(o != lp and lp[0] <= o[0] and o[1] <= lp[1] for o in holding)]
+    if innermost:
+        return max(innermost, key=lambda lp: (mma[lp], -(lp[1] - lp[0])))
+    return max(found, key=lambda lp: lp[1] - lp[0]) if found else None
 
 
 @dataclass

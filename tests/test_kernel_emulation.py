@@ -97,6 +97,11 @@ CASES = [
     ("fwd", "bf16", 128, 4, 4, 4, 70, 90, 0, -1, -1, 1, 1),
     ("bwd", "f16", 64, 1, 4, 2, 130, 20, 1, -1, -1, 0, 1),  # rows with no key, several query blocks
     ("bwd", "bf16", 32, 2, 2, 1, 1, 77, 1, -1, -1, 0, 1),  # Lq = 1
+    # key and query blocks in all three runs of the loops (masked edge, unmasked middle, masked edge): causal with
+    # Lk > Lq, a window on both sides, causal with a sliding window
+    ("bwd", "f16", 64, 1, 2, 2, 200, 260, 1, -1, -1, 0, 1),
+    ("bwd", "bf16", 128, 1, 2, 1, 160, 160, 0, 70, 10, 0, 1),
+    ("fwd", "f16", 64, 1, 2, 2, 200, 260, 1, 90, -1, 0, 1),
     ("fwd", "bf16", 64, 1, 2, 2, 17, 1, 0, -1, -1, 0, 1),  # Lk = 1
     ("decode", "f16", 64, 2, 8, 1, 4, 1000, 1, -1, -1, 0, 16),  # MQA, 4 new queries, 16 splits
     ("decode", "f16", 128, 3, 8, 2, 1, 300, 1, -1, -1, 0, 3),

@@ -75,6 +75,20 @@ def test_the_main_loop_is_the_backward_branch_around_the_mma():
     assert whole["widths"] == {"LDG.128": 1, "LDS.U16": 1, "STG.32": 1, "STS.64": 1}
 
 
+def test_a_loop_around_mma_loops_is_not_the_main_loop():
+    """The dK/dV kernel's loop over the heads of a GQA group holds its masked and unmasked runs of query blocks: the
+    main loop is the innermost MMA loop with the most MMA, the smaller body among equals (the unmasked run)."""
+    ops = [(0x0, "HMMA.16816.F32.BF16"), (0x10, "FMUL"), (0x20, "FSEL"), (0x30, "BRA"),  # masked run
+           (0x40, "HMMA.16816.F32.BF16"), (0x50, "BRA"),  # unmasked run
+           (0x60, "BRA"), (0x70, "EXIT")]  # the loop over heads, around both
+    ins = [sass.Instr(a, op, "", "") for a, op in ops]
+    ins[3] = sass.Instr(0x30, "BRA", "@P0", "0x0")
+    ins[5] = sass.Instr(0x50, "BRA", "@P1", "0x40")
+    ins[6] = sass.Instr(0x60, "BRA", "@P2", "0x0")
+    assert sorted(sass.loops(ins)) == [(0x0, 0x30), (0x0, 0x60), (0x40, 0x50)]
+    assert sass.main_loop(ins) == (0x40, 0x50)
+
+
 def test_a_kernel_without_mma_has_its_outermost_loop_as_main_loop():
     """A norm's loop over rows holds no MMA: its main loop is the largest backward branch's body."""
     ins = [sass.Instr(a, op, "", "") for a, op in ((0x0, "LDG.E.128"), (0x10, "FADD"), (0x20, "SHFL.BFLY"),

@@ -16,6 +16,7 @@
 #endif
 
 #include <cmath>
+#include <type_traits>
 
 #include "flash_common.cuh"
 
@@ -108,8 +109,10 @@ __global__ void __launch_bounds__(BwdCfg<D>::kThreads) dkdv_kernel(const BwdPara
     cp_async_commit();
   }
   const int wkey = warp * 16;  // this warp's keys: n0 + wkey + g (+8)
+  // One step (a query block of one head of the group); kMasked: the per-element band mask.
   int stage = 0;
-  for (int step = 0; step < steps; ++step) {
+  auto step_fn = [&](const int step, auto masked_tag) {
+    constexpr bool kMasked = decltype(masked_tag)::value;
     if (step + 1 < steps) {
       load_step(step + 1, stage ^ 1);
       cp_async_commit();
@@ -149,7 +152,12 @@ __global__ void __launch_bounds__(BwdCfg<D>::kThreads) dkdv_kernel(const BwdPara
     }
 
     // P^T and dS^T (in place of S^T and dP^T)
-    const bool masked = !band.all_visible(i0, i0 + kBM - 1, n0, n0 + kBN - 1);
+#ifdef AIGC_EMULATE
+    if (!kMasked && !band.all_visible(i0, i0 + kBM - 1, n0, n0 + kBN - 1)) {
+      fprintf(stderr, "dkdv_kernel: query block at %d run unmasked but not visible whole\n", i0);
+      abort();
+    }
+#endif
 #pragma unroll
     for (int nt = 0; nt < kQT; ++nt) {
 #pragma unroll
@@ -157,7 +165,7 @@ __global__ void __launch_bounds__(BwdCfg<D>::kThreads) dkdv_kernel(const BwdPara
         const int col = nt * 8 + 2 * t + (e4 & 1);
         const int j = n0 + wkey + g + (e4 >> 1) * 8;
         float pr = exp2f(st_[nt][e4] * p.scale_log2 - ld_shared(lt + col));
-        if (masked && !band.visible(i0 + col, j)) pr = 0.f;
+        if (kMasked && !band.visible(i0 + col, j)) pr = 0.f;
         st_[nt][e4] = pr;
         dpt[nt][e4] = pr * (dpt[nt][e4] - ld_shared(deltat + col));
       }
@@ -182,6 +190,23 @@ __global__ void __launch_bounds__(BwdCfg<D>::kThreads) dkdv_kernel(const BwdPara
     }
     __syncthreads();
     stage ^= 1;
+  };
+  // The query blocks that see this CTA's keys whole form one run [mu_lo, mu_hi) of each head's blocks (Band):
+  // the causal/right edge and the window's lower edge are masked, the rest is not; a key block past lk masks all.
+  int mu_lo = mb_hi, mu_hi = mb_hi;
+  if (n0 + kBN <= seq.lk) {
+    mu_lo = band.right < 0 ? 0 : ceil_div_nonneg(n0 + kBN - 1 - band.off - band.right, kBM);
+    mu_hi = seq.lq / kBM;
+    if (band.left >= 0) mu_hi = min(mu_hi, floor_div_nonneg(n0 - band.off + band.left + 1, kBM));
+    mu_lo = min(max(mu_lo, mb_lo), mb_hi);
+    mu_hi = min(max(mu_hi, mu_lo), mb_hi);
+  }
+  for (int head = 0; head < group && per_head > 0; ++head) {
+    const int first = head * per_head;
+    int step = first;
+    for (; step < first + (mu_lo - mb_lo); ++step) step_fn(step, std::true_type{});
+    for (; step < first + (mu_hi - mb_lo); ++step) step_fn(step, std::false_type{});
+    for (; step < first + per_head; ++step) step_fn(step, std::true_type{});
   }
 
   T* dk_seq = static_cast<T*>(p.dk) + seq.k_offset(b, p.dk_batch_stride, p.dk_row_stride) +
@@ -261,8 +286,10 @@ __global__ void __launch_bounds__(BwdCfg<D>::kThreads) dq_kernel(const BwdParams
     load_tile<T, kBN, D, C::kThreads>(sV, v_head, p.v_row_stride, nb_lo * kBN, seq.lk, tid);
     cp_async_commit();
   }
+  // One key block; kMasked: the per-element band mask.
   int stage = 0;
-  for (int nb = nb_lo; nb < nb_hi; ++nb) {
+  auto step = [&](const int nb, auto masked_tag) {
+    constexpr bool kMasked = decltype(masked_tag)::value;
     if (nb + 1 < nb_hi) {
       const int next = stage ^ 1;
       load_tile<T, kBN, D, C::kThreads>(sK + next * kBN * kS, k_head, p.k_row_stride, (nb + 1) * kBN, seq.lk, tid);
@@ -302,14 +329,19 @@ __global__ void __launch_bounds__(BwdCfg<D>::kThreads) dq_kernel(const BwdParams
 
     // dS = P * (dP - delta) (in place of dP)
     const int n0 = nb * kBN;
-    const bool masked = !band.all_visible(m0, m0 + kBM - 1, n0, n0 + kBN - 1);
+#ifdef AIGC_EMULATE
+    if (!kMasked && !band.all_visible(m0, m0 + kBM - 1, n0, n0 + kBN - 1)) {
+      fprintf(stderr, "dq_kernel: key block %d run unmasked but not visible whole\n", nb);
+      abort();
+    }
+#endif
 #pragma unroll
     for (int nt = 0; nt < kNT; ++nt) {
 #pragma unroll
       for (int e4 = 0; e4 < 4; ++e4) {
         const int half = e4 >> 1;
         float pr = exp2f(s[nt][e4] * p.scale_log2 - l2[half]);
-        if (masked && !band.visible(qi[half], n0 + nt * 8 + 2 * t + (e4 & 1))) pr = 0.f;
+        if (kMasked && !band.visible(qi[half], n0 + nt * 8 + 2 * t + (e4 & 1))) pr = 0.f;
         dpm[nt][e4] = pr * (dpm[nt][e4] - dl[half]);
       }
     }
@@ -329,7 +361,21 @@ __global__ void __launch_bounds__(BwdCfg<D>::kThreads) dq_kernel(const BwdParams
     }
     __syncthreads();
     stage ^= 1;
+  };
+  // The key blocks every query row of the CTA sees whole: one run [u_lo, u_hi), as in the forward; a query block
+  // past lq masks all.
+  int u_lo = nb_hi, u_hi = nb_hi;
+  if (m0 + kBM <= seq.lq) {
+    u_lo = band.left < 0 ? 0 : ceil_div_nonneg(m0 + kBM - 1 + band.off - band.left, kBN);
+    u_hi = seq.lk / kBN;
+    if (band.right >= 0) u_hi = min(u_hi, floor_div_nonneg(m0 + band.off + band.right + 1, kBN));
+    u_lo = min(max(u_lo, nb_lo), nb_hi);
+    u_hi = min(max(u_hi, u_lo), nb_hi);
   }
+  int nb = nb_lo;
+  for (; nb < u_lo; ++nb) step(nb, std::true_type{});
+  for (; nb < u_hi; ++nb) step(nb, std::false_type{});
+  for (; nb < nb_hi; ++nb) step(nb, std::true_type{});
 
   T* dq_head = static_cast<T*>(p.dq) + seq.q_offset(b, p.dq_batch_stride, p.dq_row_stride) +
                static_cast<int64_t>(h) * p.dq_head_stride;
