@@ -591,8 +591,8 @@ def norm_markdown(rows: list[dict], gpu: str = "H100 SXM") -> str:
 # The SwiGLU FFN at Llama-7B's sizes (d 4096, hidden 11008, 4096 tokens), forward and backward: each side's steps
 # in turn, a GEMM at the measured cuBLAS ceiling (or its bytes), a copy or elementwise pass at the larger of its
 # HBM bytes and its issued instructions (from its SASS: CUDA's loop a lane takes per element, Liger's kernel per
-# row). What differs between the sides is around the GEMMs: the concatenated weight ours builds per call, the
-# separate activation pass, the pre-activations kept for the backward.
+# row). What differs between the sides is around the GEMMs: the separate activation pass, the pre-activations kept
+# for the backward, h recomputed or kept (no side concatenates the weights: the weight-copy column says so).
 # ---------------------------------------------------------------------------------------------------------------
 FFN = dict(tokens=4096, d=4096, hidden=11008)
 

@@ -6,8 +6,8 @@ One persistent, tile-swizzled GEMM kernel does all the matrix products:
 
 * epilogue: + bias, then the activation, in registers before the single store of C; it can also
   store the pre-activation Z (saved for the backward) and, in the gated form, compute
-  act(A @ B2 + b2) * (A @ B + b) from two accumulators (one pass over A for the concatenated
-  [W_in; W_gate], writing the intermediate once), or sum two products A @ B + A2 @ B2 in one
+  act(A @ B2 + b2) * (A @ B + b) from two accumulators (one pass over A for W_in and W_gate,
+  writing the intermediate once), or sum two products A @ B + A2 @ B2 in one
   accumulator (the gated backward's dx = du W_in + dg W_gate, with no concatenated weight);
 * prologues, applied to operand tiles as they are loaded: "dact" (A * act'(Z), the gradient of
   the activation fused into the gradient GEMMs), "gate" (act(Z) * A, recomputing a SwiGLU output)
