@@ -1,5 +1,5 @@
 """Read compiled GPU code (SASS, from ``cuobjdump -sass``) the way a kernel engineer reads it: per kernel, the
-instruction mix, the main loop (the backward branch whose body holds the most tensor-core instructions) and what
+instruction mix, the main loop (the innermost backward branch holding the most tensor-core instructions) and what
 one trip through it issues per warp -- MMA instructions and their FLOPs, ``ldmatrix`` (LDSM), plain shared and
 global accesses and their widths, asynchronous copies (LDGSTS), branches and convergence barriers (BSSY/BSYNC),
 block barriers, special-function (MUFU) work. Derived: instructions per MMA and MMA per LDSM in the main loop.
