@@ -191,22 +191,12 @@ __global__ void __launch_bounds__(BwdCfg<D>::kThreads) dkdv_kernel(const BwdPara
     __syncthreads();
     stage ^= 1;
   };
-  // The query blocks that see this CTA's keys whole form one run [mu_lo, mu_hi) of each head's blocks (Band):
-  // the causal/right edge and the window's lower edge are masked, the rest is not; a key block past lk masks all.
-  int mu_lo = mb_hi, mu_hi = mb_hi;
-  if (n0 + kBN <= seq.lk) {
-    mu_lo = band.right < 0 ? 0 : ceil_div_nonneg(n0 + kBN - 1 - band.off - band.right, kBM);
-    mu_hi = seq.lq / kBM;
-    if (band.left >= 0) mu_hi = min(mu_hi, floor_div_nonneg(n0 - band.off + band.left + 1, kBM));
-    mu_lo = min(max(mu_lo, mb_lo), mb_hi);
-    mu_hi = min(max(mu_hi, mu_lo), mb_hi);
-  }
+  // The query blocks that see this CTA's keys whole run without the mask (Band::whole_query_blocks), in each head
+  // of the group.
+  const Band::Run run = band.whole_query_blocks(n0, n0 + kBN - 1, kBM, mb_lo, mb_hi);
   for (int head = 0; head < group && per_head > 0; ++head) {
-    const int first = head * per_head;
-    int step = first;
-    for (; step < first + (mu_lo - mb_lo); ++step) step_fn(step, std::true_type{});
-    for (; step < first + (mu_hi - mb_lo); ++step) step_fn(step, std::false_type{});
-    for (; step < first + per_head; ++step) step_fn(step, std::true_type{});
+    const int first = head * per_head - mb_lo;  // the step of query block mb of this head: first + mb
+    step_in_runs(first + mb_lo, Band::Run{first + run.first, first + run.last}, first + mb_hi, step_fn);
   }
 
   T* dk_seq = static_cast<T*>(p.dk) + seq.k_offset(b, p.dk_batch_stride, p.dk_row_stride) +
@@ -362,20 +352,8 @@ __global__ void __launch_bounds__(BwdCfg<D>::kThreads) dq_kernel(const BwdParams
     __syncthreads();
     stage ^= 1;
   };
-  // The key blocks every query row of the CTA sees whole: one run [u_lo, u_hi), as in the forward; a query block
-  // past lq masks all.
-  int u_lo = nb_hi, u_hi = nb_hi;
-  if (m0 + kBM <= seq.lq) {
-    u_lo = band.left < 0 ? 0 : ceil_div_nonneg(m0 + kBM - 1 + band.off - band.left, kBN);
-    u_hi = seq.lk / kBN;
-    if (band.right >= 0) u_hi = min(u_hi, floor_div_nonneg(m0 + band.off + band.right + 1, kBN));
-    u_lo = min(max(u_lo, nb_lo), nb_hi);
-    u_hi = min(max(u_hi, u_lo), nb_hi);
-  }
-  int nb = nb_lo;
-  for (; nb < u_lo; ++nb) step(nb, std::true_type{});
-  for (; nb < u_hi; ++nb) step(nb, std::false_type{});
-  for (; nb < nb_hi; ++nb) step(nb, std::true_type{});
+  // The key blocks every query row of the CTA sees whole run without the mask, as in the forward.
+  step_in_runs(nb_lo, band.whole_key_blocks(m0, m0 + kBM - 1, kBN, nb_lo, nb_hi), nb_hi, step);
 
   T* dq_head = static_cast<T*>(p.dq) + seq.q_offset(b, p.dq_batch_stride, p.dq_row_stride) +
                static_cast<int64_t>(h) * p.dq_head_stride;

@@ -263,7 +263,41 @@ struct Band {
   __device__ __forceinline__ int query_hi(int j1) const {
     return left < 0 ? lq : max(0, min(lq, j1 - off + left + 1));
   }
+  // The blocks of width bn in [lo, hi) that need no per-element mask form one run [first, last): key blocks every
+  // row of [i0, i1] sees whole (none when i1 >= lq), and query blocks (rows of bn) that see keys [j0, j1] whole
+  // (none when j1 >= lk). Before and after the run: the window's lower edge and the causal/right edge.
+  struct Run {
+    int first, last;
+  };
+  __device__ __forceinline__ Run whole_key_blocks(int i0, int i1, int bn, int lo, int hi) const {
+    if (i1 >= lq) return {hi, hi};
+    int first = left < 0 ? 0 : ceil_div_nonneg(i1 + off - left, bn);
+    int last = lk / bn;
+    if (right >= 0) last = min(last, floor_div_nonneg(i0 + off + right + 1, bn));
+    return clamp_run(first, last, lo, hi);
+  }
+  __device__ __forceinline__ Run whole_query_blocks(int j0, int j1, int bm, int lo, int hi) const {
+    if (j1 >= lk) return {hi, hi};
+    int first = right < 0 ? 0 : ceil_div_nonneg(j1 - off - right, bm);
+    int last = lq / bm;
+    if (left >= 0) last = min(last, floor_div_nonneg(j0 - off + left + 1, bm));
+    return clamp_run(first, last, lo, hi);
+  }
+  __device__ __forceinline__ static Run clamp_run(int first, int last, int lo, int hi) {
+    first = min(max(first, lo), hi);
+    return {first, min(max(last, first), hi)};
+  }
 };
+
+// Blocks [lo, hi) in three runs: masked before run.first, unmasked in the run, masked after it; step(block, tag)
+// with tag std::true_type where the block needs its per-element mask.
+template <typename F>
+__device__ __forceinline__ void step_in_runs(int lo, Band::Run run, int hi, F&& step) {
+  int nb = lo;
+  for (; nb < run.first; ++nb) step(nb, std::true_type{});
+  for (; nb < run.last; ++nb) step(nb, std::false_type{});
+  for (; nb < hi; ++nb) step(nb, std::true_type{});
+}
 
 // Row ranges of one sequence: first row in the packed/dense tensor and its length.
 struct Seq {

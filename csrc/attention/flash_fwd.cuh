@@ -294,21 +294,10 @@ __global__ void __launch_bounds__(FwdCfg<D, kWgmma>::kThreads) fwd_kernel(const 
     __syncthreads();  // the next iteration overwrites this stage
     stage ^= 1;
   };
-  // The blocks every row of the CTA sees whole form one run [u_lo, u_hi) (Band: keys [i + off - left,
-  // i + off + right] of [0, lk)): the window's lower edge and the causal/right edge are masked, the rest is not.
-  // A CTA spanning two heads of a GQA group masks every block.
-  int u_lo = nb_hi, u_hi = nb_hi;
-  if (!spans) {
-    u_lo = band.left < 0 ? 0 : ceil_div_nonneg(i_max + band.off - band.left, kBN);
-    u_hi = seq.lk / kBN;
-    if (band.right >= 0) u_hi = min(u_hi, floor_div_nonneg(i_min + band.off + band.right + 1, kBN));
-    u_lo = min(max(u_lo, nb_lo), nb_hi);
-    u_hi = min(max(u_hi, u_lo), nb_hi);
-  }
-  int nb = nb_lo;
-  for (; nb < u_lo; ++nb) step(nb, std::true_type{});
-  for (; nb < u_hi; ++nb) step(nb, std::false_type{});
-  for (; nb < nb_hi; ++nb) step(nb, std::true_type{});
+  // The blocks every row of the CTA sees whole run without the mask (Band::whole_key_blocks); a CTA spanning two
+  // heads of a GQA group masks every block.
+  const Band::Run run = spans ? Band::Run{nb_hi, nb_hi} : band.whole_key_blocks(i_min, i_max, kBN, nb_lo, nb_hi);
+  step_in_runs(nb_lo, run, nb_hi, step);
 
   // Epilogue: normalize, write out and lse (or the split's partials).
   T* out = static_cast<T*>(p.out);
